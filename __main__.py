@@ -1,0 +1,3 @@
+from gpuhours.cli import main
+
+main()

@@ -52,6 +52,7 @@ class PipelineResult:
     comm_busy_per_rank: tuple[float, ...]     # communication-stream busy time (EP/TP collectives)
     bubble_per_rank: tuple[float, ...]        # makespan - time spent executing instructions
     peak_activations_per_rank: tuple[int, ...]
+    finish_per_rank: tuple[float, ...]        # when each rank's last instruction ended
     instructions_run: int
     spans: tuple[Span, ...] = field(default=(), repr=False)
 
@@ -90,6 +91,7 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
     busy = [0.0] * schedule.pp
     comm_busy = [0.0] * schedule.pp
     executing = [0.0] * schedule.pp
+    finish = [0.0] * schedule.pp
     peak = [0] * schedule.pp
     spans: list[Span] = []
     counter = [0]
@@ -115,6 +117,7 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
             busy[rank] += prof.compute_busy
             comm_busy[rank] += prof.comm_busy
             executing[rank] += prof.duration
+            finish[rank] = env.now
             counter[0] += 1
             spans.append(Span(rank, "compute", start, env.now, instruction.label(), instruction.kind,
                               instruction.microbatch, instruction.stage, _instruction_args(schedule, instruction)))
@@ -140,6 +143,7 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
         comm_busy_per_rank=tuple(comm_busy),
         bubble_per_rank=tuple(makespan - e for e in executing),
         peak_activations_per_rank=tuple(peak),
+        finish_per_rank=tuple(finish),
         instructions_run=counter[0],
         spans=tuple(spans),
     )

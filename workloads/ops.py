@@ -40,3 +40,283 @@ class Op:
     collective: str | None = None  # for kind == "collective": one of COLLECTIVE_KINDS
     group: str | None = None     # "ep", "tp", "dp", "pp"
     comm_bytes: float = 0.0      # bytes each rank sends for the collective (see hwmodels.collectives)
+    tokens: int = 0              # collectives over tokens (EP all-to-all, TP): tokens each rank holds
+    bytes_per_token: float = 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decomposition: a layer's forward, backward-for-input and backward-for-weight passes as ordered segments.
+
+import math  # noqa: E402
+
+from gpuhours.workloads.model import ModelSpec  # noqa: E402
+from gpuhours.workloads.parallel import ParallelSpec  # noqa: E402
+
+BF16 = 2  # bytes per element
+FP32 = 4
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of ops on one stream, named like the profiler annotations: "attn(F)", "dispatch(F)", "mlp(W)"."""
+
+    name: str
+    stream: str  # "compute" or "comm"
+    ops: tuple[Op, ...]
+    layer: int | None = None
+
+
+@dataclass(frozen=True)
+class LayerPasses:
+    """Forward, backward-for-input and backward-for-weight segments of one unit (a layer, or the stage's
+    embedding / head / MTP), each in dependency order."""
+
+    name: str
+    forward: tuple[Segment, ...]
+    backward: tuple[Segment, ...]
+    weight: tuple[Segment, ...]
+
+
+@dataclass(frozen=True)
+class OpOptions:
+    """Numerics and memory choices that change the ops: FP8 linear layers (DeepSeek-V3's recipe),
+    recomputation of RMSNorm and the MLA up-projections in backward, and MoE load imbalance
+    (rows on the busiest EP rank over the mean)."""
+
+    fp8: bool = True
+    recompute: bool = True
+    imbalance: float = 1.0
+    nodes_per_token: float | None = None  # distinct target nodes per token for EP traffic (None: model's default)
+
+
+def fp8_bytes_per_token(hidden: int) -> float:
+    """FP8 dispatch payload: one byte per element plus one FP32 scale per 128 elements."""
+    return hidden + FP32 * math.ceil(hidden / 128)
+
+
+class _Builder:
+    """Collects ops for one pass of one layer, naming them consistently."""
+
+    def __init__(self, prefix: str, module: str, phase: str, fp8: bool):
+        self.prefix, self.module, self.phase, self.fp8 = prefix, module, phase, fp8
+        self.ops: list[Op] = []
+
+    def gemm(self, name: str, m: int, n: int, k: int, low_precision: bool = True, groups: int = 1) -> None:
+        """A GEMM (m x k) @ (k x n): in F as given; in B the input gradient (m x n) @ (n x k); in W the weight
+        gradient (n x m) @ (m x k). FLOPs 2mnk per group either way."""
+        if self.phase == "B":
+            m, n, k = m, k, n
+        elif self.phase == "W":
+            m, n, k = n, k, m
+        dtype = "fp8" if (self.fp8 and low_precision) else "bf16"
+        in_bytes = 1 if dtype == "fp8" else BF16
+        nbytes = groups * ((m * k + k * n) * in_bytes + m * n * BF16)
+        self.ops.append(Op(f"{self.prefix}.{name}", "grouped_gemm" if groups > 1 else "gemm", self.phase,
+                           self.module, 2.0 * m * n * k * groups, nbytes, dtype, GemmShape(m, n, k), groups))
+
+    def elementwise(self, name: str, nbytes: float, kind: str = "elementwise") -> None:
+        self.ops.append(Op(f"{self.prefix}.{name}", kind, self.phase, self.module, 0.0, nbytes))
+
+    def attention(self, name: str, flops: float, nbytes: float) -> None:
+        self.ops.append(Op(f"{self.prefix}.{name}", "attention", self.phase, self.module, flops, nbytes, "bf16"))
+
+    def segment(self, stream_name: str, layer: int | None) -> Segment:
+        return Segment(stream_name, "compute", tuple(self.ops), layer)
+
+
+def _collective(name: str, phase: str, module: str, kind: str, group: str, tokens: int,
+                bytes_per_token: float, layer: int | None) -> Segment:
+    op = Op(name, "collective", phase, module, collective=kind, group=group, comm_bytes=tokens * bytes_per_token,
+            tokens=tokens, bytes_per_token=bytes_per_token)
+    return Segment(f"{kind.split('_')[-1]}({phase})" if kind.startswith("ep_") else f"{group}.{kind}({phase})",
+                   "comm", (op,), layer)
+
+
+def _attention_ops(b: _Builder, model: ModelSpec, p: ParallelSpec, tokens: int, seq_len: int,
+                   recompute_only: bool = False) -> None:
+    """Attention of one layer on `tokens` tokens (micro-batch x sequence), tensor-parallel over heads.
+
+    Causal attention core: each query attends to (L + 1) / 2 keys on average, so the forward core costs
+    2 * heads * (d_qk + d_v) * tokens * (L + 1) / 2 FLOPs (QK^T and PV); backward recomputes QK^T and computes
+    dV, dP, dQ, dK: 2.5x the forward.
+    """
+    a, h, tp = model.attention, model.hidden, p.tp
+    heads = a.n_heads // tp
+    act = tokens * h * BF16
+    if a.kind == "mla":
+        if not recompute_only:
+            b.elementwise("attn_norm", 2 * act)
+        if a.q_lora_rank:
+            if not recompute_only:
+                b.gemm("wq_a", tokens, a.q_lora_rank, h)
+            b.elementwise("q_norm", 2 * tokens * a.q_lora_rank * BF16)
+            b.gemm("wq_b", tokens, heads * a.qk_head_dim, a.q_lora_rank)
+        elif not recompute_only:
+            b.gemm("wq", tokens, heads * a.qk_head_dim, h)
+        if not recompute_only:
+            b.gemm("wkv_a", tokens, a.kv_lora_rank + a.qk_rope_head_dim, h)
+        b.elementwise("kv_norm", 2 * tokens * a.kv_lora_rank * BF16)
+        b.gemm("wkv_b", tokens, heads * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank)
+        if recompute_only:
+            return
+        b.elementwise("rope", 2 * tokens * heads * a.qk_rope_head_dim * BF16)
+        o_in = heads * a.v_head_dim
+    else:
+        kv_heads = max(1, a.n_kv_heads // tp)
+        b.elementwise("attn_norm", 2 * act)
+        b.gemm("wqkv", tokens, (heads + 2 * kv_heads) * a.head_dim, h)
+        b.elementwise("rope", 2 * tokens * (heads + kv_heads) * a.head_dim * BF16)
+        o_in = heads * a.head_dim
+    core = 2.0 * heads * (a.qk_head_dim + a.out_head_dim) * tokens * (seq_len + 1) / 2
+    qkvo_bytes = tokens * heads * (2 * a.qk_head_dim + 2 * a.out_head_dim) * BF16
+    if b.phase == "F":
+        b.attention("core", core, qkvo_bytes)
+    elif b.phase == "B":
+        b.attention("core_bwd", 2.5 * core, 2 * qkvo_bytes)
+    b.gemm("wo", tokens, h, o_in)
+
+
+def _dense_ffn_ops(b: _Builder, inter: int, hidden: int, tokens: int, tp: int, name: str = "ffn") -> None:
+    i = inter // tp
+    b.gemm(f"{name}.w13", tokens, 2 * i, hidden)
+    if b.phase != "W":
+        b.elementwise(f"{name}.swiglu", 3 * tokens * i * BF16 * (1 if b.phase == "F" else 2))
+    b.gemm(f"{name}.w2", tokens, hidden, i)
+
+
+def _tp_comm(phase: str, module: str, tokens: int, hidden: int, p: ParallelSpec, layer, where: str):
+    """Tensor-parallel collectives around a block: with sequence parallelism an all-gather before and a
+    reduce-scatter after (backward: the reverse); without, one all-reduce after (backward: before)."""
+    if p.tp == 1:
+        return []
+    per_token = hidden * BF16
+    if p.sequence_parallel:
+        kind = "all_gather" if where == "before" else "reduce_scatter"
+        if phase == "B":
+            kind = "reduce_scatter" if kind == "all_gather" else "all_gather"
+        return [_collective(f"L{layer}.{module}.tp_{kind}", phase, module, kind, "tp", tokens, per_token, layer)]
+    if (where == "after") == (phase == "F"):
+        return [_collective(f"L{layer}.{module}.tp_all_reduce", phase, module, "all_reduce", "tp", tokens,
+                            per_token, layer)]
+    return []
+
+
+def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, opts: OpOptions = OpOptions(),
+                 prefix: str | None = None) -> LayerPasses:
+    """The three passes of transformer layer `layer` for one micro-batch on one rank.
+
+    MoE layers: attn -> dispatch (FP8 payload) -> experts -> combine (BF16); backward runs combine(B) ->
+    mlp(B) -> dispatch(B) -> attn(B), both backward all-to-alls carrying BF16 gradients.
+    """
+    tokens = p.micro_batch_size * seq_len
+    prefix = prefix or f"L{layer}"
+    h, tp = model.hidden, p.tp
+    passes: dict[str, list[Segment]] = {}
+    for phase in ("F", "B", "W"):
+        attn = _Builder(f"{prefix}.attn", "attn", phase, opts.fp8)
+        if phase == "B" and opts.recompute and model.attention.kind == "mla":
+            recompute = _Builder(f"{prefix}.attn.recompute", "attn", "F", opts.fp8)
+            _attention_ops(recompute, model, p, tokens, seq_len, recompute_only=True)
+            attn.ops.extend(recompute.ops)
+        _attention_ops(attn, model, p, tokens, seq_len)
+        mlp = _Builder(f"{prefix}.mlp", "mlp", phase, opts.fp8)
+        if phase != "W":
+            mlp.elementwise("ffn_norm", 2 * tokens * h * BF16)
+        moe = model.moe if model.is_moe_layer(layer) else None
+        segs_attn = _tp_comm(phase, "attn", tokens, h, p, layer, "before") + [attn.segment(f"attn({phase})", layer)]
+        segs_attn += _tp_comm(phase, "attn", tokens, h, p, layer, "after")
+        if moe is None:
+            _dense_ffn_ops(mlp, model.dense_intermediate, h, tokens, tp)
+            segs_mlp = _tp_comm(phase, "mlp", tokens, h, p, layer, "before") + [mlp.segment(f"mlp({phase})", layer)]
+            segs_mlp += _tp_comm(phase, "mlp", tokens, h, p, layer, "after")
+            order = segs_attn + segs_mlp if phase == "F" else segs_mlp + segs_attn
+            passes[phase] = order
+            continue
+        # DeepSeekMoE: router and shared experts on the local tokens, routed experts on the dispatched rows.
+        local_tokens = tokens // tp if p.sequence_parallel else tokens
+        local_experts = moe.n_routed_experts // p.ep
+        rows = local_tokens * moe.top_k * opts.imbalance  # rows the busiest rank of the EP group receives
+        rows_per_expert = max(1, round(rows / local_experts))
+        if phase != "W":
+            mlp.elementwise("router.topk", 2 * local_tokens * moe.n_routed_experts * FP32)
+        mlp.gemm("router", local_tokens, moe.n_routed_experts, h, low_precision=False)
+        e = moe.expert_intermediate
+        mlp.gemm("experts.w13", rows_per_expert, 2 * e, h, groups=local_experts)
+        if phase != "W":
+            mlp.elementwise("experts.swiglu", 3 * rows_per_expert * local_experts * e * BF16 * (1 if phase == "F" else 2))
+        mlp.gemm("experts.w2", rows_per_expert, h, e, groups=local_experts)
+        if moe.n_shared_experts:
+            _dense_ffn_ops(mlp, moe.n_shared_experts * e, h, local_tokens, 1, name="shared")
+        if phase == "W":
+            passes[phase] = [mlp.segment("mlp(W)", layer)] + [attn.segment("attn(W)", layer)]
+            continue
+        dispatch_bytes = fp8_bytes_per_token(h) if (opts.fp8 and phase == "F") else h * BF16
+        scaled_tokens = int(round(local_tokens * opts.imbalance))
+        dispatch = _collective(f"{prefix}.moe.dispatch", phase, "moe", "ep_dispatch", "ep", scaled_tokens,
+                               dispatch_bytes, layer)
+        combine = _collective(f"{prefix}.moe.combine", phase, "moe", "ep_combine", "ep", scaled_tokens,
+                              h * BF16, layer)
+        mlp_seg = mlp.segment(f"mlp({phase})", layer)
+        if phase == "F":
+            passes[phase] = segs_attn + [dispatch, mlp_seg, combine]
+        else:
+            passes[phase] = [combine, mlp_seg, dispatch] + segs_attn
+    return LayerPasses(prefix, tuple(passes["F"]), tuple(passes["B"]), tuple(passes["W"]))
+
+
+def embedding_passes(model: ModelSpec, p: ParallelSpec, seq_len: int) -> LayerPasses:
+    """Token embedding: a gather forward, a scatter-add of FP32 gradients for the weights."""
+    tokens = p.micro_batch_size * seq_len
+    f = Op("embed.gather", "embedding", "F", "embed", 0.0, tokens * model.hidden * BF16 * 2)
+    w = Op("embed.grad", "embedding", "W", "embed", 0.0, tokens * model.hidden * FP32 * 2)
+    return LayerPasses("embed", (Segment("embed(F)", "compute", (f,)),), (), (Segment("embed(W)", "compute", (w,)),))
+
+
+def head_passes(model: ModelSpec, p: ParallelSpec, seq_len: int, opts: OpOptions = OpOptions(),
+                prefix: str = "head") -> LayerPasses:
+    """Final RMSNorm, output head (kept in BF16 by the FP8 recipe) and the cross-entropy loss over the vocabulary."""
+    tokens = p.micro_batch_size * seq_len
+    vocab = model.vocab // p.tp
+    out: dict[str, Segment] = {}
+    for phase in ("F", "B", "W"):
+        b = _Builder(prefix, "head", phase, opts.fp8)
+        if phase != "W":
+            b.elementwise("final_norm", 2 * tokens * model.hidden * BF16)
+        b.gemm("output", tokens, vocab, model.hidden, low_precision=False)
+        if phase != "W":
+            b.elementwise("loss", 3 * tokens * vocab * FP32)
+        out[phase] = b.segment(f"{prefix}({phase})", None)
+    return LayerPasses(prefix, (out["F"],), (out["B"],), (out["W"],))
+
+
+def mtp_passes(model: ModelSpec, p: ParallelSpec, seq_len: int, depth: int, opts: OpOptions = OpOptions()
+               ) -> tuple[LayerPasses, ...]:
+    """One multi-token-prediction module: norms of the hidden state and of the shifted embedding, the 2h -> h
+    projection, one transformer block (the last layer's kind), and the shared output head with its loss."""
+    tokens = p.micro_batch_size * seq_len
+    h = model.hidden
+    proj: dict[str, Segment] = {}
+    for phase in ("F", "B", "W"):
+        b = _Builder(f"mtp{depth}", "mtp", phase, opts.fp8)
+        if phase != "W":
+            b.elementwise("norms", 2 * 2 * tokens * h * BF16)
+        b.gemm("proj", tokens, h, 2 * h)
+        proj[phase] = b.segment(f"mtp{depth}.proj({phase})", None)
+    block = layer_passes(model, model.n_layers - 1, p, seq_len, opts, prefix=f"mtp{depth}.block")
+    head = head_passes(model, p, seq_len, opts, prefix=f"mtp{depth}.head")
+    return (LayerPasses(f"mtp{depth}.proj", (proj["F"],), (proj["B"],), (proj["W"],)), block, head)
+
+
+def stage_units(model: ModelSpec, p: ParallelSpec, seq_len: int, layers: range, first: bool, last: bool,
+                opts: OpOptions = OpOptions()) -> tuple[LayerPasses, ...]:
+    """A pipeline stage as an ordered list of units: embedding (first stage), its transformer layers, and on the
+    last stage the head and loss followed by the MTP modules (which share embedding and head physically)."""
+    units: list[LayerPasses] = []
+    if first:
+        units.append(embedding_passes(model, p, seq_len))
+    units.extend(layer_passes(model, i, p, seq_len, opts) for i in layers)
+    if last:
+        units.append(head_passes(model, p, seq_len, opts))
+        for d in range(model.mtp_depth):
+            units.extend(mtp_passes(model, p, seq_len, d, opts))
+    return tuple(units)

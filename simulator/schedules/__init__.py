@@ -1,0 +1,40 @@
+"""Pipeline schedule registry: ``build_schedule(name, pp, num_microbatches, vpp=1) -> Schedule``.
+
+Names and constraints (each violation is a one-line ValueError):
+- ``1f1b``: any ``num_microbatches >= 1`` (closed-form bubble ``(pp-1)(f+b)``);
+- ``interleaved-1f1b``: ``vpp >= 1`` chunks per rank, ``num_microbatches`` a multiple of ``pp``;
+- ``zb1p``: any ``num_microbatches >= 1`` (closed form promised for ``>= pp``);
+- ``dualpipe``: ``pp`` even, ``num_microbatches`` even and ``>= 2 pp``;
+- ``dualpipev``: ``pp`` devices, ``2 pp`` stages, ``num_microbatches >= 2 pp``.
+``vpp`` other than 1 is only meaningful for ``interleaved-1f1b``.
+
+``params_per_rank[r]`` counts the stages rank ``r`` holds; one stage holds ``1 / num_stages`` of the model, so
+a rank's parameter bytes are ``params_per_rank[r] / num_stages`` of the model's.
+"""
+
+from __future__ import annotations
+
+from gpuhours.simulator.instructions import Schedule
+from gpuhours.simulator.schedules.dualpipe import build_dualpipe
+from gpuhours.simulator.schedules.dualpipev import build_dualpipev
+from gpuhours.simulator.schedules.interleaved import build_interleaved
+from gpuhours.simulator.schedules.onef1b import build_1f1b
+from gpuhours.simulator.schedules.validate import validate
+from gpuhours.simulator.schedules.zb1p import build_zb1p
+
+SCHEDULE_NAMES = ("1f1b", "interleaved-1f1b", "zb1p", "dualpipe", "dualpipev")
+
+
+def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1) -> Schedule:
+    """Build the named schedule for ``pp`` ranks and ``num_microbatches`` micro-batches."""
+    if name not in SCHEDULE_NAMES:
+        raise ValueError(f"schedule name must be one of {SCHEDULE_NAMES}, got {name!r}")
+    if name == "interleaved-1f1b":
+        return build_interleaved(pp, num_microbatches, vpp)
+    if vpp != 1:
+        raise ValueError(f"vpp must be 1 for schedule {name!r} (only interleaved-1f1b has virtual stages), got {vpp!r}")
+    builder = {"1f1b": build_1f1b, "zb1p": build_zb1p, "dualpipe": build_dualpipe, "dualpipev": build_dualpipev}[name]
+    return builder(pp, num_microbatches)
+
+
+__all__ = ["SCHEDULE_NAMES", "build_schedule", "validate"]

@@ -1,0 +1,355 @@
+"""CalibrationProfile: measured (or assumed) kernel efficiencies, as a versioned JSON document.
+
+Schema "gpuhours.calibration/1"::
+
+    {"schema": "gpuhours.calibration/1", "name": str,
+     "source": "datasheet" | "microbenchmark" | "trace",
+     "provenance": {"device": str, "sm_count": int, "date": str, "software": {...}, "method": str,
+                    "references": [str, ...],
+                    "peak_tflops": {"fp8": x, "bf16": y}},          # optional, see below
+     "gemm":         {"fp8": [{"m", "n", "k", "tflops", "provenance"?}, ...], "bf16": [...]},
+     "grouped_gemm": {"fp8": [{"groups", "m", "n", "k", "tflops", "provenance"?}, ...], "bf16": [...]},
+     "attention":   {"forward_efficiency": f, "backward_efficiency": f, "provenance"?},  # of dense BF16 peak
+     "elementwise": {"bandwidth_efficiency": f, "provenance"?},                       # of HBM bandwidth
+     "comm": {...},          # optional, free-form achieved bandwidths
+     "notes": str | [str]}   # optional
+
+Measured GEMM points are achieved TFLOP/s of kernels that ran on ``provenance.sm_count`` SMs. Their
+efficiency is ``tflops / peak`` where ``peak`` is the dense peak of those SMs: ``provenance.peak_tflops``
+when the profile records it (so the fraction transfers to another GPU), else the modelled GPU's peak
+scaled by ``sm_count / gpu.sms`` (the caller, ``ComputeModel``, works that out).
+
+Interpolation (``efficiency``) between measured shapes:
+1. coordinates are ``log2`` of (m, n, k) (and groups, for grouped GEMMs); ``m`` is first clamped to the
+   smallest measured m (step 3 prices smaller m);
+2. an exact match returns its efficiency; otherwise the ``NEIGHBOURS`` nearest points are averaged with
+   inverse-square-distance weights (a convex combination: never outside the measured range);
+3. small-M penalty, only when m is below every measured m: efficiency is multiplied by
+   ``min(1, u(m) / u(m_min))`` with ``u(m) = (m / (TILE * ceil(m / TILE))) * waves(tiles)`` where
+   ``tiles = groups * ceil(m / TILE) * ceil(n / TILE)`` output tiles of TILE x TILE and
+   ``waves(t) = t / (sm_count * ceil(t / sm_count))`` is the busy fraction of the SMs over the kernel's waves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "gpuhours.calibration/1"
+SOURCES = ("datasheet", "microbenchmark", "trace")
+GEMM_KINDS = ("gemm", "grouped_gemm")
+DTYPES = ("fp8", "bf16")
+DATA_DIR = Path(__file__).resolve().parent / "data"
+DEFAULT_PROFILE = "default-h800"
+
+TILE = 128        # output tile edge (rows and columns) of the wave-quantisation penalty
+NEIGHBOURS = 3    # points averaged by the log-space interpolation
+
+_TOP_KEYS = {"schema", "name", "source", "provenance", "gemm", "grouped_gemm", "attention", "elementwise",
+             "comm", "notes"}
+_PROV_KEYS = {"device", "sm_count", "date", "software", "method", "references", "peak_tflops"}
+
+
+@dataclass(frozen=True)
+class GemmPoint:
+    """One measured GEMM: ``groups`` GEMMs of (m, n, k) reaching ``tflops`` (TFLOP/s) together."""
+
+    m: int
+    n: int
+    k: int
+    tflops: float
+    groups: int = 1
+    provenance: str = ""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    device: str
+    sm_count: int
+    date: str
+    software: dict
+    method: str
+    references: tuple[str, ...]
+    peak_tflops: dict | None = None  # dense peak of the sm_count SMs the points ran on, TFLOP/s by dtype
+
+
+@dataclass(frozen=True)
+class CalibrationProfile:
+    name: str
+    source: str
+    provenance: Provenance
+    gemm: dict            # dtype -> tuple[GemmPoint, ...]
+    grouped_gemm: dict    # dtype -> tuple[GemmPoint, ...]
+    attention_forward_efficiency: float
+    attention_backward_efficiency: float
+    elementwise_bandwidth_efficiency: float
+    attention_provenance: str = ""
+    elementwise_provenance: str = ""
+    comm: dict | None = None
+    notes: Any = None
+    schema: str = SCHEMA
+
+    # ----------------------------------------------------------------------------------------- JSON
+    @classmethod
+    def from_dict(cls, d: dict) -> "CalibrationProfile":
+        """Validate a schema-"gpuhours.calibration/1" dict; ValueError names the offending key."""
+        if not isinstance(d, dict):
+            raise ValueError(f"calibration profile must be a JSON object, got {type(d).__name__}")
+        unknown = sorted(set(d) - _TOP_KEYS)
+        if unknown:
+            raise ValueError(f"calibration: unknown key {unknown[0]!r}; allowed: {sorted(_TOP_KEYS)}")
+        if d.get("schema") != SCHEMA:
+            raise ValueError(f"calibration: 'schema' must be {SCHEMA!r}, got {d.get('schema')!r}")
+        name = _req(d, "name", str, "")
+        source = _req(d, "source", str, "")
+        if source not in SOURCES:
+            raise ValueError(f"calibration: 'source' must be one of {SOURCES}, got {source!r}")
+        prov = _provenance(_req(d, "provenance", dict, ""))
+        gemm = _gemm_table(_req(d, "gemm", dict, ""), "gemm", grouped=False)
+        grouped = _gemm_table(_req(d, "grouped_gemm", dict, ""), "grouped_gemm", grouped=True)
+        att = _req(d, "attention", dict, "")
+        _only(att, {"forward_efficiency", "backward_efficiency", "provenance"}, "attention")
+        ew = _req(d, "elementwise", dict, "")
+        _only(ew, {"bandwidth_efficiency", "provenance"}, "elementwise")
+        comm = d.get("comm")
+        if comm is not None and not isinstance(comm, dict):
+            raise ValueError("calibration: 'comm' must be an object")
+        notes = d.get("notes")
+        if notes is not None and not isinstance(notes, (str, list)):
+            raise ValueError("calibration: 'notes' must be a string or a list of strings")
+        return cls(
+            name=name, source=source, provenance=prov, gemm=gemm, grouped_gemm=grouped,
+            attention_forward_efficiency=_fraction(att, "forward_efficiency", "attention."),
+            attention_backward_efficiency=_fraction(att, "backward_efficiency", "attention."),
+            elementwise_bandwidth_efficiency=_fraction(ew, "bandwidth_efficiency", "elementwise."),
+            attention_provenance=_opt_str(att, "provenance", "attention."),
+            elementwise_provenance=_opt_str(ew, "provenance", "elementwise."),
+            comm=comm, notes=notes,
+        )
+
+    def to_dict(self) -> dict:
+        p = self.provenance
+        prov = {"device": p.device, "sm_count": p.sm_count, "date": p.date, "software": dict(p.software),
+                "method": p.method, "references": list(p.references)}
+        if p.peak_tflops is not None:
+            prov["peak_tflops"] = dict(p.peak_tflops)
+        d: dict = {
+            "schema": self.schema, "name": self.name, "source": self.source, "provenance": prov,
+            "gemm": {dt: [_point_dict(q, grouped=False) for q in pts] for dt, pts in self.gemm.items()},
+            "grouped_gemm": {dt: [_point_dict(q, grouped=True) for q in pts] for dt, pts in self.grouped_gemm.items()},
+            "attention": {"forward_efficiency": self.attention_forward_efficiency,
+                          "backward_efficiency": self.attention_backward_efficiency},
+            "elementwise": {"bandwidth_efficiency": self.elementwise_bandwidth_efficiency},
+        }
+        if self.attention_provenance:
+            d["attention"]["provenance"] = self.attention_provenance
+        if self.elementwise_provenance:
+            d["elementwise"]["provenance"] = self.elementwise_provenance
+        if self.comm is not None:
+            d["comm"] = self.comm
+        if self.notes is not None:
+            d["notes"] = self.notes
+        return d
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    # ----------------------------------------------------------------------------------------- queries
+    @property
+    def sm_count(self) -> int:
+        return self.provenance.sm_count
+
+    def reference_peak(self, dtype: str) -> float | None:
+        """Dense peak (FLOP/s) of the SMs the points were measured on, if the profile records it."""
+        pk = self.provenance.peak_tflops
+        if pk is None or dtype not in pk:
+            return None
+        return float(pk[dtype]) * 1e12
+
+    def points(self, kind: str, dtype: str) -> tuple[GemmPoint, ...]:
+        if kind not in GEMM_KINDS:
+            raise ValueError(f"kind must be one of {GEMM_KINDS}, got {kind!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        pts = (self.gemm if kind == "gemm" else self.grouped_gemm).get(dtype, ())
+        if not pts:
+            raise ValueError(f"calibration profile {self.name!r} has no {kind} points for dtype {dtype!r}")
+        return pts
+
+    def efficiency(self, kind: str, dtype: str, m: int, n: int, k: int, groups: int = 1, *,
+                   peak_flops: float) -> float:
+        """Fraction of ``peak_flops`` (the dense peak of ``sm_count`` SMs) a GEMM of this shape reaches.
+
+        See the module docstring for the interpolation and the small-M penalty.
+        """
+        for label, v in (("m", m), ("n", n), ("k", k), ("groups", groups)):
+            if not v >= 1:
+                raise ValueError(f"GEMM {label} must be >= 1, got {v!r}")
+        if not peak_flops > 0:
+            raise ValueError(f"peak_flops must be > 0 FLOP/s, got {peak_flops!r}")
+        pts = self.points(kind, dtype)
+        grouped = kind == "grouped_gemm"
+        m_min = min(p.m for p in pts)
+        mq = max(m, m_min)
+
+        def coords(mm, nn, kk, gg):
+            c = [math.log2(mm), math.log2(nn), math.log2(kk)]
+            return c + [math.log2(gg)] if grouped else c
+
+        q = coords(mq, n, k, groups)
+        dist = sorted((math.dist(q, coords(p.m, p.n, p.k, p.groups)), i) for i, p in enumerate(pts))
+        effs = [p.tflops * 1e12 / peak_flops for p in pts]
+        if dist[0][0] < 1e-12:
+            eff = effs[dist[0][1]]
+        else:
+            near = dist[:NEIGHBOURS]
+            weights = [1.0 / d**2 for d, _ in near]
+            eff = sum(w * effs[i] for w, (_, i) in zip(weights, near)) / sum(weights)
+        if m < m_min:
+            eff *= min(1.0, _utilisation(m, n, groups, self.sm_count) / _utilisation(m_min, n, groups, self.sm_count))
+        if eff > 1.0:
+            raise ValueError(f"calibration {self.name!r}: {kind} {dtype} efficiency {eff:.3f} exceeds 1 at "
+                             f"peak_flops={peak_flops:.4g}; the profile does not fit this peak")
+        return eff
+
+
+def _utilisation(m: int, n: int, groups: int, sms: int) -> float:
+    """Useful fraction of TILE x TILE output tiles times the busy fraction of the SMs over the waves."""
+    row_tiles = math.ceil(m / TILE)
+    useful_rows = m / (TILE * row_tiles)
+    tiles = groups * row_tiles * math.ceil(n / TILE)
+    return useful_rows * tiles / (sms * math.ceil(tiles / sms))
+
+
+# --------------------------------------------------------------------------------------------- loading
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in DATA_DIR.glob("*.json"))
+
+
+def load_profile(path_or_name: str | Path) -> CalibrationProfile:
+    """A profile from a JSON file path, or by name of a bundled profile in hwmodels/data (e.g. "default-h800")."""
+    p = Path(path_or_name)
+    if not p.is_file():
+        bundled = DATA_DIR / f"{path_or_name}.json"
+        if not bundled.is_file():
+            raise ValueError(f"calibration profile {str(path_or_name)!r} is neither a file nor a bundled profile; "
+                             f"bundled: {', '.join(available_profiles())}")
+        p = bundled
+    try:
+        d = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"calibration profile {str(p)!r} is not valid JSON: {e}") from None
+    return CalibrationProfile.from_dict(d)
+
+
+def default_profile() -> CalibrationProfile:
+    return load_profile(DEFAULT_PROFILE)
+
+
+# --------------------------------------------------------------------------------------------- validation
+def _req(d: dict, key: str, typ: type, prefix: str):
+    if key not in d:
+        raise ValueError(f"calibration: missing key {prefix + key!r}")
+    v = d[key]
+    if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+        raise ValueError(f"calibration: {prefix + key!r} must be of type {typ.__name__}, got {type(v).__name__}")
+    return v
+
+
+def _only(d: dict, allowed: set, prefix: str) -> None:
+    extra = sorted(set(d) - allowed)
+    if extra:
+        raise ValueError(f"calibration: unknown key {prefix + '.' + extra[0]!r}; allowed: {sorted(allowed)}")
+
+
+def _opt_str(d: dict, key: str, prefix: str) -> str:
+    v = d.get(key, "")
+    if not isinstance(v, str):
+        raise ValueError(f"calibration: {prefix + key!r} must be a string")
+    return v
+
+
+def _number(d: dict, key: str, prefix: str) -> float:
+    if key not in d:
+        raise ValueError(f"calibration: missing key {prefix + key!r}")
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"calibration: {prefix + key!r} must be a number, got {v!r}")
+    return float(v)
+
+
+def _fraction(d: dict, key: str, prefix: str) -> float:
+    v = _number(d, key, prefix)
+    if not 0 < v <= 1:
+        raise ValueError(f"calibration: {prefix + key!r} must be in (0, 1], got {v!r}")
+    return v
+
+
+def _positive_int(d: dict, key: str, prefix: str) -> int:
+    v = _req(d, key, int, prefix)
+    if v < 1:
+        raise ValueError(f"calibration: {prefix + key!r} must be >= 1, got {v!r}")
+    return v
+
+
+def _provenance(p: dict) -> Provenance:
+    _only(p, _PROV_KEYS, "provenance")
+    refs = _req(p, "references", list, "provenance.")
+    if not all(isinstance(r, str) for r in refs):
+        raise ValueError("calibration: 'provenance.references' must be a list of strings")
+    peak = p.get("peak_tflops")
+    if peak is not None:
+        if not isinstance(peak, dict):
+            raise ValueError("calibration: 'provenance.peak_tflops' must be an object {dtype: TFLOP/s}")
+        for dt in peak:
+            if dt not in DTYPES:
+                raise ValueError(f"calibration: 'provenance.peak_tflops.{dt}' is not a dtype; allowed: {DTYPES}")
+            if not _number(peak, dt, "provenance.peak_tflops.") > 0:
+                raise ValueError(f"calibration: 'provenance.peak_tflops.{dt}' must be > 0")
+    return Provenance(
+        device=_req(p, "device", str, "provenance."),
+        sm_count=_positive_int(p, "sm_count", "provenance."),
+        date=_req(p, "date", str, "provenance."),
+        software=_req(p, "software", dict, "provenance."),
+        method=_req(p, "method", str, "provenance."),
+        references=tuple(refs),
+        peak_tflops=None if peak is None else {k: float(v) for k, v in peak.items()},
+    )
+
+
+def _gemm_table(t: dict, kind: str, grouped: bool) -> dict:
+    out = {}
+    for dt, pts in t.items():
+        if dt not in DTYPES:
+            raise ValueError(f"calibration: '{kind}.{dt}' is not a dtype; allowed: {DTYPES}")
+        if not isinstance(pts, list):
+            raise ValueError(f"calibration: '{kind}.{dt}' must be a list of points")
+        keys = {"m", "n", "k", "tflops", "provenance"} | ({"groups"} if grouped else set())
+        parsed = []
+        for i, q in enumerate(pts):
+            where = f"{kind}.{dt}[{i}]"
+            if not isinstance(q, dict):
+                raise ValueError(f"calibration: '{where}' must be an object")
+            _only(q, keys, where)
+            tflops = _number(q, "tflops", where + ".")
+            if not tflops > 0:
+                raise ValueError(f"calibration: '{where}.tflops' must be > 0, got {tflops!r}")
+            parsed.append(GemmPoint(
+                m=_positive_int(q, "m", where + "."), n=_positive_int(q, "n", where + "."),
+                k=_positive_int(q, "k", where + "."), tflops=tflops,
+                groups=_positive_int(q, "groups", where + ".") if grouped else 1,
+                provenance=_opt_str(q, "provenance", where + "."),
+            ))
+        out[dt] = tuple(parsed)
+    return out
+
+
+def _point_dict(q: GemmPoint, grouped: bool) -> dict:
+    d = {"groups": q.groups} if grouped else {}
+    d.update({"m": q.m, "n": q.n, "k": q.k, "tflops": q.tflops})
+    if q.provenance:
+        d["provenance"] = q.provenance
+    return d

@@ -1,0 +1,89 @@
+"""ComputeModel: the duration of one compute Op on one GPU (roofline with calibrated efficiencies).
+
+    duration = max(flops / (peak(dtype) * efficiency * sm_fraction),  bytes / (hbm_bw * bandwidth_efficiency))
+
+- gemm / grouped_gemm: efficiency from the CalibrationProfile at the op's shape (m, n, k, groups).
+- attention: the profile's forward efficiency for phase "F", backward efficiency for "B" and "W";
+  fraction of the dense peak of the op's dtype (BF16 in practice).
+- elementwise / embedding: memory-bound; FLOPs, if any, at the non-tensor FP32 peak.
+- collective ops are priced by a network model (hwmodels.collectives), not here: ValueError.
+- the memory term of every kind uses the profile's element-wise bandwidth efficiency (``bw_eff``).
+
+How ``sm_fraction`` acts: it is the share of the GPU's SMs the op may use (e.g. 112/132 while 20 SMs run
+DeepEP). The compute term scales linearly with it -- a GEMM on 112 of 132 SMs runs at 112/132 of its
+132-SM rate -- and wave quantisation at the reduced SM count is ignored. The memory term does not scale:
+HBM bandwidth saturates with far fewer than all SMs.
+
+Profile efficiencies are measured on ``profile.sm_count`` SMs (DeepGEMM: all 132 of an H800) and are
+relative to the peak of those SMs; the full-GPU rate is ``efficiency * gpu.peak``. When the profile records
+``peak_tflops`` (the measuring device's peak), efficiencies are taken relative to it and carried over to
+this GPU as fractions of its peak (an assumption when the GPU differs from the profile's device).
+"""
+
+from __future__ import annotations
+
+from gpuhours.hwmodels.calibration import CalibrationProfile
+from gpuhours.hwmodels.gpus import GPUSpec
+from gpuhours.workloads.ops import COMPUTE_CLASSES, Op
+
+PHASES = ("F", "B", "W")
+
+
+class ComputeModel:
+    def __init__(self, gpu: GPUSpec, profile: CalibrationProfile) -> None:
+        self.gpu = gpu
+        self.profile = profile
+
+    def _reference_peak(self, dtype: str) -> float:
+        """Dense peak (FLOP/s) of the SMs the profile's GEMM points ran on."""
+        recorded = self.profile.reference_peak(dtype)
+        if recorded is not None:
+            return recorded
+        return self.gpu.peak_flops(dtype) * self.profile.sm_count / self.gpu.sms
+
+    def gemm_efficiency(self, op: Op) -> float:
+        """Fraction of the dense peak a (grouped) GEMM op reaches on the profile's SMs."""
+        if op.gemm is None:
+            raise ValueError(f"op {op.name!r}: kind {op.kind!r} needs a gemm shape (Op.gemm)")
+        self.gpu.peak_flops(op.dtype)  # refuses fp8 on GPUs without it
+        groups = op.groups if op.kind == "grouped_gemm" else 1
+        g = op.gemm
+        return self.profile.efficiency(op.kind, op.dtype, g.m, g.n, g.k, groups,
+                                       peak_flops=self._reference_peak(op.dtype))
+
+    def efficiency(self, op: Op) -> float:
+        """Fraction of the compute peak the op reaches (memory-bound kinds: of the FP32 peak, i.e. 1)."""
+        if op.kind in ("gemm", "grouped_gemm"):
+            return self.gemm_efficiency(op)
+        if op.kind == "attention":
+            if op.phase not in PHASES:
+                raise ValueError(f"op {op.name!r}: phase must be one of {PHASES}, got {op.phase!r}")
+            self.gpu.peak_flops(op.dtype)
+            p = self.profile
+            return p.attention_forward_efficiency if op.phase == "F" else p.attention_backward_efficiency
+        return 1.0
+
+    def duration(self, op: Op, sm_fraction: float = 1.0) -> float:
+        """Seconds for ``op`` on ``sm_fraction`` of the GPU's SMs (see module docstring)."""
+        if op.kind == "collective":
+            raise ValueError(f"op {op.name!r} is a collective: price it with a network model (hwmodels.collectives)")
+        if op.kind not in COMPUTE_CLASSES:
+            raise ValueError(f"op {op.name!r}: kind must be one of {COMPUTE_CLASSES}, got {op.kind!r}")
+        if not 0 < sm_fraction <= 1:
+            raise ValueError(f"sm_fraction must be in (0, 1], got {sm_fraction!r}")
+        if op.flops < 0 or op.bytes < 0:
+            raise ValueError(f"op {op.name!r}: flops and bytes must be >= 0")
+
+        flops = op.flops
+        if op.kind in ("gemm", "grouped_gemm"):
+            if flops == 0 and op.gemm is not None:
+                groups = op.groups if op.kind == "grouped_gemm" else 1
+                flops = 2.0 * op.gemm.m * op.gemm.n * op.gemm.k * groups
+            rate = self.gpu.peak_flops(op.dtype) * self.gemm_efficiency(op)
+        elif op.kind == "attention":
+            rate = self.gpu.peak_flops(op.dtype) * self.efficiency(op)
+        else:  # elementwise, embedding: CUDA-core FLOPs, memory-bound in practice
+            rate = self.gpu.fp32_flops
+        compute_time = flops / (rate * sm_fraction) if flops else 0.0
+        memory_time = op.bytes / (self.gpu.hbm_bw * self.profile.elementwise_bandwidth_efficiency)
+        return max(compute_time, memory_time)

@@ -1,0 +1,215 @@
+"""What one instruction costs on the hardware: its ops on a compute stream and a communication stream.
+
+An instruction (F, B, W, BW of one stage, or an overlapped F&B pair) becomes a small graph of tasks: each
+segment of `workloads.ops` (e.g. "attn(F)" on the compute stream, "dispatch(F)" on the communication stream)
+is a task that depends on the previous segment of its pass. Two streams execute the tasks: each stream runs one
+task at a time, and when it is free it starts the ready task that comes first in the instruction's launch order
+(list scheduling, as a GPU runs kernels launched on two streams with events between them).
+
+Launch order of an overlapped F&B pair (DualPipe): forward layer k is paired with backward layer k (counted from
+the end of the backward chunk), and within the pair the compute stream is fed
+    attn(F), mlp(B), mlp(W), mlp(F), attn(B), attn(W)
+while the communication stream is fed
+    combine(B), dispatch(F), dispatch(B), combine(F)
+so that every all-to-all of one chunk runs under a computation of the other.
+
+Communication kernels hold `comm_sms` of the GPU's SMs throughout the step (DeepSeek-V3 reserves 20 of 132), so
+every compute op runs at the rate of the remaining SMs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
+from gpuhours.hwmodels.compute import ComputeModel
+from gpuhours.simulator.engine import InstructionProfile
+from gpuhours.simulator.instructions import Instruction
+from gpuhours.simulator.timeline import Span
+from gpuhours.workloads.model import ModelSpec
+from gpuhours.workloads.ops import BF16, LayerPasses, Op, OpOptions, Segment, stage_units
+from gpuhours.workloads.parallel import ParallelSpec
+
+# Launch order inside one layer pair of an overlapped F&B (see the module docstring).
+_PAIR_ORDER = {
+    "attn(F)": 0, "combine(B)": 1, "mlp(B)": 2, "mlp(W)": 3, "dispatch(F)": 4,
+    "mlp(F)": 5, "dispatch(B)": 6, "attn(B)": 7, "attn(W)": 8, "combine(F)": 9,
+}
+
+
+@dataclass
+class _Task:
+    name: str
+    stream: str
+    duration: float
+    deps: tuple[int, ...]
+    priority: tuple
+    layer: int | None
+    kind: str
+
+
+def expected_nodes_per_token(model: ModelSpec, ep: int, gpus_per_node: int) -> float:
+    """Distinct nodes a token's top-k experts live on, under uniform routing.
+
+    The EP group spans N = ceil(ep / gpus_per_node) nodes holding E / N experts each. When the routing groups
+    coincide with the nodes (DeepSeek-V3: 8 groups, EP64 on 8 nodes) a token picks `topk_groups` groups and its
+    k experts uniformly among their experts, so each chosen group is missed with probability
+    C(E_g (g-1), k) / C(E_g g, k); otherwise the k experts fall uniformly over all N nodes.
+    """
+    moe = model.moe
+    if moe is None or ep == 1:
+        return 1.0
+    nodes = math.ceil(ep / gpus_per_node)
+    if nodes == 1:
+        return 1.0
+    k = moe.top_k
+    if moe.n_groups == nodes and moe.topk_groups < nodes:
+        g = moe.topk_groups
+        per_group = moe.n_routed_experts // moe.n_groups
+        miss = math.comb(per_group * (g - 1), k) / math.comb(per_group * g, k)
+        return g * (1.0 - miss)
+    per_node = moe.n_routed_experts // nodes
+    miss = math.comb(moe.n_routed_experts - per_node, k) / math.comb(moe.n_routed_experts, k)
+    return nodes * (1.0 - miss)
+
+
+class HardwareCoster:
+    """Prices instructions of one pipeline on a cluster: the `InstructionCoster` of hardware mode."""
+
+    def __init__(self, model: ModelSpec, parallel: ParallelSpec, cluster: ClusterSpec, compute: ComputeModel,
+                 network, seq_len: int, stage_layers: tuple[int, ...], opts: OpOptions = OpOptions()):
+        self.model, self.parallel, self.cluster = model, parallel, cluster
+        self.compute, self.network, self.seq_len, self.opts = compute, network, seq_len, opts
+        sms = cluster.gpu.sms
+        self.sm_fraction = (sms - parallel.comm_sms) / sms
+        self.nodes_per_token = (opts.nodes_per_token if opts.nodes_per_token is not None
+                                else expected_nodes_per_token(model, parallel.ep, cluster.gpus_per_node))
+        starts = [0]
+        for n in stage_layers:
+            starts.append(starts[-1] + n)
+        last = len(stage_layers) - 1
+        self.stages = tuple(
+            stage_units(model, parallel, seq_len, range(starts[s], starts[s + 1]), s == 0, s == last, opts)
+            for s in range(len(stage_layers))
+        )
+        self._profile = lru_cache(maxsize=None)(self._build_profile)
+        self._segment_time = lru_cache(maxsize=None)(self._price_segment)
+
+    # -- pricing -------------------------------------------------------------------------------------------
+    def op_time(self, op: Op) -> float:
+        if op.kind != "collective":
+            return self.compute.duration(op, sm_fraction=self.sm_fraction)
+        gpn = self.cluster.gpus_per_node
+        if op.group == "ep":
+            group = CommGroup(self.parallel.ep, min(self.parallel.ep, gpn))
+            return self.network.ep_all_to_all(op.tokens, op.bytes_per_token, self.model.moe.top_k,
+                                              self.nodes_per_token, group)
+        group = CommGroup(self.parallel.tp, min(self.parallel.tp, gpn))
+        return getattr(self.network, op.collective)(op.comm_bytes, group)
+
+    def _price_segment(self, segment: Segment) -> float:
+        return sum(self.op_time(op) for op in segment.ops)
+
+    def unit_time(self, unit: LayerPasses, overlapped: bool = False) -> float:
+        """Forward + backward + weight time of one unit (used to balance stages): its compute and communication
+        added, or, where the schedule overlaps a chunk's communication with another chunk's compute, the larger
+        of the two."""
+        segments = unit.forward + unit.backward + unit.weight
+        compute = sum(self._segment_time(s) for s in segments if s.stream == "compute")
+        comm = sum(self._segment_time(s) for s in segments if s.stream == "comm")
+        return max(compute, comm) if overlapped else compute + comm
+
+    # -- instruction graphs ----------------------------------------------------------------------------------
+    def profile(self, rank: int, instruction: Instruction) -> InstructionProfile:
+        return self._profile(instruction.kind, instruction.stage, instruction.b_stage)
+
+    def transfer(self, src: int, dst: int, kind: str, microbatch: int, stage: int) -> float:
+        """Activations (forward) or their gradients (backward) of one micro-batch, BF16, between pipeline ranks.
+        Pipeline neighbours sit on different nodes unless a whole stage fits in less than a node."""
+        tokens = self.parallel.micro_batch_size * self.seq_len
+        if self.parallel.sequence_parallel:
+            tokens //= self.parallel.tp
+        nbytes = tokens * self.model.hidden * BF16
+        intra = self.parallel.num_gpus // self.parallel.pp < self.cluster.gpus_per_node
+        return self.network.p2p(nbytes, intra_node=intra)
+
+    def _build_profile(self, kind: str, stage: int, b_stage: int | None) -> InstructionProfile:
+        tasks: list[_Task] = []
+        if kind == "FB":
+            self._add_pass(tasks, stage, "F", pair=True)
+            self._add_pass(tasks, b_stage, "BW", pair=True)
+        else:
+            self._add_pass(tasks, stage, kind, pair=False)
+        return _list_schedule(tasks)
+
+    def _add_pass(self, tasks: list[_Task], stage: int, kind: str, pair: bool) -> list[int]:
+        units = self.stages[stage]
+        ordered = units if kind == "F" else tuple(reversed(units))
+        ids: list[int] = []
+        prev: int | None = None
+        for k, unit in enumerate(ordered):
+            segments = {"F": unit.forward, "B": unit.backward, "W": unit.weight, "BW": unit.backward}[kind]
+            b_ids: dict[str, int] = {}
+            for j, seg in enumerate(segments):
+                deps = () if prev is None else (prev,)
+                prev = self._add(tasks, seg, deps, k, j, pair, kind)
+                b_ids[seg.name] = prev
+                ids.append(prev)
+            if kind == "BW":
+                for j, seg in enumerate(unit.weight):
+                    anchor = b_ids.get(seg.name.replace("(W)", "(B)"), prev)
+                    deps = () if anchor is None else (anchor,)
+                    ids.append(self._add(tasks, seg, deps, k, 50 + j, pair, kind))
+        return ids
+
+    def _add(self, tasks: list[_Task], seg: Segment, deps: tuple[int, ...], k: int, j: int, pair: bool,
+             kind: str) -> int:
+        if pair:
+            priority = (k, _PAIR_ORDER.get(seg.name, 20 + j), len(tasks))
+        else:
+            priority = (len(tasks),)
+        tasks.append(_Task(seg.name, seg.stream, self._segment_time(seg), deps, priority, seg.layer, kind))
+        return len(tasks) - 1
+
+
+def _list_schedule(tasks: list[_Task]) -> InstructionProfile:
+    """Run the tasks on a compute and a communication stream; each free stream starts its first ready task."""
+    n = len(tasks)
+    end: list[float | None] = [None] * n
+    started = [False] * n
+    free_at = {"compute": 0.0, "comm": 0.0}
+    running: dict[str, int | None] = {"compute": None, "comm": None}
+    busy = {"compute": 0.0, "comm": 0.0}
+    spans: list[Span] = []
+    now, done = 0.0, 0
+    while done < n:
+        for stream in ("compute", "comm"):
+            if running[stream] is not None:
+                continue
+            ready = [i for i in range(n) if not started[i] and tasks[i].stream == stream
+                     and all(end[d] is not None and end[d] <= now for d in tasks[i].deps)]
+            if not ready:
+                continue
+            i = min(ready, key=lambda t: tasks[t].priority)
+            started[i] = True
+            running[stream] = i
+            free_at[stream] = now + tasks[i].duration
+        active = [s for s in ("compute", "comm") if running[s] is not None]
+        if not active:
+            raise RuntimeError("instruction task graph has a cycle")
+        stream = min(active, key=lambda s: free_at[s])
+        now = free_at[stream]
+        for s in active:
+            if free_at[s] <= now:
+                i = running[s]
+                t = tasks[i]
+                end[i] = now
+                busy[s] += t.duration
+                spans.append(Span(0, s, now - t.duration, now, t.name, t.kind, None, None,
+                                  (() if t.layer is None else (("layer", t.layer),))))
+                running[s] = None
+                done += 1
+    return InstructionProfile(duration=now, compute_busy=busy["compute"], comm_busy=busy["comm"],
+                              spans=tuple(spans))

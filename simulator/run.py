@@ -1,0 +1,117 @@
+"""From steps to the whole run: the batch ramp as constant-batch segments, each distinct step shape simulated once."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from gpuhours.simulator.step import StepResult, StepSimulator
+from gpuhours.workloads.parallel import ParallelSpec
+from gpuhours.workloads.run import RunPlan
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of the run at one global batch."""
+
+    tokens: float
+    batch_requested: int          # sequences per step the plan asks for
+    num_microbatches: int         # per pipeline (data-parallel replica)
+    batch_simulated: int          # sequences per step actually simulated
+    steps: float
+    step: StepResult
+    note: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return self.steps * self.step.step_time
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    segments: tuple[Segment, ...]
+    num_gpus: int
+    price_per_gpu_hour: float
+
+    @property
+    def wall_clock_s(self) -> float:
+        return sum(s.seconds for s in self.segments)
+
+    @property
+    def wall_clock_days(self) -> float:
+        return self.wall_clock_s / 86400
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.wall_clock_s * self.num_gpus / 3600
+
+    @property
+    def cost_usd(self) -> float:
+        return self.gpu_hours * self.price_per_gpu_hour
+
+    @property
+    def tokens(self) -> float:
+        return sum(s.tokens for s in self.segments)
+
+    @property
+    def steady(self) -> Segment:
+        """The segment carrying the most tokens: the step the run spends most of its time in."""
+        return max(self.segments, key=lambda s: s.tokens)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s.note for s in self.segments if s.note))
+
+
+def ramp_segments(plan: RunPlan) -> list[tuple[float, int]]:
+    """(tokens, batch) pairs: the linear ramp cut into `plan.ramp_segments` pieces of equal tokens, each at its
+    mean batch, followed by the rest of the run at the final batch."""
+    ramp = plan.batch
+    out: list[tuple[float, int]] = []
+    ramp_tokens = min(ramp.over_tokens, plan.tokens) if ramp.start != ramp.end else 0.0
+    if ramp_tokens > 0:
+        n = plan.ramp_segments
+        for i in range(n):
+            lo, hi = i / n * ramp_tokens, (i + 1) / n * ramp_tokens
+            mid = (lo + hi) / 2 / ramp.over_tokens
+            out.append((hi - lo, round(ramp.start + (ramp.end - ramp.start) * mid)))
+    if plan.tokens > ramp_tokens:
+        out.append((plan.tokens - ramp_tokens, ramp.end))
+    return out
+
+
+def microbatches_for(batch: int, parallel: ParallelSpec) -> tuple[int, str]:
+    """Micro-batches per pipeline for a global batch, and a note when the schedule forced a change.
+
+    m = ceil(batch / (dp x micro-batch size)); DualPipe needs m even and >= 2 pp, interleaved 1F1B a multiple of pp;
+    where the batch does not give that, m is raised to the nearest valid count (the step is padded), and said."""
+    per_step = parallel.dp * parallel.micro_batch_size
+    m = max(1, math.ceil(batch / per_step))
+    note = "" if m * per_step == batch else (
+        f"batch {batch} is not a multiple of dp x micro-batch ({per_step}); rounded up to {m * per_step}")
+    needed = m
+    if parallel.schedule == "dualpipe":
+        needed = max(2 * parallel.pp, m + (m % 2))
+    elif parallel.schedule == "dualpipev":
+        needed = max(2 * parallel.pp, m + (m % 2))
+    elif parallel.schedule == "interleaved-1f1b":
+        needed = math.ceil(m / parallel.pp) * parallel.pp
+    if needed != m:
+        note = (f"{parallel.schedule} needs {needed} micro-batches where batch {batch} gives {m} per pipeline: "
+                f"simulated {needed} (batch {needed * per_step}), fewer steps cover the same tokens")
+    return needed, note
+
+
+def estimate_run(simulator: StepSimulator, plan: RunPlan, progress=None) -> RunEstimate:
+    """Simulate each distinct step shape of the plan once and add up the run."""
+    p = simulator.parallel
+    segments = []
+    pieces = ramp_segments(plan)
+    for index, (tokens, batch) in enumerate(pieces):
+        m, note = microbatches_for(batch, p)
+        step = simulator.step(m)
+        steps = tokens / step.tokens
+        segments.append(Segment(tokens, batch, m, m * p.dp * p.micro_batch_size, steps, step, note))
+        if progress:
+            progress(index + 1, len(pieces))
+    return RunEstimate(tuple(segments), p.num_gpus, plan.price_per_gpu_hour)

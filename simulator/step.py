@@ -1,0 +1,277 @@
+"""One training step: the pipeline pass of every micro-batch, then gradient synchronisation and the optimizer.
+
+Data-parallel replicas behave alike, so one representative pipeline is simulated (DESIGN principle 4).
+After a rank's last backward it reduces its gradients over its data-parallel group (ZeRO-1: reduce-scatter,
+then the optimizer updates its shard, then the updated BF16 parameters are all-gathered; ZeRO-0: all-reduce and
+a full update). The step ends when the slowest rank has its new parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
+from gpuhours.hwmodels.compute import ComputeModel
+from gpuhours.simulator.chunks import HardwareCoster
+from gpuhours.simulator.engine import PipelineResult, run_pipeline
+from gpuhours.simulator.schedules import build_schedule
+from gpuhours.workloads import params as P
+from gpuhours.workloads.flops import flops_per_token
+from gpuhours.workloads.model import ModelSpec
+from gpuhours.workloads.ops import Op, OpOptions, layer_passes, stage_units
+from gpuhours.workloads.parallel import ParallelSpec
+
+# Optimizer traffic per parameter of the local shard (bytes), for DeepSeek-V3's recipe: read FP32 master weight,
+# FP32 gradient and BF16 AdamW moments (4 + 4 + 2 + 2), write master and moments (4 + 2 + 2), write the BF16
+# working copy (2).
+OPTIMIZER_BYTES_PER_PARAM = 22
+GRAD_BYTES = 4   # gradients are reduced in FP32
+PARAM_BYTES = 2  # the working copy that is all-gathered is BF16
+
+
+@dataclass(frozen=True)
+class StepResult:
+    schedule: str
+    num_microbatches: int
+    tokens: int                        # tokens trained in this step (all replicas)
+    step_time: float                   # seconds
+    pipeline_time: float               # makespan of the pipeline pass
+    dp_sync_time: float                # gradient sync + optimizer + parameter gather on the slowest rank
+    busy_per_rank: tuple[float, ...]
+    comm_busy_per_rank: tuple[float, ...]
+    bubble_per_rank: tuple[float, ...]
+    exposed_comm_per_rank: tuple[float, ...]  # time inside instructions when compute waits for communication
+    stage_layers: tuple[int, ...]
+    model_flops: float                 # model FLOPs of the step (6N-style plus attention, incl. MTP)
+    num_gpus: int
+    peak_bf16: float
+    peak_fp8: float
+    peak_activations_per_rank: tuple[int, ...]
+    pipeline: PipelineResult = field(repr=False, compare=False)
+
+    @property
+    def tokens_per_s_per_gpu(self) -> float:
+        return self.tokens / self.step_time / self.num_gpus
+
+    def mfu(self, dtype: str = "bf16") -> float:
+        peak = self.peak_bf16 if dtype == "bf16" else self.peak_fp8
+        return self.model_flops / (self.step_time * self.num_gpus * peak)
+
+    @property
+    def bubble_share(self) -> float:
+        return sum(self.bubble_per_rank) / (len(self.bubble_per_rank) * self.step_time)
+
+    @property
+    def exposed_comm_share(self) -> float:
+        """Exposed EP/TP communication inside instructions plus the data-parallel tail, per rank-second."""
+        ranks = len(self.exposed_comm_per_rank)
+        return (sum(self.exposed_comm_per_rank) + ranks * self.dp_sync_time) / (ranks * self.step_time)
+
+
+class StepSimulator:
+    """Simulates steps of one (model, layout, cluster) for any number of micro-batches; shapes are memoised."""
+
+    def __init__(self, model: ModelSpec, parallel: ParallelSpec, cluster: ClusterSpec, compute: ComputeModel,
+                 network, seq_len: int, opts: OpOptions = OpOptions()):
+        parallel.check_model(model)
+        if parallel.num_gpus != cluster.num_gpus:
+            raise ValueError(f"gpus in the layout ({parallel.num_gpus}) and the cluster ({cluster.num_gpus}) differ")
+        self.model, self.parallel, self.cluster = model, parallel, cluster
+        self.compute, self.network, self.seq_len, self.opts = compute, network, seq_len, opts
+        self.stage_layers = parallel.stage_layers or self._balanced_stage_layers()
+        self.coster = HardwareCoster(model, parallel, cluster, compute, network, seq_len, self.stage_layers, opts)
+        self._cache: dict[tuple[int, bool], StepResult] = {}
+
+    # -- stage assignment ---------------------------------------------------------------------------------------
+    def _balanced_stage_layers(self) -> tuple[int, ...]:
+        """Contiguous layers per stage minimising the most expensive stage (embedding on the first stage, head and
+        MTP on the last), by dynamic programming over (stages, layers) with each unit's simulated solo cost."""
+        model, p = self.model, self.parallel
+        probe = HardwareCoster(model, p, self.cluster, self.compute, self.network, self.seq_len,
+                               (model.n_layers,), self.opts)
+        overlapped = p.schedule in ("dualpipe", "dualpipev")
+        layer_cost = [probe.unit_time(layer_passes(model, i, p, self.seq_len, self.opts), overlapped)
+                      for i in range(model.n_layers)]
+        units = stage_units(model, p, self.seq_len, range(0), True, True, self.opts)
+        first_extra = sum(probe.unit_time(u, overlapped) for u in units if u.name == "embed")
+        last_extra = sum(probe.unit_time(u, overlapped) for u in units if u.name != "embed")
+        sizes = partition_layers(layer_cost, p.num_stages, first_extra, last_extra)
+        return rebalance_for_ranks(sizes, layer_cost, stage_ranks(p), first_extra, last_extra)
+
+    # -- one step ----------------------------------------------------------------------------------------------
+    def step(self, num_microbatches: int, detail: bool = False) -> StepResult:
+        key = (num_microbatches, detail)
+        if key not in self._cache:
+            self._cache[key] = self._simulate(num_microbatches, detail)
+        return self._cache[key]
+
+    def _simulate(self, num_microbatches: int, detail: bool) -> StepResult:
+        p = self.parallel
+        schedule = build_schedule(p.schedule, p.pp, num_microbatches, vpp=p.vpp)
+        result = run_pipeline(schedule, self.coster, detail=detail)
+        stages_of_rank = _stages_per_rank(schedule)
+        tails = [self._dp_tail(stages) for stages in stages_of_rank]
+        ends = [f + t for f, t in zip(result.finish_per_rank, tails)]
+        step_time = max(ends)
+        slowest = ends.index(step_time)
+        executing = [result.makespan - b for b in result.bubble_per_rank]
+        exposed = tuple(max(0.0, e - c) for e, c in zip(executing, result.busy_per_rank))
+        tokens = num_microbatches * p.micro_batch_size * self.seq_len * p.dp
+        flops = flops_per_token(self.model, self.seq_len, include_mtp=True).training_per_token * tokens
+        gpu = self.cluster.gpu
+        return StepResult(
+            schedule=schedule.name, num_microbatches=num_microbatches, tokens=tokens, step_time=step_time,
+            pipeline_time=result.makespan, dp_sync_time=tails[slowest],
+            busy_per_rank=result.busy_per_rank, comm_busy_per_rank=result.comm_busy_per_rank,
+            bubble_per_rank=tuple(step_time - e for e in executing), exposed_comm_per_rank=exposed,
+            stage_layers=self.stage_layers, model_flops=flops, num_gpus=p.num_gpus,
+            peak_bf16=gpu.peak_flops("bf16"), peak_fp8=gpu.peak_flops("fp8") if gpu.fp8_flops else 0.0,
+            peak_activations_per_rank=result.peak_activations_per_rank, pipeline=result,
+        )
+
+    # -- data-parallel tail ----------------------------------------------------------------------------------------
+    def rank_params(self, stages: set[int]) -> tuple[float, float]:
+        """(dense, expert) parameters a rank holds for `stages`: dense ones are split by tp and replicated over dp;
+        expert ones are split by ep and replicated over the stage's ep groups."""
+        model, p = self.model, self.parallel
+        starts = [0]
+        for n in self.stage_layers:
+            starts.append(starts[-1] + n)
+        dense = expert = 0.0
+        last = len(self.stage_layers) - 1
+        for s in stages:
+            for i in range(starts[s], starts[s + 1]):
+                full = P.layer_params(model, i)
+                if model.is_moe_layer(i):
+                    routed = model.moe.n_routed_experts * P.expert_params(model)
+                    dense += (full - routed) / p.tp
+                    expert += routed / p.ep
+                else:
+                    dense += full / p.tp
+            if s == 0:
+                dense += P.embedding_params(model) / p.tp
+            if s == last:
+                dense += P.head_params(model) / p.tp
+                if model.mtp_depth:
+                    mtp = P.mtp_params(model)
+                    routed = model.moe.n_routed_experts * P.expert_params(model) if model.moe else 0
+                    dense += (mtp - routed * model.mtp_depth) / p.tp
+                    expert += routed * model.mtp_depth / p.ep
+        return dense, expert
+
+    def _dp_tail(self, stages: set[int]) -> float:
+        p, net, gpn = self.parallel, self.network, self.cluster.gpus_per_node
+        dense, expert = self.rank_params(stages)
+        # Placement (TP inside a node, then EP, then DP, PP outermost): a dense shard's replicas are tp ranks
+        # apart, an expert shard's replicas ep ranks apart.
+        dense_group = CommGroup(p.dp, max(1, min(gpn // p.tp, p.dp)))
+        expert_group = CommGroup(p.expert_dp, max(1, min(gpn // p.ep, p.expert_dp)))
+        time = 0.0
+        for n_params, group in ((dense, dense_group), (expert, expert_group)):
+            if n_params == 0 or group.size == 1:
+                continue
+            if p.zero_stage == 1:
+                time += net.reduce_scatter(n_params * GRAD_BYTES, group)
+                time += net.all_gather(n_params * PARAM_BYTES, group)
+            else:
+                time += net.all_reduce(n_params * GRAD_BYTES, group)
+        shard = (dense / p.dp + expert / p.expert_dp) if p.zero_stage == 1 else dense + expert
+        update = Op("optimizer.adamw", "elementwise", "W", "optimizer", 0.0, shard * OPTIMIZER_BYTES_PER_PARAM)
+        return time + self.compute.duration(update)
+
+
+def _stages_per_rank(schedule) -> list[set[int]]:
+    stages: list[set[int]] = [set() for _ in range(schedule.pp)]
+    for rank, program in enumerate(schedule.programs):
+        for ins in program:
+            for kind, _, stage in ins.parts():
+                stages[rank].add(stage)
+    return stages
+
+
+def partition_layers(layer_cost: list[float], num_stages: int, first_extra: float = 0.0,
+                     last_extra: float = 0.0) -> tuple[int, ...]:
+    """Split layers into `num_stages` contiguous, non-empty runs minimising the largest stage cost.
+
+    The first stage also pays `first_extra` and the last `last_extra`. O(stages x layers^2) dynamic programming;
+    ties go to the earliest split, so equal layers give the balanced split with remainders toward the front.
+    """
+    n = len(layer_cost)
+    if not 1 <= num_stages <= n:
+        raise ValueError(f"stages ({num_stages}) must be between 1 and the number of layers ({n})")
+    prefix = [0.0]
+    for c in layer_cost:
+        prefix.append(prefix[-1] + c)
+
+    def cost(i: int, j: int, s: int) -> float:  # layers i..j-1 on stage s
+        extra = (first_extra if s == 0 else 0.0) + (last_extra if s == num_stages - 1 else 0.0)
+        return prefix[j] - prefix[i] + extra
+
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(num_stages + 1)]
+    cut = [[0] * (n + 1) for _ in range(num_stages + 1)]
+    best[0][0] = 0.0
+    for s in range(1, num_stages + 1):
+        for j in range(s, n - (num_stages - s) + 1):
+            for i in range(s - 1, j):
+                value = max(best[s - 1][i], cost(i, j, s - 1))
+                if value < best[s][j] - 1e-15:
+                    best[s][j], cut[s][j] = value, i
+    sizes, j = [], n
+    for s in range(num_stages, 0, -1):
+        i = cut[s][j]
+        sizes.append(j - i)
+        j = i
+    return tuple(reversed(sizes))
+
+
+def stage_ranks(parallel: ParallelSpec) -> tuple[tuple[int, ...], ...]:
+    """The ranks that hold each stage: rank s (1F1B, ZB1P), s mod pp (interleaved), s and pp-1-s (DualPipe),
+    the V of DualPipeV (s for s < pp, 2pp-1-s after)."""
+    pp, n = parallel.pp, parallel.num_stages
+    if parallel.schedule == "dualpipe":
+        return tuple((s, pp - 1 - s) for s in range(n))
+    if parallel.schedule == "dualpipev":
+        return tuple((s if s < pp else 2 * pp - 1 - s,) for s in range(n))
+    return tuple((s % pp,) for s in range(n))
+
+
+def rebalance_for_ranks(sizes: tuple[int, ...], layer_cost: list[float], holders: tuple[tuple[int, ...], ...],
+                        first_extra: float = 0.0, last_extra: float = 0.0) -> tuple[int, ...]:
+    """Move one layer at a time from one stage to another while that lowers the busiest rank's load.
+
+    A rank's load is the sum of the costs of the stages it holds (DualPipe's rank r holds stages r and PP-1-r,
+    so balancing stages alone leaves rank 0, with the embedding and the head, the busiest). Stages stay
+    contiguous: only their sizes change. Hill climbing on (max rank load, max stage cost); every stage keeps at
+    least one layer.
+    """
+    num_ranks = 1 + max(r for rs in holders for r in rs)
+
+    def score(sz: tuple[int, ...]) -> tuple[float, float]:
+        stage_cost, start = [], 0
+        for s, n in enumerate(sz):
+            c = sum(layer_cost[start:start + n]) + (first_extra if s == 0 else 0.0)
+            c += last_extra if s == len(sz) - 1 else 0.0
+            stage_cost.append(c)
+            start += n
+        load = [0.0] * num_ranks
+        for s, c in enumerate(stage_cost):
+            for r in holders[s]:
+                load[r] += c
+        return max(load), max(stage_cost)
+
+    best, best_score = tuple(sizes), score(tuple(sizes))
+    improved = True
+    while improved:
+        improved = False
+        for a in range(len(best)):
+            for b in range(len(best)):
+                if a == b or best[a] == 1:
+                    continue
+                sz = list(best)
+                sz[a] -= 1
+                sz[b] += 1
+                sc = score(tuple(sz))
+                if sc < best_score:
+                    best, best_score, improved = tuple(sz), sc, True
+    return best

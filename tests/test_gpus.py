@@ -1,0 +1,89 @@
+"""GPU spec sheets: SI units, datasheet relations, lookup rules."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gpuhours.hwmodels.gpus import GPUSpec, list_gpus, load_gpu
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+HOPPER = ("h800", "h100-sxm", "h200-sxm")
+
+
+def test_list_and_lookup_is_case_insensitive():
+    assert list_gpus() == ["h800", "h100-sxm", "h200-sxm", "a100-80gb-sxm"]
+    assert load_gpu("H800") == load_gpu("h800") == load_gpu("h800 SXM")
+    assert load_gpu("H100").key == "h100-sxm"
+    assert load_gpu("a100").key == "a100-80gb-sxm"
+    assert load_gpu("H200 SXM").key == "h200-sxm"
+
+
+def test_unknown_gpu_names_the_allowed_ones():
+    with pytest.raises(ValueError, match="h800.*a100-80gb-sxm"):
+        load_gpu("B200")
+
+
+def test_hopper_peaks_follow_from_sms_and_clock():
+    # dense BF16 = SMs x 4096 FLOP/clk/SM x 1.83 GHz boost; FP8 is twice BF16 on Hopper
+    for key in HOPPER:
+        g = load_gpu(key)
+        assert g.sms == 132
+        assert g.bf16_flops == pytest.approx(132 * 4096 * 1.83e9, rel=1e-3)
+        assert g.fp8_flops == pytest.approx(2 * g.bf16_flops, rel=1e-3)
+        assert g.peak_flops("fp8") == g.fp8_flops and g.peak_flops("bf16") == g.bf16_flops
+
+
+def test_a100_peaks_and_no_fp8():
+    g = load_gpu("a100")
+    assert g.sms == 108
+    assert g.bf16_flops == pytest.approx(108 * 2048 * 1.41e9, rel=1e-3)  # GA100: 2048 FLOP/clk/SM at 1.41 GHz
+    assert not g.has_fp8
+    with pytest.raises(ValueError, match="fp8"):
+        g.peak_flops("fp8")
+    with pytest.raises(ValueError, match="dtype"):
+        g.peak_flops("fp16")
+
+
+def test_nvlink_and_nic_in_si_units():
+    expected_bidir = {"h800": 400e9, "h100-sxm": 900e9, "h200-sxm": 900e9, "a100-80gb-sxm": 600e9}
+    for key, bidir in expected_bidir.items():
+        g = load_gpu(key)
+        assert g.nvlink_bw_bidirectional == bidir
+        assert g.nvlink_bw_unidirectional == bidir / 2
+        assert g.nic_bw == 400e9 / 8  # 400 Gb/s line rate in bytes/s
+        assert g.source
+
+
+def test_h800_is_h100_silicon_with_cut_nvlink():
+    h800, h100 = load_gpu("h800"), load_gpu("h100")
+    for f in ("sms", "bf16_flops", "fp8_flops", "fp32_flops", "hbm_bytes", "hbm_bw", "nic_bw"):
+        assert getattr(h800, f) == getattr(h100, f), f
+    assert h800.nvlink_bw_bidirectional < h100.nvlink_bw_bidirectional
+
+
+def test_h200_has_more_and_faster_hbm_same_compute():
+    h200, h100 = load_gpu("h200"), load_gpu("h100")
+    assert h200.bf16_flops == h100.bf16_flops
+    assert h200.hbm_bytes > 1.7 * h100.hbm_bytes
+    assert h200.hbm_bw == pytest.approx(4.8e12)
+
+
+def test_spec_validation():
+    g = load_gpu("h800")
+    with pytest.raises(ValueError, match="sms"):
+        GPUSpec(**{**g.__dict__, "sms": 0})
+    with pytest.raises(ValueError, match="hbm_bw"):
+        GPUSpec(**{**g.__dict__, "hbm_bw": -1.0})
+
+
+def test_h800_matches_trace_device_properties():
+    trace = SHARED / "data" / "profile-data" / "train.json"
+    if not trace.is_file():
+        pytest.skip("shared profile-data trace absent")
+    dev = json.loads(trace.read_text())["deviceProperties"][0]
+    g = load_gpu("h800")
+    assert dev["name"] == "NVIDIA H800"
+    assert g.sms == dev["numSms"]
+    # usable memory reported by the driver is a little below the 80 GiB of HBM
+    assert 0.95 * g.hbm_bytes < dev["totalGlobalMem"] <= g.hbm_bytes

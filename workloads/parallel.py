@@ -1,0 +1,103 @@
+"""ParallelSpec: how a model is laid out on the GPUs of one training job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpuhours.workloads.model import ModelSpec
+
+SCHEDULES = ("1f1b", "interleaved-1f1b", "zb1p", "dualpipe", "dualpipev")
+
+
+@dataclass(frozen=True)
+class ParallelSpec:
+    """Pipeline (pp), expert (ep) and tensor (tp, with sequence parallelism) parallelism; data parallelism fills
+    the rest. Expert-parallel groups are drawn from the dp x tp ranks that hold the same pipeline stage.
+
+    `stage_layers`: transformer layers per pipeline stage, in order (None: balanced by simulated cost).
+    `comm_sms`: streaming multiprocessors reserved for communication kernels; compute runs on the others.
+    `vpp`: virtual stages per rank for interleaved 1F1B.
+    """
+
+    num_gpus: int
+    pp: int = 1
+    ep: int = 1
+    tp: int = 1
+    zero_stage: int = 1
+    micro_batch_size: int = 1
+    schedule: str = "1f1b"
+    vpp: int = 1
+    stage_layers: tuple[int, ...] | None = None
+    comm_sms: int = 0
+    sequence_parallel: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("num_gpus", "pp", "ep", "tp", "micro_batch_size", "vpp"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
+        if self.zero_stage not in (0, 1):
+            raise ValueError(f"zero_stage must be 0 or 1, got {self.zero_stage!r}")
+        if self.comm_sms < 0:
+            raise ValueError(f"comm_sms must be >= 0, got {self.comm_sms}")
+        if self.num_gpus % (self.pp * self.tp):
+            raise ValueError(
+                f"gpus ({self.num_gpus}) must be a multiple of pp x tp ({self.pp} x {self.tp} = {self.pp * self.tp})"
+            )
+        if (self.dp * self.tp) % self.ep:
+            raise ValueError(
+                f"ep ({self.ep}) must divide the {self.dp * self.tp} ranks of a pipeline stage (dp x tp)"
+            )
+        if self.schedule in ("dualpipe", "dualpipev") and self.pp % 2:
+            raise ValueError(f"pp must be even for {self.schedule}, got {self.pp}")
+
+    @property
+    def dp(self) -> int:
+        return self.num_gpus // (self.pp * self.tp)
+
+    @property
+    def expert_dp(self) -> int:
+        """Replicas of each expert shard: the stage's ranks divided into EP groups."""
+        return self.dp * self.tp // self.ep
+
+    @property
+    def num_stages(self) -> int:
+        """Model chunks the layers are cut into: pp x vpp for interleaved 1F1B, 2 pp for DualPipeV."""
+        if self.schedule == "interleaved-1f1b":
+            return self.pp * self.vpp
+        if self.schedule == "dualpipev":
+            return 2 * self.pp
+        return self.pp
+
+    @property
+    def params_copies(self) -> int:
+        """Copies of a stage's parameters a rank holds (DualPipe keeps stage r and PP-1-r)."""
+        return 2 if self.schedule == "dualpipe" else 1
+
+    def check_model(self, model: ModelSpec) -> None:
+        """Raise ValueError when this layout cannot hold `model`."""
+        att = model.attention
+        if att.n_heads % self.tp:
+            raise ValueError(f"tp ({self.tp}) must divide the attention heads ({att.n_heads})")
+        if att.kind == "gqa" and att.n_kv_heads % self.tp and self.tp % att.n_kv_heads:
+            raise ValueError(f"tp ({self.tp}) must divide or be a multiple of the kv heads ({att.n_kv_heads})")
+        if model.moe is None:
+            if self.ep != 1:
+                raise ValueError(f"ep must be 1 for a dense model ({model.name}), got {self.ep}")
+        elif model.moe.n_routed_experts % self.ep:
+            raise ValueError(f"ep ({self.ep}) must divide the routed experts ({model.moe.n_routed_experts})")
+        if self.num_stages > model.n_layers:
+            raise ValueError(
+                f"pipeline stages ({self.num_stages}) must not exceed the model's layers ({model.n_layers})"
+            )
+        if self.stage_layers is not None:
+            if len(self.stage_layers) != self.num_stages:
+                raise ValueError(
+                    f"stage_layers has {len(self.stage_layers)} entries; the layout has {self.num_stages} stages"
+                )
+            if sum(self.stage_layers) != model.n_layers or min(self.stage_layers) < 0:
+                raise ValueError(
+                    f"stage_layers must be non-negative and add up to the model's {model.n_layers} layers"
+                )

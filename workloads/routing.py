@@ -1,0 +1,616 @@
+"""MoE routing of one micro-batch over an expert-parallel (EP) group: who sends how many rows where.
+
+Placement: expert e lives on EP rank e // (n_experts / ep); rank r sits on node r // gpus_per_node.
+Token t of the micro-batch starts on rank t // tokens_per_rank.
+
+Affinity model (a modelling assumption, not a measurement): token t's gate logit for expert e is
+    z[t, e] = log(E * p_e) + u[seq(t), e] + g[t, e] - log(E / k)
+with p_e the expert popularity (sums to 1; uniform p_e = 1/E gives 0), u ~ N(0, seq_sigma) a per-sequence
+offset, g ~ Gumbel(0, 1) per token.  With Gumbel noise, top-1 on z picks expert e with probability p_e exactly
+(Gumbel-max), and top-k is Plackett-Luce sampling of k experts by p.  The shift log(E / k) puts the expected k-th
+largest logit near 0, i.e. the selection threshold near sigmoid score 0.5, where the gate is most sensitive.
+Scores: sigmoid(z) (DeepSeek-V3) or softmax(z) over experts (DeepSeek-V2).  Because exp(-g) ~ Exp(1),
+sigmoid(z) = 1 / (1 + X * exp(log(E/k) - log(E p_e) - u)) with X ~ Exp(1): no logarithm on the big array.
+
+Selection (DeepSeek-V3 `noaux_tc`): a per-expert bias is added to the score for selection only;
+with n_groups > 1 a token keeps the topk_groups groups with the largest group score (sum of the top-2 biased
+scores for sigmoid, the top-1 for softmax as in DeepSeek-V2's device-limited routing), then the top_k experts
+among them.  A unit of bias is a unit of score: sigmoid scores lie in (0, 1) and at the threshold
+d(score)/d(logit) = 1/4, so a bias b shifts an expert's logit by about 4 b there, which multiplies its
+selection odds by about exp(4 b).
+
+Link classes (DeepEP internode dispatch): a token crosses IB once per distinct remote target node, landing on the
+GPU with the source's in-node index; NVLink then forwards it to every other target GPU in that node (from the
+source itself inside its own node).  Combine is the mirror image with the same copy counts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from gpuhours.workloads.model import MoESpec
+
+SKEW_KINDS = ("balanced", "uniform", "zipf", "dirichlet", "weights")
+
+
+@dataclass(frozen=True)
+class EPGroup:
+    """One expert-parallel group: `ep` ranks, `gpus_per_node` of them per node, experts placed contiguously."""
+
+    ep: int
+    gpus_per_node: int
+
+    def __post_init__(self) -> None:
+        for f in ("ep", "gpus_per_node"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"EPGroup.{f} = {v!r}: expected an integer >= 1")
+        if self.ep > self.gpus_per_node and self.ep % self.gpus_per_node:
+            raise ValueError(f"EPGroup.ep = {self.ep}: must be a multiple of gpus_per_node = {self.gpus_per_node} "
+                             "when it spans several nodes")
+
+    @property
+    def n_nodes(self) -> int:
+        return -(-self.ep // self.gpus_per_node)
+
+    def experts_per_rank(self, n_experts: int) -> int:
+        if n_experts % self.ep:
+            raise ValueError(f"EPGroup.ep = {self.ep}: must divide n_routed_experts = {n_experts}")
+        return n_experts // self.ep
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """How tokens pick experts.
+
+    skew: "balanced" (deterministic round-robin, every expert the same rows), "uniform" (random, p_e = 1/E),
+    "zipf" (p_e proportional to rank^-value over a seeded random order of experts; value = s >= 0),
+    "dirichlet" (p ~ Dirichlet(value * 1); value = alpha > 0, smaller is more skewed),
+    "weights" (p proportional to `weights`).
+    bias: per-expert score correction added for selection (score units, see module docstring).
+    seq_len / seq_sigma: per-sequence logit offsets N(0, seq_sigma) for each run of seq_len tokens.
+    capacity_factor: None (no dropping, DeepSeek-V3) or c > 0: each expert keeps at most
+    ceil(c * tokens * top_k / n_experts) rows, earlier tokens first; the rest are dropped.
+    """
+
+    skew: str = "uniform"
+    value: float = 0.0
+    seed: int = 0
+    bias: tuple[float, ...] | None = None
+    seq_len: int = 4096
+    seq_sigma: float = 0.0
+    capacity_factor: float | None = None
+    weights: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.skew not in SKEW_KINDS:
+            raise ValueError(f"RoutingConfig.skew = {self.skew!r}: allowed values are {', '.join(SKEW_KINDS)}")
+        if not _is_number(self.value) or not math.isfinite(self.value) or self.value < 0:
+            raise ValueError(f"RoutingConfig.value = {self.value!r}: expected a finite number >= 0")
+        if self.skew == "dirichlet" and not self.value > 0:
+            raise ValueError(f"RoutingConfig.value = {self.value!r}: dirichlet needs alpha > 0")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"RoutingConfig.seed = {self.seed!r}: expected an integer >= 0")
+        if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 1:
+            raise ValueError(f"RoutingConfig.seq_len = {self.seq_len!r}: expected an integer >= 1")
+        if not _is_number(self.seq_sigma) or not self.seq_sigma >= 0:
+            raise ValueError(f"RoutingConfig.seq_sigma = {self.seq_sigma!r}: expected a number >= 0")
+        if self.capacity_factor is not None and (not _is_number(self.capacity_factor) or not self.capacity_factor > 0):
+            raise ValueError(f"RoutingConfig.capacity_factor = {self.capacity_factor!r}: expected None or a number > 0")
+        if self.skew == "weights":
+            w = np.asarray(self.weights if self.weights is not None else (), dtype=float)
+            if w.ndim != 1 or w.size == 0 or not np.all(np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
+                raise ValueError("RoutingConfig.weights: skew 'weights' needs a sequence of finite weights >= 0 "
+                                 "with a positive sum")
+        if self.bias is not None and not np.all(np.isfinite(np.asarray(self.bias, dtype=float))):
+            raise ValueError("RoutingConfig.bias: expected finite numbers, one per expert")
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class RoutingResult:
+    """Loads and traffic of one routed micro-batch (rows = token-expert pairs, i.e. expert GEMM rows)."""
+
+    group: EPGroup
+    tokens_per_rank: int
+    top_k: int
+    experts: np.ndarray = field(repr=False)           # (tokens, top_k) int16 chosen experts, -1 where dropped
+    expert_rows: np.ndarray = field(repr=False)       # (E,) rows received per expert
+    rank_rows: np.ndarray = field(repr=False)         # (ep,) rows received per EP rank (sum over its experts)
+    rank_rows_sent: np.ndarray = field(repr=False)    # (ep,) rows whose token starts on that rank
+    rank_tokens_received: np.ndarray = field(repr=False)  # (ep,) distinct tokens each rank receives
+    nodes_per_token: np.ndarray = field(repr=False)   # (tokens,) distinct target nodes (0 if all dropped)
+    ib_sent: np.ndarray = field(repr=False)           # (ep,) token copies each rank sends over IB
+    ib_received: np.ndarray = field(repr=False)       # (ep,) token copies each rank receives over IB
+    nvlink_sent: np.ndarray = field(repr=False)       # (ep,) token copies each rank forwards over NVLink
+    nvlink_received: np.ndarray = field(repr=False)   # (ep,) token copies each rank receives over NVLink
+    bytes_per_token: float = 0.0
+    dropped_rows: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return int(self.experts.shape[0])
+
+    @property
+    def imbalance(self) -> float:
+        """max / mean rows per EP rank (1.0 = perfectly balanced)."""
+        return _max_over_mean(self.rank_rows)
+
+    @property
+    def expert_imbalance(self) -> float:
+        return _max_over_mean(self.expert_rows)
+
+    @property
+    def mean_nodes_per_token(self) -> float:
+        return float(self.nodes_per_token.mean())
+
+    @property
+    def max_nodes_per_token(self) -> int:
+        return int(self.nodes_per_token.max())
+
+    @property
+    def nodes_histogram(self) -> np.ndarray:
+        """counts[n] = tokens reaching exactly n distinct nodes, n = 0 .. n_nodes."""
+        return np.bincount(self.nodes_per_token, minlength=self.group.n_nodes + 1)
+
+    @property
+    def ib_bytes(self) -> float:
+        """Bytes over IB in one direction (dispatch): one copy per distinct remote node per token."""
+        return float(self.ib_sent.sum()) * self.bytes_per_token
+
+    @property
+    def nvlink_bytes(self) -> float:
+        """Bytes over NVLink in one direction: fan-out to the other target GPUs inside each target node."""
+        return float(self.nvlink_sent.sum()) * self.bytes_per_token
+
+    def summary(self) -> dict:
+        return {
+            "tokens": self.tokens,
+            "imbalance": self.imbalance,
+            "expert_imbalance": self.expert_imbalance,
+            "mean_nodes_per_token": self.mean_nodes_per_token,
+            "max_nodes_per_token": self.max_nodes_per_token,
+            "nodes_histogram": self.nodes_histogram.tolist(),
+            "ib_bytes": self.ib_bytes,
+            "nvlink_bytes": self.nvlink_bytes,
+            "max_ib_sent_bytes_per_rank": float(self.ib_sent.max()) * self.bytes_per_token,
+            "max_ib_received_bytes_per_rank": float(self.ib_received.max()) * self.bytes_per_token,
+            "dropped_rows": self.dropped_rows,
+        }
+
+
+def _max_over_mean(x: np.ndarray) -> float:
+    mean = float(x.sum()) / x.size
+    return float(x.max()) / mean if mean > 0 else 1.0
+
+
+# ----------------------------------------------------------------------------------------------- popularity
+
+def popularity(config: RoutingConfig, n_experts: int) -> np.ndarray:
+    """Expert popularity p (sums to 1), fixed by config.seed: stationary across steps."""
+    rng = np.random.default_rng([config.seed, 0])
+    if config.skew in ("balanced", "uniform"):
+        return np.full(n_experts, 1.0 / n_experts)
+    if config.skew == "zipf":
+        p = np.arange(1, n_experts + 1, dtype=float) ** -config.value
+        p = p[rng.permutation(n_experts)]  # heavy experts land on random ranks
+    elif config.skew == "dirichlet":
+        p = rng.dirichlet(np.full(n_experts, float(config.value)))
+        p = np.maximum(p, 1e-300)
+    else:  # weights
+        p = np.asarray(config.weights, dtype=float)
+        if p.size != n_experts:
+            raise ValueError(f"RoutingConfig.weights: {p.size} weights for {n_experts} experts")
+        p = np.maximum(p, 1e-300)
+    return p / p.sum()
+
+
+# ----------------------------------------------------------------------------------------------- selection
+
+def _balanced_experts(moe: MoESpec, tokens: int, experts_per_rank: int) -> np.ndarray:
+    """Round-robin routing honouring the group limit: every expert gets the same rows when divisibility allows.
+
+    Visit v = t * topk_groups + j (j-th group slot of token t) goes to group v % n_groups and takes
+    n_j = ceil((top_k - j) / topk_groups) experts there, continuing that group's round-robin cursor.  Cursor
+    positions are dealt across the group's ranks first (position c -> rank c % R, local expert c // R), so the
+    picks of one visit land on different GPUs, as random routing mostly does.
+    """
+    G, tg, k, epg = moe.n_groups, moe.topk_groups, moe.top_k, moe.experts_per_group
+    tg = min(tg, k)  # a token cannot use more groups than experts
+    v = np.arange(tokens * tg, dtype=np.int64)
+    group = v % G
+    j = v % tg
+    n = (k - j + tg - 1) // tg  # picks made in this visit
+    order = np.argsort(group, kind="stable")
+    cum = np.cumsum(n[order]) - n[order]  # picks before this visit, over all groups in sorted order
+    starts = np.zeros(G, dtype=np.int64)
+    counts = np.bincount(group, weights=n, minlength=G).astype(np.int64)
+    starts[1:] = np.cumsum(counts)[:-1]
+    cursor = np.empty_like(cum)
+    cursor[order] = cum - starts[group[order]]
+    out = np.empty((tokens, k), dtype=np.int64)
+    # slot i of token t: visit j = i % tg, pick q = i // tg
+    for i in range(k):
+        jj, q = i % tg, i // tg
+        vis = np.arange(tokens, dtype=np.int64) * tg + jj
+        out[:, i] = group[vis] * epg + (cursor[vis] + q) % epg
+    R = epg // experts_per_rank if epg % experts_per_rank == 0 else 1  # ranks a group spans
+    if R > 1:
+        c = out % epg
+        out = (out - c) + (c % R) * experts_per_rank + c // R
+    return out.astype(np.int16)
+
+
+def _scale_by_sequence(x: np.ndarray, weight: np.ndarray, seq_of_token: np.ndarray, divide: bool) -> None:
+    """x[t] *= weight[seq(t)] (or /=) in place, one slice per run of equal sequence ids."""
+    op = np.divide if divide else np.multiply
+    cuts = np.flatnonzero(np.diff(seq_of_token)) + 1
+    if cuts.size > 64:  # short sequences: one gather is cheaper than many slices
+        op(x, weight[seq_of_token], out=x)
+        return
+    for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [seq_of_token.size]))):
+        op(x[a:b], weight[seq_of_token[a]], out=x[a:b])
+
+
+def _select_chunk(moe: MoESpec, weight: np.ndarray, bias: np.ndarray | None, rng: np.random.Generator,
+                  seq_of_token: np.ndarray) -> np.ndarray:
+    """Top-k experts of a chunk of tokens.  weight[s, e] = exp(log(E/k) - log(E p_e) - u[s, e])."""
+    C, E = seq_of_token.size, weight.shape[1]
+    x = rng.standard_exponential((C, E), dtype=np.float32)
+    if moe.score_func == "sigmoid":
+        _scale_by_sequence(x, weight, seq_of_token, divide=False)
+        x += 1.0
+        np.reciprocal(x, out=x)  # sigmoid(z)
+    else:
+        np.reciprocal(x, out=x)
+        _scale_by_sequence(x, weight, seq_of_token, divide=True)  # exp(z) up to a per-token constant
+        x /= x.sum(axis=1, keepdims=True)
+    if bias is not None:
+        x += bias
+    k, G, tg, epg = moe.top_k, moe.n_groups, moe.topk_groups, moe.experts_per_group
+    if G > 1 and tg < G:
+        xg = x.reshape(C, G, epg)
+        best = xg.argmax(axis=2)
+        gscore = np.take_along_axis(xg, best[..., None], axis=2)[..., 0]
+        if moe.score_func == "sigmoid" and epg > 1:
+            y = xg.copy()
+            np.put_along_axis(y, best[..., None], -np.inf, axis=2)
+            gscore = gscore + y.max(axis=2)
+        keep = np.argpartition(gscore, G - tg, axis=1)[:, G - tg:]  # (C, tg) kept groups
+        cand = np.take_along_axis(xg, keep[..., None], axis=1).reshape(C, tg * epg)
+    else:
+        keep, cand = None, x
+    n = cand.shape[1]
+    pick = np.argpartition(cand, n - k, axis=1)[:, n - k:] if k < n else np.broadcast_to(np.arange(n), (C, n))
+    if keep is not None:
+        pick = np.take_along_axis(keep, pick // epg, axis=1) * epg + pick % epg
+    return pick.astype(np.int16)
+
+
+def _drop_over_capacity(experts: np.ndarray, n_experts: int, capacity_factor: float) -> tuple[np.ndarray, int]:
+    """Keep at most ceil(c * T * k / E) rows per expert, earlier tokens first; dropped entries become -1."""
+    T, k = experts.shape
+    cap = math.ceil(capacity_factor * T * k / n_experts)
+    flat = experts.reshape(-1).astype(np.int64)
+    order = np.argsort(flat, kind="stable")  # stable: token order inside each expert
+    counts = np.bincount(flat, minlength=n_experts)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    pos = np.empty_like(order)
+    pos[order] = np.arange(flat.size) - starts[flat[order]]
+    out = experts.copy().reshape(-1)
+    dropped = pos >= cap
+    out[dropped] = -1
+    return out.reshape(T, k), int(dropped.sum())
+
+
+# ----------------------------------------------------------------------------------------------- route
+
+def route(moe: MoESpec, group: EPGroup, tokens_per_rank: int, config: RoutingConfig = RoutingConfig(), *,
+          bytes_per_token: float = 0.0, bias: np.ndarray | None = None, step: int = 0,
+          chunk_tokens: int = 8192) -> RoutingResult:
+    """Route one micro-batch of `tokens_per_rank` tokens on each of the group's ranks.
+
+    `bias` (per expert, score units) overrides config.bias; `step` selects fresh per-token noise while the
+    popularity stays fixed by config.seed.  The score matrix is built `chunk_tokens` rows at a time.
+    """
+    if not isinstance(moe, MoESpec):
+        raise ValueError(f"route: moe must be a MoESpec, got {type(moe).__name__}")
+    if isinstance(tokens_per_rank, bool) or not isinstance(tokens_per_rank, int) or tokens_per_rank < 1:
+        raise ValueError(f"route: tokens_per_rank = {tokens_per_rank!r}: expected an integer >= 1")
+    if not _is_number(bytes_per_token) or bytes_per_token < 0:
+        raise ValueError(f"route: bytes_per_token = {bytes_per_token!r}: expected a number >= 0")
+    E, k = moe.n_routed_experts, moe.top_k
+    epr = group.experts_per_rank(E)
+    T = tokens_per_rank * group.ep
+    b = config.bias if bias is None else bias
+    b = None if b is None else np.asarray(b, dtype=np.float32)
+    if b is not None and b.shape != (E,):
+        raise ValueError(f"route: bias has shape {b.shape}: expected ({E},), one per expert")
+
+    if config.skew == "balanced":
+        experts = _balanced_experts(moe, T, epr)
+    else:
+        p = popularity(config, E)
+        rng = np.random.default_rng([config.seed, 1, step])
+        n_seq = -(-T // config.seq_len)
+        u = rng.normal(0.0, config.seq_sigma, (n_seq, E)) if config.seq_sigma > 0 else np.zeros((1, E))
+        weight = np.exp(math.log(E / k) - np.log(E * p)[None, :] - u).astype(np.float32)
+        experts = np.empty((T, k), dtype=np.int16)
+        for start in range(0, T, chunk_tokens):
+            t = np.arange(start, min(T, start + chunk_tokens))
+            seq = t // config.seq_len if config.seq_sigma > 0 else np.zeros(t.size, dtype=np.int64)
+            experts[t] = _select_chunk(moe, weight, b, rng, seq)
+
+    dropped = 0
+    if config.capacity_factor is not None:
+        experts, dropped = _drop_over_capacity(experts, E, config.capacity_factor)
+    return _tally(experts, group, tokens_per_rank, epr, E, float(bytes_per_token), dropped)
+
+
+def _tally(experts: np.ndarray, group: EPGroup, tokens_per_rank: int, epr: int, E: int,
+           bytes_per_token: float, dropped: int) -> RoutingResult:
+    ep, gpn = group.ep, group.gpus_per_node
+    T, k = experts.shape
+    kept = experts >= 0
+    e = experts[kept].astype(np.int64)
+    expert_rows = np.bincount(e, minlength=E)
+    rank_rows = expert_rows.reshape(ep, epr).sum(axis=1)
+    src = np.arange(T, dtype=np.int64) // tokens_per_rank
+    rank_rows_sent = np.bincount(src, weights=kept.sum(axis=1), minlength=ep).astype(np.int64)
+
+    # distinct target ranks per token (dropped rows sort last as rank `ep`)
+    ranks = np.where(kept, experts.astype(np.int64) // epr, ep)
+    ranks.sort(axis=1)
+    new_rank = np.ones_like(ranks, dtype=bool)
+    new_rank[:, 1:] = ranks[:, 1:] != ranks[:, :-1]
+    new_rank &= ranks < ep
+    nodes = ranks // gpn
+    new_node = np.ones_like(ranks, dtype=bool)
+    new_node[:, 1:] = nodes[:, 1:] != nodes[:, :-1]
+    new_node &= ranks < ep
+    nodes_per_token = new_node.sum(axis=1).astype(np.int64)
+
+    src2 = np.broadcast_to(src[:, None], ranks.shape)
+    rank_tokens_received = np.bincount(ranks[new_rank], minlength=ep)
+    # IB: one copy per distinct remote node, landing on the GPU with the source's in-node index
+    remote = new_node & (nodes != (src2 // gpn))
+    landing_remote = nodes[remote] * gpn + src2[remote] % gpn
+    ib_sent = np.bincount(src2[remote], minlength=ep)
+    ib_received = np.bincount(landing_remote, minlength=ep)
+    # NVLink: every distinct target rank other than the landing GPU (the source itself in its own node)
+    fwd = new_rank & (ranks % gpn != src2 % gpn)
+    forwarder = nodes[fwd] * gpn + src2[fwd] % gpn
+    nvlink_sent = np.bincount(forwarder, minlength=ep)
+    nvlink_received = np.bincount(ranks[fwd], minlength=ep)
+    return RoutingResult(group=group, tokens_per_rank=tokens_per_rank, top_k=k, experts=experts,
+                         expert_rows=expert_rows, rank_rows=rank_rows, rank_rows_sent=rank_rows_sent,
+                         rank_tokens_received=rank_tokens_received, nodes_per_token=nodes_per_token,
+                         ib_sent=ib_sent, ib_received=ib_received, nvlink_sent=nvlink_sent,
+                         nvlink_received=nvlink_received, bytes_per_token=bytes_per_token, dropped_rows=dropped)
+
+
+# ----------------------------------------------------------------------------------------------- balancing
+
+# DeepSeek-V3 technical report (arXiv 2412.19437), section 4.2: bias update speed 0.001 for the first 14.3T tokens.
+DEEPSEEK_V3_BIAS_UPDATE_SPEED = 0.001
+
+
+@dataclass(frozen=True)
+class BalanceStep:
+    step: int
+    imbalance: float          # max / mean rows per EP rank
+    expert_imbalance: float   # max / mean rows per expert
+    bias_min: float
+    bias_max: float
+    mean_nodes_per_token: float
+
+
+def simulate_balancing(moe: MoESpec, group: EPGroup, tokens_per_rank: int, config: RoutingConfig, steps: int,
+                       gamma: float = DEEPSEEK_V3_BIAS_UPDATE_SPEED) -> list[BalanceStep]:
+    """Auxiliary-loss-free balancing under a stationary skew.
+
+    After each step (one micro-batch of the EP group standing in for the global batch):
+        bias_e += gamma * sign(mean_e(load) - load_e)
+    The popularity is fixed by config.seed; each step draws fresh per-token noise.  Stats are taken with the
+    bias in force during that step (step 0: config.bias or zeros).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"simulate_balancing: steps = {steps!r}: expected an integer >= 1")
+    if not _is_number(gamma) or not gamma >= 0:
+        raise ValueError(f"simulate_balancing: gamma = {gamma!r}: expected a number >= 0")
+    if config.skew == "balanced":
+        raise ValueError("simulate_balancing: config.skew = 'balanced' has no scores to bias; "
+                         "allowed values are uniform, zipf, dirichlet, weights")
+    E = moe.n_routed_experts
+    bias = np.zeros(E) if config.bias is None else np.asarray(config.bias, dtype=float).copy()
+    out = []
+    for s in range(steps):
+        r = route(moe, group, tokens_per_rank, config, bias=bias, step=s)
+        out.append(BalanceStep(s, r.imbalance, r.expert_imbalance, float(bias.min()), float(bias.max()),
+                               r.mean_nodes_per_token))
+        load = r.expert_rows
+        bias += gamma * np.sign(load.mean() - load)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- measured loads
+
+@dataclass(frozen=True)
+class MeasuredLoads:
+    """Expert loads read from a file: array (steps, layers, experts) of rows (or fractions) per expert."""
+
+    loads: np.ndarray = field(repr=False)
+    source: str = ""
+
+    @property
+    def n_experts(self) -> int:
+        return int(self.loads.shape[2])
+
+    def rank_rows(self, ep: int) -> np.ndarray:
+        """(steps, layers, ep) rows per EP rank, experts placed contiguously."""
+        if isinstance(ep, bool) or not isinstance(ep, int) or ep < 1 or self.n_experts % ep:
+            raise ValueError(f"MeasuredLoads.rank_rows: ep = {ep!r}: must divide the {self.n_experts} experts")
+        s, l, e = self.loads.shape
+        return self.loads.reshape(s, l, ep, e // ep).sum(axis=3)
+
+    def imbalance(self, ep: int) -> np.ndarray:
+        """(steps, layers) max / mean rows per EP rank."""
+        r = self.rank_rows(ep)
+        return r.max(axis=2) / r.mean(axis=2)
+
+
+def load_expert_loads(path: str | Path) -> MeasuredLoads:
+    """Read expert loads from .npy ((layers, experts) or (steps, layers, experts)) or .csv.
+
+    CSV: one row per layer, one column per expert, numbers only; an optional header row whose columns
+    "step" and "layer" (if present) index the rows -- then rows are grouped by step (in order of appearance).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"load_expert_loads: path {str(path)!r} is not a file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            a = np.load(path, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is a bad file
+            raise ValueError(f"load_expert_loads: {path.name} is not a readable .npy file ({exc})") from None
+        a = np.asarray(a, dtype=float) if a.dtype.kind in "iuf" else None
+        if a is None:
+            raise ValueError(f"load_expert_loads: {path.name}: expected a numeric array")
+    elif suffix == ".csv":
+        a = _read_csv(path)
+    else:
+        raise ValueError(f"load_expert_loads: {path.name}: allowed file types are .csv, .npy")
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3 or min(a.shape) < 1:
+        raise ValueError(f"load_expert_loads: {path.name}: expected shape (layers, experts) or "
+                         f"(steps, layers, experts), got {a.shape}")
+    if not np.all(np.isfinite(a)) or np.any(a < 0):
+        raise ValueError(f"load_expert_loads: {path.name}: loads must be finite and >= 0")
+    if np.any(a.sum(axis=2) <= 0):
+        raise ValueError(f"load_expert_loads: {path.name}: a layer has zero total load")
+    return MeasuredLoads(loads=a, source=str(path))
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    if not lines:
+        raise ValueError(f"load_expert_loads: {path.name} is empty")
+    header = None
+    first = [c.strip() for c in lines[0].split(",")]
+    try:
+        [float(c) for c in first]
+    except ValueError:
+        header, lines = [c.lower() for c in first], lines[1:]
+    try:
+        rows = np.array([[float(c) for c in ln.split(",")] for ln in lines], dtype=float)
+    except ValueError:
+        raise ValueError(f"load_expert_loads: {path.name}: non-numeric value in the data rows") from None
+    if rows.ndim != 2 or rows.shape[0] == 0:
+        raise ValueError(f"load_expert_loads: {path.name}: expected rows of equal length")
+    if header is not None and len(header) != rows.shape[1]:
+        raise ValueError(f"load_expert_loads: {path.name}: header has {len(header)} columns, data {rows.shape[1]}")
+    step_col = header.index("step") if header and "step" in header else None
+    index_cols = [i for i, h in enumerate(header or []) if h in ("step", "layer")]
+    data = np.delete(rows, index_cols, axis=1)
+    if data.shape[1] == 0:
+        raise ValueError(f"load_expert_loads: {path.name}: no expert columns")
+    if step_col is None:
+        return data
+    steps = rows[:, step_col]
+    uniq = list(dict.fromkeys(steps.tolist()))
+    blocks = [data[steps == s] for s in uniq]
+    if len({b.shape[0] for b in blocks}) != 1:
+        raise ValueError(f"load_expert_loads: {path.name}: every step needs the same number of layers")
+    return np.stack(blocks)
+
+
+# ----------------------------------------------------------------------------------------------- simulator entry
+
+@dataclass(frozen=True)
+class RankLoads:
+    """Rows of expert GEMM work per EP rank for one micro-batch, and how far tokens spread."""
+
+    rows_per_rank: np.ndarray = field(repr=False)
+    imbalance: float
+    mean_nodes_per_token: float
+    max_nodes_per_token: int
+    routing: str = ""
+
+    def summary(self) -> dict:
+        return {
+            "routing": self.routing,
+            "ep": int(self.rows_per_rank.size),
+            "rows_total": float(self.rows_per_rank.sum()),
+            "rows_max": float(self.rows_per_rank.max()),
+            "rows_mean": float(self.rows_per_rank.mean()),
+            "imbalance": self.imbalance,
+            "mean_nodes_per_token": self.mean_nodes_per_token,
+            "max_nodes_per_token": self.max_nodes_per_token,
+        }
+
+
+def ep_rank_loads(moe: MoESpec, ep: int, gpus_per_node: int, tokens_per_rank: int, routing: str,
+                  seed: int = 0) -> RankLoads:
+    """Per-rank expert rows for the simulator.
+
+    routing: "balanced" (round-robin, imbalance 1), "skew:<s>" (Zipf exponent s >= 0, zero bias; s = 0 is
+    uniform random routing), or "file:<path>" (measured expert loads; see `load_expert_loads`).
+    For a file, each (step, layer) slice is scaled to the micro-batch's rows (tokens * top_k), its per-rank
+    rows are sorted descending and the profiles averaged, so rows_per_rank is the mean order-statistic profile
+    and imbalance is the mean over slices of max/mean (the sum of per-layer maxima sets the step time).
+    Nodes per token come from routing with the file's mean expert popularity.  Non-file results are cached.
+    """
+    if isinstance(routing, str) and routing.startswith("file:"):
+        return _ep_rank_loads_uncached(moe, ep, gpus_per_node, tokens_per_rank, routing, seed)  # file may change
+    return _ep_rank_loads_cached(moe, ep, gpus_per_node, tokens_per_rank, routing, seed)
+
+
+def _ep_rank_loads_uncached(moe: MoESpec, ep: int, gpus_per_node: int, tokens_per_rank: int, routing: str,
+                            seed: int) -> RankLoads:
+    group = EPGroup(ep, gpus_per_node)
+    if not isinstance(routing, str):
+        raise ValueError(f"ep_rank_loads: routing = {routing!r}: allowed values are balanced, skew:<s>, file:<path>")
+    if routing == "balanced":
+        r = route(moe, group, tokens_per_rank, RoutingConfig(skew="balanced", seed=seed))
+        return _rank_loads(r.rank_rows, r, routing)
+    if routing.startswith("skew:"):
+        try:
+            s = float(routing[5:])
+        except ValueError:
+            raise ValueError(f"ep_rank_loads: routing = {routing!r}: skew needs a number, e.g. skew:0.8") from None
+        r = route(moe, group, tokens_per_rank, RoutingConfig(skew="zipf", value=s, seed=seed))
+        return _rank_loads(r.rank_rows, r, routing)
+    if routing.startswith("file:"):
+        m = load_expert_loads(routing[5:])
+        if m.n_experts != moe.n_routed_experts:
+            raise ValueError(f"ep_rank_loads: {routing[5:]} has {m.n_experts} experts, "
+                             f"the model {moe.n_routed_experts}")
+        rows = m.rank_rows(ep).reshape(-1, ep)
+        rows = rows / rows.sum(axis=1, keepdims=True) * (tokens_per_rank * ep * moe.top_k)
+        profile = -np.sort(-rows, axis=1).mean(axis=0)
+        frac = m.loads.reshape(-1, m.n_experts)
+        frac = (frac / frac.sum(axis=1, keepdims=True)).mean(axis=0)
+        r = route(moe, group, tokens_per_rank, RoutingConfig(skew="weights", weights=tuple(frac), seed=seed))
+        return _rank_loads(profile, r, routing)
+    raise ValueError(f"ep_rank_loads: routing = {routing!r}: allowed values are balanced, skew:<s>, file:<path>")
+
+
+_ep_rank_loads_cached = lru_cache(maxsize=64)(_ep_rank_loads_uncached)
+
+
+def _rank_loads(rows: np.ndarray, r: RoutingResult, routing: str) -> RankLoads:
+    rows = np.asarray(rows)
+    rows.setflags(write=False)
+    return RankLoads(rows_per_rank=rows, imbalance=_max_over_mean(rows),
+                     mean_nodes_per_token=r.mean_nodes_per_token, max_nodes_per_token=r.max_nodes_per_token,
+                     routing=routing)

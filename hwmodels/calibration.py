@@ -12,7 +12,11 @@ Schema "gpuhours.calibration/1"::
      "attention":   {"forward_efficiency": f, "backward_efficiency": f, "provenance"?},  # of dense BF16 peak
      "elementwise": {"bandwidth_efficiency": f, "provenance"?},                       # of HBM bandwidth
      "comm": {...},          # optional, free-form achieved bandwidths
+     "trace": {...},         # optional, free-form measured times (profiles imported from a trace)
      "notes": str | [str]}   # optional
+
+A partial profile (say one imported from a trace: no GEMM points) loads with ``base=``: each of gemm and
+grouped_gemm (per dtype), attention and elementwise (per key) that it lacks is taken from ``base``.
 
 Measured GEMM points are achieved TFLOP/s of kernels that ran on ``provenance.sm_count`` SMs. Their
 efficiency is ``tflops / peak`` where ``peak`` is the dense peak of those SMs: ``provenance.peak_tflops``
@@ -49,7 +53,7 @@ TILE = 128        # output tile edge (rows and columns) of the wave-quantisation
 NEIGHBOURS = 3    # points averaged by the log-space interpolation
 
 _TOP_KEYS = {"schema", "name", "source", "provenance", "gemm", "grouped_gemm", "attention", "elementwise",
-             "comm", "notes"}
+             "comm", "trace", "notes"}
 _PROV_KEYS = {"device", "sm_count", "date", "software", "method", "references", "peak_tflops"}
 
 
@@ -90,14 +94,20 @@ class CalibrationProfile:
     elementwise_provenance: str = ""
     comm: dict | None = None
     notes: Any = None
+    trace: dict | None = None
     schema: str = SCHEMA
 
     # ----------------------------------------------------------------------------------------- JSON
     @classmethod
-    def from_dict(cls, d: dict) -> "CalibrationProfile":
-        """Validate a schema-"gpuhours.calibration/1" dict; ValueError names the offending key."""
+    def from_dict(cls, d: dict, base: "CalibrationProfile | None" = None) -> "CalibrationProfile":
+        """Validate a schema-"gpuhours.calibration/1" dict; ValueError names the offending key.
+
+        With ``base``, sections ``d`` lacks are filled from it (see the module docstring).
+        """
         if not isinstance(d, dict):
             raise ValueError(f"calibration profile must be a JSON object, got {type(d).__name__}")
+        if base is not None:
+            d = _overlay(base.to_dict(), d)
         unknown = sorted(set(d) - _TOP_KEYS)
         if unknown:
             raise ValueError(f"calibration: unknown key {unknown[0]!r}; allowed: {sorted(_TOP_KEYS)}")
@@ -120,6 +130,9 @@ class CalibrationProfile:
         notes = d.get("notes")
         if notes is not None and not isinstance(notes, (str, list)):
             raise ValueError("calibration: 'notes' must be a string or a list of strings")
+        trace = d.get("trace")
+        if trace is not None and not isinstance(trace, dict):
+            raise ValueError("calibration: 'trace' must be an object")
         return cls(
             name=name, source=source, provenance=prov, gemm=gemm, grouped_gemm=grouped,
             attention_forward_efficiency=_fraction(att, "forward_efficiency", "attention."),
@@ -127,7 +140,7 @@ class CalibrationProfile:
             elementwise_bandwidth_efficiency=_fraction(ew, "bandwidth_efficiency", "elementwise."),
             attention_provenance=_opt_str(att, "provenance", "attention."),
             elementwise_provenance=_opt_str(ew, "provenance", "elementwise."),
-            comm=comm, notes=notes,
+            comm=comm, notes=notes, trace=trace,
         )
 
     def to_dict(self) -> dict:
@@ -150,6 +163,8 @@ class CalibrationProfile:
             d["elementwise"]["provenance"] = self.elementwise_provenance
         if self.comm is not None:
             d["comm"] = self.comm
+        if self.trace is not None:
+            d["trace"] = self.trace
         if self.notes is not None:
             d["notes"] = self.notes
         return d
@@ -229,8 +244,11 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in DATA_DIR.glob("*.json"))
 
 
-def load_profile(path_or_name: str | Path) -> CalibrationProfile:
-    """A profile from a JSON file path, or by name of a bundled profile in hwmodels/data (e.g. "default-h800")."""
+def load_profile(path_or_name: str | Path, base: CalibrationProfile | None = None) -> CalibrationProfile:
+    """A profile from a JSON file path, or by name of a bundled profile in hwmodels/data (e.g. "default-h800").
+
+    ``base`` fills the sections a partial profile lacks (``CalibrationProfile.from_dict``).
+    """
     p = Path(path_or_name)
     if not p.is_file():
         bundled = DATA_DIR / f"{path_or_name}.json"
@@ -242,11 +260,42 @@ def load_profile(path_or_name: str | Path) -> CalibrationProfile:
         d = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"calibration profile {str(p)!r} is not valid JSON: {e}") from None
-    return CalibrationProfile.from_dict(d)
+    return CalibrationProfile.from_dict(d, base=base)
 
 
 def default_profile() -> CalibrationProfile:
     return load_profile(DEFAULT_PROFILE)
+
+
+def _overlay(base: dict, d: dict) -> dict:
+    """``d`` over ``base``: whole top-level keys, except gemm tables (per dtype) and attention / elementwise (per
+    key); a note records which sections came from the base."""
+    if not isinstance(d, dict):
+        return d
+    out = dict(base)
+    out.pop("comm", None), out.pop("trace", None), out.pop("notes", None)
+    inherited = []
+    for key, value in d.items():
+        if key in ("gemm", "grouped_gemm", "attention", "elementwise") and isinstance(value, dict) \
+                and isinstance(base.get(key), dict):
+            out[key] = {**base[key], **value}
+        else:
+            out[key] = value
+    for key in ("gemm", "grouped_gemm"):
+        missing = sorted(set(base[key]) - set(d.get(key) or {}))
+        inherited += [f"{key}.{dt}" for dt in missing]
+    for key in ("attention", "elementwise"):
+        missing = sorted(k for k in base[key] if k != "provenance" and k not in (d.get(key) or {}))
+        inherited += [f"{key}.{k}" for k in missing]
+    prov = d.get("provenance")
+    if isinstance(prov, dict) and "peak_tflops" not in prov and "peak_tflops" in base["provenance"]:
+        out["provenance"] = {**prov, "peak_tflops": base["provenance"]["peak_tflops"]}
+        inherited.append("provenance.peak_tflops")
+    if inherited:
+        note = f"taken from base profile {base['name']!r}: {', '.join(inherited)}"
+        notes = d.get("notes")
+        out["notes"] = [note] if notes is None else ([notes, note] if isinstance(notes, str) else [*notes, note])
+    return out
 
 
 # --------------------------------------------------------------------------------------------- validation

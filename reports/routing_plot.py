@@ -9,7 +9,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
 from gpuhours.workloads.routing import BalanceStep  # noqa: E402
 
@@ -26,9 +25,7 @@ def draw_balancing(stats: Sequence[BalanceStep], path: str | Path, title: str = 
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("step")
     ax.set_ylabel("load max / mean")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(bottom=min(0.95, min(s.imbalance for s in stats)))
     ax2 = ax.twinx()
     ax2.fill_between(steps, [s.bias_min for s in stats], [s.bias_max for s in stats], color="tab:green",
                      alpha=0.15, label="bias range")

@@ -121,6 +121,16 @@ class HardwareCoster:
         comm = sum(self._segment_time(s) for s in segments if s.stream == "comm")
         return max(compute, comm) if overlapped else compute + comm
 
+    def op_count(self, instruction: Instruction) -> int:
+        """Ops the instruction executes (for throughput figures)."""
+        total = 0
+        for kind, _, stage in instruction.parts():
+            for unit in self.stages[stage]:
+                passes = {"F": unit.forward, "B": unit.backward, "W": unit.weight,
+                          "BW": unit.backward + unit.weight}[kind]
+                total += sum(len(seg.ops) for seg in passes)
+        return total
+
     # -- instruction graphs ----------------------------------------------------------------------------------
     def profile(self, rank: int, instruction: Instruction) -> InstructionProfile:
         return self._profile(instruction.kind, instruction.stage, instruction.b_stage)
@@ -207,8 +217,9 @@ def _list_schedule(tasks: list[_Task]) -> InstructionProfile:
                 t = tasks[i]
                 end[i] = now
                 busy[s] += t.duration
-                spans.append(Span(0, s, now - t.duration, now, t.name, t.kind, None, None,
-                                  (() if t.layer is None else (("layer", t.layer),))))
+                args = (("phase", t.name.partition("(")[2].rstrip(")")),)
+                args += () if t.layer is None else (("layer", t.layer),)
+                spans.append(Span(0, s, now - t.duration, now, t.name, t.name.partition("(")[0], None, None, args))
                 running[s] = None
                 done += 1
     return InstructionProfile(duration=now, compute_busy=busy["compute"], comm_busy=busy["comm"],

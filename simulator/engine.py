@@ -119,10 +119,13 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
             executing[rank] += prof.duration
             finish[rank] = env.now
             counter[0] += 1
-            spans.append(Span(rank, "compute", start, env.now, instruction.label(), instruction.kind,
-                              instruction.microbatch, instruction.stage, _instruction_args(schedule, instruction)))
+            # Instruction spans sit on the compute stream; in detail mode they move to a "pipeline" lane and the
+            # compute and communication streams carry the op-level spans instead.
+            spans.append(Span(rank, "pipeline" if detail else "compute", start, env.now, instruction.label(),
+                              instruction.kind, instruction.microbatch, instruction.stage,
+                              _instruction_args(schedule, instruction)))
             if detail:
-                spans.extend(_shift(s, rank, start) for s in prof.spans)
+                spans.extend(_shift(s, rank, start, instruction) for s in prof.spans)
             for kind, microbatch, stage in instruction.parts():
                 if kind in ("W", "BW"):
                     live -= 1
@@ -154,9 +157,9 @@ def _after(env: simpy.Environment, delay: float, event: simpy.Event):
     event.succeed()
 
 
-def _shift(span: Span, rank: int, t0: float) -> Span:
+def _shift(span: Span, rank: int, t0: float, instruction: Instruction) -> Span:
     return Span(rank, span.stream, t0 + span.start, t0 + span.end, span.name, span.kind,
-                span.microbatch, span.stage, span.args)
+                instruction.microbatch, instruction.stage, span.args + (("instruction", instruction.label()),))
 
 
 def _instruction_args(schedule: Schedule, instruction: Instruction) -> tuple[tuple[str, object], ...]:

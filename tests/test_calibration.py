@@ -133,3 +133,24 @@ def test_query_errors(profile):
         profile.efficiency("conv", "fp8", 1, 1, 1, peak_flops=FP8_PEAK)
     with pytest.raises(ValueError, match="exceeds 1"):
         profile.efficiency("gemm", "fp8", 4096, 7168, 16384, peak_flops=1000e12)
+
+
+def test_partial_profile_loads_over_a_base(profile):
+    partial = {
+        "schema": "gpuhours.calibration/1", "name": "trace-x", "source": "trace",
+        "provenance": {"device": "NVIDIA H800", "sm_count": 132, "date": "2025-01-01", "software": {},
+                       "method": "trace import", "references": ["train.json"]},
+        "attention": {"forward_efficiency": 0.5, "provenance": "trace"},
+        "trace": {"span_ms": 129.0},
+    }
+    with pytest.raises(ValueError, match="'gemm'"):
+        CalibrationProfile.from_dict(partial)
+    p = CalibrationProfile.from_dict(partial, base=profile)
+    assert (p.name, p.source, p.trace) == ("trace-x", "trace", {"span_ms": 129.0})
+    assert p.gemm == profile.gemm and p.grouped_gemm == profile.grouped_gemm
+    assert p.attention_forward_efficiency == 0.5
+    assert p.attention_backward_efficiency == profile.attention_backward_efficiency
+    assert p.comm is None
+    assert "attention.backward_efficiency" in p.notes[-1] and "gemm.fp8" in p.notes[-1]
+    assert p.reference_peak("fp8") == profile.reference_peak("fp8")
+    assert CalibrationProfile.from_dict(p.to_dict()) == p

@@ -164,3 +164,11 @@ def test_ep64_dispatch_on_the_deepseek_cluster(net, cluster):
     # combine: the same traffic in BF16
     tc = net.ep_all_to_all(tokens, bf16_bytes_per_token(hidden), top_k, nodes_per_token, group)
     assert (tc - lat) / (t - lat) == pytest.approx(bf16_bytes_per_token(hidden) / bpt)
+
+
+def test_fractional_nodes_per_token_is_a_mean(net):
+    # DeepSeek-V3: "3.2 experts per node" on average -> 8 / 3.2 = 2.5 nodes per token
+    bpt = fp8_bytes_per_token(7168)
+    t = net.ep_traffic(4096, bpt, 8, 2.5, CommGroup(64, 8))
+    assert t.ib_bytes == pytest.approx(4096 * 2.5 * 7 / 8 * bpt)
+    assert t.nvlink_bytes == pytest.approx(4096 * 2.5 * 7 * (1 - (7 / 8) ** 3.2) * bpt)

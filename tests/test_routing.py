@@ -237,3 +237,13 @@ def test_group_validation():
         EPGroup(ep=12, gpus_per_node=8)
     with pytest.raises(ValueError, match="divide"):
         route(SMALL, EPGroup(ep=24, gpus_per_node=8), 4)
+
+
+def test_draw_balancing_writes_png(tmp_path):
+    from gpuhours.reports.routing_plot import draw_balancing
+
+    stats = simulate_balancing(SMALL, SMALL_EP16, 16, RoutingConfig(skew="zipf", value=0.5), 3, gamma=0.01)
+    path = draw_balancing(stats, tmp_path / "b.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError):
+        draw_balancing([], tmp_path / "c.png")

@@ -268,15 +268,23 @@ def run_benchmarks(device: str = "cpu", quick: bool = False, model: ModelSpec | 
     if not fp8_ok:
         notes.append("fp8: block-scaled scaled_mm (1x128 x 128x128) not available on this device/torch; "
                      "no fp8 points measured (the dequantise-then-matmul reference is not a kernel to calibrate).")
+    def dtypes(n: int, k: int) -> tuple[str, ...]:
+        """FP8 tensor-core GEMMs need K in whole 128-element scale tiles and N a multiple of 16."""
+        if fp8_ok and k % 128 == 0 and n % 16 == 0:
+            return ("bf16", "fp8")
+        if fp8_ok:
+            notes.append(f"fp8: shape N={n}, K={k} skipped (needs K % 128 == 0 and N % 16 == 0)")
+        return ("bf16",)
+
     gemm = {"bf16": [], "fp8": []}
     for name, n, k in gemm_shapes(model):
-        for dt in ("bf16", "fp8") if fp8_ok else ("bf16",):
+        for dt in dtypes(n, k):
             tf = bench_gemm(tokens, n, k, dt, device, warmup, repeats)
             gemm[dt].append({"m": tokens, "n": n, "k": k, "tflops": tf,
                              "provenance": f"{name}, {'torch matmul' if dt == 'bf16' else 'F.scaled_mm blockwise'}"})
     grouped = {"bf16": [], "fp8": []}
     for name, n, k in expert_shapes(model):
-        for dt in ("bf16", "fp8") if fp8_ok else ("bf16",):
+        for dt in dtypes(n, k):
             tf = bench_grouped_gemm(groups, rows_per_group, n, k, dt, device, warmup, repeats)
             how = "torch.bmm" if dt == "bf16" else f"{groups} F.scaled_mm blockwise calls"
             grouped[dt].append({"groups": groups, "m": rows_per_group, "n": n, "k": k, "tflops": tf,

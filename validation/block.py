@@ -16,7 +16,7 @@ from torch import nn
 from gpuhours.validation.mla import MLA, RMSNorm
 from gpuhours.validation.moe import MoE, SwiGLU
 from gpuhours.validation.mtp import MTPModule, mtp_losses
-from gpuhours.workloads.model import AttentionSpec, ModelSpec, MoESpec
+from gpuhours.workloads.model import AttentionSpec, ModelSpec
 
 
 class Block(nn.Module):

@@ -2,7 +2,7 @@
 
 Idea after DeepSeek's expert-parallel load balancer (deepseek-ai/EPLB), re-derived here:
 1. Replication: with R redundant slots, hand out one replica at a time to the expert with the largest load per
-   replica, load_e / replicas_e; each replica carries load_e / replicas_e.
+   replica, load_e / replicas_e (at most ep copies); each replica carries load_e / replicas_e.
 2. Packing, heaviest replica first (longest-processing-time greedy), in two levels: onto the least-loaded node
    with a free slot, then inside that node onto the least-loaded GPU with a free slot; replicas of one expert go
    to distinct GPUs where slots allow.  Every GPU ends with exactly (E + R) / ep slots.
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
 class EPLBPlan:
     """Where each expert replica lives and how much load each EP rank carries."""
 
@@ -53,12 +53,17 @@ def _max_over_mean(x: np.ndarray) -> float:
     return float(x.max()) / mean if mean > 0 else 1.0
 
 
-def replicate(expert_loads: np.ndarray, redundant: int) -> np.ndarray:
-    """Replica counts: each redundant slot goes to the expert with the largest load per replica."""
+def replicate(expert_loads: np.ndarray, redundant: int, max_replicas: int | None = None) -> np.ndarray:
+    """Replica counts: each redundant slot goes to the expert with the largest load per replica
+    (among those below max_replicas copies: more copies than GPUs cannot sit on distinct GPUs)."""
     loads = np.asarray(expert_loads, dtype=float)
     reps = np.ones(loads.size, dtype=np.int64)
+    cap = np.inf if max_replicas is None else max_replicas
+    if redundant > (cap - 1) * loads.size:
+        raise ValueError(f"replicate: redundant = {redundant}: at most {(cap - 1) * loads.size} "
+                         f"with {loads.size} experts of at most {max_replicas} copies")
     for _ in range(redundant):
-        reps[np.argmax(loads / reps)] += 1
+        reps[np.argmax(np.where(reps < cap, loads / reps, -np.inf))] += 1
     return reps
 
 
@@ -83,10 +88,7 @@ def balance_experts(expert_loads, ep: int, gpus_per_node: int, redundant: int = 
     n_nodes = ep // gpn
 
     before = loads.reshape(ep, E // ep).sum(axis=1)
-    reps = replicate(loads, redundant)
-    # a GPU holds one replica of an expert at most
-    if reps.max() > ep:
-        raise ValueError(f"balance_experts: redundant = {redundant}: an expert would need more replicas than ep")
+    reps = replicate(loads, redundant, max_replicas=ep)
 
     item_expert = np.repeat(np.arange(E), reps)
     item_load = loads[item_expert] / reps[item_expert]

@@ -115,7 +115,7 @@ def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
 class RoutingResult:
     """Loads and traffic of one routed micro-batch (rows = token-expert pairs, i.e. expert GEMM rows)."""
 
@@ -443,7 +443,7 @@ def simulate_balancing(moe: MoESpec, group: EPGroup, tokens_per_rank: int, confi
 
 # ----------------------------------------------------------------------------------------------- measured loads
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
 class MeasuredLoads:
     """Expert loads read from a file: array (steps, layers, experts) of rows (or fractions) per expert."""
 
@@ -536,7 +536,7 @@ def _read_csv(path: Path) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- simulator entry
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
 class RankLoads:
     """Rows of expert GEMM work per EP rank for one micro-batch, and how far tokens spread."""
 

@@ -27,7 +27,7 @@ cost points and then checking the result against the engine on fresh random poin
     makespan = (K - n - 2) fb + 2n f + (n+2) b' + 3w + max(n f, (n-1) b') + (n-1) max(b', w)
 
 (for ``pp = 2``: ``(M - 3) fb + 3(f + b)``). Rank ``r`` (``h = min(r, pp-1-r)``) runs
-``P(h) = K - 3n + h + 1 - [h = n-1]`` F&B pairs and ``K - P(h)`` lone F's and full backwards, so its bubble is
+``P(h) = K - 3n + h + 1 - [h = n-1]`` F&B pairs and ``K - P(h)`` lone F's and backwards (BW or B + W), so its bubble is
 ``makespan - P(h) fb - (K - P(h))(f + b)``, independent of ``M``. On the middle ranks (``h = n - 1``):
 
     bubble_mid = (n-1) (fb - 2w + max(0, w - b')) + max((n-1) f, (n-1) b' - f)

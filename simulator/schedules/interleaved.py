@@ -9,10 +9,9 @@ Rank ``r`` runs ``min(2 (pp-1-r) + (vpp-1) pp, M vpp)`` warm-up forwards, then (
 Constraint: ``M`` a multiple of ``pp`` (the group walk above needs whole groups), as in Megatron-LM.
 
 Unit costs per chunk (f, b = one virtual stage), ``M`` a multiple of ``pp``: the measured bubble of every rank is
-``(pp - 1)(f + b)``, i.e. the README's ``(PP-1)(F+B)/v`` with ``F = v f``, ``B = v b`` the per-rank costs, provided
-``b >= f`` (otherwise a rank can wait in steady state and the bubble grows; see the tests for the exact range).
-Activations in flight peak on rank 0 at its warm-up count plus one, ``min(2(pp-1) + (vpp-1) pp + 1, M vpp)``
-chunks, each ``1/vpp`` of a 1F1B stage's activations.
+``(pp - 1)(f + b)``, i.e. the README's ``(PP-1)(F+B)/v`` with ``F = v f``, ``B = v b`` the per-rank costs (tested
+for f/b from 1/7 to 4). Activations in flight on rank ``r`` peak at its warm-up count plus one,
+``min(2(pp-1-r) + (vpp-1) pp + 1, M vpp)`` chunks, each ``1/vpp`` of a 1F1B stage's activations.
 """
 
 from __future__ import annotations

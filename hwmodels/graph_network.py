@@ -1,0 +1,649 @@
+"""Graph network model: collectives priced as flows routed over the fabric graph of ``topology.py``.
+
+Every collective is broken into *phases*; a phase is a set of concurrent flows (src GPU, dst GPU, bytes).
+Each flow follows the shortest paths of the graph -- ECMP: at every switch the flow splits evenly over the
+next hops that lie on a shortest path to its destination leaf -- and its bytes are added to every link it
+uses. A phase with ``s`` identical steps of chunk ``c`` bytes costs
+
+    s * (c * max_links(load_per_byte / capacity) + latency),      latency = slowest path's summed latency
+
+so the most loaded link (bytes / capacity) sets the bandwidth term (the bottleneck model: flows sharing a
+link share it equally for the whole phase). Inter-node flows enter the fabric on the GPU's own NIC (rail);
+a flow to another rail first crosses NVLink to the GPU of that rail on the sending node (``cross_rail="pxn"``,
+as NCCL's PXN and DeepEP do; required when planes > 1) or, with ``cross_rail="fabric"``, climbs to the spine.
+
+With ``concurrent=True`` (default) the protocol methods price a group together with all the groups of the same
+shape that tile the cluster (every EP/DP group runs the same collective at once in training), so shared
+links (spines, oversubscribed uplinks) are charged for everyone's traffic.
+
+Algorithms: ring (NCCL-like, one ring per GPU of the group on a node, rotated so each uses another NIC),
+double binary tree, hierarchical (NVLink reduce-scatter / all-gather around an inter-node ring per rail),
+flat all-to-all, and DeepEP's hierarchical EP all-to-all (see ``ep_all_to_all``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+
+from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
+from gpuhours.hwmodels.collectives import bf16_bytes_per_token, fp8_bytes_per_token
+from gpuhours.hwmodels.topology import (SWITCH_KINDS, FabricSpec, build_topology, fabric_from_cluster,
+                                        load_cluster_preset)
+
+ALGORITHMS = ("auto", "ring", "tree", "hierarchical")
+CROSS_RAIL = ("pxn", "fabric")
+REPORT_KINDS = ("p2p", "all_reduce", "reduce_scatter", "all_gather", "all_to_all", "ep_dispatch", "ep_combine")
+EP_DTYPES = ("fp8", "bf16")
+
+
+@dataclass(frozen=True)
+class Route:
+    """Links of one src -> dst flow with the fraction of its bytes on each (ECMP splits), and path latency."""
+
+    links: np.ndarray     # edge ids
+    fractions: np.ndarray
+    latency: float
+
+
+@dataclass(frozen=True)
+class FlowCost:
+    time_s: float
+    bandwidth_s: float
+    latency_s: float
+    bottleneck: tuple | None   # (u, v) of the most loaded link relative to capacity
+    loads: np.ndarray          # bytes per edge id
+
+
+@dataclass(frozen=True)
+class Phase:
+    """``bw_steps * nbytes * share * coef + lat_steps * latency`` seconds for a collective of ``nbytes``."""
+
+    coef: float        # s per byte of chunk on the bottleneck link
+    latency: float     # s per latency step
+    share: float       # chunk bytes per byte of the collective's nbytes
+    bw_steps: int
+    lat_steps: int
+    bottleneck: tuple | None = None
+
+    def time(self, nbytes: float) -> float:
+        return self.bw_steps * nbytes * self.share * self.coef + self.lat_steps * self.latency
+
+
+class GraphNetwork:
+    """Network model on the fabric graph; implements ``collectives.NetworkModel``."""
+
+    name = "graph"
+
+    def __init__(self, fabric: FabricSpec | nx.DiGraph | ClusterSpec | str, *, concurrent: bool = True,
+                 cross_rail: str = "pxn") -> None:
+        if cross_rail not in CROSS_RAIL:
+            raise ValueError(f"cross_rail must be one of {CROSS_RAIL}, got {cross_rail!r}")
+        if isinstance(fabric, str):
+            fabric = load_cluster_preset(fabric)
+        if isinstance(fabric, ClusterSpec):
+            fabric = fabric_from_cluster(fabric)
+        if isinstance(fabric, FabricSpec):
+            graph = build_topology(fabric)
+        elif isinstance(fabric, nx.DiGraph):
+            graph = fabric
+        else:
+            raise ValueError(f"fabric must be a FabricSpec, networkx.DiGraph, ClusterSpec or preset name, "
+                             f"got {type(fabric).__name__}")
+        self.graph = graph
+        self.spec: FabricSpec | None = graph.graph.get("spec")
+        self.concurrent = concurrent
+        self.cross_rail = cross_rail
+        self._index_graph()
+        self._routes: dict[tuple[int, int], Route] = {}
+        self._fabric_routes: dict[tuple, tuple[list, list, float] | None] = {}
+        self._dist: dict[tuple, dict] = {}
+        self._phases: dict[tuple, tuple[Phase, ...]] = {}
+        self._by_shape: dict[tuple, object] = {}
+
+    # ------------------------------------------------------------------------------------------ graph index
+    def _index_graph(self) -> None:
+        g = self.graph
+        self._edges = list(g.edges())
+        self._eid = {e: i for i, e in enumerate(self._edges)}
+        self._cap = np.array([g.edges[e]["capacity"] for e in self._edges], dtype=float)
+        self._lat = np.array([g.edges[e].get("latency", 0.0) for e in self._edges], dtype=float)
+        gpus = sorted(n[1] for n, k in g.nodes(data="kind") if k == "gpu")
+        if gpus != list(range(len(gpus))) or not gpus:
+            raise ValueError("graph must have GPU nodes ('gpu', 0..N-1)")
+        self.num_gpus = len(gpus)
+        self._node_of = np.array([g.nodes[("gpu", i)]["node"] for i in gpus])
+        self._local_of = np.array([g.nodes[("gpu", i)]["local"] for i in gpus])
+        self.num_nodes = int(self._node_of.max()) + 1
+        self.gpus_per_node = self.num_gpus // self.num_nodes
+        self._nvswitch = {}
+        self._leaf = {}
+        for i in gpus:
+            for v in g.successors(("gpu", i)):
+                if v[0] == "nvswitch":
+                    self._nvswitch[i] = v
+            nic = ("nic", i)
+            if nic in g:
+                self._leaf[i] = next((v for v in g.successors(nic) if v[0] == "leaf"), None)
+        self._by_node_local = {(int(self._node_of[i]), int(self._local_of[i])): i for i in gpus}
+
+    def gpu_at(self, node: int, local: int) -> int:
+        try:
+            return self._by_node_local[(node, local)]
+        except KeyError:
+            raise ValueError(f"no GPU at node {node}, local index {local}") from None
+
+    # ------------------------------------------------------------------------------------------ routing
+    def _dist_to(self, target) -> dict:
+        """Hop distance of every switch to ``target`` over switch-to-switch links (BFS on predecessors)."""
+        d = self._dist.get(target)
+        if d is None:
+            d = {target: 0}
+            frontier = [target]
+            pred = self.graph._pred
+            while frontier:
+                nxt = []
+                for u in frontier:
+                    for w in pred[u]:
+                        if w[0] in SWITCH_KINDS and w not in d:
+                            d[w] = d[u] + 1
+                            nxt.append(w)
+                frontier = nxt
+            self._dist[target] = d
+        return d
+
+    def _fabric(self, src_leaf, dst_leaf):
+        """ECMP split over all shortest switch paths src_leaf -> dst_leaf: (edge ids, fractions, latency)."""
+        key = (src_leaf, dst_leaf)
+        if key in self._fabric_routes:
+            return self._fabric_routes[key]
+        if src_leaf == dst_leaf:
+            res = ([], [], 0.0)
+        else:
+            dist = self._dist_to(dst_leaf)
+            if src_leaf not in dist:
+                res = None
+            else:
+                succ = self.graph._succ
+                acc: dict[int, float] = {}
+                frontier = {src_leaf: 1.0}
+                while frontier:
+                    nxt: dict = {}
+                    for u, f in frontier.items():
+                        if u == dst_leaf:
+                            continue
+                        hops = [v for v in succ[u] if dist.get(v, -1) == dist[u] - 1]
+                        share = f / len(hops)
+                        for v in hops:
+                            e = self._eid[(u, v)]
+                            acc[e] = acc.get(e, 0.0) + share
+                            nxt[v] = nxt.get(v, 0.0) + share
+                    frontier = nxt
+                links = list(acc)
+                fr = [acc[e] for e in links]
+                res = (links, fr, float(np.dot(self._lat[links], fr)) if links else 0.0)
+        self._fabric_routes[key] = res
+        return res
+
+    def _nvlink_hop(self, a: int, b: int) -> tuple[list, list, float]:
+        nvs = self._nvswitch[a]
+        e1, e2 = self._eid[(("gpu", a), nvs)], self._eid[(nvs, ("gpu", b))]
+        return [e1, e2], [1.0, 1.0], float(self._lat[e1] + self._lat[e2])
+
+    def _rail_hop(self, a: int, b: int):
+        """a's NIC -> fabric -> b's NIC, or None when the two NICs share no fabric (different planes)."""
+        la, lb = self._leaf.get(a), self._leaf.get(b)
+        if la is None or lb is None:
+            return None
+        mid = self._fabric(la, lb)
+        if mid is None:
+            return None
+        nic_a, nic_b = ("nic", a), ("nic", b)
+        head = [self._eid[(("gpu", a), nic_a)], self._eid[(nic_a, la)]]
+        tail = [self._eid[(lb, nic_b)], self._eid[(nic_b, ("gpu", b))]]
+        links = head + mid[0] + tail
+        fr = [1.0, 1.0] + mid[1] + [1.0, 1.0]
+        lat = float(self._lat[head].sum() + self._lat[tail].sum()) + mid[2]
+        return links, fr, lat
+
+    def route(self, src: int, dst: int) -> Route:
+        """The (cached) route of a flow from GPU ``src`` to GPU ``dst``."""
+        key = (src, dst)
+        r = self._routes.get(key)
+        if r is not None:
+            return r
+        if not (0 <= src < self.num_gpus and 0 <= dst < self.num_gpus):
+            raise ValueError(f"GPU ids must lie in [0, {self.num_gpus}), got {src} -> {dst}")
+        if src == dst:
+            parts = [([], [], 0.0)]
+        elif self._node_of[src] == self._node_of[dst]:
+            parts = [self._nvlink_hop(src, dst)]
+        else:
+            direct = None
+            if self._local_of[src] == self._local_of[dst] or self.cross_rail == "fabric":
+                direct = self._rail_hop(src, dst)
+            if direct is not None:
+                parts = [direct]
+            else:   # PXN: NVLink to the sending node's GPU on the destination's rail, then that rail
+                relay = self.gpu_at(int(self._node_of[src]), int(self._local_of[dst]))
+                rail = self._rail_hop(relay, dst)
+                if rail is None:
+                    raise ValueError(f"no network path from GPU {src} to GPU {dst}")
+                parts = [self._nvlink_hop(src, relay), rail]
+        links = np.array([e for p in parts for e in p[0]], dtype=np.int64)
+        fr = np.array([f for p in parts for f in p[1]], dtype=float)
+        r = Route(links, fr, sum(p[2] for p in parts))
+        self._routes[key] = r
+        return r
+
+    # ------------------------------------------------------------------------------------------ flows
+    def link_loads(self, flows: Sequence[tuple[int, int, float]]) -> np.ndarray:
+        """Bytes carried by every edge (indexed like ``self.edges``) when all ``flows`` run together."""
+        ids, w = [], []
+        for s, d, b in flows:
+            if b < 0:
+                raise ValueError(f"flow bytes must be >= 0, got {b!r}")
+            if s == d or b == 0:
+                continue
+            r = self.route(s, d)
+            ids.append(r.links)
+            w.append(r.fractions * b)
+        if not ids:
+            return np.zeros(len(self._edges))
+        return np.bincount(np.concatenate(ids), weights=np.concatenate(w), minlength=len(self._edges))
+
+    @property
+    def edges(self) -> list[tuple]:
+        return self._edges
+
+    def price_flows(self, flows: Sequence[tuple[int, int, float]]) -> FlowCost:
+        """All ``flows`` at once: max over links of bytes / capacity, plus the slowest path's latency."""
+        flows = list(flows)
+        loads = self.link_loads(flows)
+        t = loads / self._cap
+        i = int(np.argmax(t))
+        lat = max((self.route(s, d).latency for s, d, b in flows if s != d and b > 0), default=0.0)
+        bw = float(t[i])
+        return FlowCost(bw + lat, bw, lat, self._edges[i] if bw > 0 else None, loads)
+
+    def _phase(self, flows, share: float, bw_steps: int, lat_steps: int) -> Phase:
+        """Phase from unit flows (bytes per byte of chunk)."""
+        cost = self.price_flows(flows)
+        return Phase(cost.bandwidth_s, cost.latency_s, share, bw_steps, lat_steps, cost.bottleneck)
+
+    # ------------------------------------------------------------------------------------------ groups
+    def groups_for(self, group: CommGroup) -> list[list[int]]:
+        """GPU lists for a group shape: nodes 0..r-1, local indices 0..q-1; with ``concurrent`` every tile of
+        that shape over the cluster (q-blocks of local indices x r-blocks of nodes)."""
+        g, q, r = self.gpus_per_node, group.per_node, group.nodes
+        if q > g or g % q:
+            raise ValueError(f"group.per_node={q} must divide gpus_per_node={g}")
+        if r > self.num_nodes:
+            raise ValueError(f"group spans {r} nodes but the cluster has {self.num_nodes}")
+        node_blocks = self.num_nodes // r if self.concurrent else 1
+        local_blocks = g // q if self.concurrent else 1
+        out = []
+        for nb in range(node_blocks):
+            for lb in range(local_blocks):
+                out.append([self.gpu_at(nb * r + n, lb * q + j) for n in range(r) for j in range(q)])
+        return out
+
+    def _by_node(self, gpus: Sequence[int]) -> list[list[int]]:
+        nodes: dict[int, list[int]] = {}
+        for x in gpus:
+            nodes.setdefault(int(self._node_of[x]), []).append(x)
+        return [sorted(v) for _, v in sorted(nodes.items())]
+
+    # ------------------------------------------------------------------------------------------ algorithms
+    def _ring_flows(self, groups: Sequence[Sequence[int]]) -> list[tuple[int, int, float]]:
+        """One step of NCCL-like rings: per group one ring per GPU a node holds (channel c starts every node at
+        its c-th GPU), each carrying 1/channels of the chunk."""
+        flows = []
+        for grp in groups:
+            per_node = self._by_node(grp)
+            ch = len(per_node[0])
+            for c in range(ch):
+                order = [n[(c + j) % len(n)] for n in per_node for j in range(len(n))]
+                flows += [(order[i], order[(i + 1) % len(order)], 1.0 / ch) for i in range(len(order))]
+        return flows
+
+    def _tree_flows(self, groups: Sequence[Sequence[int]]) -> tuple[list, int]:
+        """Double binary tree over each group: the bit-pattern tree on the ranks, and its mirror (p even) or its
+        shift by one (p odd), so a rank that is a leaf in one tree is interior in the other. Each tree reduces
+        half the data up and broadcasts it down, pipelined, so all flows run together."""
+        flows, depth = [], 0
+        for grp in groups:
+            p = len(grp)
+            edges, depth = _binary_tree(p)
+            second = (lambda r: p - 1 - r) if p % 2 == 0 else (lambda r: (r + 1) % p)
+            for relabel in (lambda r: r, second):
+                for parent, child in edges:
+                    a, b = grp[relabel(parent)], grp[relabel(child)]
+                    flows += [(b, a, 0.5), (a, b, 0.5)]
+        return flows, depth
+
+    def _ring_phase(self, groups, steps_factor: int) -> Phase | None:
+        p = len(groups[0])
+        if p <= 1:
+            return None
+        return self._phase(self._ring_flows(groups), 1.0 / p, steps_factor * (p - 1), steps_factor * (p - 1))
+
+    def _split(self, groups):
+        """Intra-node sub-groups (ranks of a group on one node) and per-rail inter-node sub-groups."""
+        intra, inter = [], []
+        for grp in groups:
+            per_node = self._by_node(grp)
+            intra += per_node
+            inter += [list(col) for col in zip(*per_node)]
+        return intra, inter
+
+    def phases(self, kind: str, groups: Sequence[Sequence[int]], algorithm: str = "auto") -> tuple[Phase, ...]:
+        """Cached phases of collective ``kind`` (all_reduce, reduce_scatter, all_gather, all_to_all) run by all
+        ``groups`` at once (groups of equal size)."""
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        key = (kind, algorithm, tuple(tuple(g) for g in groups))
+        hit = self._phases.get(key)
+        if hit is not None:
+            return hit
+        if len({len(g) for g in groups}) != 1:
+            raise ValueError("all groups of one collective must have the same size")
+        p = len(groups[0])
+        intra, inter = self._split(groups)
+        q, r = len(intra[0]), len(inter[0])
+        if algorithm == "auto":
+            algorithm = "hierarchical" if (kind == "all_reduce" and q > 1 and r > 1) else "ring"
+        out: list[Phase | None] = []
+        if p <= 1:
+            pass
+        elif kind == "all_to_all":
+            flows = [(a, b, 1.0) for grp in groups for a in grp for b in grp if a != b]
+            out.append(self._phase(flows, 1.0 / p, 1, 1))
+        elif kind in ("reduce_scatter", "all_gather"):
+            if algorithm == "ring" or q == 1 or r == 1:
+                out.append(self._ring_phase(groups, 1))
+            elif algorithm == "hierarchical":
+                # RS: NVLink ring on the full buffer, then per-rail rings on its 1/q shard (AG: the reverse)
+                a = self._ring_phase(intra, 1)
+                b = self._ring_phase(inter, 1)
+                out += [a, _scaled(b, 1.0 / q)]
+            else:
+                raise ValueError(f"algorithm {algorithm!r} is not available for {kind}; use ring or hierarchical")
+        elif kind == "all_reduce":
+            if algorithm == "ring":
+                out.append(self._ring_phase(groups, 2))
+            elif algorithm in ("hierarchical", "tree"):
+                if algorithm == "tree" and (q == 1 or r == 1):
+                    flows, depth = self._tree_flows(groups)
+                    out.append(self._phase(flows, 1.0, 1, 2 * depth))
+                elif r == 1 or q == 1:
+                    out.append(self._ring_phase(groups, 2))
+                else:
+                    rs = self._ring_phase(intra, 1)
+                    if algorithm == "tree":
+                        flows, depth = self._tree_flows(inter)
+                        mid = self._phase(flows, 1.0 / q, 1, 2 * depth)
+                    else:
+                        mid = _scaled(self._ring_phase(inter, 2), 1.0 / q)
+                    out += [rs, mid, rs]
+        else:
+            raise ValueError(f"kind must be one of all_reduce, reduce_scatter, all_gather, all_to_all; got {kind!r}")
+        res = tuple(ph for ph in out if ph is not None)
+        self._phases[key] = res
+        return res
+
+    def collective_time(self, kind: str, nbytes: float, groups: Sequence[Sequence[int]],
+                        algorithm: str = "auto") -> float:
+        """Seconds for ``kind`` on ``nbytes`` (the full buffer per rank; all_to_all: bytes each rank sends in
+        all, ``nbytes / p`` to each peer) run by every group in ``groups`` at once."""
+        if not nbytes >= 0:
+            raise ValueError(f"nbytes must be >= 0, got {nbytes!r}")
+        return sum(ph.time(nbytes) for ph in self.phases(kind, groups, algorithm))
+
+    # ------------------------------------------------------------------------------------------ protocol
+    def p2p(self, nbytes: float, intra_node: bool) -> float:
+        """One flow GPU 0 -> GPU 1 (intra_node) or GPU 0 -> the same rail on the next node."""
+        if not nbytes >= 0:
+            raise ValueError(f"nbytes must be >= 0, got {nbytes!r}")
+        if intra_node:
+            if self.gpus_per_node < 2:
+                raise ValueError("intra_node p2p needs gpus_per_node >= 2")
+            dst = self.gpu_at(0, 1)
+        else:
+            if self.num_nodes < 2:
+                raise ValueError("inter-node p2p needs at least 2 nodes")
+            dst = self.gpu_at(1, 0)
+        key = ("p2p", dst)
+        ph = self._phases.get(key)
+        if ph is None:
+            ph = (self._phase([(0, dst, 1.0)], 1.0, 1, 1),)
+            self._phases[key] = ph
+        return ph[0].time(nbytes)
+
+    def _shape_time(self, kind: str, nbytes: float, group: CommGroup, algorithm: str) -> float:
+        """Time for a group shape, cached per (kind, shape, algorithm): a cached call is a dict lookup."""
+        if not nbytes >= 0:
+            raise ValueError(f"nbytes must be >= 0, got {nbytes!r}")
+        key = (kind, group, algorithm)
+        phases = self._by_shape.get(key)
+        if phases is None:
+            phases = self.phases(kind, self.groups_for(group), algorithm)
+            self._by_shape[key] = phases
+        return sum(ph.time(nbytes) for ph in phases)
+
+    def all_reduce(self, nbytes: float, group: CommGroup, algorithm: str = "auto") -> float:
+        return self._shape_time("all_reduce", nbytes, group, algorithm)
+
+    def reduce_scatter(self, nbytes: float, group: CommGroup, algorithm: str = "auto") -> float:
+        return self._shape_time("reduce_scatter", nbytes, group, algorithm)
+
+    def all_gather(self, nbytes: float, group: CommGroup, algorithm: str = "auto") -> float:
+        return self._shape_time("all_gather", nbytes, group, algorithm)
+
+    def all_to_all(self, nbytes: float, group: CommGroup) -> float:
+        return self._shape_time("all_to_all", nbytes, group, "auto")
+
+    # ------------------------------------------------------------------------------------------ expert parallel
+    def ep_flows(self, groups: Sequence[Sequence[int]], top_k: int, nodes_per_token) -> tuple[list, list]:
+        """DeepEP dispatch flows per byte of one rank's tokens (tokens * bytes_per_token): (ib, nvlink).
+
+        A token goes to d distinct nodes of the group's r, uniformly (d drawn from ``nodes_per_token``, capped at
+        r): over IB once to each target node other than its own, to the GPU with its in-node index -- the flow
+        (n, i) -> (m, i) carries E[d] / r per byte. That GPU forwards it over NVLink to every other GPU of node m
+        holding one of its e = top_k / d experts there; a given GPU is hit with probability
+        h = 1 - (1 - 1/g)^e (independent uniform placement), and (m, i) receives E[d]/r per byte from each of
+        the r senders of its index, so (m, i) -> (m, j) carries sum_d P(d) * d * h(top_k / d).
+        Combine is the same flows reversed.
+        """
+        dist = _nodes_distribution(nodes_per_token, top_k)
+        ib, nvl = [], []
+        for grp in groups:
+            per_node = self._by_node(grp)
+            r, g = len(per_node), len(per_node[0])
+            capped: dict[int, float] = {}
+            for d, w in dist.items():
+                capped[min(d, r)] = capped.get(min(d, r), 0.0) + w
+            mean_d = sum(d * w for d, w in capped.items())
+            w_fwd = sum(w * d * (1 - (1 - 1 / g) ** (top_k / d)) for d, w in capped.items())
+            for n, src_node in enumerate(per_node):
+                for i, a in enumerate(src_node):
+                    for m, dst_node in enumerate(per_node):
+                        if m != n:
+                            ib.append((a, dst_node[i], mean_d / r))
+                    nvl += [(a, b, w_fwd) for b in src_node if b != a]
+        return ib, nvl
+
+    def ep_phase(self, group: CommGroup | Sequence[Sequence[int]], top_k: int, nodes_per_token) -> Phase:
+        """Cached phase of a hierarchical EP all-to-all; IB and NVLink stages overlap (DeepEP pipelines them),
+        so all flows run together; latency = one network path + one NVLink hop."""
+        dist_key = tuple(sorted(_nodes_distribution(nodes_per_token, top_k).items()))
+        if isinstance(group, CommGroup):
+            hit = self._by_shape.get(("ep", group, top_k, dist_key))
+            if hit is not None:
+                return hit
+        groups = self.groups_for(group) if isinstance(group, CommGroup) else [list(g) for g in group]
+        key = ("ep", top_k, dist_key, tuple(tuple(g) for g in groups))
+        ph = self._phases.get(key)
+        if ph is None:
+            ib, nvl = self.ep_flows(groups, top_k, nodes_per_token)
+            cost = self.price_flows(ib + nvl)
+            lat = sum(max((self.route(s, d).latency for s, d, _ in part), default=0.0) for part in (ib, nvl))
+            ph = (Phase(cost.bandwidth_s, lat, 1.0, 1, 1, cost.bottleneck),)
+            self._phases[key] = ph
+        if isinstance(group, CommGroup):
+            self._by_shape[("ep", group, top_k, dist_key)] = ph[0]
+        return ph[0]
+
+    def ep_all_to_all(self, tokens: float, bytes_per_token: float, top_k: int, nodes_per_token,
+                      group: CommGroup) -> float:
+        """DeepEP-style dispatch (or combine, with its bytes_per_token) time; ``tokens`` per rank.
+        ``nodes_per_token``: an int, a mean (float), or a distribution {d: probability}."""
+        if not tokens >= 0:
+            raise ValueError(f"tokens must be >= 0, got {tokens!r}")
+        if not bytes_per_token > 0:
+            raise ValueError(f"bytes_per_token must be > 0, got {bytes_per_token!r}")
+        if not (isinstance(top_k, int) and top_k >= 1):
+            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+        if group.size == 1:
+            return 0.0
+        return self.ep_phase(group, top_k, nodes_per_token).time(tokens * bytes_per_token)
+
+
+def _scaled(ph: Phase | None, factor: float) -> Phase | None:
+    if ph is None:
+        return None
+    return Phase(ph.coef, ph.latency, ph.share * factor, ph.bw_steps, ph.lat_steps, ph.bottleneck)
+
+
+def _binary_tree(p: int) -> tuple[list[tuple[int, int]], int]:
+    """(parent, child) edges and depth of the bit-pattern binary tree NCCL's double binary tree starts from:
+    rank r > 0 with lowest set bit b hangs under (r ^ b) | 2b, or under r ^ b when that is out of range;
+    rank 0 is the root and the odd ranks are the leaves."""
+    edges, parent = [], {0: None}
+    for r in range(1, p):
+        b = r & -r
+        up = (r ^ b) | (b << 1)
+        parent[r] = up if up < p else r ^ b
+        edges.append((parent[r], r))
+
+    def depth(r: int) -> int:
+        d = 0
+        while parent[r] is not None:
+            r, d = parent[r], d + 1
+        return d
+
+    return edges, max(depth(r) for r in range(p))
+
+
+def _nodes_distribution(nodes_per_token, top_k: int) -> dict[int, float]:
+    """{distinct target nodes: probability} from an int, a mean (split between floor and ceil) or a mapping."""
+    if isinstance(nodes_per_token, Mapping):
+        total = float(sum(nodes_per_token.values()))
+        if total <= 0 or any(w < 0 for w in nodes_per_token.values()):
+            raise ValueError("nodes_per_token distribution needs non-negative weights with a positive sum")
+        out = {int(d): w / total for d, w in nodes_per_token.items() if w > 0}
+    else:
+        x = float(nodes_per_token)
+        if not 1 <= x <= top_k:
+            raise ValueError(f"nodes_per_token must lie in [1, top_k={top_k}], got {nodes_per_token!r}")
+        lo = math.floor(x)
+        out = {lo: 1.0} if x == lo else {lo: lo + 1 - x, lo + 1: x - lo}
+    if any(not 1 <= d <= top_k for d in out):
+        raise ValueError(f"nodes_per_token values must lie in [1, top_k={top_k}], got {sorted(out)}")
+    return out
+
+
+def group_limited_nodes_distribution(num_nodes: int = 8, max_nodes: int = 4, top_k: int = 8,
+                                     experts_per_node: int = 32, samples: int = 4096,
+                                     seed: int = 0) -> dict[int, float]:
+    """Distribution of distinct target nodes per token under node-limited routing with random scores, as in
+    DeepEP's internode test: scores |N(0,1)| + 1, a node's score = its best expert, the best ``max_nodes``
+    nodes kept, top_k experts among them (Monte Carlo, ``samples`` tokens)."""
+    if not (1 <= max_nodes <= num_nodes and 1 <= top_k <= max_nodes * experts_per_node):
+        raise ValueError(f"need 1 <= max_nodes <= num_nodes and top_k <= max_nodes * experts_per_node, got "
+                         f"max_nodes={max_nodes}, num_nodes={num_nodes}, top_k={top_k}")
+    rng = np.random.default_rng(seed)
+    scores = np.abs(rng.standard_normal((samples, num_nodes, experts_per_node))) + 1
+    node_score = scores.max(axis=2)
+    keep = np.argsort(-node_score, axis=1)[:, :max_nodes]
+    mask = np.full((samples, num_nodes), -np.inf)
+    np.put_along_axis(mask, keep, 0.0, axis=1)
+    masked = (scores + mask[:, :, None]).reshape(samples, -1)
+    top = np.argpartition(-masked, top_k - 1, axis=1)[:, :top_k] // experts_per_node
+    distinct = np.array([len(set(row)) for row in top.tolist()])
+    vals, counts = np.unique(distinct, return_counts=True)
+    return {int(v): c / samples for v, c in zip(vals, counts)}
+
+
+# ---------------------------------------------------------------------------------------------- report
+def collective_report(kind: str, network: GraphNetwork | str = "deepseek-h800", *, group_size: int | None = None,
+                      per_node: int | None = None, nbytes: float | None = None, tokens: int | None = None,
+                      hidden: int | None = None, top_k: int = 8, max_nodes: int = 4, dtype: str | None = None,
+                      algorithm: str = "auto", nodes_per_token=None, num_experts: int = 256) -> dict:
+    """Time and bandwidths of one collective on a cluster (for ``gpuhours collective``).
+
+    algbw = data size / time (data = nbytes; EP: tokens * bytes_per_token per rank). busbw (NCCL-tests):
+    all_reduce algbw * 2(p-1)/p; reduce_scatter, all_gather, all_to_all algbw * (p-1)/p; p2p algbw.
+    EP kinds also give DeepEP's bottleneck figures: rdma_GBps = tokens * E[nodes per token] * bytes / time
+    (its count includes the token's own node) and nvl_GBps = tokens received per rank * bytes / time; their
+    busbw is the RDMA figure when the group spans nodes, else the NVLink one. Unless ``nodes_per_token`` is
+    given, EP kinds draw it from ``group_limited_nodes_distribution`` (random scores, at most ``max_nodes``
+    nodes, ``num_experts`` routed experts spread over the group's nodes; 256 = DeepSeek-V3).
+    """
+    if kind not in REPORT_KINDS:
+        raise ValueError(f"kind must be one of {REPORT_KINDS}, got {kind!r}")
+    net = network if isinstance(network, GraphNetwork) else GraphNetwork(network)
+    gpn = net.gpus_per_node
+    ep = kind.startswith("ep_")
+    p = group_size if group_size is not None else (min(64, net.num_gpus) if ep else gpn)
+    q = per_node if per_node is not None else min(p, gpn)
+    group = CommGroup(p, q)
+    out: dict = {"kind": kind, "cluster": net.spec.name if net.spec else "graph", "group_size": p,
+                 "per_node": q, "nodes": group.nodes}
+    if ep:
+        if tokens is None or hidden is None:
+            raise ValueError(f"{kind} needs tokens and hidden")
+        dtype = dtype or ("fp8" if kind == "ep_dispatch" else "bf16")
+        if dtype not in EP_DTYPES:
+            raise ValueError(f"dtype must be one of {EP_DTYPES}, got {dtype!r}")
+        bpt = fp8_bytes_per_token(hidden) if dtype == "fp8" else bf16_bytes_per_token(hidden)
+        if nodes_per_token is None:
+            nodes_per_token = group_limited_nodes_distribution(
+                num_nodes=group.nodes, max_nodes=min(max_nodes, group.nodes), top_k=top_k,
+                experts_per_node=max(1, num_experts // group.nodes))
+        t = net.ep_all_to_all(tokens, bpt, top_k, nodes_per_token, group)
+        dist = _nodes_distribution(nodes_per_token, top_k)
+        r, g = group.nodes, group.per_node
+        mean_d = sum(min(d, r) * w for d, w in dist.items())
+        recv_tokens = tokens * sum(w * min(d, r) * g * (1 - (1 - 1 / g) ** (top_k / min(d, r)))
+                                   for d, w in dist.items())
+        data = tokens * bpt
+        rdma = tokens * mean_d * bpt / t / 1e9 if t > 0 else 0.0
+        nvl = recv_tokens * bpt / t / 1e9 if t > 0 else 0.0
+        out.update({"algorithm": "deepep-hierarchical", "tokens": tokens, "hidden": hidden, "top_k": top_k,
+                    "dtype": dtype, "bytes_per_token": bpt, "mean_nodes_per_token": mean_d,
+                    "ib_bytes_per_rank": tokens * mean_d * (r - 1) / r * bpt, "rdma_GBps": rdma,
+                    "nvl_GBps": nvl, "busbw_GBps": rdma if r > 1 else nvl})
+        bottleneck = net.ep_phase(group, top_k, nodes_per_token).bottleneck
+    else:
+        if nbytes is None:
+            raise ValueError(f"{kind} needs nbytes")
+        data = float(nbytes)
+        if kind == "p2p":
+            t = net.p2p(data, intra_node=group.nodes == 1)
+            factor, bottleneck = 1.0, None
+        else:
+            groups = net.groups_for(group)
+            t = net.collective_time(kind, data, groups, algorithm)
+            phases = net.phases(kind, groups, algorithm)
+            bottleneck = max(phases, key=lambda ph: ph.time(data)).bottleneck if phases else None
+            factor = 2 * (p - 1) / p if kind == "all_reduce" else (p - 1) / p
+        out["algorithm"] = algorithm
+        out["busbw_GBps"] = data / t * factor / 1e9 if t > 0 else 0.0
+    out.update({"bytes": data, "time_s": t, "algbw_GBps": data / t / 1e9 if t > 0 else 0.0,
+                "bottleneck_link": [list(x) for x in bottleneck] if bottleneck else None})
+    return out

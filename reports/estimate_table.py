@@ -1,0 +1,103 @@
+"""The estimate as a JSON-ready dict and as a readable table."""
+
+from __future__ import annotations
+
+from gpuhours.simulator.run import RunEstimate
+from gpuhours.simulator.step import StepResult
+from gpuhours.workloads.params import param_breakdown
+
+
+def step_dict(step: StepResult) -> dict:
+    return {
+        "schedule": step.schedule,
+        "num_microbatches": step.num_microbatches,
+        "tokens": step.tokens,
+        "step_time_s": step.step_time,
+        "pipeline_time_s": step.pipeline_time,
+        "dp_sync_time_s": step.dp_sync_time,
+        "tokens_per_s_per_gpu": step.tokens_per_s_per_gpu,
+        "mfu_bf16": step.mfu("bf16"),
+        "mfu_fp8": step.mfu("fp8") if step.peak_fp8 else None,
+        "bubble_share": step.bubble_share,
+        "exposed_comm_share": step.exposed_comm_share,
+        "stage_layers": list(step.stage_layers),
+        "busy_per_rank_s": list(step.busy_per_rank),
+        "comm_busy_per_rank_s": list(step.comm_busy_per_rank),
+        "bubble_per_rank_s": list(step.bubble_per_rank),
+        "peak_activations_per_rank": list(step.peak_activations_per_rank),
+    }
+
+
+def estimate_dict(scenario, est: RunEstimate) -> dict:
+    params = param_breakdown(scenario.model)
+    steady = est.steady.step
+    p, c, prof = scenario.parallel, scenario.cluster, scenario.profile
+    return {
+        "model": scenario.model.name,
+        "params_total": params.total,
+        "params_active": params.active,
+        "params_mtp": params.mtp_unique,
+        "gpu": c.gpu.name,
+        "gpus": p.num_gpus,
+        "layout": {"pp": p.pp, "ep": p.ep, "tp": p.tp, "dp": p.dp, "vpp": p.vpp, "schedule": p.schedule,
+                   "zero_stage": p.zero_stage, "micro_batch_size": p.micro_batch_size, "comm_sms": p.comm_sms,
+                   "stage_layers": list(steady.stage_layers)},
+        "precision": "fp8" if scenario.opts.fp8 else "bf16",
+        "tokens": est.tokens,
+        "seq_len": scenario.plan.seq_len,
+        "gpu_hours": est.gpu_hours,
+        "wall_clock_days": est.wall_clock_days,
+        "cost_usd": est.cost_usd,
+        "price_per_gpu_hour": est.price_per_gpu_hour,
+        "step_time_s": steady.step_time,
+        "tokens_per_s_per_gpu": est.tokens / (est.wall_clock_s * est.num_gpus),
+        "mfu": steady.mfu("bf16"),
+        "mfu_bf16": steady.mfu("bf16"),
+        "mfu_fp8": steady.mfu("fp8") if steady.peak_fp8 else None,
+        "bubble_share": steady.bubble_share,
+        "exposed_comm_share": steady.exposed_comm_share,
+        "calibration": {"name": prof.name, "source": prof.source, "device": prof.provenance.device},
+        "network_model": scenario.network_name,
+        "segments": [
+            {"tokens": s.tokens, "batch": s.batch_requested, "batch_simulated": s.batch_simulated,
+             "microbatches": s.num_microbatches, "steps": s.steps, "step_time_s": s.step.step_time,
+             "days": s.seconds / 86400} for s in est.segments
+        ],
+        "notes": list(est.notes),
+    }
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def render_estimate(d: dict) -> str:
+    lay = d["layout"]
+    cal = d["calibration"]
+    mfu_fp8 = f" ({d['mfu_fp8']:.1%} of FP8)" if d["mfu_fp8"] is not None else ""
+    rows = [
+        ("model", f"{d['model']}: {_si(d['params_total'])} parameters, {_si(d['params_active'])} active per token"),
+        ("cluster", f"{d['gpus']} x {d['gpu']}"),
+        ("layout", f"PP{lay['pp']} EP{lay['ep']} TP{lay['tp']} DP{lay['dp']}, {lay['schedule']}"
+                   f"{' v=' + str(lay['vpp']) if lay['schedule'] == 'interleaved-1f1b' else ''}, "
+                   f"ZeRO-{lay['zero_stage']}, {d['precision'].upper()}, {lay['comm_sms']} SMs for communication"),
+        ("layers per stage", " ".join(str(x) for x in lay["stage_layers"])),
+        ("run", f"{_si(d['tokens'])} tokens at sequence length {d['seq_len']}, {len(d['segments'])} batch segments"),
+        ("step time", f"{d['step_time_s']:.2f} s at batch {d['segments'][-1]['batch_simulated']}"),
+        ("tokens/s per GPU", f"{d['tokens_per_s_per_gpu']:,.0f} (run average)"),
+        ("MFU", f"{d['mfu_bf16']:.1%} of BF16 peak{mfu_fp8}"),
+        ("pipeline bubble", f"{d['bubble_share']:.1%} of rank time"),
+        ("exposed comm", f"{d['exposed_comm_share']:.1%} of rank time (EP/TP waits + data-parallel tail)"),
+        ("wall clock", f"{d['wall_clock_days']:.1f} days"),
+        ("GPU-hours", f"{d['gpu_hours'] / 1e6:.3f}M"),
+        ("cost", f"${d['cost_usd'] / 1e6:.3f}M at ${d['price_per_gpu_hour']:g}/GPU-hour"),
+        ("calibration", f"{cal['name']} ({cal['source']}, {cal['device']})"),
+        ("network model", d["network_model"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    lines += [f"note: {n}" for n in d["notes"]]
+    return "\n".join(lines)

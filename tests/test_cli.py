@@ -1,0 +1,99 @@
+"""The command line: output shapes, files written, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from gpuhours.cli import app
+
+runner = CliRunner()
+
+ESTIMATE_KEYS = {"gpu_hours", "wall_clock_days", "cost_usd", "step_time_s", "tokens_per_s_per_gpu", "mfu",
+                 "params_total", "params_active", "calibration"}
+
+
+@pytest.fixture(scope="module")
+def default_json():
+    r = runner.invoke(app, ["estimate", "--json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def test_estimate_json_has_the_documented_keys(default_json):
+    assert ESTIMATE_KEYS <= set(default_json)
+    assert default_json["gpus"] == 2048 and default_json["layout"]["schedule"] == "dualpipe"
+    assert default_json["tokens"] == pytest.approx(14.8e12)
+    assert default_json["cost_usd"] == pytest.approx(2.0 * default_json["gpu_hours"])
+    assert default_json["wall_clock_days"] * 24 * 2048 == pytest.approx(default_json["gpu_hours"])
+
+
+def test_default_estimate_is_in_the_published_neighbourhood(default_json):
+    """Not fitted: the prediction from kernels and links should land within a factor 1.5 of 2.664M GPU-hours."""
+    assert 2.664e6 / 1.5 < default_json["gpu_hours"] < 2.664e6 * 1.5
+
+
+def test_estimate_table():
+    r = runner.invoke(app, ["estimate", "--tokens", "1T", "--batch", "15360"])
+    assert r.exit_code == 0, r.output
+    for word in ("GPU-hours", "MFU", "wall clock", "calibration", "PP16 EP64"):
+        assert word in r.stdout
+
+
+def test_presets_lists_models():
+    r = runner.invoke(app, ["presets", "--json"])
+    names = {m["name"] for m in json.loads(r.stdout)["models"]}
+    assert {"deepseek-v3", "deepseek-v2", "llama-3-70b"} <= names
+
+
+def test_dense_model_estimate_on_h100():
+    r = runner.invoke(app, ["estimate", "--model", "llama-3-70b", "--gpu", "H100", "--gpus", "1024", "--pp", "8",
+                            "--tp", "8", "--schedule", "1f1b", "--tokens", "1T", "--batch", "1024", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["layout"]["ep"] == 1 and d["layout"]["dp"] == 16 and d["precision"] == "fp8"
+
+
+@pytest.mark.parametrize("args, field", [
+    (["estimate", "--pp", "7"], "pp"),
+    (["estimate", "--ep", "48"], "ep"),
+    (["estimate", "--gpu", "B300"], "gpu"),
+    (["estimate", "--tokens", "-5"], "tokens"),
+    (["estimate", "--model", "/no/such/model.json"], "model"),
+    (["estimate", "--schedule", "gpipe"], "schedule"),
+    (["estimate", "--precision", "fp4"], "precision"),
+    (["estimate", "--model", "llama-3-70b", "--ep", "8"], "ep"),
+    (["schedule", "dualpipe", "--pp", "8", "--microbatches", "10"], "micro"),
+    (["schedule", "1f1b", "--gantt", "chart.pdf"], "--gantt"),
+])
+def test_bad_input_is_one_line_exit_2(args, field):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert field in lines[0]
+    assert "Traceback" not in r.output
+
+
+def test_schedule_json_and_pictures(tmp_path):
+    gantt, trace = tmp_path / "d.png", tmp_path / "d.json"
+    r = runner.invoke(app, ["schedule", "dualpipe", "--pp", "8", "--microbatches", "20", "--json",
+                            "--gantt", str(gantt), "--trace", str(trace)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert {"makespan", "bubble_per_rank", "peak_activations_per_rank"} <= set(d)
+    assert len(d["bubble_per_rank"]) == 8
+    assert gantt.stat().st_size > 10_000
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert sum(e["ph"] == "X" for e in events) > 0
+
+
+def test_step_writes_gantt(tmp_path):
+    out = tmp_path / "step.png"
+    r = runner.invoke(app, ["step", "--model", "deepseek-v2", "--gpus", "256", "--pp", "4", "--ep", "8",
+                            "--microbatches", "8", "--gantt", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size > 10_000
+    assert json.loads(r.stdout)["num_microbatches"] == 8

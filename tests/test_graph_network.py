@@ -1,0 +1,162 @@
+"""GraphNetwork: closed forms on uniform fabrics, conservation, DeepEP figures, oversubscription."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gpuhours.hwmodels.cluster import CommGroup, deepseek_h800_cluster
+from gpuhours.hwmodels.collectives import AlphaBetaNetwork, NetworkModel, bf16_bytes_per_token, fp8_bytes_per_token
+from gpuhours.hwmodels.graph_network import (GraphNetwork, collective_report, group_limited_nodes_distribution)
+from gpuhours.hwmodels.topology import load_cluster_preset
+
+N = 1e9  # bytes
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return GraphNetwork(load_cluster_preset("deepseek-h800"))
+
+
+def ring(p, steps, n, bw, alpha):
+    return steps * ((p - 1) / p * n / bw + (p - 1) * alpha)
+
+
+def test_implements_protocol(ds):
+    assert isinstance(ds, NetworkModel)
+
+
+@pytest.mark.parametrize("group", [CommGroup(8, 8), CommGroup(16, 1), CommGroup(4, 4)])
+def test_ring_collectives_match_alpha_beta_closed_forms(ds, group):
+    spec = ds.spec
+    bw, alpha = (spec.nvlink_bw, spec.nvlink_latency) if group.nodes == 1 else (spec.nic_bw, spec.ib_latency)
+    p = group.size
+    assert ds.all_reduce(N, group, "ring") == pytest.approx(ring(p, 2, N, bw, alpha), rel=1e-9)
+    assert ds.reduce_scatter(N, group) == pytest.approx(ring(p, 1, N, bw, alpha), rel=1e-9)
+    assert ds.all_gather(N, group) == pytest.approx(ring(p, 1, N, bw, alpha), rel=1e-9)
+    ab = AlphaBetaNetwork(deepseek_h800_cluster())   # same figures: 160 / 50 GB/s, 3.4 / 14 us
+    assert ds.all_reduce(N, group) == pytest.approx(ab.all_reduce(N, group), rel=1e-9)
+    assert ds.reduce_scatter(N, group) == pytest.approx(ab.reduce_scatter(N, group), rel=1e-9)
+
+
+def test_hierarchical_all_reduce_matches_its_closed_form(ds):
+    s, g = ds.spec, CommGroup(64, 8)
+    q, r = 8, 8
+    expect = 2 * ring(q, 1, N, s.nvlink_bw, s.nvlink_latency) + ring(r, 2, N / q, s.nic_bw, s.ib_latency)
+    assert ds.all_reduce(N, g, "hierarchical") == pytest.approx(expect, rel=1e-9)
+
+
+def test_p2p(ds):
+    s = ds.spec
+    assert ds.p2p(N, True) == pytest.approx(N / s.nvlink_bw + s.nvlink_latency)
+    assert ds.p2p(N, False) == pytest.approx(N / s.nic_bw + s.ib_latency)
+
+
+def test_tree_all_reduce_moves_twice_the_buffer(ds):
+    s = ds.spec
+    # double binary tree, one GPU per node: the busiest NIC carries 2 * n (half the data in each tree)
+    t = ds.all_reduce(N, CommGroup(16, 1), "tree")
+    depth = math.floor(math.log2(16))
+    assert t == pytest.approx(2 * N / s.nic_bw + 2 * depth * s.ib_latency, rel=1e-9)
+
+
+def test_all_to_all_in_one_node_is_bounded_by_nvlink(ds):
+    s = ds.spec
+    t = ds.all_to_all(N, CommGroup(8, 8))
+    assert t >= 7 / 8 * N / s.nvlink_bw
+    assert t == pytest.approx(7 / 8 * N / s.nvlink_bw + s.nvlink_latency, rel=1e-9)
+
+
+def _net_flow(net, loads):
+    flow = {}
+    for (u, v), b in zip(net.edges, loads):
+        flow[u] = flow.get(u, 0.0) - b
+        flow[v] = flow.get(v, 0.0) + b
+    return flow
+
+
+def test_bytes_sent_equal_bytes_received(ds):
+    ib, nvl = ds.ep_flows(ds.groups_for(CommGroup(64, 8)), 8, {3: 0.3, 4: 0.7})
+    flows = [(a, b, w * 1e6) for a, b, w in ib + nvl]
+    loads = ds.link_loads(flows)
+    flow = _net_flow(ds, loads)
+    for node, net_in in flow.items():   # switches and NICs forward what they receive
+        if node[0] != "gpu":
+            assert net_in == pytest.approx(0.0, abs=1e-3), node
+    out_of_gpus = sum(b for (u, _), b in zip(ds.edges, loads) if u[0] == "gpu")
+    into_gpus = sum(b for (_, v), b in zip(ds.edges, loads) if v[0] == "gpu")
+    assert out_of_gpus == pytest.approx(into_gpus) and out_of_gpus >= sum(b for *_, b in flows)
+    # cross-rail (PXN relay) and cross-plane flows: only the endpoints gain or lose bytes
+    flow = _net_flow(ds, ds.link_loads([(0, 1000, 5e6), (3, 77, 2e6)]))
+    nonzero = {k: v for k, v in flow.items() if abs(v) > 1e-6}
+    assert nonzero == pytest.approx({("gpu", 0): -5e6, ("gpu", 1000): 5e6, ("gpu", 3): -2e6, ("gpu", 77): 2e6})
+
+
+def test_ep_traffic_matches_alpha_beta_per_rank_bytes(ds):
+    ab = AlphaBetaNetwork(deepseek_h800_cluster())
+    tr = ab.ep_traffic(4096, 7392, 8, 4, CommGroup(64, 8))
+    ib, nvl = ds.ep_flows(ds.groups_for(CommGroup(64, 8))[:1], 8, 4)
+    unit = 4096 * 7392
+    assert sum(w for a, _, w in ib if a == 0) * unit == pytest.approx(tr.ib_bytes)
+    assert sum(w for a, _, w in nvl if a == 0) * unit == pytest.approx(tr.nvlink_bytes)
+
+
+def test_deepep_ep64_bandwidth_near_published(ds):
+    """DeepEP on H800, EP64, 4096 tokens x 7168, top-8 over at most 4 nodes: 51 GB/s dispatch (FP8) and
+    50 GB/s combine (BF16) of RDMA bottleneck bandwidth, counted as tokens x target nodes x bytes / time."""
+    dist = group_limited_nodes_distribution(num_nodes=8, max_nodes=4, top_k=8, experts_per_node=32)
+    assert max(dist) <= 4 and sum(dist.values()) == pytest.approx(1.0)
+    for kind, published in (("ep_dispatch", 51.0), ("ep_combine", 50.0)):
+        rep = collective_report(kind, ds, group_size=64, tokens=4096, hidden=7168, top_k=8, max_nodes=4,
+                                nodes_per_token=dist)
+        assert rep["rdma_GBps"] == pytest.approx(published, rel=0.15), rep
+        assert rep["bottleneck_link"][0][0] in ("nic", "gpu")
+    assert fp8_bytes_per_token(7168) == 7392 and bf16_bytes_per_token(7168) == 14336
+
+
+def test_ep_inside_one_node_is_nvlink_bound(ds):
+    t = ds.ep_all_to_all(4096, 7392, 8, 1, CommGroup(8, 8))
+    fwd = 4096 * 7 * (1 - (7 / 8) ** 8) * 7392
+    assert t == pytest.approx(fwd / ds.spec.nvlink_bw + ds.spec.nvlink_latency, rel=1e-9)
+
+
+@pytest.mark.parametrize("ratio", [2.0, 4.0])
+def test_oversubscription_slows_only_traffic_crossing_the_spine(ratio):
+    base = load_cluster_preset("dgx-h100", gpus=128, gpus_per_leaf=4)   # blocks of 4 nodes per leaf
+    flat, over = GraphNetwork(base), GraphNetwork(base.with_(oversubscription=ratio))
+
+    def shift(k):  # every GPU sends 1 GB to the same rail k nodes further on
+        return [(g, (g + 8 * k) % 128, N) for g in range(128)]
+
+    cross, local = shift(4), [(g, (g // 32) * 32 + (g + 8) % 32, N) for g in range(128)]
+    t_flat, t_over = flat.price_flows(cross).bandwidth_s, over.price_flows(cross).bandwidth_s
+    assert t_flat == pytest.approx(N / base.nic_bw)
+    assert t_over / t_flat == pytest.approx(ratio)
+    assert over.price_flows(local).bandwidth_s == pytest.approx(flat.price_flows(local).bandwidth_s)
+
+
+def test_calls_are_cached_and_bad_input_raises(ds):
+    g = CommGroup(64, 8)
+    ds.ep_all_to_all(4096, 7392, 8, 4, g)
+    n = len(ds._phases)
+    assert ds.ep_all_to_all(8192, 7392, 8, 4, g) > ds.ep_all_to_all(4096, 7392, 8, 4, g)
+    assert len(ds._phases) == n
+    with pytest.raises(ValueError, match="algorithm"):
+        ds.all_reduce(N, g, "butterfly")
+    with pytest.raises(ValueError, match="nodes_per_token"):
+        ds.ep_all_to_all(4096, 7392, 8, 9, g)
+    with pytest.raises(ValueError, match="kind"):
+        collective_report("broadcast", ds, nbytes=N)
+    with pytest.raises(ValueError, match="dtype"):
+        collective_report("ep_dispatch", ds, tokens=1, hidden=128, dtype="fp4")
+
+
+def test_report_busbw_convention(ds):
+    rep = collective_report("all_reduce", ds, group_size=8, nbytes=N, algorithm="ring")
+    assert rep["busbw_GBps"] == pytest.approx(rep["algbw_GBps"] * 2 * 7 / 8)
+    assert rep["busbw_GBps"] < ds.spec.nvlink_bw / 1e9
+    rep = collective_report("all_gather", ds, group_size=8, nbytes=N)
+    assert rep["busbw_GBps"] == pytest.approx(rep["algbw_GBps"] * 7 / 8)
+    assert np.isfinite(rep["time_s"])

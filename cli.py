@@ -72,11 +72,18 @@ SCENARIO_OPTIONS = dict(
     calibration=typer.Option(None, "--calibration", help="Calibration profile name or JSON file"),
     precision=typer.Option(None, "--precision", help="fp8 (DeepSeek-V3 recipe) or bf16"),
     batch=typer.Option(None, "--batch", help="Constant global batch in sequences (replaces the ramp)"),
+    network=typer.Option(None, "--network", help="Network model: graph (fabric graph) or alpha-beta"),
+    cluster=typer.Option(None, "--cluster", help="Fabric preset for the graph model: deepseek-h800, dgx-h100"),
+    nic_gbps=typer.Option(None, "--nic-gbps", help="NIC bandwidth per GPU in Gb/s (e.g. 200)"),
+    oversubscription=typer.Option(None, "--oversubscription", help="Leaf downlink:uplink ratio (e.g. 2)"),
+    routing=typer.Option(None, "--routing", help="MoE routing: balanced, skew:<zipf s>, file:<loads.csv|npy>"),
 )
+
+NETWORK_ARGS = ("network", "cluster", "nic_gbps", "oversubscription", "routing")
 
 
 def _scenario(model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price, calibration,
-              precision, batch):
+              precision, batch, network=None, cluster=None, nic_gbps=None, oversubscription=None, routing=None):
     from gpuhours.simulator.scenario import load_scenario
 
     if precision is not None and precision not in ("fp8", "bf16"):
@@ -84,7 +91,8 @@ def _scenario(model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tok
     return load_scenario(model=model, gpu=gpu, gpus=gpus, pp=pp, ep=ep, tp=tp, vpp=vpp, schedule=schedule,
                          micro_batch_size=micro_batch_size, tokens=tokens, seq_len=seq_len, price=price,
                          calibration=calibration, fp8=None if precision is None else precision == "fp8",
-                         batch=batch)
+                         batch=batch, network=network, cluster=cluster, nic_gbps=nic_gbps,
+                         oversubscription=oversubscription, routing=routing)
 
 
 @app.command()
@@ -104,6 +112,11 @@ def estimate(
     calibration: Optional[str] = SCENARIO_OPTIONS["calibration"],
     precision: Optional[str] = SCENARIO_OPTIONS["precision"],
     batch: Optional[int] = SCENARIO_OPTIONS["batch"],
+    network: Optional[str] = SCENARIO_OPTIONS["network"],
+    cluster: Optional[str] = SCENARIO_OPTIONS["cluster"],
+    nic_gbps: Optional[float] = SCENARIO_OPTIONS["nic_gbps"],
+    oversubscription: Optional[float] = SCENARIO_OPTIONS["oversubscription"],
+    routing: Optional[str] = SCENARIO_OPTIONS["routing"],
     compare_schedules: bool = typer.Option(False, "--compare-schedules", help="Also estimate every other schedule"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
 ):
@@ -113,9 +126,14 @@ def estimate(
 
     with user_errors():
         scenario = _scenario(model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
-                             calibration, precision, batch)
+                             calibration, precision, batch, network, cluster, nic_gbps, oversubscription, routing)
         result = run_estimate(scenario)
         data = estimate_dict(scenario, result)
+        if scenario.routing != "balanced":
+            from dataclasses import replace
+
+            balanced = run_estimate(replace(scenario, routing="balanced"))
+            data["routing"]["gpu_hours_balanced"] = balanced.gpu_hours
         if compare_schedules:
             data["schedules"] = _compare_schedules(scenario)
     if as_json:
@@ -238,6 +256,9 @@ def step(
     seq_len: Optional[int] = SCENARIO_OPTIONS["seq_len"],
     calibration: Optional[str] = SCENARIO_OPTIONS["calibration"],
     precision: Optional[str] = SCENARIO_OPTIONS["precision"],
+    network: Optional[str] = SCENARIO_OPTIONS["network"],
+    cluster: Optional[str] = SCENARIO_OPTIONS["cluster"],
+    routing: Optional[str] = SCENARIO_OPTIONS["routing"],
     microbatches: Optional[int] = typer.Option(None, "--microbatches",
                                                help="Micro-batches per pipeline (default: the plan's final batch)"),
     gantt: Optional[Path] = typer.Option(None, "--gantt", help="Write a Gantt chart of the step (.png or .svg)"),
@@ -254,7 +275,7 @@ def step(
         if trace is not None:
             _output_path(trace, (".json",), "--trace")
         scenario = _scenario(model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, None, seq_len, None,
-                             calibration, precision, None)
+                             calibration, precision, None, network, cluster, None, None, routing)
         m = microbatches or microbatches_for(scenario.plan.batch.end, scenario.parallel)[0]
         result = scenario.simulator().step(m, detail=gantt is not None or trace is not None)
     data = step_dict(result)
@@ -282,6 +303,157 @@ def step(
     for path in (gantt, trace):
         if path is not None:
             typer.echo(f"wrote {path}")
+
+
+# ------------------------------------------------------------------------------------------------- network
+@app.command()
+def collective(
+    kind: str = typer.Argument(..., help="p2p, all_reduce, reduce_scatter, all_gather, all_to_all, ep_dispatch, "
+                                         "ep_combine"),
+    cluster: str = typer.Option("deepseek-h800", "--cluster", help="Fabric preset: deepseek-h800, dgx-h100"),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="Resize the cluster to this many GPUs"),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="Ranks in the group"),
+    per_node: Optional[int] = typer.Option(None, "--per-node", help="Ranks of the group per node"),
+    nbytes: Optional[str] = typer.Option(None, "--bytes", help="Buffer size, e.g. 1G or 256M"),
+    tokens: Optional[int] = typer.Option(None, "--tokens", help="EP: tokens per rank"),
+    hidden: Optional[int] = typer.Option(None, "--hidden", help="EP: hidden size"),
+    top_k: int = typer.Option(8, "--top-k", help="EP: experts per token"),
+    max_nodes: int = typer.Option(4, "--max-nodes", help="EP: most nodes a token may reach"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="EP payload: fp8 (dispatch) or bf16 (combine)"),
+    algorithm: str = typer.Option("auto", "--algorithm", help="auto, ring, tree, hierarchical"),
+    nic_gbps: Optional[float] = typer.Option(None, "--nic-gbps", help="NIC bandwidth per GPU in Gb/s"),
+    oversubscription: Optional[float] = typer.Option(None, "--oversubscription", help="Leaf downlink:uplink"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Time and algorithm/bus bandwidth of one collective on a cluster's fabric graph."""
+    from gpuhours.hwmodels.graph_network import GraphNetwork, collective_report
+    from gpuhours.hwmodels.topology import load_cluster_preset
+    from gpuhours.workloads.run import parse_count
+
+    with user_errors():
+        overrides = {}
+        if gpus is not None:
+            overrides["gpus"] = gpus
+        if nic_gbps is not None:
+            overrides["nic_bw"] = nic_gbps / 8 * 1e9
+        if oversubscription is not None:
+            overrides["oversubscription"] = oversubscription
+        net = GraphNetwork(load_cluster_preset(cluster, **overrides))
+        size = None if nbytes is None else parse_count(nbytes.upper().replace("B", "") or "0", "bytes")
+        data = collective_report(kind, net, group_size=group_size, per_node=per_node, nbytes=size, tokens=tokens,
+                                 hidden=hidden, top_k=top_k, max_nodes=max_nodes, dtype=dtype, algorithm=algorithm)
+    if as_json:
+        _echo_json(data)
+        return
+    typer.echo(f"{kind} on {data['cluster']}: {data['group_size']} ranks ({data['per_node']} per node, "
+               f"{data['nodes']} nodes), algorithm {data['algorithm']}")
+    typer.echo(f"time {data['time_s'] * 1e3:.3f} ms  algbw {data['algbw_GBps']:.1f} GB/s  "
+               f"busbw {data['busbw_GBps']:.1f} GB/s")
+    if "rdma_GBps" in data:
+        typer.echo(f"DeepEP-style figures: RDMA {data['rdma_GBps']:.1f} GB/s, NVLink {data['nvl_GBps']:.1f} GB/s, "
+                   f"{data['mean_nodes_per_token']:.2f} nodes per token")
+    if data.get("bottleneck_link"):
+        typer.echo(f"bottleneck link: {data['bottleneck_link'][0]} -> {data['bottleneck_link'][1]}")
+
+
+@app.command()
+def topology(
+    cluster: str = typer.Option("deepseek-h800", "--cluster", help="Fabric preset: deepseek-h800, dgx-h100"),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="Resize the cluster to this many GPUs"),
+    png: Optional[Path] = typer.Option(None, "--png", help="Draw a small cluster of the same kind (.png)"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """GPUs, nodes, switches per tier, per-tier and bisection bandwidth of a cluster's fabric."""
+    from gpuhours.hwmodels.topology import build_topology, describe, load_cluster_preset
+
+    with user_errors():
+        if png is not None:
+            _output_path(png, (".png",), "--png")
+        spec = load_cluster_preset(cluster, **({"gpus": gpus} if gpus else {}))
+        info = describe(build_topology(spec))
+        info["cluster"] = cluster
+        if png is not None:
+            from gpuhours.reports.topology_plot import draw_topology
+
+            small = spec.with_(gpus=min(spec.gpus, 4 * spec.gpus_per_node))
+            draw_topology(small, png, title=f"{cluster}: {small.gpus} of {spec.gpus} GPUs drawn")
+    if as_json:
+        _echo_json(info)
+        return
+    sw = ", ".join(f"{n} {k}" for k, n in info["switches"].items() if n)
+    typer.echo(f"{cluster}: {info['gpus']} GPUs in {info['nodes']} nodes, {info['nics']} NICs; switches: {sw}")
+    for tier, bw in info["tier_bandwidth_Bps"].items():
+        if bw:
+            typer.echo(f"  {tier:<11} {bw / 1e12:9.2f} TB/s (one direction, all links)")
+    typer.echo(f"  bisection   {info['bisection_Bps'] / 1e12:9.2f} TB/s")
+    if png is not None:
+        typer.echo(f"wrote {png}")
+
+
+# ------------------------------------------------------------------------------------------------- routing
+@app.command()
+def routing(
+    model: str = typer.Option("deepseek-v3", "--model", "-m", help="MoE preset or model file"),
+    ep: int = typer.Option(64, "--ep", help="Expert-parallel size"),
+    gpus_per_node: int = typer.Option(8, "--gpus-per-node"),
+    tokens: int = typer.Option(4096, "--tokens", help="Tokens per EP rank (one micro-batch)"),
+    skew: float = typer.Option(0.0, "--skew", help="Zipf exponent of expert popularity (0: uniform)"),
+    routing_: Optional[str] = typer.Option(None, "--routing", help="balanced, skew:<s> or file:<path> "
+                                                                  "(overrides --skew)"),
+    steps: int = typer.Option(0, "--steps", help="Simulate this many steps of bias balancing"),
+    gamma: float = typer.Option(0.001, "--gamma", help="Bias update speed (DeepSeek-V3: 0.001)"),
+    redundant: int = typer.Option(0, "--redundant", help="EPLB: redundant expert slots to add"),
+    seed: int = typer.Option(0, "--seed"),
+    png: Optional[Path] = typer.Option(None, "--png", help="Plot imbalance per balancing step (.png)"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Expert load imbalance of one micro-batch, its bias balancing over steps, and what EPLB recovers."""
+    from gpuhours.simulator.scenario import resolve_model
+    from gpuhours.workloads.routing import EPGroup, RoutingConfig, ep_rank_loads, route, simulate_balancing
+
+    with user_errors():
+        if png is not None:
+            _output_path(png, (".png",), "--png")
+            if steps < 1:
+                raise UsageError("--png plots the balancing steps: give --steps N (N >= 1)")
+        spec = resolve_model(model)
+        if spec.moe is None:
+            raise UsageError(f"model {spec.name!r} has no experts: routing needs an MoE model")
+        choice = routing_ or (f"skew:{skew}" if skew else "skew:0")
+        loads = ep_rank_loads(spec.moe, ep, gpus_per_node, tokens, choice, seed=seed)
+        data = {"model": spec.name, "ep": ep, "tokens_per_rank": tokens, **loads.summary()}
+        if steps:
+            config = RoutingConfig(skew="zipf", value=skew, seed=seed)
+            stats = simulate_balancing(spec.moe, EPGroup(ep, gpus_per_node), tokens, config, steps, gamma)
+            data["balancing"] = [{"step": b.step, "imbalance": b.imbalance} for b in stats]
+            if png is not None:
+                from gpuhours.reports.routing_plot import draw_balancing
+
+                draw_balancing(stats, png, title=f"{spec.name}: EP{ep}, Zipf {skew}, gamma {gamma}")
+        if redundant:
+            from gpuhours.workloads.eplb import balance_experts
+
+            r = route(spec.moe, EPGroup(ep, gpus_per_node), tokens,
+                      RoutingConfig(skew="zipf" if skew else "uniform", value=skew, seed=seed))
+            plan = balance_experts(r.expert_rows, ep, gpus_per_node, redundant)
+            data["eplb"] = {"redundant": redundant, "imbalance_before": plan.imbalance_before,
+                            "imbalance_after": plan.imbalance_after}
+    if as_json:
+        _echo_json(data)
+        return
+    typer.echo(f"{spec.name} EP{ep}, {tokens} tokens per rank, routing {data['routing']}")
+    typer.echo(f"imbalance (max/mean rows per rank) {data['imbalance']:.3f}; nodes per token mean "
+               f"{data['mean_nodes_per_token']:.2f}, max {data['max_nodes_per_token']}")
+    if steps:
+        traj = data["balancing"]
+        picks = sorted({0, len(traj) // 4, len(traj) // 2, 3 * len(traj) // 4, len(traj) - 1})
+        typer.echo("balancing: " + ", ".join(f"step {traj[i]['step']}: {traj[i]['imbalance']:.3f}" for i in picks))
+    if redundant:
+        e = data["eplb"]
+        typer.echo(f"EPLB with {redundant} redundant experts: imbalance {e['imbalance_before']:.3f} -> "
+                   f"{e['imbalance_after']:.3f}")
+    if png is not None:
+        typer.echo(f"wrote {png}")
 
 
 def main() -> None:

@@ -58,6 +58,8 @@ def estimate_dict(scenario, est: RunEstimate) -> dict:
         "exposed_comm_share": steady.exposed_comm_share,
         "calibration": {"name": prof.name, "source": prof.source, "device": prof.provenance.device},
         "network_model": scenario.network_name,
+        "network": _network_dict(scenario),
+        "routing": _routing_dict(scenario),
         "segments": [
             {"tokens": s.tokens, "batch": s.batch_requested, "batch_simulated": s.batch_simulated,
              "microbatches": s.num_microbatches, "steps": s.steps, "step_time_s": s.step.step_time,
@@ -67,11 +69,46 @@ def estimate_dict(scenario, est: RunEstimate) -> dict:
     }
 
 
+def _network_dict(scenario) -> dict:
+    c = scenario.cluster
+    d = {"model": scenario.network_name, "nvlink_GBps": c.nvlink_bw / 1e9, "ib_GBps_per_gpu": c.ib_bw / 1e9}
+    if scenario.network_name == "graph":
+        f = scenario.network().spec
+        d.update({"fabric": f.name, "planes": f.planes, "tiers": f.tiers, "rail_optimised": f.rail_optimised,
+                  "oversubscription": f.oversubscription, "nic_GBps": f.nic_bw / 1e9})
+    return d
+
+
+def _routing_dict(scenario) -> dict:
+    loads = scenario.routing_loads()
+    if loads is None:
+        return {"model": "none (dense or ep = 1)"}
+    return {"model": scenario.routing, "imbalance": loads.imbalance,
+            "mean_nodes_per_token": loads.mean_nodes_per_token, "max_nodes_per_token": loads.max_nodes_per_token}
+
+
 def _si(x: float) -> str:
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(x) >= scale:
             return f"{x / scale:.3g}{unit}"
     return f"{x:.3g}"
+
+
+def _network_line(n: dict) -> str:
+    if n["model"] == "graph":
+        return (f"graph: {n['fabric']} fabric, {n['planes']} plane(s), {n['tiers']} tiers, "
+                f"{n['nic_GBps']:.0f} GB/s NIC, oversubscription {n['oversubscription']:g}:1")
+    return f"alpha-beta: NVLink {n['nvlink_GBps']:.0f} GB/s, IB {n['ib_GBps_per_gpu']:.0f} GB/s per GPU"
+
+
+def _routing_line(r: dict) -> str:
+    if "imbalance" not in r:
+        return r["model"]
+    line = (f"{r['model']}: busiest EP rank {r['imbalance']:.2f}x the mean, "
+            f"{r['mean_nodes_per_token']:.2f} nodes per token")
+    if "gpu_hours_balanced" in r:
+        line += f"; balanced routing would take {r['gpu_hours_balanced'] / 1e6:.3f}M GPU-hours"
+    return line
 
 
 def render_estimate(d: dict) -> str:
@@ -95,7 +132,8 @@ def render_estimate(d: dict) -> str:
         ("GPU-hours", f"{d['gpu_hours'] / 1e6:.3f}M"),
         ("cost", f"${d['cost_usd'] / 1e6:.3f}M at ${d['price_per_gpu_hour']:g}/GPU-hour"),
         ("calibration", f"{cal['name']} ({cal['source']}, {cal['device']})"),
-        ("network model", d["network_model"]),
+        ("network model", _network_line(d["network"])),
+        ("MoE routing", _routing_line(d["routing"])),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -16,16 +17,20 @@ from gpuhours.hwmodels.cluster import ClusterSpec, default_cluster_for, deepseek
 from gpuhours.hwmodels.collectives import AlphaBetaNetwork
 from gpuhours.hwmodels.compute import ComputeModel
 from gpuhours.hwmodels.gpus import load_gpu
+from gpuhours.hwmodels.graph_network import GraphNetwork
+from gpuhours.hwmodels.topology import FabricSpec, fabric_from_cluster, list_cluster_presets, load_cluster_preset
 from gpuhours.simulator.run import RunEstimate, estimate_run
 from gpuhours.simulator.step import StepSimulator
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import OpOptions
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.presets import list_presets, load_model_file, load_preset
+from gpuhours.workloads.routing import RankLoads, ep_rank_loads
 from gpuhours.workloads.run import BatchRamp, RunPlan, parse_count
 
 DEFAULT_PLAN = "deepseek-v3"
 DEFAULT_CALIBRATION = "default-h800"
+NETWORK_MODELS = ("graph", "alpha-beta")
 
 
 @dataclass(frozen=True)
@@ -36,15 +41,40 @@ class Scenario:
     plan: RunPlan
     profile: CalibrationProfile
     opts: OpOptions = OpOptions()
-    network_name: str = "alpha-beta"
+    network_name: str = "graph"
+    fabric: FabricSpec | None = None  # the fabric the graph model routes over
+    routing: str = "balanced"         # MoE routing: balanced, skew:<s>, file:<path>
 
     def network(self):
-        return AlphaBetaNetwork(self.cluster)
+        if self.network_name == "alpha-beta":
+            return AlphaBetaNetwork(self.cluster)
+        return _graph_network(self.fabric or fabric_from_cluster(self.cluster))
+
+    def routing_loads(self) -> RankLoads | None:
+        """Rows per EP rank and nodes per token of one micro-batch under the scenario's routing (MoE only)."""
+        moe, p = self.model.moe, self.parallel
+        if moe is None or p.ep == 1:
+            return None
+        tokens = p.micro_batch_size * self.plan.seq_len // (p.tp if p.sequence_parallel else 1)
+        return ep_rank_loads(moe, p.ep, self.cluster.gpus_per_node, tokens, self.routing)
+
+    def effective_opts(self) -> OpOptions:
+        """Numerics plus the routing's imbalance (the slowest EP rank sets the pace) and nodes per token."""
+        loads = self.routing_loads()
+        if loads is None:
+            return self.opts
+        return replace(self.opts, imbalance=loads.imbalance, nodes_per_token=loads.mean_nodes_per_token)
 
     def simulator(self) -> StepSimulator:
         compute = ComputeModel(self.cluster.gpu, self.profile)
         return StepSimulator(self.model, self.parallel, self.cluster, compute, self.network(), self.plan.seq_len,
-                             self.opts)
+                             self.effective_opts())
+
+
+@lru_cache(maxsize=8)
+def _graph_network(fabric: FabricSpec) -> GraphNetwork:
+    """Graph models are built once per fabric: their routes and collective phases are cached inside."""
+    return GraphNetwork(fabric)
 
 
 def list_plans() -> list[str]:
@@ -73,7 +103,9 @@ def load_scenario(plan: str = DEFAULT_PLAN, *, model: str | None = None, gpu: st
                   vpp: int | None = None, schedule: str | None = None, micro_batch_size: int | None = None,
                   tokens: str | float | None = None, seq_len: int | None = None, price: float | None = None,
                   calibration: str | None = None, fp8: bool | None = None, comm_sms: int | None = None,
-                  batch: int | None = None) -> Scenario:
+                  batch: int | None = None, network: str | None = None, cluster: str | None = None,
+                  nic_gbps: float | None = None, oversubscription: float | None = None,
+                  routing: str | None = None) -> Scenario:
     """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field."""
     doc = _read_plan(plan)
     model_spec = resolve_model(model or doc["model"]["preset"])
@@ -83,9 +115,18 @@ def load_scenario(plan: str = DEFAULT_PLAN, *, model: str | None = None, gpu: st
     if num_gpus < 1:
         raise ValueError(f"gpus must be a positive integer, got {num_gpus}")
     if gpu_spec.name.upper().startswith("H800"):
-        cluster = deepseek_h800_cluster(num_gpus)
+        cluster_spec = deepseek_h800_cluster(num_gpus)
     else:
-        cluster = default_cluster_for(gpu_spec, num_gpus, c.get("gpus_per_node", 8))
+        cluster_spec = default_cluster_for(gpu_spec, num_gpus, c.get("gpus_per_node", 8))
+    network = network or doc.get("network", {}).get("model", "graph")
+    if network not in NETWORK_MODELS:
+        raise ValueError(f"network must be one of {', '.join(NETWORK_MODELS)}; got {network!r}")
+    plan_fabric = doc.get("network", {}).get("cluster")
+    if plan_fabric and load_gpu(c["gpu"]).key != gpu_spec.key:
+        plan_fabric = None  # the plan's fabric belongs to its GPU; another GPU gets a generic fat-tree
+    fabric = _fabric(cluster or plan_fabric, gpu_spec, cluster_spec, num_gpus, nic_gbps, oversubscription)
+    if nic_gbps is not None:
+        cluster_spec = replace(cluster_spec, ib_bw=nic_gbps / 8 * 1e9)
     dense = model_spec.moe is None
     ep_value = ep if ep is not None else (1 if dense else par["ep"])
     comm_default = par.get("comm_sms", 0) if ep_value > 1 else 0
@@ -114,7 +155,35 @@ def load_scenario(plan: str = DEFAULT_PLAN, *, model: str | None = None, gpu: st
     opts = OpOptions(fp8=num.get("fp8", True) if fp8 is None else fp8, recompute=num.get("recompute", True))
     if opts.fp8 and not gpu_spec.fp8_flops:
         opts = replace(opts, fp8=False)
-    return Scenario(model_spec, parallel, cluster, run_plan, profile, opts)
+    routing = routing or doc.get("routing", {}).get("model", "balanced")
+    if not (routing == "balanced" or routing.startswith("skew:") or routing.startswith("file:")):
+        raise ValueError(f"routing must be balanced, skew:<value> or file:<path>; got {routing!r}")
+    scenario = Scenario(model_spec, parallel, cluster_spec, run_plan, profile, opts, network, fabric, routing)
+    scenario.routing_loads()  # bad routing values and files fail here, before any simulation
+    return scenario
+
+
+def _fabric(preset: str | None, gpu, cluster: ClusterSpec, num_gpus: int, nic_gbps: float | None,
+            oversubscription: float | None) -> FabricSpec:
+    """The fabric for the graph model: a named preset (resized to the job's GPUs) or one built around the
+    cluster's achievable bandwidths; NIC speed and oversubscription may be overridden."""
+    overrides = {}
+    if nic_gbps is not None:
+        if not nic_gbps > 0:
+            raise ValueError(f"nic_gbps must be positive (Gb/s per GPU), got {nic_gbps}")
+        overrides["nic_bw"] = nic_gbps / 8 * 1e9
+    if oversubscription is not None:
+        if not oversubscription >= 1:
+            raise ValueError(f"oversubscription must be >= 1 (downlink : uplink), got {oversubscription}")
+        overrides["oversubscription"] = oversubscription
+    if preset is None:
+        return fabric_from_cluster(cluster, **overrides)
+    if preset not in list_cluster_presets():
+        raise ValueError(f"cluster must be one of {', '.join(list_cluster_presets())}; got {preset!r}")
+    fabric = load_cluster_preset(preset, gpus=num_gpus, **overrides)
+    if load_gpu(fabric.gpu).key != gpu.key:
+        raise ValueError(f"cluster {preset!r} has {fabric.gpu} GPUs, not {gpu.key}; pick --gpu {fabric.gpu}")
+    return fabric
 
 
 def estimate(scenario: Scenario, progress=None) -> RunEstimate:

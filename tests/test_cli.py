@@ -97,3 +97,53 @@ def test_step_writes_gantt(tmp_path):
     assert r.exit_code == 0, r.output
     assert out.stat().st_size > 10_000
     assert json.loads(r.stdout)["num_microbatches"] == 8
+
+
+def test_collective_json_matches_alpha_beta_ring_on_one_node():
+    """Ring all-reduce inside one node: 2 (p-1)/p n / B_nvlink plus 2 (p-1) latencies."""
+    r = runner.invoke(app, ["collective", "all_reduce", "--group-size", "8", "--bytes", "1G", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert {"time_s", "algbw_GBps", "busbw_GBps"} <= set(d)
+    expected = 2 * 7 / 8 * 1e9 / 160e9 + 2 * 7 * 3.4e-6
+    assert d["time_s"] == pytest.approx(expected, rel=1e-6)
+    assert d["busbw_GBps"] == pytest.approx(d["algbw_GBps"] * 2 * 7 / 8)
+
+
+def test_collective_ep_dispatch_near_deepep():
+    r = runner.invoke(app, ["collective", "ep_dispatch", "--tokens", "4096", "--hidden", "7168", "--json"])
+    d = json.loads(r.stdout)
+    assert d["dtype"] == "fp8" and d["bytes_per_token"] == 7392
+    assert d["rdma_GBps"] == pytest.approx(51, rel=0.15)  # DeepEP normal kernels, EP64 on H800
+
+
+def test_topology_summary_and_picture(tmp_path):
+    png = tmp_path / "t.png"
+    r = runner.invoke(app, ["topology", "--json", "--png", str(png)])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["gpus"] == 2048 and d["nodes"] == 256
+    assert d["bisection_Bps"] == pytest.approx(2048 * 50e9 / 2)  # non-blocking: half the NIC capacity
+    assert png.stat().st_size > 5_000
+
+
+def test_routing_command():
+    r = runner.invoke(app, ["routing", "--routing", "balanced", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["imbalance"] == pytest.approx(1.0) and d["max_nodes_per_token"] <= 4
+    skew = json.loads(runner.invoke(app, ["routing", "--skew", "0.5", "--tokens", "512", "--json"]).stdout)
+    assert skew["imbalance"] > 1.2 and {"mean_nodes_per_token", "max_nodes_per_token"} <= set(skew)
+
+
+def test_estimate_network_what_ifs_move_the_right_way():
+    def hours(*extra):
+        r = runner.invoke(app, ["estimate", "--tokens", "1T", "--batch", "15360", "--json", *extra])
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)
+
+    base, slow_nic, skew = hours(), hours("--nic-gbps", "200"), hours("--routing", "skew:0.3")
+    assert base["network_model"] == "graph" and base["routing"]["imbalance"] == pytest.approx(1.0)
+    assert slow_nic["gpu_hours"] > base["gpu_hours"]
+    assert skew["gpu_hours"] > base["gpu_hours"]
+    assert skew["routing"]["gpu_hours_balanced"] == pytest.approx(base["gpu_hours"])

@@ -1,0 +1,110 @@
+"""Trace-derived calibration profile of the DualPipe F&B pair (validation/calibrate_trace.py)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gpuhours.hwmodels.calibration import CalibrationProfile, load_profile
+from gpuhours.validation.calibrate_trace import (busy_shares, comm_streams, expected_class_work, measure,
+                                                 profile_from_traced_case, traced_case)
+from gpuhours.validation.compare import compare_traced_pair
+from gpuhours.validation.trace import interval_union, load_trace, summarise
+from gpuhours.workloads.presets import load_preset
+
+TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "profile-data" / "train.json"
+pytestmark = pytest.mark.skipif(not TRACE.is_file(), reason="profile-data trace not available")
+
+
+@pytest.fixture(scope="module")
+def trace():
+    return load_trace(TRACE)
+
+
+@pytest.fixture(scope="module")
+def profile():
+    return profile_from_traced_case(TRACE, "default-h800", date="2000-01-01")
+
+
+def test_traced_case_layout():
+    p, seq, (fwd, bwd) = traced_case()
+    assert (p.ep, p.tp, p.micro_batch_size, p.comm_sms, p.schedule, seq) == (64, 1, 1, 20, "dualpipe", 4096)
+    model = load_preset("deepseek-v3")
+    assert len(fwd) == len(bwd) == 4 and all(model.is_moe_layer(i) for i in [*fwd, *bwd])
+    with pytest.raises(ValueError, match="layers_per_chunk"):
+        traced_case(layers_per_chunk=0)
+
+
+def test_expected_work_closed_forms_and_trace_kernel_counts(trace):
+    """FLOPs from closed forms; op counts against the trace's kernel counts (independent of our decomposition)."""
+    m = load_preset("deepseek-v3")
+    work = expected_class_work(m)
+    a, moe, h, T, L = m.attention, m.moe, m.hidden, 4096, 4
+    core = 2 * a.n_heads * (a.qk_head_dim + a.v_head_dim) * T * (T + 1) / 2
+    assert work["attn_fwd"].flops == pytest.approx(L * core)
+    assert work["attn_bwd"].flops == pytest.approx(2.5 * L * core)
+    rows = T * moe.top_k  # balanced routing: every rank receives tokens x top_k rows
+    e = moe.expert_intermediate
+    grouped_fb = 2 * L * 2 * rows * (2 * e * h + h * e)  # F and B of w13 and w2
+    assert work["gemm_grouped"].flops == pytest.approx(grouped_fb)
+    classes = summarise(trace).classes
+    assert work["gemm_grouped"].ops == classes["gemm_grouped"].count      # 16
+    assert work["gemm_bf16"].ops == classes["gemm_bf16"].count            # 12 router GEMMs
+    # the trace runs each expert's weight gradient as its own dense FP8 GEMM: 8 per layer instead of our 2 grouped
+    experts = moe.n_routed_experts // 64
+    assert work["gemm_fp8"].ops - 2 * L + 2 * L * experts == classes["gemm_fp8"].count  # 124
+
+
+def test_busy_shares_add_up_to_the_union(trace):
+    compute = {e.stream for e in trace.events} - comm_streams(trace)
+    assert compute == {7, 23} and comm_streams(trace) == {27}
+    shares = busy_shares(trace, compute)
+    union = interval_union((e.start, e.end) for e in trace.events if e.stream in compute)
+    assert sum(shares.values()) == pytest.approx(union, rel=1e-9)
+    assert union < sum(e.duration for e in trace.events if e.stream in compute)  # streams 7 and 23 overlap
+
+
+def test_profile_validates_round_trips_and_names_its_sources(profile, tmp_path):
+    assert profile.source == "trace"
+    assert CalibrationProfile.from_dict(json.loads(json.dumps(profile.to_dict()))) == profile
+    profile.save(tmp_path / "p.json")
+    assert load_profile(tmp_path / "p.json") == profile
+    prov = profile.provenance
+    assert prov.device == "NVIDIA H800" and prov.sm_count == 132 and prov.date == "2000-01-01"
+    refs = " ".join(prov.references)
+    assert "train.json" in refs and str(TRACE.stat().st_size) in refs and "132 SMs" in refs
+    assert "default-h800" in refs and prov.software["base_profile"].startswith("default-h800")
+    assert prov.software["trace_schema_version"] == 1 and prov.software["distributed_backend"] == "nccl"
+    assert 0 < profile.elementwise_bandwidth_efficiency <= 1
+    assert 0 < profile.attention_backward_efficiency < profile.attention_forward_efficiency <= 1
+
+
+def test_bundled_trace_profile_is_the_generated_one(profile):
+    """hwmodels/data/trace-h800.json must be what the code generates from the trace (apart from the date)."""
+    bundled = load_profile("trace-h800")
+    a, b = bundled.to_dict(), profile.to_dict()
+    for d in (a, b):
+        d["provenance"].pop("date")
+        d["provenance"]["references"] = d["provenance"]["references"][1:]
+    assert a == b
+
+
+def test_reproduces_compute_busy_by_construction(profile, trace):
+    """Circular by design: the profile was derived from this pair's compute-stream busy time."""
+    measured = measure(trace).to_dict()
+    r = compare_traced_pair(profile, measured)
+    assert r["streams"]["compute"]["simulated_ms"] == pytest.approx(measured["compute_union_ms"], rel=0.03)
+
+
+def test_per_phase_split_and_span_not_fitted(profile, trace):
+    """Not fitted: the forward and input-gradient phases land within 10% each, the span within 10%, and the
+    datasheet profile is faster than the measured pair."""
+    measured = measure(trace).to_dict()
+    r = compare_traced_pair(profile, measured)
+    for phase in ("attn(F)", "mlp(F)", "attn(B)", "mlp(B)"):
+        row = r["phases"][phase]
+        assert row["simulated_ms"] == pytest.approx(row["trace_ms"], rel=0.10), phase
+    assert r["simulated_span_ms"] == pytest.approx(measured["span_ms"], rel=0.10)
+    default = compare_traced_pair("default-h800", measured)
+    assert default["simulated_span_ms"] < r["simulated_span_ms"] < measured["span_ms"] + 1.0
+    assert default["streams"]["compute"]["simulated_ms"] < measured["compute_union_ms"]

@@ -1,0 +1,70 @@
+"""Simulated vs measured traced pair under each calibration source, and the validation page."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gpuhours.hwmodels.calibration import load_profile
+from gpuhours.reports.validation_page import largest_difference, write_validation_page
+from gpuhours.validation.compare import compare_all
+
+TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "profile-data" / "train.json"
+pytestmark = pytest.mark.skipif(not TRACE.is_file(), reason="profile-data trace not available")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """compare_all with a partial microbenchmark-like profile (no grouped GEMMs: filled from the default)."""
+    d = load_profile("default-h800").to_dict()
+    d.update(name="bench-test", source="microbenchmark")
+    d.pop("grouped_gemm")
+    d["attention"] = {"forward_efficiency": 0.3, "backward_efficiency": 0.2}
+    path = tmp_path_factory.mktemp("bench") / "bench-test.json"
+    path.write_text(json.dumps(d))
+    return compare_all(bench_profile=path, trace_path=TRACE)
+
+
+def test_json_shape(results):
+    text = json.dumps(results)
+    assert set(json.loads(text)["sources"]) == {"default-h800", "trace-h800", "bench-test"}
+    for name, entry in results["sources"].items():
+        assert "error" not in entry, name
+        assert entry["trace_span_ms"] == pytest.approx(129.0, abs=0.05)
+        assert entry["simulated_span_ms"] > 0 and entry["gpu_hours"] > 0
+        assert set(entry["streams"]) == {"compute", "comm"}
+        assert len(entry["phases"]) == 10
+    busy = results["measured"]["stream_busy_ms"]
+    assert (round(busy["7"], 1), round(busy["23"], 1), round(busy["27"], 1)) == (118.2, 11.4, 114.5)
+    assert results["published_gpu_hours"] == 2.664e6
+
+
+def test_sources_are_ordered_as_their_efficiencies(results):
+    """Slower attention kernels lengthen the simulated pair: the bench profile (attention 0.3/0.2) is slower than the
+    default (0.55/0.4) with everything else equal; the simulated span is at least the compute busy time."""
+    s = results["sources"]
+    assert s["bench-test"]["simulated_span_ms"] > s["default-h800"]["simulated_span_ms"]
+    assert s["bench-test"]["gpu_hours"] > s["default-h800"]["gpu_hours"]
+    for entry in s.values():
+        assert entry["simulated_span_ms"] >= entry["streams"]["compute"]["simulated_ms"] - 1e-6
+        assert entry["simulated_span_ms"] >= entry["streams"]["comm"]["simulated_ms"] - 1e-6
+
+
+def test_bad_bench_profile_is_reported_not_raised(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": "nope"}')
+    r = compare_all(bench_profile=bad, trace_path=TRACE, with_gpu_hours=False)
+    assert "error" in r["sources"]["bad"] and r["sources"]["bad"]["simulated_span_ms"] is None
+
+
+def test_validation_page(results, tmp_path):
+    page = write_validation_page(results, tmp_path / "out")
+    text = page.read_text()
+    assert "129.0" in text and "2.664M" in text and "bench-test" in text
+    src, figure, sim, meas = largest_difference(results)
+    assert f"{sim:.1f} ms simulated against {meas:.1f} ms" in text
+    for png in ("validation_phases.png", "validation_streams.png"):
+        data = (tmp_path / "out" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    with pytest.raises(ValueError, match="results"):
+        write_validation_page({}, tmp_path)

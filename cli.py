@@ -456,6 +456,92 @@ def routing(
         typer.echo(f"wrote {png}")
 
 
+# ------------------------------------------------------------------------------------------------- calibration
+@calibrate_app.command("bench")
+def calibrate_bench(
+    output: Path = typer.Option(..., "-o", "--output", help="Profile JSON to write"),
+    device: str = typer.Option("cuda", "--device", help="cuda (real DeepSeek-V3 shapes) or cpu (tiny, tests the path)"),
+    quick: bool = typer.Option(False, "--quick", help="Small shapes and few repeats"),
+):
+    """Time the simulator's op classes with PyTorch and write a calibration profile."""
+    with user_errors():
+        _output_path(output, (".json",), "--output")
+        if device not in ("cuda", "cpu"):
+            raise UsageError(f"device must be cuda or cpu, got {device!r}")
+        try:
+            import torch
+        except ImportError:
+            raise UsageError("calibrate bench needs PyTorch: pip install torch==2.13.0 (or '.[validation]')") from None
+        if device == "cuda" and not torch.cuda.is_available():
+            raise UsageError("device cuda: no CUDA GPU is visible here; use --device cpu to test the path")
+        from gpuhours.hwmodels.calibration import CalibrationProfile
+        from gpuhours.validation.bench import run_benchmarks
+
+        profile = CalibrationProfile.from_dict(run_benchmarks(device, quick or device == "cpu"))
+        _write_atomically(output, profile.save)
+    typer.echo(f"wrote {output} ({profile.source} on {profile.provenance.device})")
+
+
+@calibrate_app.command("trace")
+def calibrate_trace(
+    trace: Path = typer.Argument(..., help="PyTorch-profiler Chrome trace of one DualPipe F&B pair"),
+    output: Path = typer.Option(..., "-o", "--output", help="Profile JSON to write"),
+    base: str = typer.Option("default-h800", "--base", help="Profile whose GEMM shape curves are rescaled"),
+):
+    """Derive a calibration profile from a measured trace of DeepSeek-V3's overlapped F&B pair."""
+    from gpuhours.validation.calibrate_trace import profile_from_traced_case
+
+    with user_errors():
+        _output_path(output, (".json",), "--output")
+        if not trace.exists():
+            raise UsageError(f"trace: no such file {str(trace)!r}")
+        profile = profile_from_traced_case(trace, base)
+        _write_atomically(output, profile.save)
+    typer.echo(f"wrote {output}: {profile.name} ({profile.source}, {profile.provenance.device})")
+
+
+def _write_atomically(path: Path, save) -> None:
+    """Write through a temporary file beside `path`, so a failure leaves nothing half-written."""
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        save(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@app.command()
+def validate(
+    out: Path = typer.Option(Path("reports/validation"), "--out", help="Folder for validation.md and its plots"),
+    bench: Optional[Path] = typer.Option(None, "--bench", help="Also compare this microbenchmark profile JSON"),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="Measured trace (default: shared profile-data)"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Simulate the traced DeepSeek-V3 F&B pair under each calibration source and compare with the trace."""
+    from gpuhours.reports.validation_page import write_validation_page
+    from gpuhours.validation.compare import compare_all
+
+    with user_errors():
+        if bench is not None and not bench.exists():
+            raise UsageError(f"bench: no such file {str(bench)!r}")
+        if trace is not None and not trace.exists():
+            raise UsageError(f"trace: no such file {str(trace)!r}")
+        results = compare_all(bench_profile=bench, trace_path=trace)
+        page = write_validation_page(results, out)
+    if as_json:
+        _echo_json(results)
+        return
+    typer.echo(f"traced pair: {results['measured']['span_ms']:.1f} ms measured")
+    for name, r in results["sources"].items():
+        if r.get("error"):
+            typer.echo(f"  {name:<16} error: {r['error']}")
+            continue
+        typer.echo(f"  {name:<16} simulated {r['simulated_span_ms']:.1f} ms; default estimate "
+                   f"{r.get('gpu_hours', float('nan')) / 1e6:.3f}M GPU-hours "
+                   f"(published {results['published_gpu_hours'] / 1e6:.3f}M)")
+    typer.echo(f"wrote {page}")
+
+
 def main() -> None:
     try:
         app()

@@ -1,13 +1,15 @@
 """ComputeModel: the duration of one compute Op on one GPU (roofline with calibrated efficiencies).
 
     duration = max(flops / (peak(dtype) * efficiency * sm_fraction),  bytes / (hbm_bw * bandwidth_efficiency))
+    (bandwidth_efficiency: the profile's element-wise figure for memory-bound kinds, 1 for GEMMs and attention)
 
 - gemm / grouped_gemm: efficiency from the CalibrationProfile at the op's shape (m, n, k, groups).
 - attention: the profile's forward efficiency for phase "F", backward efficiency for "B" and "W";
   fraction of the dense peak of the op's dtype (BF16 in practice).
 - elementwise / embedding: memory-bound; FLOPs, if any, at the non-tensor FP32 peak.
 - collective ops are priced by a network model (hwmodels.collectives), not here: ValueError.
-- the memory term of every kind uses the profile's element-wise bandwidth efficiency (``bw_eff``).
+- the memory term of element-wise and embedding ops uses the profile's element-wise bandwidth efficiency;
+  GEMMs and attention are bounded by the full HBM bandwidth (their measured efficiency covers the rest).
 
 How ``sm_fraction`` acts: it is the share of the GPU's SMs the op may use (e.g. 112/132 while 20 SMs run
 DeepEP). The compute term scales linearly with it -- a GEMM on 112 of 132 SMs runs at 112/132 of its
@@ -85,5 +87,8 @@ class ComputeModel:
         else:  # elementwise, embedding: CUDA-core FLOPs, memory-bound in practice
             rate = self.gpu.fp32_flops
         compute_time = flops / (rate * sm_fraction) if flops else 0.0
-        memory_time = op.bytes / (self.gpu.hbm_bw * self.profile.elementwise_bandwidth_efficiency)
+        # Element-wise kernels reach the profile's share of HBM bandwidth; for GEMMs and attention the memory
+        # term is only the roofline bound at the full bandwidth (their achieved rate is in their efficiency).
+        bw_eff = self.profile.elementwise_bandwidth_efficiency if op.kind in ("elementwise", "embedding") else 1.0
+        memory_time = op.bytes / (self.gpu.hbm_bw * bw_eff)
         return max(compute_time, memory_time)

@@ -29,7 +29,7 @@ from gpuhours.workloads.routing import RankLoads, ep_rank_loads
 from gpuhours.workloads.run import BatchRamp, RunPlan, parse_count
 
 DEFAULT_PLAN = "deepseek-v3"
-DEFAULT_CALIBRATION = "default-h800"
+DEFAULT_CALIBRATION = "trace-h800"  # measured kernels of the real workload: the most trusted source
 NETWORK_MODELS = ("graph", "alpha-beta")
 
 
@@ -87,6 +87,11 @@ def _read_plan(name: str) -> dict:
         raise ValueError(f"plan must be one of {', '.join(list_plans())}; got {name!r}")
     text = resources.files("gpuhours.workloads").joinpath("plans", f"{name}.toml").read_text()
     return tomllib.loads(text)
+
+
+def plan_reference(plan: str = DEFAULT_PLAN) -> dict:
+    """The published figures a plan records for comparison (empty when it has none)."""
+    return dict(_read_plan(plan).get("reference", {}))
 
 
 def resolve_model(model: str) -> ModelSpec:

@@ -147,3 +147,37 @@ def test_estimate_network_what_ifs_move_the_right_way():
     assert slow_nic["gpu_hours"] > base["gpu_hours"]
     assert skew["gpu_hours"] > base["gpu_hours"]
     assert skew["routing"]["gpu_hours_balanced"] == pytest.approx(base["gpu_hours"])
+
+
+def test_calibrate_trace_writes_a_loadable_profile(tmp_path):
+    from pathlib import Path
+
+    from gpuhours.hwmodels.calibration import load_profile
+
+    trace = Path(__file__).resolve().parents[2] / "shared" / "data" / "profile-data" / "train.json"
+    if not trace.exists():
+        pytest.skip("shared profile-data trace not beside the checkout")
+    out = tmp_path / "p.json"
+    r = runner.invoke(app, ["calibrate", "trace", str(trace), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    prof = load_profile(out)
+    assert prof.source == "trace" and prof.provenance.device == "NVIDIA H800"
+
+
+def test_calibrate_bench_refuses_cuda_without_a_gpu(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    r = runner.invoke(app, ["calibrate", "bench", "-o", str(tmp_path / "b.json")])
+    assert r.exit_code == 2 and "cuda" in r.stderr
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_validate_writes_page_and_json(tmp_path):
+    r = runner.invoke(app, ["validate", "--out", str(tmp_path), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    for name in ("default-h800", "trace-h800"):
+        assert {"trace_span_ms", "simulated_span_ms", "gpu_hours"} <= set(d["sources"][name])
+    assert d["sources"]["trace-h800"]["trace_span_ms"] == pytest.approx(129.0, abs=0.1)
+    assert (tmp_path / "validation.md").exists() and (tmp_path / "validation_phases.png").exists()

@@ -24,12 +24,9 @@ Derivation (`derive_profile`), with sm_fraction = (132 - 20) / 132 as `simulator
   solved so that the simulated time of each trace class equals its target (the grouped ratio also prices the
   expert weight-gradient GEMMs inside gemm_fp8); shape dependence of the base curves is kept;
 - attention: efficiency = FLOPs / (target time * BF16 peak * sm_fraction);
-- element-wise: effective efficiency e = our element-wise bytes / (measured memory-bound time * HBM bandwidth).
-  ComputeModel applies this one efficiency to the memory term of *every* op, so an e far below 1 (the trace
-  runs many casts/transposes our ops do not model) would turn GEMMs memory-bound. The profile therefore uses
-  max(e, floor), floor = the lowest efficiency at which no GEMM or attention op of the traced pair is
-  memory-bound, and the memory-bound time this leaves unpriced (surplus) is added to the GEMM and attention
-  targets in proportion to their measured time. The effective e, the floor and the surplus are recorded.
+- element-wise: efficiency = our element-wise bytes / (measured memory-bound time * HBM bandwidth); it carries
+  whatever memory-bound work the trace runs that our ops do not describe (ComputeModel applies it to
+  element-wise and embedding ops only).
 The result reproduces the traced compute-stream busy time by construction; the per-phase split and the span
 are not fitted.
 """
@@ -300,7 +297,7 @@ def _compute_time(cm: ComputeModel, op: Op, sm_fraction: float) -> float:
 
 
 def derive_profile(base: CalibrationProfile, ops: list[Op], measured: Measured, cluster: ClusterSpec,
-                   comm_sms: int, *, iterations: int = 200) -> tuple[dict, dict]:
+                   comm_sms: int) -> tuple[dict, dict]:
     """(profile sections {gemm, grouped_gemm, attention, elementwise}, derivation record) -- see module docstring."""
     gpu = cluster.gpu
     sm_fraction = (gpu.sms - comm_sms) / gpu.sms
@@ -314,51 +311,31 @@ def derive_profile(base: CalibrationProfile, ops: list[Op], measured: Measured, 
         if op.kind in ("gemm", "grouped_gemm"):
             key = (trace_class_of(op), table_of[(op.kind, op.dtype)])
             base_t[key] = base_t.get(key, 0.0) + _compute_time(base_cm, op, sm_fraction)
-    gemm_ops = [op for op in ops if op.kind in ("gemm", "grouped_gemm", "attention")]
     for c in COMPUTE_CLASSES:
         if measured.classes[c] <= 0 or work[c].flops <= 0:
             raise ValueError(f"trace: class {c!r} has measured time {measured.classes[c]:.3g} s and our ops "
                              f"{work[c].flops:.3g} FLOP; both must be positive to calibrate it")
     mem_time, mem_bytes = measured.classes["memory"], work["memory"].bytes
-    effective = mem_bytes / (mem_time * gpu.hbm_bw)
-    compute_total = sum(measured.classes[c] for c in COMPUTE_CLASSES)
-
-    bw, surplus = min(1.0, effective), 0.0
-    for _ in range(iterations):
-        target = {c: measured.classes[c] * (1 + surplus / compute_total) for c in COMPUTE_CLASSES}
-        r_grouped = target["gemm_grouped"] / base_t[("gemm_grouped", ("grouped_gemm", "fp8"))]
-        r_dense = ((target["gemm_fp8"] - r_grouped * base_t.get(("gemm_fp8", ("grouped_gemm", "fp8")), 0.0))
-                   / base_t[("gemm_fp8", ("gemm", "fp8"))])
-        r_bf16 = target["gemm_bf16"] / sum(v for (c, _), v in base_t.items() if c == "gemm_bf16")
-        if r_dense <= 0:
-            raise ValueError("trace: the expert weight-gradient GEMMs alone exceed the measured gemm_fp8 time")
-        ratio = {("gemm", "fp8"): r_dense, ("grouped_gemm", "fp8"): r_grouped, ("gemm", "bf16"): r_bf16}
-        att_f = work["attn_fwd"].flops / (target["attn_fwd"] * gpu.peak_flops("bf16") * sm_fraction)
-        att_b = work["attn_bwd"].flops / (target["attn_bwd"] * gpu.peak_flops("bf16") * sm_fraction)
-        if not (0 < att_f <= 1 and 0 < att_b <= 1):
-            raise ValueError(f"trace: attention efficiencies {att_f:.3f}/{att_b:.3f} outside (0, 1]")
-        sections = _scaled(base, ratio, "")
-        sections["attention"] = {"forward_efficiency": att_f, "backward_efficiency": att_b}
-        sections["elementwise"] = {"bandwidth_efficiency": bw}
-        cm = ComputeModel(gpu, _with(base, sections))
-        floor = max(op.bytes / gpu.hbm_bw / _compute_time(cm, op, sm_fraction) for op in gemm_ops)
-        new_bw = min(1.0, max(effective, floor))
-        new_surplus = max(0.0, mem_time - mem_bytes / (gpu.hbm_bw * new_bw))
-        done = abs(new_bw - bw) < 1e-12 and abs(new_surplus - surplus) < 1e-12
-        bw, surplus = new_bw, new_surplus
-        if done:
-            break
-    else:
-        raise ValueError("trace: the element-wise floor iteration did not converge")
+    bw = min(1.0, mem_bytes / (mem_time * gpu.hbm_bw))
+    target = {c: measured.classes[c] for c in COMPUTE_CLASSES}
+    r_grouped = target["gemm_grouped"] / base_t[("gemm_grouped", ("grouped_gemm", "fp8"))]
+    r_dense = ((target["gemm_fp8"] - r_grouped * base_t.get(("gemm_fp8", ("grouped_gemm", "fp8")), 0.0))
+               / base_t[("gemm_fp8", ("gemm", "fp8"))])
+    r_bf16 = target["gemm_bf16"] / sum(v for (c, _), v in base_t.items() if c == "gemm_bf16")
+    if r_dense <= 0:
+        raise ValueError("trace: the expert weight-gradient GEMMs alone exceed the measured gemm_fp8 time")
+    ratio = {("gemm", "fp8"): r_dense, ("grouped_gemm", "fp8"): r_grouped, ("gemm", "bf16"): r_bf16}
+    att_f = work["attn_fwd"].flops / (target["attn_fwd"] * gpu.peak_flops("bf16") * sm_fraction)
+    att_b = work["attn_bwd"].flops / (target["attn_bwd"] * gpu.peak_flops("bf16") * sm_fraction)
+    if not (0 < att_f <= 1 and 0 < att_b <= 1):
+        raise ValueError(f"trace: attention efficiencies {att_f:.3f}/{att_b:.3f} outside (0, 1]")
     sections = _scaled(base, ratio, "time ratio measured/predicted of its trace class on the traced pair")
     sections["attention"] = {"forward_efficiency": att_f, "backward_efficiency": att_b}
     sections["elementwise"] = {"bandwidth_efficiency": bw}
     record = {
         "sm_fraction": sm_fraction,
         "time_ratio": {f"{s}.{d}": r for (s, d), r in ratio.items()},
-        "elementwise_effective_efficiency": effective,
-        "elementwise_floor_efficiency": floor,
-        "memory_surplus_ms": surplus * 1e3,
+        "elementwise_efficiency": bw,
         "class_target_ms": {c: t * 1e3 for c, t in target.items()} | {
             "memory": mem_bytes / (gpu.hbm_bw * bw) * 1e3},
         "expected_work": {c: {"ops": w.ops, "flops": w.flops, "bytes": w.bytes} for c, w in work.items()},
@@ -432,8 +409,7 @@ def profile_from_traced_case(trace_path: str | Path = DEFAULT_TRACE,
                 f"of {props.get('numSms', coster.cluster.gpu.sms)} SMs); per-class busy share of the compute streams "
                 f"vs our ops of that pair; GEMM points = base profile points / measured-over-predicted time ratio "
                 f"per table, so they stay {base.sm_count}-SM-equivalent rates (ComputeModel applies sm_fraction); "
-                f"attention and element-wise efficiencies from the trace, element-wise floored so that no traced "
-                f"GEMM is memory-bound (see trace.derivation)"),
+                f"attention and element-wise efficiencies from the trace (see trace.derivation)"),
             "references": [
                 f"trace file {trace.file_name} ({trace.file_bytes} bytes), deepseek-ai/profile-data, "
                 f"device {props.get('name')} with {props.get('numSms')} SMs, imported {date}",
@@ -447,9 +423,8 @@ def profile_from_traced_case(trace_path: str | Path = DEFAULT_TRACE,
                           f"attn_fwd / attn_bwd kernels (plus their share of the memory surplus) at "
                           f"{record['sm_fraction']:.4f} of the dense BF16 peak"},
         "elementwise": sections["elementwise"] | {
-            "provenance": f"trace {trace.file_name}: effective {record['elementwise_effective_efficiency']:.4f} "
-                          f"(our element-wise bytes over {measured.classes['memory'] * 1e3:.2f} ms of memory-bound "
-                          f"kernels x HBM bandwidth), floored at {record['elementwise_floor_efficiency']:.4f}"},
+            "provenance": f"trace {trace.file_name}: our element-wise bytes over {measured.classes['memory'] * 1e3:.2f}"
+                          f" ms of memory-bound kernels x HBM bandwidth"},
         "comm": {"a2a_kernel_ms": {c: round(t * 1e3, 6) for c, t in measured.comm_classes.items()},
                  "provenance": f"trace {trace.file_name}: summed kernel time on stream(s) "
                                f"{list(measured.comm_streams)}; not used by the network model"},
@@ -459,8 +434,7 @@ def profile_from_traced_case(trace_path: str | Path = DEFAULT_TRACE,
             + ", ".join(f"{k} {v:.3f}" for k, v in ratio.items()) + ".",
             f"The trace runs {measured.classes['memory'] * 1e3:.1f} ms of memory-bound kernels (FP8 casts, "
             f"transposes, norms, routing, reductions, copies) against {work_ms(record):.1f} ms our element-wise ops "
-            f"need at the HBM peak; ComputeModel applies one bandwidth efficiency to every op's memory term, so "
-            f"{record['memory_surplus_ms']:.1f} ms are carried by the GEMM and attention classes instead.",
+            f"need at the HBM peak: the element-wise efficiency carries the difference.",
             "Reproduces the traced compute-stream busy time by construction; span, per-phase split and the "
             "communication stream are not fitted (see validation/compare.py).",
         ],

@@ -19,13 +19,15 @@ from pathlib import Path
 
 from gpuhours.hwmodels.calibration import CalibrationProfile, load_profile
 from gpuhours.simulator.instructions import Instruction
+from gpuhours.simulator.scenario import plan_reference
 from gpuhours.validation.calibrate_trace import (BACKWARD_STAGE, BASE_PROFILE, DEFAULT_TRACE, FORWARD_STAGE,
                                                  PROFILE_NAME, measure, trace_class_of, traced_coster, traced_ops)
 from gpuhours.validation.trace import KNOWN_PHASES, load_trace
 
-# Published pre-training cost: DeepSeek-V3 technical report (arXiv 2412.19437), Table 1: 2,664K H800 GPU-hours.
-PUBLISHED_GPU_HOURS = 2.664e6
-PUBLISHED_SOURCE = "DeepSeek-V3 technical report (arXiv 2412.19437), Table 1: pre-training 2,664K H800 GPU-hours"
+# Published pre-training cost, from the reference plan's [reference] table (workloads/plans/deepseek-v3.toml).
+_REFERENCE = plan_reference()
+PUBLISHED_GPU_HOURS = float(_REFERENCE["pretraining_gpu_hours"])
+PUBLISHED_SOURCE = _REFERENCE["source"]
 COMPUTE_PHASES = tuple(p for p in KNOWN_PHASES if p.startswith(("attn", "mlp")))
 COMM_PHASES = tuple(p for p in KNOWN_PHASES if p not in COMPUTE_PHASES)
 

@@ -111,8 +111,23 @@ class _Builder:
         dtype = "fp8" if (self.fp8 and low_precision) else "bf16"
         in_bytes = 1 if dtype == "fp8" else BF16
         nbytes = groups * ((m * k + k * n) * in_bytes + m * n * BF16)
+        if dtype == "fp8":
+            self.elementwise(f"{name}.quant", groups * self._quant_bytes(m, n, k))
         self.ops.append(Op(f"{self.prefix}.{name}", "grouped_gemm" if groups > 1 else "gemm", self.phase,
                            self.module, 2.0 * m * n * k * groups, nbytes, dtype, GemmShape(m, n, k), groups))
+
+    def _quant_bytes(self, m: int, n: int, k: int) -> float:
+        """HBM traffic of the fine-grained FP8 casts feeding one GEMM (shape as executed; per-tile scales are
+        1/128 of the data and ignored). Forward: the BF16 activation (m x k) is read and written as FP8, 3 bytes an
+        element. Input gradient: the BF16 output gradient (m x k as executed) is read once and written in both
+        tilings, row-wise for this GEMM and column-wise for the weight gradient, 4 bytes. Weight gradient: the
+        cached FP8 activation re-tiled along the other axis (k x n as executed, read and written in FP8, 2 bytes).
+        Weights are cast once per step: ignored."""
+        if self.phase == "W":
+            return 2 * k * n
+        if self.phase == "B":
+            return 4 * m * k
+        return 3 * m * k
 
     def elementwise(self, name: str, nbytes: float, kind: str = "elementwise") -> None:
         self.ops.append(Op(f"{self.prefix}.{name}", kind, self.phase, self.module, 0.0, nbytes))
@@ -122,6 +137,23 @@ class _Builder:
 
     def segment(self, stream_name: str, layer: int | None) -> Segment:
         return Segment(stream_name, "compute", tuple(self.ops), layer)
+
+
+class _GemmsOnly:
+    """A view of a builder that drops element-wise ops (weight-gradient passes have none of their own)."""
+
+    def __init__(self, builder: _Builder):
+        self._b = builder
+        self.phase = builder.phase
+
+    def gemm(self, *args, **kwargs) -> None:
+        self._b.gemm(*args, **kwargs)
+
+    def elementwise(self, *args, **kwargs) -> None:
+        pass
+
+    def attention(self, *args, **kwargs) -> None:
+        pass
 
 
 def _collective(name: str, phase: str, module: str, kind: str, group: str, tokens: int,
@@ -143,6 +175,8 @@ def _attention_ops(b: _Builder, model: ModelSpec, p: ParallelSpec, tokens: int, 
     a, h, tp = model.attention, model.hidden, p.tp
     heads = a.n_heads // tp
     act = tokens * h * BF16
+    if b.phase == "W":  # weight gradients: GEMMs only
+        b = _GemmsOnly(b)
     if a.kind == "mla":
         if not recompute_only:
             b.elementwise("attn_norm", 2 * act)

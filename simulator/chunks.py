@@ -48,6 +48,7 @@ class _Task:
     priority: tuple
     layer: int | None
     kind: str
+    uses_nic: bool = False  # a collective whose group spans nodes: it holds the GPU's network interface
 
 
 def expected_nodes_per_token(model: ModelSpec, ep: int, gpus_per_node: int) -> float:
@@ -180,8 +181,14 @@ class HardwareCoster:
             priority = (k, _PAIR_ORDER.get(seg.name, 20 + j), len(tasks))
         else:
             priority = (len(tasks),)
-        tasks.append(_Task(seg.name, seg.stream, self._segment_time(seg), deps, priority, seg.layer, kind))
+        tasks.append(_Task(seg.name, seg.stream, self._segment_time(seg), deps, priority, seg.layer, kind,
+                           seg.stream == "comm" and self._crosses_nodes(seg)))
         return len(tasks) - 1
+
+    def _crosses_nodes(self, seg: Segment) -> bool:
+        size = {"ep": self.parallel.ep, "tp": self.parallel.tp}
+        return any(op.kind == "collective" and size.get(op.group, 1) > self.cluster.gpus_per_node
+                   for op in seg.ops)
 
 
 def _list_schedule(tasks: list[_Task]) -> InstructionProfile:
@@ -222,5 +229,6 @@ def _list_schedule(tasks: list[_Task]) -> InstructionProfile:
                 spans.append(Span(0, s, now - t.duration, now, t.name, t.name.partition("(")[0], None, None, args))
                 running[s] = None
                 done += 1
+    nic = sum(t.duration for t in tasks if t.uses_nic)
     return InstructionProfile(duration=now, compute_busy=busy["compute"], comm_busy=busy["comm"],
-                              spans=tuple(spans))
+                              spans=tuple(spans), nic_busy=nic)

@@ -35,6 +35,7 @@ class InstructionProfile:
     compute_busy: float
     comm_busy: float
     spans: tuple[Span, ...] = ()  # detail (op-level) spans with start/end relative to the instruction start
+    nic_busy: float = 0.0         # time the instruction's collectives keep this GPU's network interface busy
 
 
 class InstructionCoster(Protocol):
@@ -86,7 +87,22 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
         if delay <= 0.0:
             event.succeed()
             return
-        env.process(_after(env, delay, event))
+        env.process(_send(src, delay, event))
+
+    def _send(src: int, base: float, event: simpy.Event):
+        """A point-to-point send holds the sender's network interface: sends from one rank queue behind each
+        other, and one that starts while the rank's current instruction runs all-to-alls shares the interface
+        fairly with them: if they keep it busy a share rho of the instruction, the send gets full bandwidth for
+        1 - rho of the time and half for rho, so it takes base / (1 - rho / 2)."""
+        with nic[src].request() as slot:
+            yield slot
+            rho = nic_load[src] if env.now < nic_until[src] else 0.0
+            yield env.timeout(base / (1.0 - rho / 2.0))
+        event.succeed()
+
+    nic = [simpy.Resource(env, capacity=1) for _ in range(schedule.pp)]
+    nic_load = [0.0] * schedule.pp   # share of the running instruction its collectives hold the interface
+    nic_until = [0.0] * schedule.pp  # when that instruction ends
 
     busy = [0.0] * schedule.pp
     comm_busy = [0.0] * schedule.pp
@@ -113,6 +129,8 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
                     live += 1
             peak[rank] = max(peak[rank], live)
             prof = coster.profile(rank, instruction)
+            nic_load[rank] = min(1.0, prof.nic_busy / prof.duration) if prof.duration > 0 else 0.0
+            nic_until[rank] = start + prof.duration
             yield env.timeout(prof.duration)
             busy[rank] += prof.compute_busy
             comm_busy[rank] += prof.comm_busy
@@ -150,11 +168,6 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
         instructions_run=counter[0],
         spans=tuple(spans),
     )
-
-
-def _after(env: simpy.Environment, delay: float, event: simpy.Event):
-    yield env.timeout(delay)
-    event.succeed()
 
 
 def _shift(span: Span, rank: int, t0: float, instruction: Instruction) -> Span:

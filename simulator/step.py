@@ -193,12 +193,15 @@ def partition_layers(layer_cost: list[float], num_stages: int, first_extra: floa
                      last_extra: float = 0.0) -> tuple[int, ...]:
     """Split layers into `num_stages` contiguous, non-empty runs minimising the largest stage cost.
 
-    The first stage also pays `first_extra` and the last `last_extra`. O(stages x layers^2) dynamic programming;
-    ties go to the earliest split, so equal layers give the balanced split with remainders toward the front.
+    The first stage also pays `first_extra` and the last `last_extra`; a stage with such extra work may hold no
+    layer at all (a last stage of just the head and MTP), every other stage holds at least one.
+    O(stages x layers^2) dynamic programming; ties go to the earliest split, so equal layers give the balanced
+    split with remainders toward the front.
     """
     n = len(layer_cost)
     if not 1 <= num_stages <= n:
         raise ValueError(f"stages ({num_stages}) must be between 1 and the number of layers ({n})")
+    min_layers = _min_layers(num_stages, first_extra, last_extra)
     prefix = [0.0]
     for c in layer_cost:
         prefix.append(prefix[-1] + c)
@@ -212,11 +215,15 @@ def partition_layers(layer_cost: list[float], num_stages: int, first_extra: floa
     cut = [[0] * (n + 1) for _ in range(num_stages + 1)]
     best[0][0] = 0.0
     for s in range(1, num_stages + 1):
-        for j in range(s, n - (num_stages - s) + 1):
-            for i in range(s - 1, j):
+        for j in range(n + 1):
+            for i in range(0, j - min_layers[s - 1] + 1):
+                if best[s - 1][i] == inf:
+                    continue
                 value = max(best[s - 1][i], cost(i, j, s - 1))
                 if value < best[s][j] - 1e-15:
                     best[s][j], cut[s][j] = value, i
+    if best[num_stages][n] == inf:
+        raise ValueError(f"cannot split {n} layers into {num_stages} stages")
     sizes, j = [], n
     for s in range(num_stages, 0, -1):
         i = cut[s][j]
@@ -236,14 +243,23 @@ def stage_ranks(parallel: ParallelSpec) -> tuple[tuple[int, ...], ...]:
     return tuple((s % pp,) for s in range(n))
 
 
+def _min_layers(num_stages: int, first_extra: float, last_extra: float) -> list[int]:
+    """Layers each stage must hold: one, except an end stage that already carries embedding or head work."""
+    mins = [1] * num_stages
+    if num_stages > 1:
+        mins[0] = 0 if first_extra > 0 else 1
+        mins[-1] = 0 if last_extra > 0 else 1
+    return mins
+
+
 def rebalance_for_ranks(sizes: tuple[int, ...], layer_cost: list[float], holders: tuple[tuple[int, ...], ...],
                         first_extra: float = 0.0, last_extra: float = 0.0) -> tuple[int, ...]:
     """Move one layer at a time from one stage to another while that lowers the busiest rank's load.
 
     A rank's load is the sum of the costs of the stages it holds (DualPipe's rank r holds stages r and PP-1-r,
     so balancing stages alone leaves rank 0, with the embedding and the head, the busiest). Stages stay
-    contiguous: only their sizes change. Hill climbing on (max rank load, max stage cost); every stage keeps at
-    least one layer.
+    contiguous: only their sizes change. Hill climbing on (max rank load, max stage cost); every stage keeps the
+    layers `partition_layers` requires of it.
     """
     num_ranks = 1 + max(r for rs in holders for r in rs)
 
@@ -260,13 +276,14 @@ def rebalance_for_ranks(sizes: tuple[int, ...], layer_cost: list[float], holders
                 load[r] += c
         return max(load), max(stage_cost)
 
+    mins = _min_layers(len(sizes), first_extra, last_extra)
     best, best_score = tuple(sizes), score(tuple(sizes))
     improved = True
     while improved:
         improved = False
         for a in range(len(best)):
             for b in range(len(best)):
-                if a == b or best[a] == 1:
+                if a == b or best[a] == mins[a]:
                     continue
                 sz = list(best)
                 sz[a] -= 1

@@ -95,3 +95,42 @@ def test_overlapped_pair_is_no_longer_than_serial(default_scenario):
     assert fb.duration >= max(fb.compute_busy, fb.comm_busy) - 1e-12
     assert fb.compute_busy == pytest.approx(f.compute_busy + bw.compute_busy)
     assert fb.comm_busy == pytest.approx(f.comm_busy + bw.comm_busy)
+
+
+class _NicCoster:
+    """Instructions take 0.1; rank 0's keep its network interface busy a share `rho` of the time; forward
+    activations cost 1 to send, gradients nothing."""
+
+    def __init__(self, rho):
+        self.rho = rho
+
+    def profile(self, rank, instruction):
+        return InstructionProfile(0.1, 0.1, 0.0, nic_busy=0.1 * self.rho if rank == 0 else 0.0)
+
+    def transfer(self, src, dst, kind, microbatch, stage):
+        return 1.0 if kind == "F" else 0.0
+
+
+def _two_rank_schedule():
+    I = Instruction
+    programs = ((I("F", 0, 0), I("F", 1, 0), I("BW", 0, 0), I("BW", 1, 0)),
+                (I("F", 0, 1), I("BW", 0, 1), I("F", 1, 1), I("BW", 1, 1)))
+    return Schedule("two", 2, 2, 2, programs, lambda m, s: s)
+
+
+def _start_of(result, rank, label):
+    return next(s.start for s in result.spans if s.rank == rank and s.name == label)
+
+
+def test_sends_from_one_rank_queue_on_its_network_interface():
+    r = run_pipeline(_two_rank_schedule(), _NicCoster(rho=0.0))
+    assert _start_of(r, 1, "F0.1") == pytest.approx(1.1)   # sent 0.1 -> 1.1
+    assert _start_of(r, 1, "F1.1") == pytest.approx(2.1)   # queued behind it: 1.1 -> 2.1
+
+
+def test_send_shares_the_interface_with_a_running_all_to_all():
+    """F0's send starts while F1 runs all-to-alls the whole time (rho = 1): half bandwidth, 1 / (1 - 1/2) = 2."""
+    r = run_pipeline(_two_rank_schedule(), _NicCoster(rho=1.0))
+    assert _start_of(r, 1, "F0.1") == pytest.approx(0.1 + 2.0)
+    # F1's send starts at 2.1 when rank 0 is idle: full bandwidth again.
+    assert _start_of(r, 1, "F1.1") == pytest.approx(2.1 + 1.0)

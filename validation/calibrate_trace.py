@@ -20,9 +20,11 @@ Trace class -> our ops:
 - quant, norm, routing, reduce, elementwise, memcpy, other -> "memory": memory-bound, our element-wise ops.
 
 Derivation (`derive_profile`), with sm_fraction = (132 - 20) / 132 as `simulator.chunks` uses:
-- GEMM curves: the base profile's points divided by a per-table time ratio r (fp8 dense, fp8 grouped, bf16),
-  solved so that the simulated time of each trace class equals its target (the grouped ratio also prices the
-  expert weight-gradient GEMMs inside gemm_fp8); shape dependence of the base curves is kept;
+- GEMM curves: the base profile's FP8 points divided by a per-table time ratio r (dense, grouped), solved so
+  that the simulated time of each trace class equals its target (the grouped ratio also prices the expert
+  weight-gradient GEMMs inside gemm_fp8); shape dependence of the base curves is kept. The BF16 curve is kept
+  as the base has it: the trace's only BF16 GEMMs are the router's (n = 256), no guide to the output head;
+  their ratio is recorded in the derivation;
 - attention: efficiency = FLOPs / (target time * BF16 peak * sm_fraction);
 - element-wise: efficiency = our element-wise bytes / (measured memory-bound time * HBM bandwidth); it carries
   whatever memory-bound work the trace runs that our ops do not describe (ComputeModel applies it to
@@ -321,7 +323,10 @@ def derive_profile(base: CalibrationProfile, ops: list[Op], measured: Measured, 
     r_grouped = target["gemm_grouped"] / base_t[("gemm_grouped", ("grouped_gemm", "fp8"))]
     r_dense = ((target["gemm_fp8"] - r_grouped * base_t.get(("gemm_fp8", ("grouped_gemm", "fp8")), 0.0))
                / base_t[("gemm_fp8", ("gemm", "fp8"))])
-    r_bf16 = target["gemm_bf16"] / sum(v for (c, _), v in base_t.items() if c == "gemm_bf16")
+    # The traced BF16 GEMMs are only the router's (n = 256 experts): too far from the BF16 GEMM that matters, the
+    # output head (n = 129,280), to rescale the whole BF16 curve. Their ratio is recorded, not applied.
+    r_bf16_router = target["gemm_bf16"] / sum(v for (c, _), v in base_t.items() if c == "gemm_bf16")
+    r_bf16 = 1.0
     if r_dense <= 0:
         raise ValueError("trace: the expert weight-gradient GEMMs alone exceed the measured gemm_fp8 time")
     ratio = {("gemm", "fp8"): r_dense, ("grouped_gemm", "fp8"): r_grouped, ("gemm", "bf16"): r_bf16}
@@ -335,6 +340,7 @@ def derive_profile(base: CalibrationProfile, ops: list[Op], measured: Measured, 
     record = {
         "sm_fraction": sm_fraction,
         "time_ratio": {f"{s}.{d}": r for (s, d), r in ratio.items()},
+        "router_bf16_time_ratio_not_applied": r_bf16_router,
         "elementwise_efficiency": bw,
         "class_target_ms": {c: t * 1e3 for c, t in target.items()} | {
             "memory": mem_bytes / (gpu.hbm_bw * bw) * 1e3},

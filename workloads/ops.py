@@ -318,7 +318,9 @@ def head_passes(model: ModelSpec, p: ParallelSpec, seq_len: int, opts: OpOptions
             b.elementwise("final_norm", 2 * tokens * model.hidden * BF16)
         b.gemm("output", tokens, vocab, model.hidden, low_precision=False)
         if phase != "W":
-            b.elementwise("loss", 3 * tokens * vocab * FP32)
+            # Fused cross-entropy: forward reads the BF16 logits once; backward reads them again and writes
+            # their gradient in BF16.
+            b.elementwise("loss", (1 if phase == "F" else 2) * tokens * vocab * BF16)
         out[phase] = b.segment(f"{prefix}({phase})", None)
     return LayerPasses(prefix, (out["F"],), (out["B"],), (out["W"],))
 

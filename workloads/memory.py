@@ -1,0 +1,294 @@
+"""Per-GPU memory of a layout: weights, gradients, optimizer states, in-flight activations and headroom.
+
+Training state of a rank holding dense parameters P_d (split by tp) and expert parameters P_e (split by ep)
+over the stages it holds (`StepSimulator.rank_params`; DualPipe ranks hold two stages, `params_copies` = 2):
+
+    weights    = w (P_d + P_e)                         w: working-weight bytes (BF16: 2)
+    gradients  = g (P_d + P_e)                         g: gradient bytes (FP32: 4); ZeRO-1 does not shard them
+    master     = m (P_d / dp + P_e / expert_dp)        ZeRO-1 (ZeRO-0: m (P_d + P_e))
+    moments    = 2 a (P_d / dp + P_e / expert_dp)      AdamW's two moments of a bytes (BF16: 2); ZeRO-0 unsharded
+
+Activations: a rank's program runs in a fixed order, so the chunks alive on it follow from that order alone: a
+chunk (one micro-batch on one stage) is alive from the start of its F until the end of its W (or BW) -- the same
+rule the engine counts `peak_activations_per_rank` by. Walking the program with each chunk weighted by its stage's
+bytes gives the peak bytes; chunk bytes = tokens x sum over the stage's units of `unit_bytes_per_token` / tp.
+
+Per token, what the backward needs (c = cached-GEMM-input bytes: FP8 1 + 4/128 with 1x128 scales, or BF16 2;
+b = 2 (BF16); o = attention-output bytes, E5M6 1.5; H heads, h hidden; terms named in `layer_terms`):
+- Recomputation (the recipe, DeepSeek-V3 sec. 3.3.2): every RMSNorm output and the MLA up-projections are
+  recomputed in backward, so only their inputs are kept. Without it (`OpOptions.recompute` False) the norm
+  outputs are kept too: x_norm c h, h_norm c h, router_in b h, the latent norms c (q_lora + kv_lora), and the
+  up-projected q, k, v b H (2 d_qk + d_v).
+- attention (MLA): x_in b h (attention RMSNorm input), c_q b q_lora, c_kv b (kv_lora + rope) (inputs of the
+  recomputed latent norms and up-projections), attn_out o H d_v (core backward and wo input), lse 4 H (softmax
+  statistics). GQA: x_in, q/k/v b (H + 2 H_kv) d, attn_out o H d, lse 4 H.
+- FFN input: h_mid b h (FFN RMSNorm input).
+- dense FFN: SwiGLU input c 2 i (output recomputed in backward, DeepSeek-V3 sec. 3.3.4).
+- MoE: top-k choice k (4 + 4) (FP32 score, int32 index); shared experts' SwiGLU input c 2 n_s e; routed rows
+  k x imbalance x (c h [received w13 input: the dispatch payload, on another rank, so not recomputable locally]
+  + c 2 e [SwiGLU input] + gate_bytes).
+  The routing probability multiplies the SwiGLU output (W2 is linear, so g W2 a = W2 (g a)): its gradient is
+  <dA, A> from the w2 input-gradient and the recomputed SwiGLU output, so expert outputs need not be kept.
+- head: final-norm input b h, head input b h (BF16 head), logits logit_bytes V / tp, lse 4.
+- MTP module: its two norm inputs 2 b h, projection input c 2 h, one block (the last layer's kind), a head.
+All per-token terms are divided by tp: sequence parallelism splits the token-wise ones, tensor parallelism the
+head- and channel-wise ones (Korthikanti et al., arXiv 2205.05198, sec. 4.2-4.3).
+
+Headroom: a reserved amount plus a fragmentation share of everything allocated (data/memory.toml, with reasons).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
+from importlib import resources
+from types import SimpleNamespace
+
+from gpuhours.simulator.schedules import build_schedule
+from gpuhours.simulator.step import StepSimulator, _stages_per_rank
+from gpuhours.workloads.model import ModelSpec
+from gpuhours.workloads.parallel import ParallelSpec
+
+_GIB = 2**30
+BF16 = 2.0
+FP32 = 4.0
+INT32 = 4.0
+
+
+@dataclass(frozen=True)
+class MemoryRecipe:
+    """Bytes per element of the training state and cached activations, and the headroom rule."""
+
+    name: str = "deepseek-v3"
+    weight_bytes: float = 2.0
+    master_bytes: float = 4.0
+    grad_bytes: float = 4.0
+    moment_bytes: float = 2.0
+    fp8_tile: int = 128
+    attn_out_bytes: float = 1.5
+    logit_bytes: float = 2.0
+    gate_bytes: float = 4.0
+    reserved_bytes: float = 3.0 * _GIB
+    fragmentation: float = 0.05
+
+    def cached_input_bytes(self, fp8: bool) -> float:
+        """Bytes per element of a cached GEMM input: FP8 plus one FP32 scale per tile, or BF16."""
+        return 1.0 + FP32 / self.fp8_tile if fp8 else BF16
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@lru_cache(maxsize=1)
+def _memory_data() -> dict:
+    return tomllib.loads(resources.files("gpuhours.workloads").joinpath("data", "memory.toml").read_text())
+
+
+def load_recipe(name: str = "deepseek-v3") -> MemoryRecipe:
+    """A recipe from data/memory.toml with its headroom rule."""
+    data = _memory_data()
+    recipes = data["recipe"]
+    if name not in recipes:
+        raise ValueError(f"memory recipe must be one of {', '.join(recipes)}; got {name!r}")
+    allowed = {f.name for f in fields(MemoryRecipe)}
+    values = {k: v for k, v in recipes[name].items() if k in allowed}
+    head = data["headroom"]
+    return MemoryRecipe(name=name, reserved_bytes=head["reserved_gib"] * _GIB, fragmentation=head["fragmentation"],
+                        **values)
+
+
+# -- activations per token ---------------------------------------------------------------------------------------
+def _attention_terms(model: ModelSpec, recipe: MemoryRecipe, fp8: bool, recompute: bool) -> dict[str, float]:
+    a, h = model.attention, model.hidden
+    c = recipe.cached_input_bytes(fp8)
+    H = a.n_heads
+    terms = {"attn.x_in": BF16 * h}
+    if not recompute:
+        terms["attn.x_norm"] = c * h
+    if a.kind == "mla":
+        if a.q_lora_rank:
+            terms["attn.c_q"] = BF16 * a.q_lora_rank
+        terms["attn.c_kv"] = BF16 * (a.kv_lora_rank + a.qk_rope_head_dim)
+        if not recompute:
+            terms["attn.latent_norms"] = c * (a.q_lora_rank + a.kv_lora_rank)
+            terms["attn.qkv"] = BF16 * H * (2 * a.qk_head_dim + a.v_head_dim)
+    else:
+        terms["attn.qkv"] = BF16 * (H + 2 * a.n_kv_heads) * a.head_dim
+    terms["attn.out"] = recipe.attn_out_bytes * H * a.out_head_dim
+    terms["attn.lse"] = FP32 * H
+    return terms
+
+
+def layer_terms(model: ModelSpec, layer: int, recipe: MemoryRecipe, fp8: bool = True, recompute: bool = True,
+                imbalance: float = 1.0) -> dict[str, float]:
+    """Bytes kept per token for the backward of transformer layer `layer` (before the division by tp)."""
+    h = model.hidden
+    c = recipe.cached_input_bytes(fp8)
+    terms = _attention_terms(model, recipe, fp8, recompute)
+    terms["ffn.h_mid"] = BF16 * h
+    if not recompute:
+        terms["ffn.h_norm"] = c * h
+    if not model.is_moe_layer(layer):
+        terms["ffn.swiglu_in"] = c * 2 * model.dense_intermediate
+        return terms
+    moe = model.moe
+    e = moe.expert_intermediate
+    if not recompute:
+        terms["moe.router_in"] = BF16 * h
+    terms["moe.topk"] = moe.top_k * (FP32 + INT32)
+    if moe.n_shared_experts:
+        terms["moe.shared_swiglu_in"] = c * 2 * moe.n_shared_experts * e
+    terms["moe.routed_rows"] = moe.top_k * imbalance * (c * h + c * 2 * e + recipe.gate_bytes)
+    return terms
+
+
+def head_terms(model: ModelSpec, recipe: MemoryRecipe) -> dict[str, float]:
+    """Final RMSNorm input, head input (BF16 head), logits for the loss backward, loss statistics."""
+    return {"head.norm_in": BF16 * model.hidden, "head.in": BF16 * model.hidden,
+            "head.logits": recipe.logit_bytes * model.vocab, "head.lse": FP32}
+
+
+def unit_bytes_per_token(model: ModelSpec, layers: range, first: bool, last: bool, recipe: MemoryRecipe,
+                         fp8: bool = True, recompute: bool = True, imbalance: float = 1.0) -> float:
+    """Bytes per token a stage keeps for one micro-batch (before /tp): its layers, and on the last stage the head
+    and the MTP modules (norm inputs, projection input, block, head). The embedding keeps only token ids."""
+    total = sum(sum(layer_terms(model, i, recipe, fp8, recompute, imbalance).values()) for i in layers)
+    if last:
+        head = sum(head_terms(model, recipe).values())
+        c = recipe.cached_input_bytes(fp8)
+        block = sum(layer_terms(model, model.n_layers - 1, recipe, fp8, recompute, imbalance).values())
+        total += head + model.mtp_depth * (2 * BF16 * model.hidden + c * 2 * model.hidden + block + head)
+    return total
+
+
+def chunk_bytes(model: ModelSpec, parallel: ParallelSpec, seq_len: int, stage_layers: tuple[int, ...],
+                recipe: MemoryRecipe, fp8: bool = True, recompute: bool = True,
+                imbalance: float = 1.0) -> tuple[float, ...]:
+    """Activation bytes of one chunk of each stage: micro-batch x seq_len tokens x bytes per token / tp."""
+    tokens = parallel.micro_batch_size * seq_len
+    out, start = [], 0
+    last = len(stage_layers) - 1
+    for s, n in enumerate(stage_layers):
+        per_token = unit_bytes_per_token(model, range(start, start + n), s == 0, s == last, recipe, fp8, recompute,
+                                         imbalance)
+        out.append(tokens * per_token / parallel.tp)
+        start += n
+    return tuple(out)
+
+
+def peak_in_flight(schedule, stage_bytes: tuple[float, ...]) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """Per rank: (peak live activation bytes, peak live chunks), walking each program in order. A chunk becomes
+    live when its F starts and is freed when its W or BW ends (the engine's rule)."""
+    peaks_b, peaks_n = [], []
+    for program in schedule.programs:
+        live_b = peak_b = 0.0
+        live_n = peak_n = 0
+        for ins in program:
+            for kind, _, stage in ins.parts():
+                if kind == "F":
+                    live_b += stage_bytes[stage]
+                    live_n += 1
+            peak_b, peak_n = max(peak_b, live_b), max(peak_n, live_n)
+            for kind, _, stage in ins.parts():
+                if kind in ("W", "BW"):
+                    live_b -= stage_bytes[stage]
+                    live_n -= 1
+        peaks_b.append(peak_b)
+        peaks_n.append(peak_n)
+    return tuple(peaks_b), tuple(peaks_n)
+
+
+# -- the breakdown -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes on the busiest rank of a pipeline (every data-parallel replica looks alike)."""
+
+    rank: int
+    weights: float
+    gradients: float
+    master_weights: float
+    optimizer_moments: float
+    activations: float
+    headroom: float
+    capacity: float                      # GPUSpec.hbm_bytes
+    dense_params: float                  # parameters this rank holds (dense split by tp, experts by ep)
+    expert_params: float
+    weight_copies: int                   # ParallelSpec.params_copies (DualPipe: 2 stages per rank)
+    stages: tuple[int, ...]              # stages the rank holds
+    in_flight_chunks: int                # peak chunks alive on this rank
+    chunk_bytes: tuple[float, ...]       # activation bytes of one chunk of each stage
+    total_per_rank: tuple[float, ...] = field(default=())
+    recipe: str = "deepseek-v3"
+
+    @property
+    def state(self) -> float:
+        return self.weights + self.gradients + self.master_weights + self.optimizer_moments
+
+    @property
+    def total(self) -> float:
+        return self.state + self.activations + self.headroom
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.capacity
+
+    @property
+    def free(self) -> float:
+        return self.capacity - self.total
+
+    def reason(self) -> str:
+        """Empty when it fits; otherwise a one-line explanation with the largest terms."""
+        if self.fits:
+            return ""
+        return (f"out of memory on rank {self.rank}: needs {self.total / _GIB:.1f} GiB of {self.capacity / _GIB:.1f} "
+                f"(activations {self.activations / _GIB:.1f}, weights+grads+optimizer {self.state / _GIB:.1f}, "
+                f"headroom {self.headroom / _GIB:.1f})")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(state=self.state, total=self.total, fits=self.fits, free=self.free,
+                 total_gib=self.total / _GIB, capacity_gib=self.capacity / _GIB)
+        d["stages"] = list(self.stages)
+        d["chunk_bytes"] = list(self.chunk_bytes)
+        d["total_per_rank"] = list(self.total_per_rank)
+        return d
+
+
+def rank_state_bytes(dense: float, expert: float, parallel: ParallelSpec, recipe: MemoryRecipe
+                     ) -> dict[str, float]:
+    """Weights, gradients, master weights and moments for (dense, expert) parameters held (formulas above)."""
+    held = dense + expert
+    if parallel.zero_stage == 1:
+        shard = dense / parallel.dp + expert / parallel.expert_dp
+    else:
+        shard = held
+    return {"weights": recipe.weight_bytes * held, "gradients": recipe.grad_bytes * held,
+            "master_weights": recipe.master_bytes * shard, "optimizer_moments": 2 * recipe.moment_bytes * shard}
+
+
+def memory_breakdown(scenario, step_result, recipe: MemoryRecipe | None = None) -> MemoryBreakdown:
+    """Memory of every rank of the pipeline for the simulated step; the busiest rank is reported."""
+    recipe = recipe or load_recipe()
+    model, p = scenario.model, scenario.parallel
+    stage_layers = tuple(step_result.stage_layers)
+    schedule = build_schedule(p.schedule, p.pp, step_result.num_microbatches, vpp=p.vpp)
+    opts = scenario.effective_opts()
+    per_stage = chunk_bytes(model, p, scenario.plan.seq_len, stage_layers, recipe, opts.fp8, opts.recompute,
+                            opts.imbalance)
+    act_bytes, act_chunks = peak_in_flight(schedule, per_stage)
+    # The simulator's parameter accounting, without building its costers (it reads only these three fields).
+    holder = SimpleNamespace(model=model, parallel=p, stage_layers=stage_layers)
+    rows = []
+    for rank, stages in enumerate(_stages_per_rank(schedule)):
+        dense, expert = StepSimulator.rank_params(holder, stages)
+        state = rank_state_bytes(dense, expert, p, recipe)
+        allocated = sum(state.values()) + act_bytes[rank]
+        headroom = recipe.reserved_bytes + recipe.fragmentation * allocated
+        rows.append((allocated + headroom, rank, dense, expert, state, headroom, stages))
+    total, rank, dense, expert, state, headroom, stages = max(rows, key=lambda r: (r[0], -r[1]))
+    return MemoryBreakdown(
+        rank=rank, **state, activations=act_bytes[rank], headroom=headroom,
+        capacity=scenario.cluster.gpu.hbm_bytes, dense_params=dense, expert_params=expert,
+        weight_copies=p.params_copies, stages=tuple(sorted(stages)), in_flight_chunks=act_chunks[rank],
+        chunk_bytes=per_stage, total_per_rank=tuple(r[0] for r in rows), recipe=recipe.name)

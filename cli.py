@@ -77,22 +77,32 @@ SCENARIO_OPTIONS = dict(
     nic_gbps=typer.Option(None, "--nic-gbps", help="NIC bandwidth per GPU in Gb/s (e.g. 200)"),
     oversubscription=typer.Option(None, "--oversubscription", help="Leaf downlink:uplink ratio (e.g. 2)"),
     routing=typer.Option(None, "--routing", help="MoE routing: balanced, skew:<zipf s>, file:<loads.csv|npy>"),
+    redundant_experts=typer.Option(0, "--redundant-experts", help="EPLB: extra expert replicas per EP group"),
+    stage_layers=typer.Option(None, "--stage-layers", help="Layers per pipeline stage, e.g. 4,4,...,5,0 "
+                                                            "(default: balanced by simulated cost)"),
 )
 
 NETWORK_ARGS = ("network", "cluster", "nic_gbps", "oversubscription", "routing")
 
 
 def _scenario(model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price, calibration,
-              precision, batch, network=None, cluster=None, nic_gbps=None, oversubscription=None, routing=None):
+              precision, batch, network=None, cluster=None, nic_gbps=None, oversubscription=None, routing=None,
+              redundant_experts=0, stage_layers=None):
     from gpuhours.simulator.scenario import load_scenario
 
     if precision is not None and precision not in ("fp8", "bf16"):
         raise UsageError(f"precision must be fp8 or bf16, got {precision!r}")
+    if stage_layers is not None:
+        try:
+            stage_layers = tuple(int(x) for x in stage_layers.split(","))
+        except ValueError:
+            raise UsageError(f"stage-layers must be comma-separated whole numbers, got {stage_layers!r}") from None
     return load_scenario(model=model, gpu=gpu, gpus=gpus, pp=pp, ep=ep, tp=tp, vpp=vpp, schedule=schedule,
                          micro_batch_size=micro_batch_size, tokens=tokens, seq_len=seq_len, price=price,
                          calibration=calibration, fp8=None if precision is None else precision == "fp8",
                          batch=batch, network=network, cluster=cluster, nic_gbps=nic_gbps,
-                         oversubscription=oversubscription, routing=routing)
+                         oversubscription=oversubscription, routing=routing,
+                         redundant_experts=redundant_experts, stage_layers=stage_layers)
 
 
 @app.command()
@@ -117,6 +127,8 @@ def estimate(
     nic_gbps: Optional[float] = SCENARIO_OPTIONS["nic_gbps"],
     oversubscription: Optional[float] = SCENARIO_OPTIONS["oversubscription"],
     routing: Optional[str] = SCENARIO_OPTIONS["routing"],
+    redundant_experts: int = SCENARIO_OPTIONS["redundant_experts"],
+    stage_layers: Optional[str] = SCENARIO_OPTIONS["stage_layers"],
     compare_schedules: bool = typer.Option(False, "--compare-schedules", help="Also estimate every other schedule"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
 ):
@@ -126,13 +138,14 @@ def estimate(
 
     with user_errors():
         scenario = _scenario(model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
-                             calibration, precision, batch, network, cluster, nic_gbps, oversubscription, routing)
+                             calibration, precision, batch, network, cluster, nic_gbps, oversubscription, routing,
+                             redundant_experts, stage_layers)
         result = run_estimate(scenario)
         data = estimate_dict(scenario, result)
-        if scenario.routing != "balanced":
+        if scenario.routing != "balanced" or scenario.redundant_experts:
             from dataclasses import replace
 
-            balanced = run_estimate(replace(scenario, routing="balanced"))
+            balanced = run_estimate(replace(scenario, routing="balanced", redundant_experts=0))
             data["routing"]["gpu_hours_balanced"] = balanced.gpu_hours
         if compare_schedules:
             data["schedules"] = _compare_schedules(scenario)
@@ -404,6 +417,7 @@ def routing(
     gamma: float = typer.Option(0.001, "--gamma", help="Bias update speed (DeepSeek-V3: 0.001)"),
     redundant: int = typer.Option(0, "--redundant", help="EPLB: redundant expert slots to add"),
     seed: int = typer.Option(0, "--seed"),
+    detail: bool = typer.Option(False, "--detail", help="Price every rank of one EP group: stragglers and waits"),
     png: Optional[Path] = typer.Option(None, "--png", help="Plot imbalance per balancing step (.png)"),
     as_json: bool = typer.Option(False, "--json"),
 ):
@@ -438,6 +452,11 @@ def routing(
             plan = balance_experts(r.expert_rows, ep, gpus_per_node, redundant)
             data["eplb"] = {"redundant": redundant, "imbalance_before": plan.imbalance_before,
                             "imbalance_after": plan.imbalance_after}
+        if detail:
+            from gpuhours.simulator.ep_detail import ep_group_detail
+            from gpuhours.simulator.scenario import load_scenario
+
+            data["detail"] = ep_group_detail(load_scenario(model=model, ep=ep, routing=choice))
     if as_json:
         _echo_json(data)
         return
@@ -452,6 +471,13 @@ def routing(
         e = data["eplb"]
         typer.echo(f"EPLB with {redundant} redundant experts: imbalance {e['imbalance_before']:.3f} -> "
                    f"{e['imbalance_after']:.3f}")
+    if detail:
+        d = data["detail"]
+        busiest = sorted(d["ranks"], key=lambda r: -r["mlp_forward_ms"])[:4]
+        typer.echo(f"layer {d['layer']} MoE forward: slowest rank {d['slowest_rank']} {d['slowest_ms']:.2f} ms; "
+                   f"the others wait {d['mean_wait_ms']:.2f} ms on average in the combine")
+        typer.echo("  busiest ranks: " + ", ".join(f"{r['rank']} ({r['rows']:.0f} rows, {r['mlp_forward_ms']:.2f} ms)"
+                                                   for r in busiest))
     if png is not None:
         typer.echo(f"wrote {png}")
 

@@ -83,7 +83,7 @@ def _routing_dict(scenario) -> dict:
     loads = scenario.routing_loads()
     if loads is None:
         return {"model": "none (dense or ep = 1)"}
-    return {"model": scenario.routing, "imbalance": loads.imbalance,
+    return {"model": loads.routing or scenario.routing, "imbalance": loads.imbalance,
             "mean_nodes_per_token": loads.mean_nodes_per_token, "max_nodes_per_token": loads.max_nodes_per_token}
 
 

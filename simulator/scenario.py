@@ -44,6 +44,7 @@ class Scenario:
     network_name: str = "graph"
     fabric: FabricSpec | None = None  # the fabric the graph model routes over
     routing: str = "balanced"         # MoE routing: balanced, skew:<s>, file:<path>
+    redundant_experts: int = 0        # EPLB: extra expert replicas per EP group, packed onto the least-loaded GPUs
 
     def network(self):
         if self.network_name == "alpha-beta":
@@ -56,7 +57,11 @@ class Scenario:
         if moe is None or p.ep == 1:
             return None
         tokens = p.micro_batch_size * self.plan.seq_len // (p.tp if p.sequence_parallel else 1)
-        return ep_rank_loads(moe, p.ep, self.cluster.gpus_per_node, tokens, self.routing)
+        loads = ep_rank_loads(moe, p.ep, self.cluster.gpus_per_node, tokens, self.routing)
+        if self.redundant_experts:
+            return _with_eplb(loads, moe, p.ep, self.cluster.gpus_per_node, tokens, self.routing,
+                              self.redundant_experts)
+        return loads
 
     def effective_opts(self) -> OpOptions:
         """Numerics plus the routing's imbalance (the slowest EP rank sets the pace) and nodes per token."""
@@ -69,6 +74,23 @@ class Scenario:
         compute = ComputeModel(self.cluster.gpu, self.profile)
         return StepSimulator(self.model, self.parallel, self.cluster, compute, self.network(), self.plan.seq_len,
                              self.effective_opts())
+
+
+@lru_cache(maxsize=32)
+def _with_eplb(loads: RankLoads, moe, ep: int, gpus_per_node: int, tokens: int, routing: str,
+               redundant: int) -> RankLoads:
+    """The routing's loads after EPLB-style replication of the heaviest experts (rows per rank re-packed; the
+    extra replicas' weights and their GEMM groups are not counted)."""
+    from gpuhours.workloads.eplb import balance_experts, expert_loads_for
+
+    if (moe.n_routed_experts + redundant) % ep:
+        raise ValueError(f"redundant experts ({redundant}) plus the {moe.n_routed_experts} routed experts must "
+                         f"divide by ep ({ep})")
+    plan = balance_experts(expert_loads_for(moe, ep, gpus_per_node, tokens, routing), ep, gpus_per_node, redundant)
+    rows = plan.rank_loads_after
+    return RankLoads(rows_per_rank=rows, imbalance=plan.imbalance_after,
+                     mean_nodes_per_token=loads.mean_nodes_per_token,
+                     max_nodes_per_token=loads.max_nodes_per_token, routing=f"{routing} + EPLB({redundant})")
 
 
 @lru_cache(maxsize=8)
@@ -110,7 +132,8 @@ def load_scenario(plan: str = DEFAULT_PLAN, *, model: str | None = None, gpu: st
                   calibration: str | None = None, fp8: bool | None = None, comm_sms: int | None = None,
                   batch: int | None = None, network: str | None = None, cluster: str | None = None,
                   nic_gbps: float | None = None, oversubscription: float | None = None,
-                  routing: str | None = None) -> Scenario:
+                  routing: str | None = None, redundant_experts: int = 0,
+                  stage_layers: tuple[int, ...] | None = None) -> Scenario:
     """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field."""
     doc = _read_plan(plan)
     model_spec = resolve_model(model or doc["model"]["preset"])
@@ -145,6 +168,7 @@ def load_scenario(plan: str = DEFAULT_PLAN, *, model: str | None = None, gpu: st
         schedule=schedule or par["schedule"],
         vpp=vpp if vpp is not None else par.get("vpp", 2 if (schedule or par["schedule"]) == "interleaved-1f1b" else 1),
         comm_sms=comm_sms if comm_sms is not None else comm_default,
+        stage_layers=stage_layers,
     )
     parallel.check_model(model_spec)
     ramp = BatchRamp(run["batch_start"], run["batch_end"], parse_count(run.get("ramp_tokens", 0), "ramp_tokens"))
@@ -163,7 +187,10 @@ def load_scenario(plan: str = DEFAULT_PLAN, *, model: str | None = None, gpu: st
     routing = routing or doc.get("routing", {}).get("model", "balanced")
     if not (routing == "balanced" or routing.startswith("skew:") or routing.startswith("file:")):
         raise ValueError(f"routing must be balanced, skew:<value> or file:<path>; got {routing!r}")
-    scenario = Scenario(model_spec, parallel, cluster_spec, run_plan, profile, opts, network, fabric, routing)
+    if redundant_experts < 0:
+        raise ValueError(f"redundant_experts must be >= 0, got {redundant_experts}")
+    scenario = Scenario(model_spec, parallel, cluster_spec, run_plan, profile, opts, network, fabric, routing,
+                        redundant_experts)
     scenario.routing_loads()  # bad routing values and files fail here, before any simulation
     return scenario
 

@@ -114,3 +114,34 @@ def test_step_accounting(scenario):
     assert 0 < st.bubble_share < 1 and 0 < st.mfu("bf16") < 1
     # The step's model FLOPs over its GPU-seconds at the BF16 peak is the MFU.
     assert st.mfu("bf16") == pytest.approx(st.model_flops / (st.step_time * 2048 * st.peak_bf16))
+
+
+def test_ep_detail_balanced_has_no_stragglers():
+    from gpuhours.simulator.ep_detail import ep_group_detail
+
+    d = ep_group_detail(load_scenario())
+    assert len(d["ranks"]) == 64
+    assert d["mean_wait_ms"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_ep_detail_slowest_rank_is_what_the_pipeline_prices():
+    """The representative pipeline runs every MoE layer at the busiest rank's rows: its mlp(F) time must equal
+    the slowest rank's in the per-rank detail."""
+    from gpuhours.simulator.ep_detail import ep_group_detail
+    from gpuhours.workloads.ops import layer_passes
+
+    sc = load_scenario(routing="skew:0.3")
+    d = ep_group_detail(sc)
+    assert d["mean_wait_ms"] > 0 and d["imbalance"] > 1.2
+    coster = sc.simulator().coster
+    mlp = next(s for s in layer_passes(sc.model, d["layer"], sc.parallel, 4096, sc.effective_opts()).forward
+               if s.name == "mlp(F)")
+    assert sum(coster.op_time(op) for op in mlp.ops) * 1e3 == pytest.approx(d["slowest_ms"], rel=1e-6)
+
+
+def test_eplb_recovers_most_of_the_skew_cost():
+    skew = estimate(load_scenario(tokens="1T", batch=15360, routing="skew:0.3")).gpu_hours
+    eplb = estimate(load_scenario(tokens="1T", batch=15360, routing="skew:0.3", redundant_experts=64)).gpu_hours
+    balanced = estimate(load_scenario(tokens="1T", batch=15360)).gpu_hours
+    assert balanced < eplb < skew
+    assert (skew - eplb) > 0.8 * (skew - balanced)

@@ -127,3 +127,17 @@ def balance_experts(expert_loads, ep: int, gpus_per_node: int, redundant: int = 
         slot_load[:, : E // ep] = loads.reshape(ep, E // ep)
         return EPLBPlan(reps, slot_expert, slot_load, before, before.copy(), used_greedy=False)
     return EPLBPlan(reps, slot_expert, slot_load, before, after, used_greedy=True)
+
+
+def expert_loads_for(moe, ep: int, gpus_per_node: int, tokens_per_rank: int, routing: str, seed: int = 0):
+    """Rows per expert of one micro-batch under a routing choice ("skew:<s>" or "file:<path>"), for EPLB."""
+    from gpuhours.workloads.routing import EPGroup, RoutingConfig, load_expert_loads, route
+
+    if routing.startswith("file:"):
+        loads = load_expert_loads(routing[5:]).loads.reshape(-1, moe.n_routed_experts).mean(axis=0)
+        return loads / loads.sum() * tokens_per_rank * ep * moe.top_k
+    if routing.startswith("skew:"):
+        config = RoutingConfig(skew="zipf", value=float(routing[5:]), seed=seed)
+    else:
+        config = RoutingConfig(skew="balanced", seed=seed)
+    return route(moe, EPGroup(ep, gpus_per_node), tokens_per_rank, config).expert_rows

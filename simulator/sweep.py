@@ -1,0 +1,432 @@
+"""What-if sweeps: a grid of scenarios over a base plan, each point estimated and checked for memory.
+
+Spec (TOML):
+
+    [sweep]
+    base = "deepseek-v3"          # a built-in plan every point starts from
+    [fixed]                       # optional: overrides applied to every point
+    seq_len = 4096
+    [grid]                        # lists of values; the points are their cartesian product
+    gpus = [1024, 2048]           # (or several [[grid]] tables: the union of their products)
+    pp = [8, 16]
+
+Keys of [fixed] and [grid] are the phase overrides of `simulator/phases.py` plus `precision` ("fp8"/"bf16").
+Unknown keys, empty lists, a key both fixed and swept, and grids where no point is a valid layout raise
+ValueError naming the key. A point whose layout is invalid, or that does not fit in GPU memory, is a row with
+feasible = False and the reason.
+
+Points are keyed by a stable id (a hash of base, fixed and the point's values). Rows are appended to
+`results.csv` as they finish, so a rerun over the same directory skips finished points. Points differing only in
+run-level keys (price, tokens, steps, batch) share one step simulator: they are sent to a worker together, and
+each worker memoises simulators by that key.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import itertools
+import json
+import math
+import os
+import tomllib
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pandas as pd
+
+from gpuhours.simulator.phases import BOOK_KEYS, PHASE_KEYS, PhaseSpec, layout_label, phase_scenario
+from gpuhours.simulator.run import estimate_run
+from gpuhours.simulator.scenario import list_plans
+from gpuhours.workloads.memory import memory_breakdown
+from gpuhours.workloads.parallel import SCHEDULES
+
+_GIB = 2**30
+PRECISIONS = ("fp8", "bf16")
+SWEEP_KEYS = tuple(k for k in PHASE_KEYS if k not in BOOK_KEYS) + ("precision",)
+RUN_KEYS = ("price", "tokens", "steps", "batch", "batch_start", "batch_end", "ramp_tokens")  # no new step shapes
+METRICS = ("step_time_s", "tokens_per_s_per_gpu", "gpu_hours", "wall_clock_days", "cost_usd", "mfu_bf16",
+           "memory_gib", "microbatches")
+GOALS = {"fastest": "wall_clock_days", "cheapest": "cost_usd", "fewest_gpu_hours": "gpu_hours"}
+EXECUTORS = ("process", "serial", "ray")
+_POSITIVE_INT = ("gpus", "pp", "ep", "tp", "vpp", "micro_batch_size", "seq_len", "batch", "steps", "comm_sms")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    base: str
+    fixed: tuple[tuple[str, object], ...]
+    grids: tuple[tuple[tuple[str, tuple], ...], ...]   # each grid: (key, values) pairs in spec order
+    name: str = "sweep"
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Swept keys in first-seen order (the table's point columns)."""
+        return tuple(dict.fromkeys(k for g in self.grids for k, _ in g))
+
+    def points(self) -> list[dict]:
+        """Every point once, in a deterministic order (grids in order, then their products)."""
+        out, seen = [], set()
+        for grid in self.grids:
+            keys = [k for k, _ in grid]
+            for values in itertools.product(*(v for _, v in grid)):
+                point = dict(zip(keys, values))
+                pid = self.point_id(point)
+                if pid not in seen:
+                    seen.add(pid)
+                    out.append(point)
+        return out
+
+    def point_id(self, point: dict) -> str:
+        text = json.dumps({"base": self.base, "fixed": dict(self.fixed), "point": point}, sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "base": self.base, "fixed": dict(self.fixed),
+                "grids": [{k: list(v) for k, v in g} for g in self.grids]}
+
+
+def _check_value(key: str, value, where: str) -> None:
+    if key == "precision" and value not in PRECISIONS:
+        raise ValueError(f"{where}.precision must be one of {', '.join(PRECISIONS)}; got {value!r}")
+    if key == "schedule" and value not in SCHEDULES:
+        raise ValueError(f"{where}.schedule must be one of {', '.join(SCHEDULES)}; got {value!r}")
+    if key in _POSITIVE_INT and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{where}.{key} must be a positive integer, got {value!r}")
+    if key in ("price", "nic_gbps", "oversubscription") and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+        raise ValueError(f"{where}.{key} must be a non-negative number, got {value!r}")
+
+
+def _check_keys(table: dict, where: str) -> None:
+    for key in table:
+        if key not in SWEEP_KEYS:
+            raise ValueError(f"{where}: unknown key {key!r}; allowed: {', '.join(SWEEP_KEYS)}")
+
+
+def parse_spec(doc: dict, name: str = "sweep") -> SweepSpec:
+    """A SweepSpec from a parsed TOML document (see the module docstring)."""
+    unknown = sorted(set(doc) - {"sweep", "fixed", "grid"})
+    if unknown:
+        raise ValueError(f"sweep spec: unknown table {unknown[0]!r}; allowed: sweep, fixed, grid")
+    head = doc.get("sweep", {})
+    bad = sorted(set(head) - {"base", "name"})
+    if bad:
+        raise ValueError(f"sweep: unknown key {bad[0]!r}; allowed: base, name")
+    base = head.get("base")
+    if base not in list_plans():
+        raise ValueError(f"sweep.base must be one of {', '.join(list_plans())}; got {base!r}")
+    fixed = doc.get("fixed", {})
+    _check_keys(fixed, "fixed")
+    for k, v in fixed.items():
+        _check_value(k, v, "fixed")
+    grids_doc = doc.get("grid")
+    if grids_doc is None:
+        raise ValueError("grid: a [grid] table (or [[grid]] tables) of value lists is required")
+    grids_doc = grids_doc if isinstance(grids_doc, list) else [grids_doc]
+    grids = []
+    for table in grids_doc:
+        _check_keys(table, "grid")
+        if not table:
+            raise ValueError("grid: empty grid table; give at least one key with a list of values")
+        pairs = []
+        for key, values in table.items():
+            if key in fixed:
+                raise ValueError(f"grid.{key}: also set in [fixed]; set it in one place")
+            if not isinstance(values, list):
+                raise ValueError(f"grid.{key} must be a list of values, got {values!r}")
+            if not values:
+                raise ValueError(f"grid.{key} is empty; give at least one value")
+            for v in values:
+                _check_value(key, v, "grid")
+            pairs.append((key, tuple(dict.fromkeys(_hashable(v) for v in values))))
+        grids.append(tuple(pairs))
+    return SweepSpec(base, tuple(fixed.items()), tuple(grids), head.get("name", name))
+
+
+def _hashable(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"sweep spec {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"sweep spec {str(path)!r}: malformed TOML ({exc})") from None
+    return parse_spec(doc, path.stem)
+
+
+# -- one point ---------------------------------------------------------------------------------------------------
+def _overrides(fixed: dict, point: dict) -> dict:
+    o = {**fixed, **point}
+    if "precision" in o:
+        o["fp8"] = o.pop("precision") == "fp8"
+    return o
+
+
+def point_scenario(base: str, fixed: dict, point: dict):
+    """The scenario of one point (ValueError when its layout or values are invalid)."""
+    return phase_scenario(base, PhaseSpec("point", tuple(_overrides(fixed, point).items())))
+
+
+def simulator_key(base: str, fixed: dict, point: dict) -> str:
+    """Points with equal keys have the same step simulator: run-level keys are left out."""
+    o = {k: v for k, v in _overrides(fixed, point).items() if k not in RUN_KEYS}
+    return json.dumps({"base": base, **o}, sort_keys=True)
+
+
+_SIMULATORS: dict[str, object] = {}   # per process: simulator key -> StepSimulator (memoises its steps)
+_MEMO_LIMIT = 256
+
+
+def evaluate_point(base: str, fixed: dict, point: dict) -> dict:
+    """One row: the point's metrics, feasibility and reason (never raises for a bad layout)."""
+    row = {"feasible": False, "reason": "", "layout": "", "note": ""}
+    row.update({m: math.nan for m in METRICS})
+    try:
+        scenario = point_scenario(base, fixed, point)
+    except ValueError as exc:
+        row["reason"] = f"layout: {exc}"
+        return row
+    key = simulator_key(base, fixed, point)
+    sim = _SIMULATORS.get(key)
+    try:
+        if sim is None:
+            if len(_SIMULATORS) >= _MEMO_LIMIT:
+                _SIMULATORS.pop(next(iter(_SIMULATORS)))
+            sim = _SIMULATORS[key] = scenario.simulator()
+        run = estimate_run(sim, scenario.plan)
+    except ValueError as exc:
+        row["reason"] = f"layout: {exc}"
+        return row
+    steady = run.steady
+    mem = memory_breakdown(scenario, steady.step)
+    row.update(
+        feasible=mem.fits, reason=mem.reason(), layout=layout_label(scenario), note=" | ".join(run.notes),
+        step_time_s=steady.step.step_time, tokens_per_s_per_gpu=run.tokens / run.wall_clock_s / run.num_gpus,
+        gpu_hours=run.gpu_hours, wall_clock_days=run.wall_clock_days, cost_usd=run.cost_usd,
+        mfu_bf16=steady.step.mfu("bf16"), memory_gib=mem.total / _GIB, microbatches=steady.num_microbatches)
+    return row
+
+
+def _run_group(base: str, fixed: dict, items: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    return [(pid, evaluate_point(base, fixed, point)) for pid, point in items]
+
+
+# -- executors: each runs tasks and yields their results as they complete ----------------------------------------
+def _serial(fn, tasks, workers) -> Iterator:
+    for t in tasks:
+        yield fn(*t)
+
+
+def _process(fn, tasks, workers) -> Iterator:
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        pending = {pool.submit(fn, *t) for t in tasks}
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield f.result()
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+def _ray(fn, tasks, workers) -> Iterator:
+    if importlib.util.find_spec("ray") is None:
+        raise RuntimeError("executor 'ray' needs the package 'ray', which is not installed "
+                           "(pip install 'ray[default]'); use executor 'process'")
+    from ray.util.multiprocessing import Pool  # pragma: no cover - not installable here
+
+    with Pool(processes=workers) as pool:  # pragma: no cover
+        yield from pool.starmap(fn, list(tasks))
+
+
+_EXECUTORS: dict[str, Callable] = {"process": _process, "serial": _serial, "ray": _ray}
+
+
+def register_executor(name: str, run: Callable) -> None:
+    """Plug in an executor: run(fn, tasks, workers) yields fn(*task) results as they complete."""
+    _EXECUTORS[name] = run
+
+
+# -- results -----------------------------------------------------------------------------------------------------
+def _columns(spec: SweepSpec) -> list[str]:
+    return ["point_id", *spec.keys, "feasible", "reason", *METRICS, "layout", "note"]
+
+
+def _read_done(path: Path, columns: list[str]) -> dict[str, dict]:
+    """Finished rows by point id; a torn last line (a kill mid-write) is dropped."""
+    if not path.exists():
+        return {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != columns:
+            raise ValueError(f"{path}: written by another sweep spec (columns {reader.fieldnames}); "
+                             "use another output directory")
+        return {r["point_id"]: r for r in reader if None not in r.values() and r["point_id"]}
+
+
+def _table(rows: list[dict], spec: SweepSpec, rank_by: str) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=_columns(spec))
+    for col in (*METRICS, *spec.keys):
+        try:
+            df[col] = pd.to_numeric(df[col])
+        except (ValueError, TypeError):
+            pass
+    df["feasible"] = df["feasible"].map(lambda v: str(v) == "True")
+    for col in ("reason", "layout", "note"):
+        df[col] = df[col].fillna("")
+    return ranked(df, rank_by)
+
+
+def ranked(df: pd.DataFrame, by: str = "wall_clock_days") -> pd.DataFrame:
+    """Feasible points first, best `by` first; ties by point id (a stable order)."""
+    if by not in METRICS:
+        raise ValueError(f"rank_by must be one of {', '.join(METRICS)}; got {by!r}")
+    ascending = by not in ("tokens_per_s_per_gpu", "mfu_bf16")
+    out = df.sort_values(["feasible", by, "point_id"], ascending=[False, ascending, True], na_position="last")
+    out = out.reset_index(drop=True)
+    out.insert(0, "rank", range(1, len(out) + 1))
+    return out
+
+
+def best_points(df: pd.DataFrame) -> dict[str, dict]:
+    """The best feasible point per goal: fastest, cheapest, fewest GPU-hours (empty when none is feasible)."""
+    ok = df[df["feasible"]]
+    if ok.empty:
+        return {}
+    return {goal: _jsonable(ok.sort_values([col, "point_id"]).iloc[0].to_dict()) for goal, col in GOALS.items()}
+
+
+def _jsonable(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if hasattr(v, "item"):
+            v = v.item()
+        out[k] = None if isinstance(v, float) and math.isnan(v) else v
+    return out
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    spec: SweepSpec
+    table: pd.DataFrame = field(repr=False, compare=False)
+    csv_path: str
+    parquet_path: str | None
+    plot_path: str | None
+    best: dict
+    points_total: int
+    points_run: int        # evaluated by this call
+    points_resumed: int    # found finished in the CSV
+    complete: bool
+
+    def to_dict(self) -> dict:
+        return {"spec": self.spec.to_dict(), "csv": self.csv_path, "parquet": self.parquet_path,
+                "plot": self.plot_path, "best": self.best, "points_total": self.points_total,
+                "points_run": self.points_run, "points_resumed": self.points_resumed, "complete": self.complete,
+                "feasible": int(self.table["feasible"].sum())}
+
+
+def run_sweep(spec: SweepSpec | str | Path, out_dir: str | Path, *, workers: int = 2, executor: str = "process",
+              progress: Callable[[int, int], None] | None = None, parquet: bool = False, plot: bool = True,
+              rank_by: str = "wall_clock_days", stop_after: int | None = None) -> SweepResult:
+    """Run (or resume) a sweep into `out_dir`: results.csv, optionally results.parquet and pareto.png.
+
+    `progress(done, total)` after each finished group of points; `stop_after` stops once at least that many
+    points were evaluated by this call (an interrupted run, for tests); the table then holds what is finished.
+    """
+    if not isinstance(spec, SweepSpec):
+        spec = load_spec(spec)
+    if executor not in _EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(_EXECUTORS)}; got {executor!r}")
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if rank_by not in METRICS:
+        raise ValueError(f"rank_by must be one of {', '.join(METRICS)}; got {rank_by!r}")
+    if parquet and importlib.util.find_spec("pyarrow") is None:
+        raise RuntimeError("parquet output needs the package 'pyarrow', which is not installed; the CSV has the "
+                           "same table")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "results.csv"
+    columns = _columns(spec)
+    points = spec.points()
+    fixed = dict(spec.fixed)
+    _check_some_layout_valid(spec, points)
+    ids = [spec.point_id(p) for p in points]
+    done = {pid: r for pid, r in _read_done(csv_path, columns).items() if pid in set(ids)}
+    resumed = len(done)
+    todo = [(pid, p) for pid, p in zip(ids, points) if pid not in done]
+    groups: dict[str, list] = {}
+    for pid, p in todo:
+        groups.setdefault(simulator_key(spec.base, fixed, p), []).append((pid, p))
+    tasks = [(spec.base, fixed, g) for g in groups.values()]
+    new = csv_path.exists() and csv_path.stat().st_size > 0
+    run_count = 0
+    with csv_path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        if not new:
+            writer.writeheader()
+        results = _EXECUTORS[executor](_run_group, tasks, workers)
+        try:
+            for rows in results:
+                for pid, row in rows:
+                    point = dict(zip(ids, points))[pid] if False else None
+                    record = {"point_id": pid, **_point_of(spec, pid, points, ids), **row}
+                    writer.writerow({k: _csv_value(record.get(k)) for k in columns})
+                    done[pid] = {k: _csv_value(record.get(k)) for k in columns}
+                    run_count += 1
+                f.flush()
+                os.fsync(f.fileno())
+                if progress:
+                    progress(len(done), len(points))
+                if stop_after is not None and run_count >= stop_after:
+                    break
+        finally:
+            close = getattr(results, "close", None)
+            if close:
+                close()
+    table = _table([done[pid] for pid in ids if pid in done], spec, rank_by)
+    parquet_path = None
+    if parquet:  # pragma: no cover - pyarrow is not installed here
+        parquet_path = str(out / "results.parquet")
+        table.to_parquet(parquet_path)
+    plot_path = None
+    if plot and table["feasible"].any():
+        from gpuhours.reports.pareto import plot_pareto
+        plot_path = plot_pareto(table, out / "pareto.png", title=spec.name)
+    return SweepResult(spec, table, str(csv_path), parquet_path, plot_path, best_points(table), len(points),
+                       run_count, resumed, len(done) == len(points))
+
+
+def _point_of(spec: SweepSpec, pid: str, points: list[dict], ids: list[str]) -> dict:
+    return points[ids.index(pid)]
+
+
+def _csv_value(v):
+    if isinstance(v, float) and math.isnan(v):
+        return ""
+    if isinstance(v, tuple):
+        return json.dumps(list(v))
+    return repr(v) if isinstance(v, float) else v
+
+
+def _check_some_layout_valid(spec: SweepSpec, points: list[dict]) -> None:
+    """Raise when no point of the grid can be built (every combination breaks a layout rule)."""
+    fixed = dict(spec.fixed)
+    first = None
+    for p in points:
+        try:
+            point_scenario(spec.base, fixed, p)
+            return
+        except ValueError as exc:
+            first = first or (p, exc)
+    p, exc = first
+    raise ValueError(f"grid: no combination of {', '.join(spec.keys)} is a valid layout; e.g. {p}: {exc}")

@@ -30,6 +30,16 @@ def bf16_bytes_per_token(hidden: int) -> int:
     return BF16_BYTES * hidden
 
 
+def check_ep_args(tokens: float, bytes_per_token: float, top_k: int) -> None:
+    """The arguments every EP all-to-all model takes, checked alike (ValueError naming the field)."""
+    if not tokens >= 0:
+        raise ValueError(f"tokens must be >= 0, got {tokens!r}")
+    if not bytes_per_token > 0:
+        raise ValueError(f"bytes_per_token must be > 0, got {bytes_per_token!r}")
+    if not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+
+
 @runtime_checkable
 class NetworkModel(Protocol):
     """What the simulator asks of a network model; every method returns seconds."""
@@ -146,12 +156,7 @@ class AlphaBetaNetwork:
           pairs as it sends, tokens * d, so  nvlink_bytes = tokens * d * (g - 1) * (1 - (1 - 1/g)^e) * bytes_per_token.
         """
         self._check(0.0, group)
-        if not tokens >= 0:
-            raise ValueError(f"tokens must be >= 0, got {tokens!r}")
-        if not bytes_per_token > 0:
-            raise ValueError(f"bytes_per_token must be > 0, got {bytes_per_token!r}")
-        if not (isinstance(top_k, int) and top_k >= 1):
-            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+        check_ep_args(tokens, bytes_per_token, top_k)
         if not 1 <= nodes_per_token <= top_k:
             raise ValueError(f"nodes_per_token must be in [1, top_k={top_k}] (a mean may be fractional), "
                              f"got {nodes_per_token!r}")

@@ -31,7 +31,7 @@ import networkx as nx
 import numpy as np
 
 from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
-from gpuhours.hwmodels.collectives import bf16_bytes_per_token, fp8_bytes_per_token
+from gpuhours.hwmodels.collectives import bf16_bytes_per_token, check_ep_args, fp8_bytes_per_token
 from gpuhours.hwmodels.topology import (SWITCH_KINDS, FabricSpec, build_topology, fabric_from_cluster,
                                         load_cluster_preset)
 
@@ -502,12 +502,7 @@ class GraphNetwork:
                       group: CommGroup) -> float:
         """DeepEP-style dispatch (or combine, with its bytes_per_token) time; ``tokens`` per rank.
         ``nodes_per_token``: an int, a mean (float), or a distribution {d: probability}."""
-        if not tokens >= 0:
-            raise ValueError(f"tokens must be >= 0, got {tokens!r}")
-        if not bytes_per_token > 0:
-            raise ValueError(f"bytes_per_token must be > 0, got {bytes_per_token!r}")
-        if not (isinstance(top_k, int) and top_k >= 1):
-            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+        check_ep_args(tokens, bytes_per_token, top_k)
         if group.size == 1:
             return 0.0
         return self.ep_phase(group, top_k, nodes_per_token).time(tokens * bytes_per_token)

@@ -361,25 +361,25 @@ def run_sweep(spec: SweepSpec | str | Path, out_dir: str | Path, *, workers: int
     fixed = dict(spec.fixed)
     _check_some_layout_valid(spec, points)
     ids = [spec.point_id(p) for p in points]
-    done = {pid: r for pid, r in _read_done(csv_path, columns).items() if pid in set(ids)}
+    by_id = dict(zip(ids, points))
+    done = {pid: r for pid, r in _read_done(csv_path, columns).items() if pid in by_id}
     resumed = len(done)
     todo = [(pid, p) for pid, p in zip(ids, points) if pid not in done]
     groups: dict[str, list] = {}
     for pid, p in todo:
         groups.setdefault(simulator_key(spec.base, fixed, p), []).append((pid, p))
     tasks = [(spec.base, fixed, g) for g in groups.values()]
-    new = csv_path.exists() and csv_path.stat().st_size > 0
+    has_header = csv_path.exists() and csv_path.stat().st_size > 0
     run_count = 0
     with csv_path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
-        if not new:
+        if not has_header:
             writer.writeheader()
         results = _EXECUTORS[executor](_run_group, tasks, workers)
         try:
             for rows in results:
                 for pid, row in rows:
-                    point = dict(zip(ids, points))[pid] if False else None
-                    record = {"point_id": pid, **_point_of(spec, pid, points, ids), **row}
+                    record = {"point_id": pid, **by_id[pid], **row}
                     writer.writerow({k: _csv_value(record.get(k)) for k in columns})
                     done[pid] = {k: _csv_value(record.get(k)) for k in columns}
                     run_count += 1
@@ -404,10 +404,6 @@ def run_sweep(spec: SweepSpec | str | Path, out_dir: str | Path, *, workers: int
         plot_path = plot_pareto(table, out / "pareto.png", title=spec.name)
     return SweepResult(spec, table, str(csv_path), parquet_path, plot_path, best_points(table), len(points),
                        run_count, resumed, len(done) == len(points))
-
-
-def _point_of(spec: SweepSpec, pid: str, points: list[dict], ids: list[str]) -> dict:
-    return points[ids.index(pid)]
 
 
 def _csv_value(v):

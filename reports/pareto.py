@@ -34,8 +34,11 @@ def plot_pareto(df: pd.DataFrame, path: str | Path, x: str = "wall_clock_days", 
     fy = front[y] / 1e6 if y == "cost_usd" else front[y]
     ax.step(front[x], fy, where="post", color="tab:red", lw=1.2)
     ax.scatter(front[x], fy, s=30, color="tab:red", zorder=3, label="Pareto front")
+    mid = (ok[x].min() + ok[x].max()) / 2
     for (_, row), yy in zip(front.iterrows(), fy):
-        ax.annotate(_label(row, df), (row[x], yy), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        right = row[x] > mid  # labels of right-hand points go to their left, inside the axes
+        ax.annotate(_label(row, df), (row[x], yy), textcoords="offset points", xytext=(-5 if right else 5, 4),
+                    ha="right" if right else "left", fontsize=7)
     ax.set_xlabel("wall-clock days" if x == "wall_clock_days" else x)
     ax.set_ylabel("cost (million USD)" if y == "cost_usd" else y)
     ax.set_title(f"{title}: {len(ok)} feasible of {len(df)} points, {len(front)} on the front")

@@ -262,6 +262,7 @@ def rebalance_for_ranks(sizes: tuple[int, ...], layer_cost: list[float], holders
     layers `partition_layers` requires of it.
     """
     num_ranks = 1 + max(r for rs in holders for r in rs)
+    scale = sum(layer_cost) + first_extra + last_extra or 1.0
 
     def score(sz: tuple[int, ...]) -> tuple[float, float]:
         stage_cost, start = [], 0
@@ -274,7 +275,8 @@ def rebalance_for_ranks(sizes: tuple[int, ...], layer_cost: list[float], holders
         for s, c in enumerate(stage_cost):
             for r in holders[s]:
                 load[r] += c
-        return max(load), max(stage_cost)
+        # Rounded relative to the total, so sums of equal layers grouped differently tie exactly.
+        return round(max(load) / scale, 9), round(max(stage_cost) / scale, 9)
 
     mins = _min_layers(len(sizes), first_extra, last_extra)
     best, best_score = tuple(sizes), score(tuple(sizes))

@@ -276,10 +276,11 @@ def _read_done(path: Path, columns: list[str]) -> dict[str, dict]:
 def _table(rows: list[dict], spec: SweepSpec, rank_by: str) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=_columns(spec))
     for col in (*METRICS, *spec.keys):
+        values = df[col].replace("", math.nan)  # a key another [[grid]] table does not set
         try:
-            df[col] = pd.to_numeric(df[col])
+            df[col] = pd.to_numeric(values)
         except (ValueError, TypeError):
-            pass
+            df[col] = values
     df["feasible"] = df["feasible"].map(lambda v: str(v) == "True")
     for col in ("reason", "layout", "note"):
         df[col] = df[col].fillna("")

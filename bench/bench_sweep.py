@@ -1,0 +1,53 @@
+"""Benchmark: a 1,008-point sweep over a dense and two MoE presets with small step shapes, on a local pool.
+
+Run: .venv/bin/python bench/bench_sweep.py [--workers N] [--executor process|serial]
+Token counts do not change the work (the run is priced from a few simulated steps); the step simulation does,
+so the shapes are kept small: 1K-token sequences, a 256-sequence batch, 64-256 GPUs. Not part of the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+from gpuhours.simulator.sweep import parse_spec, run_sweep
+
+SPEC = {
+    "sweep": {"base": "deepseek-v3", "name": "bench: dense + MoE presets"},
+    "fixed": {"seq_len": 1024, "batch": 256, "tokens": "10B"},
+    "grid": [
+        {"model": ["llama-3-70b"], "gpus": [64, 128, 256], "pp": [2, 4, 8], "tp": [1, 2, 4, 8],
+         "schedule": ["1f1b", "zb1p", "dualpipe"], "micro_batch_size": [1, 2], "price": [1.5, 2.0]},
+        {"model": ["deepseek-v2"], "gpus": [64, 128, 256], "pp": [2, 4, 8], "ep": [8, 16],
+         "schedule": ["1f1b", "zb1p", "dualpipe"], "precision": ["fp8", "bf16"], "micro_batch_size": [1, 2],
+         "price": [1.5, 2.0]},
+        {"model": ["deepseek-v3"], "gpus": [128, 256], "pp": [4, 8], "ep": [8, 32],
+         "schedule": ["1f1b", "zb1p", "dualpipe"], "nic_gbps": [200, 400], "price": [1.5, 2.0, 2.5]},
+    ],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--executor", default="process")
+    args = parser.parse_args()
+    spec = parse_spec(SPEC)
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        result = run_sweep(spec, out, workers=args.workers, executor=args.executor)
+        wall = time.perf_counter() - t0
+    t = result.table
+    simulated = t["step_time_s"].notna().sum()
+    print(f"sweep: {result.points_total} points ({simulated} simulated, {int(t['feasible'].sum())} feasible, "
+          f"{result.points_total - simulated} invalid layouts) in {wall:.1f} s with {args.workers} "
+          f"{args.executor} workers: {result.points_total / wall:.1f} points/s, "
+          f"{wall / max(simulated, 1) * 1e3:.0f} ms per simulated point")
+    fastest = result.best.get("fastest")
+    if fastest:
+        print(f"fastest: {fastest['model']} {fastest['layout']}, {fastest['wall_clock_days']:.2f} days")
+
+
+if __name__ == "__main__":
+    main()

@@ -85,9 +85,9 @@ SCENARIO_OPTIONS = dict(
 NETWORK_ARGS = ("network", "cluster", "nic_gbps", "oversubscription", "routing")
 
 
-def _scenario(model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price, calibration,
-              precision, batch, network=None, cluster=None, nic_gbps=None, oversubscription=None, routing=None,
-              redundant_experts=0, stage_layers=None):
+def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
+              calibration, precision, batch, network=None, cluster=None, nic_gbps=None, oversubscription=None,
+              routing=None, redundant_experts=0, stage_layers=None):
     from gpuhours.simulator.scenario import load_scenario
 
     if precision is not None and precision not in ("fp8", "bf16"):
@@ -97,7 +97,9 @@ def _scenario(model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tok
             stage_layers = tuple(int(x) for x in stage_layers.split(","))
         except ValueError:
             raise UsageError(f"stage-layers must be comma-separated whole numbers, got {stage_layers!r}") from None
-    return load_scenario(model=model, gpu=gpu, gpus=gpus, pp=pp, ep=ep, tp=tp, vpp=vpp, schedule=schedule,
+    from gpuhours.simulator.scenario import DEFAULT_PLAN
+
+    return load_scenario(plan or DEFAULT_PLAN, model=model, gpu=gpu, gpus=gpus, pp=pp, ep=ep, tp=tp, vpp=vpp, schedule=schedule,
                          micro_batch_size=micro_batch_size, tokens=tokens, seq_len=seq_len, price=price,
                          calibration=calibration, fp8=None if precision is None else precision == "fp8",
                          batch=batch, network=network, cluster=cluster, nic_gbps=nic_gbps,
@@ -130,18 +132,31 @@ def estimate(
     redundant_experts: int = SCENARIO_OPTIONS["redundant_experts"],
     stage_layers: Optional[str] = SCENARIO_OPTIONS["stage_layers"],
     compare_schedules: bool = typer.Option(False, "--compare-schedules", help="Also estimate every other schedule"),
+    plan: Optional[str] = typer.Option(None, "--plan", help="Run plan: a built-in name (see `gpuhours presets`) or "
+                                                             "a TOML file; plans with [[phase]] tables are "
+                                                             "estimated phase by phase"),
+    allow_oom: bool = typer.Option(False, "--allow-oom", help="Estimate layouts that do not fit in GPU memory"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
 ):
     """GPU-hours, days and dollars of a training run (default: DeepSeek-V3 pre-training on 2,048 H800)."""
     from gpuhours.reports.estimate_table import estimate_dict, render_estimate
     from gpuhours.simulator.scenario import estimate as run_estimate
+    from gpuhours.simulator.scenario import is_phased
+    from gpuhours.workloads.memory import memory_breakdown
 
     with user_errors():
-        scenario = _scenario(model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
+        if plan is not None and is_phased(plan):
+            _estimate_phased(plan, allow_oom, as_json)
+            return
+        scenario = _scenario(plan,model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
                              calibration, precision, batch, network, cluster, nic_gbps, oversubscription, routing,
                              redundant_experts, stage_layers)
         result = run_estimate(scenario)
+        memory = memory_breakdown(scenario, result.steady.step)
+        if not memory.fits and not allow_oom:
+            raise UsageError(f"{memory.reason()}; change the layout or pass --allow-oom")
         data = estimate_dict(scenario, result)
+        data["memory"] = memory.to_dict()
         if scenario.routing != "balanced" or scenario.redundant_experts:
             from dataclasses import replace
 
@@ -153,6 +168,21 @@ def estimate(
         _echo_json(data)
     else:
         typer.echo(render_estimate(data))
+
+
+def _estimate_phased(plan: str, allow_oom: bool, as_json: bool) -> None:
+    from gpuhours.reports.estimate_table import render_phases
+    from gpuhours.simulator.phases import estimate_phases
+
+    def progress(done, total):
+        if not as_json:
+            typer.echo(f"  phase {done}/{total} done", err=True)
+
+    result = estimate_phases(plan, allow_oom=allow_oom, progress=progress)
+    if as_json:
+        _echo_json(result.to_dict())
+    else:
+        typer.echo(render_phases(result.to_dict()))
 
 
 def _compare_schedules(scenario) -> dict:
@@ -287,7 +317,7 @@ def step(
             _output_path(gantt, (".png", ".svg"), "--gantt")
         if trace is not None:
             _output_path(trace, (".json",), "--trace")
-        scenario = _scenario(model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, None, seq_len, None,
+        scenario = _scenario(None, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, None, seq_len, None,
                              calibration, precision, None, network, cluster, None, None, routing)
         m = microbatches or microbatches_for(scenario.plan.batch.end, scenario.parallel)[0]
         result = scenario.simulator().step(m, detail=gantt is not None or trace is not None)
@@ -315,6 +345,54 @@ def step(
                    f"{result.bubble_per_rank[r]:>8.3f} {result.peak_activations_per_rank[r]:>9}")
     for path in (gantt, trace):
         if path is not None:
+            typer.echo(f"wrote {path}")
+
+
+@app.command()
+def sweep(
+    spec: Path = typer.Argument(..., help="Sweep spec TOML (see examples/sweep-deepseek-v3.toml)"),
+    out: Path = typer.Option(Path("sweep-out"), "--out", help="Folder for results.csv, pareto.png"),
+    workers: int = typer.Option(2, "--workers", help="Worker processes"),
+    executor: str = typer.Option("process", "--executor", help="process, serial or ray"),
+    rank_by: str = typer.Option("wall_clock_days", "--rank-by", help="Column to rank the table by"),
+    parquet: bool = typer.Option(False, "--parquet", help="Also write results.parquet (needs pyarrow)"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Estimate every point of a grid of layouts and clusters; resumes an interrupted sweep from its CSV."""
+    from gpuhours.simulator.sweep import run_sweep
+
+    def progress(done, total):
+        if not as_json:
+            typer.echo(f"\r  {done}/{total} points", err=True, nl=done == total)
+
+    with user_errors():
+        if not spec.exists():
+            raise UsageError(f"spec: no such file {str(spec)!r}")
+        try:
+            result = run_sweep(spec, out, workers=workers, executor=executor, progress=progress, parquet=parquet,
+                               rank_by=rank_by)
+        except RuntimeError as exc:
+            raise UsageError(str(exc)) from None
+    if as_json:
+        _echo_json(result.to_dict())
+        return
+    import pandas as pd
+
+    table = result.table
+    grid = list(result.spec.keys)
+    shown = [c for c in ["rank", *grid, "feasible", "step_time_s", "gpu_hours", "wall_clock_days", "cost_usd",
+                         "memory_gib"] if c in table.columns]
+    view = table[shown].copy()
+    if "reason" in table.columns:
+        view["reason"] = table["reason"].fillna("").astype(str).str.slice(0, 48)
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:,.2f}".format):
+        typer.echo(view.head(20).to_string(index=False))
+    for goal, row in result.best.items():
+        if row:
+            typer.echo(f"best ({goal.replace('_', ' ')}): {row['layout']} on {row['gpus']} GPUs: "
+                       f"{row['wall_clock_days']:.2f} days, {row['gpu_hours']:,.0f} GPU-hours, ${row['cost_usd']:,.0f}")
+    for path in (result.csv_path, result.parquet_path, result.plot_path):
+        if path:
             typer.echo(f"wrote {path}")
 
 

@@ -94,6 +94,39 @@ def _si(x: float) -> str:
     return f"{x:.3g}"
 
 
+_GIB = 2**30
+
+
+def _memory_line(m: dict | None) -> str:
+    if not m:
+        return "not computed"
+    return (f"{m['total'] / _GIB:.1f} of {m['capacity'] / _GIB:.0f} GiB on rank {m['rank']}: weights "
+            f"{m['weights'] / _GIB:.1f}, grads {m['gradients'] / _GIB:.1f}, optimizer "
+            f"{(m['master_weights'] + m['optimizer_moments']) / _GIB:.1f}, activations {m['activations'] / _GIB:.1f} "
+            f"({m['in_flight_chunks']} chunks), headroom {m['headroom'] / _GIB:.1f}"
+            f"{'' if m['fits'] else '  DOES NOT FIT'}")
+
+
+def render_phases(d: dict) -> str:
+    """A phased plan: one row per phase, then the total beside the published figures."""
+    head = f"{'phase':<19}{'layout':<42}{'seq':>7}{'batch':>7}{'step s':>8}{'days':>7}{'GPU-hours':>12}{'memory':>13}"
+    lines = [f"plan {d['plan']}", head]
+    for p in d["phases"]:
+        ref = f"  (published {p['reference_gpu_hours'] / 1e3:,.0f}K)" if p.get("reference_gpu_hours") else ""
+        mem = f"{p['memory_gib']:.0f}/{p['memory_capacity_gib']:.0f} GiB" + ("" if p["fits"] else "!")
+        lines.append(f"{p['name']:<19}{p['layout']:<42}{p['seq_len']:>7}{p['batch']:>7}{p['step_time_s']:>8.2f}"
+                     f"{p['wall_clock_days']:>7.1f}{p['gpu_hours'] / 1e3:>11,.1f}K{mem:>13}{ref}")
+    t = d["total"]
+    ref = d.get("reference", {}).get("total_gpu_hours")
+    lines.append(f"{'total':<19}{'':<42}{'':>7}{'':>7}{'':>8}{t['wall_clock_days']:>7.1f}"
+                 f"{t['gpu_hours'] / 1e3:>11,.1f}K  ${t['cost_usd'] / 1e6:.2f}M"
+                 + (f"  (published {ref / 1e3:,.0f}K)" if ref else ""))
+    for p in d["phases"]:
+        for note in p.get("notes", []):
+            lines.append(f"note ({p['name']}): {note}")
+    return "\n".join(lines)
+
+
 def _network_line(n: dict) -> str:
     if n["model"] == "graph":
         return (f"graph: {n['fabric']} fabric, {n['planes']} plane(s), {n['tiers']} tiers, "
@@ -128,6 +161,7 @@ def render_estimate(d: dict) -> str:
         ("MFU", f"{d['mfu_bf16']:.1%} of BF16 peak{mfu_fp8}"),
         ("pipeline bubble", f"{d['bubble_share']:.1%} of rank time"),
         ("exposed comm", f"{d['exposed_comm_share']:.1%} of rank time (EP/TP waits + data-parallel tail)"),
+        ("memory per GPU", _memory_line(d.get("memory"))),
         ("wall clock", f"{d['wall_clock_days']:.1f} days"),
         ("GPU-hours", f"{d['gpu_hours'] / 1e6:.3f}M"),
         ("cost", f"${d['cost_usd'] / 1e6:.3f}M at ${d['price_per_gpu_hour']:g}/GPU-hour"),

@@ -104,11 +104,23 @@ def list_plans() -> list[str]:
                   if p.name.endswith(".toml"))
 
 
-def _read_plan(name: str) -> dict:
-    if name not in list_plans():
-        raise ValueError(f"plan must be one of {', '.join(list_plans())}; got {name!r}")
-    text = resources.files("gpuhours.workloads").joinpath("plans", f"{name}.toml").read_text()
-    return tomllib.loads(text)
+def _read_plan(name: str | Path) -> dict:
+    """A built-in plan by name, or a plan TOML file by path."""
+    if str(name) in list_plans():
+        text = resources.files("gpuhours.workloads").joinpath("plans", f"{name}.toml").read_text()
+    elif str(name).endswith(".toml") and Path(name).is_file():
+        text = Path(name).read_text()
+    else:
+        raise ValueError(f"plan must be one of {', '.join(list_plans())} or a .toml file; got {str(name)!r}")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"plan {str(name)!r}: not valid TOML ({exc})") from None
+
+
+def is_phased(plan: str | Path) -> bool:
+    """Whether a plan lists [[phase]] tables (estimate it with simulator.phases)."""
+    return "phase" in _read_plan(plan)
 
 
 def plan_reference(plan: str = DEFAULT_PLAN) -> dict:
@@ -125,7 +137,7 @@ def resolve_model(model: str) -> ModelSpec:
     raise ValueError(f"model must be a preset ({', '.join(list_presets())}) or a .toml/.json file; got {model!r}")
 
 
-def load_scenario(plan: str = DEFAULT_PLAN, *, model: str | None = None, gpu: str | None = None,
+def load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None, gpu: str | None = None,
                   gpus: int | None = None, pp: int | None = None, ep: int | None = None, tp: int | None = None,
                   vpp: int | None = None, schedule: str | None = None, micro_batch_size: int | None = None,
                   tokens: str | float | None = None, seq_len: int | None = None, price: float | None = None,
@@ -136,6 +148,11 @@ def load_scenario(plan: str = DEFAULT_PLAN, *, model: str | None = None, gpu: st
                   stage_layers: tuple[int, ...] | None = None) -> Scenario:
     """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field."""
     doc = _read_plan(plan)
+    if "phase" in doc:
+        raise ValueError(f"plan {str(plan)!r} has phases: estimate it with `gpuhours estimate --plan {plan}`")
+    for table in ("model", "cluster", "parallel", "run"):
+        if table not in doc:
+            raise ValueError(f"plan {str(plan)!r} has no [{table}] table")
     model_spec = resolve_model(model or doc["model"]["preset"])
     c, par, run, num = doc["cluster"], doc["parallel"], doc["run"], doc.get("numerics", {})
     gpu_spec = load_gpu(gpu or c["gpu"])

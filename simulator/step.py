@@ -131,33 +131,7 @@ class StepSimulator:
 
     # -- data-parallel tail ----------------------------------------------------------------------------------------
     def rank_params(self, stages: set[int]) -> tuple[float, float]:
-        """(dense, expert) parameters a rank holds for `stages`: dense ones are split by tp and replicated over dp;
-        expert ones are split by ep and replicated over the stage's ep groups."""
-        model, p = self.model, self.parallel
-        starts = [0]
-        for n in self.stage_layers:
-            starts.append(starts[-1] + n)
-        dense = expert = 0.0
-        last = len(self.stage_layers) - 1
-        for s in stages:
-            for i in range(starts[s], starts[s + 1]):
-                full = P.layer_params(model, i)
-                if model.is_moe_layer(i):
-                    routed = model.moe.n_routed_experts * P.expert_params(model)
-                    dense += (full - routed) / p.tp
-                    expert += routed / p.ep
-                else:
-                    dense += full / p.tp
-            if s == 0:
-                dense += P.embedding_params(model) / p.tp
-            if s == last:
-                dense += P.head_params(model) / p.tp
-                if model.mtp_depth:
-                    mtp = P.mtp_params(model)
-                    routed = model.moe.n_routed_experts * P.expert_params(model) if model.moe else 0
-                    dense += (mtp - routed * model.mtp_depth) / p.tp
-                    expert += routed * model.mtp_depth / p.ep
-        return dense, expert
+        return rank_params(self.model, self.parallel, self.stage_layers, stages)
 
     def _dp_tail(self, stages: set[int]) -> float:
         p, net, gpn = self.parallel, self.network, self.cluster.gpus_per_node
@@ -178,6 +152,36 @@ class StepSimulator:
         shard = (dense / p.dp + expert / p.expert_dp) if p.zero_stage == 1 else dense + expert
         update = Op("optimizer.adamw", "elementwise", "W", "optimizer", 0.0, shard * OPTIMIZER_BYTES_PER_PARAM)
         return time + self.compute.duration(update)
+
+
+def rank_params(model: ModelSpec, p: ParallelSpec, stage_layers: tuple[int, ...], stages: set[int]
+                ) -> tuple[float, float]:
+    """(dense, expert) parameters a rank holds for `stages`: dense ones are split by tp and replicated over dp;
+    expert ones are split by ep and replicated over the stage's ep groups."""
+    starts = [0]
+    for n in stage_layers:
+        starts.append(starts[-1] + n)
+    dense = expert = 0.0
+    last = len(stage_layers) - 1
+    for s in stages:
+        for i in range(starts[s], starts[s + 1]):
+            full = P.layer_params(model, i)
+            if model.is_moe_layer(i):
+                routed = model.moe.n_routed_experts * P.expert_params(model)
+                dense += (full - routed) / p.tp
+                expert += routed / p.ep
+            else:
+                dense += full / p.tp
+        if s == 0:
+            dense += P.embedding_params(model) / p.tp
+        if s == last:
+            dense += P.head_params(model) / p.tp
+            if model.mtp_depth:
+                mtp = P.mtp_params(model)
+                routed = model.moe.n_routed_experts * P.expert_params(model) if model.moe else 0
+                dense += (mtp - routed * model.mtp_depth) / p.tp
+                expert += routed * model.mtp_depth / p.ep
+    return dense, expert
 
 
 def _stages_per_rank(schedule) -> list[set[int]]:

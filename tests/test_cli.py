@@ -138,7 +138,7 @@ def test_routing_command():
 
 def test_estimate_network_what_ifs_move_the_right_way():
     def hours(*extra):
-        r = runner.invoke(app, ["estimate", "--tokens", "1T", "--batch", "15360", "--json", *extra])
+        r = runner.invoke(app, ["estimate", "--tokens", "1T", "--batch", "15360", "--json", "--allow-oom", *extra])
         assert r.exit_code == 0, r.output
         return json.loads(r.stdout)
 
@@ -181,3 +181,35 @@ def test_validate_writes_page_and_json(tmp_path):
         assert {"trace_span_ms", "simulated_span_ms", "gpu_hours"} <= set(d["sources"][name])
     assert d["sources"]["trace-h800"]["trace_span_ms"] == pytest.approx(129.0, abs=0.1)
     assert (tmp_path / "validation.md").exists() and (tmp_path / "validation_phases.png").exists()
+
+
+def test_phased_plan_estimate():
+    r = runner.invoke(app, ["estimate", "--plan", "deepseek-v3-full", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    names = [p["name"] for p in d["phases"]]
+    assert names[0] == "pre-training" and len(names) == 4
+    assert d["total"]["gpu_hours"] == pytest.approx(sum(p["gpu_hours"] for p in d["phases"]))
+
+
+def test_estimate_refuses_a_layout_that_does_not_fit():
+    args = ["estimate", "--seq-len", "32768", "--batch", "1920", "--tokens", "63B"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "out of memory" in r.stderr and "--allow-oom" in r.stderr
+    ok = runner.invoke(app, args + ["--allow-oom", "--json"])
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["memory"]["fits"] is False
+
+
+def test_sweep_command(tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text('[sweep]\nbase = "deepseek-v3"\n[fixed]\ntokens = "1T"\nbatch = 15360\n'
+                    '[grid]\nschedule = ["dualpipe", "1f1b"]\n')
+    r = runner.invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "out"), "--executor", "serial", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["points_total"] == 2 and d["complete"]
+    assert (tmp_path / "out" / "results.csv").exists()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[sweep]\nbase = "deepseek-v3"\n[grid]\nwarp_drive = [1]\n')
+    r = runner.invoke(app, ["sweep", str(bad), "--out", str(tmp_path / "o2")])
+    assert r.exit_code == 2 and "warp_drive" in r.stderr

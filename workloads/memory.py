@@ -1,7 +1,7 @@
 """Per-GPU memory of a layout: weights, gradients, optimizer states, in-flight activations and headroom.
 
 Training state of a rank holding dense parameters P_d (split by tp) and expert parameters P_e (split by ep)
-over the stages it holds (`StepSimulator.rank_params`; DualPipe ranks hold two stages, `params_copies` = 2):
+over the stages it holds (`simulator.step.rank_params`; DualPipe ranks hold two stages, `params_copies` = 2):
 
     weights    = w (P_d + P_e)                         w: working-weight bytes (BF16: 2)
     gradients  = g (P_d + P_e)                         g: gradient bytes (FP32: 4); ZeRO-1 does not shard them
@@ -43,10 +43,9 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from importlib import resources
-from types import SimpleNamespace
 
 from gpuhours.simulator.schedules import build_schedule
-from gpuhours.simulator.step import StepSimulator, _stages_per_rank
+from gpuhours.simulator.step import _stages_per_rank, rank_params
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.parallel import ParallelSpec
 
@@ -277,11 +276,9 @@ def memory_breakdown(scenario, step_result, recipe: MemoryRecipe | None = None) 
     per_stage = chunk_bytes(model, p, scenario.plan.seq_len, stage_layers, recipe, opts.fp8, opts.recompute,
                             opts.imbalance)
     act_bytes, act_chunks = peak_in_flight(schedule, per_stage)
-    # The simulator's parameter accounting, without building its costers (it reads only these three fields).
-    holder = SimpleNamespace(model=model, parallel=p, stage_layers=stage_layers)
     rows = []
     for rank, stages in enumerate(_stages_per_rank(schedule)):
-        dense, expert = StepSimulator.rank_params(holder, stages)
+        dense, expert = rank_params(model, p, stage_layers, stages)
         state = rank_state_bytes(dense, expert, p, recipe)
         allocated = sum(state.values()) + act_bytes[rank]
         headroom = recipe.reserved_bytes + recipe.fragmentation * allocated

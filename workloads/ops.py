@@ -178,8 +178,7 @@ def _attention_ops(b: _Builder, model: ModelSpec, p: ParallelSpec, tokens: int, 
     if b.phase == "W":  # weight gradients: GEMMs only
         b = _GemmsOnly(b)
     if a.kind == "mla":
-        if not recompute_only:
-            b.elementwise("attn_norm", 2 * act)
+        b.elementwise("attn_norm", 2 * act)  # recomputed in backward too (DeepSeek-V3 recomputes every RMSNorm)
         if a.q_lora_rank:
             if not recompute_only:
                 b.gemm("wq_a", tokens, a.q_lora_rank, h)
@@ -254,6 +253,8 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
             attn.ops.extend(recompute.ops)
         _attention_ops(attn, model, p, tokens, seq_len)
         mlp = _Builder(f"{prefix}.mlp", "mlp", phase, opts.fp8)
+        if phase == "B" and opts.recompute and model.attention.kind == "mla":
+            mlp.elementwise("ffn_norm.recompute", 2 * tokens * h * BF16)
         if phase != "W":
             mlp.elementwise("ffn_norm", 2 * tokens * h * BF16)
         moe = model.moe if model.is_moe_layer(layer) else None

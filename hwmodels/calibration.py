@@ -276,13 +276,15 @@ def _overlay(base: dict, d: dict) -> dict:
     out.pop("comm", None), out.pop("trace", None), out.pop("notes", None)
     inherited = []
     for key, value in d.items():
-        if key in ("gemm", "grouped_gemm", "attention", "elementwise") and isinstance(value, dict) \
-                and isinstance(base.get(key), dict):
+        if key in ("gemm", "grouped_gemm") and isinstance(value, dict) and isinstance(base.get(key), dict):
+            # A dtype with no points (say FP8 measured on a device without FP8) counts as missing.
+            out[key] = {**base[key], **{dt: pts for dt, pts in value.items() if pts}}
+        elif key in ("attention", "elementwise") and isinstance(value, dict) and isinstance(base.get(key), dict):
             out[key] = {**base[key], **value}
         else:
             out[key] = value
     for key in ("gemm", "grouped_gemm"):
-        missing = sorted(set(base[key]) - set(d.get(key) or {}))
+        missing = sorted(dt for dt in base[key] if not (d.get(key) or {}).get(dt))
         inherited += [f"{key}.{dt}" for dt in missing]
     for key in ("attention", "elementwise"):
         missing = sorted(k for k in base[key] if k != "provenance" and k not in (d.get(key) or {}))

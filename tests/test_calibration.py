@@ -154,3 +154,12 @@ def test_partial_profile_loads_over_a_base(profile):
     assert "attention.backward_efficiency" in p.notes[-1] and "gemm.fp8" in p.notes[-1]
     assert p.reference_peak("fp8") == profile.reference_peak("fp8")
     assert CalibrationProfile.from_dict(p.to_dict()) == p
+
+
+def test_empty_dtype_table_is_filled_from_the_base(profile):
+    """A microbenchmark on a device without FP8 writes "fp8": []; over a base, those points come from it."""
+    d = profile.to_dict()
+    d["name"], d["gemm"] = "bf16-only", {"bf16": d["gemm"]["bf16"], "fp8": []}
+    p = CalibrationProfile.from_dict(d, base=profile)
+    assert p.points("gemm", "fp8") == profile.points("gemm", "fp8")
+    assert "gemm.fp8" in p.notes[-1]

@@ -172,4 +172,12 @@ def render_estimate(d: dict) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     lines += [f"note: {n}" for n in d["notes"]]
+    if "schedules" in d:
+        lines += ["", f"{'schedule':<18}{'step time':>10}{'bubble':>8}{'MFU':>7}{'GPU-hours':>11}{'days':>7}"]
+        for name, r in d["schedules"].items():
+            if "error" in r:
+                lines.append(f"{name:<18}  {r['error']}")
+                continue
+            lines.append(f"{name:<18}{r['step_time_s']:>9.2f}s{r['bubble_share']:>8.1%}{r['mfu_bf16']:>7.1%}"
+                         f"{r['gpu_hours'] / 1e6:>10.3f}M{r['wall_clock_days']:>7.1f}")
     return "\n".join(lines)

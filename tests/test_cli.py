@@ -213,3 +213,17 @@ def test_sweep_command(tmp_path):
     bad.write_text('[sweep]\nbase = "deepseek-v3"\n[grid]\nwarp_drive = [1]\n')
     r = runner.invoke(app, ["sweep", str(bad), "--out", str(tmp_path / "o2")])
     assert r.exit_code == 2 and "warp_drive" in r.stderr
+
+
+def test_estimate_from_a_hugging_face_config(tmp_path):
+    """A Llama-3-8B-shaped config.json: 8.0B parameters, priced on 64 H100."""
+    cfg = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 14336,
+           "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": False}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    r = runner.invoke(app, ["estimate", "--model", str(path), "--gpu", "H100", "--gpus", "64", "--pp", "4",
+                            "--schedule", "1f1b", "--tokens", "100B", "--batch", "512", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["params_total"] == pytest.approx(8.03e9, rel=0.01)
+    assert d["layout"]["dp"] == 16 and d["memory"]["fits"]

@@ -15,7 +15,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import Patch, Rectangle  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
+from matplotlib.colors import to_rgba  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from gpuhours.simulator.timeline import Span  # noqa: E402
 
@@ -40,8 +42,14 @@ def _lighten(hex_colour: str, amount: float = 0.55) -> tuple[float, float, float
     return (r + (1 - r) * amount, g + (1 - g) * amount, b + (1 - b) * amount)
 
 
+def _rgb(colour) -> tuple | str:
+    return "none" if colour == "none" else to_rgba(colour)
+
+
 def _style(kind: str, direction: int) -> dict:
     colour = colour_of(kind)
+    if kind not in COLOURS:  # op-level cells are thin: no white borders, or they would wash out
+        return {"facecolor": colour, "edgecolor": "none"}
     if direction:
         return {"facecolor": _lighten(colour), "hatch": "///", "edgecolor": "white"}
     return {"facecolor": colour, "edgecolor": "white"}
@@ -78,6 +86,13 @@ def draw_gantt(spans: Iterable[Span], path: str | Path, title: str = "", streams
     px_per_t = ax_width_px / span_t
     font = 7 if len(lanes) <= 20 else 6
 
+    # Cells are batched into one PolyCollection per style: a simulated step has tens of thousands of them.
+    buckets: dict[tuple, list] = {}
+
+    def cell(x: float, y: float, w: float, h: float, style: dict, linewidth: float) -> None:
+        key = (_rgb(style.get("facecolor", "none")), style.get("hatch"), style.get("edgecolor", "none"), linewidth)
+        buckets.setdefault(key, []).append(((x, y), (x + w, y), (x + w, y + h), (x, y + h)))
+
     for s in chosen:
         y = len(lanes) - 1 - lane_of[(s.rank, s.stream)]
         x, w = s.start * scale, (s.end - s.start) * scale
@@ -85,13 +100,14 @@ def draw_gantt(spans: Iterable[Span], path: str | Path, title: str = "", streams
         direction = int(args.get("direction", 0) or 0)
         if s.kind == "FB":
             b_dir = int(args.get("b_direction", direction) or 0)
-            ax.add_patch(Rectangle((x, y + 0.5), w, 0.4, linewidth=0.3, **_style("F", direction)))
-            ax.add_patch(Rectangle((x, y + 0.1), w, 0.4, linewidth=0.3, **_style("B", b_dir)))
-            ax.add_patch(Rectangle((x, y + 0.1), w, 0.8, fill=False, edgecolor="black", linewidth=0.9))
+            cell(x, y + 0.5, w, 0.4, _style("F", direction), 0.3)
+            cell(x, y + 0.1, w, 0.4, _style("B", b_dir), 0.3)
+            cell(x, y + 0.1, w, 0.8, {"edgecolor": "black"}, 0.9)
             labels = [(y + 0.7, s.microbatch), (y + 0.3, args.get("b_microbatch"))]
         else:
-            ax.add_patch(Rectangle((x, y + 0.1), w, 0.8, linewidth=0.4, **_style(s.kind, direction)))
-            labels = [(y + 0.5, s.microbatch)]
+            cell(x, y + 0.1, w, 0.8, _style(s.kind, direction), 0.4)
+            # Op-level cells of a simulated step carry no micro-batch number: their pipeline lane shows it.
+            labels = [(y + 0.5, s.microbatch)] if s.kind in COLOURS else []
         for ly, mb in labels:
             if mb is None:
                 continue
@@ -99,6 +115,9 @@ def draw_gantt(spans: Iterable[Span], path: str | Path, title: str = "", streams
             if w * px_per_t >= 5.5 * len(text) + 3:
                 ax.text(x + w / 2, ly, text, ha="center", va="center", fontsize=font if s.kind != "FB" else font - 1,
                         color="black", clip_on=True)
+    for (face, hatch, edge, linewidth), verts in buckets.items():
+        ax.add_collection(PolyCollection(verts, facecolors=face, edgecolors=edge, linewidths=linewidth,
+                                         hatch=hatch))
 
     ax.set_xlim(t0, t1)
     ax.set_ylim(0, len(lanes))

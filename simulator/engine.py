@@ -19,7 +19,7 @@ Activation memory: +1 chunk's activations when an F starts, -1 when that (microb
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import simpy
 
@@ -54,12 +54,18 @@ class PipelineResult:
     bubble_per_rank: tuple[float, ...]        # makespan - time spent executing instructions
     peak_activations_per_rank: tuple[int, ...]
     finish_per_rank: tuple[float, ...]        # when each rank's last instruction ended
+    end_per_rank: tuple[float, ...]           # when each rank finished its tail too (= finish without one)
     instructions_run: int
     spans: tuple[Span, ...] = field(default=(), repr=False)
 
 
-def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = False) -> PipelineResult:
-    """Simulate one pass of `schedule`; `detail` also returns op-level spans on both streams."""
+def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = False,
+                 tail: Callable[[int], float] | None = None) -> PipelineResult:
+    """Simulate one pass of `schedule`; `detail` also returns op-level spans on both streams.
+
+    `tail(rank)`: seconds of work a rank does after its last instruction (gradient synchronisation and the
+    optimizer); it holds the rank's network interface, so it waits for the rank's last sends to leave.
+    """
     env = simpy.Environment()
     num_stages = schedule.num_stages
     arrived: dict[tuple[str, int, int], simpy.Event] = {}
@@ -108,6 +114,7 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
     comm_busy = [0.0] * schedule.pp
     executing = [0.0] * schedule.pp
     finish = [0.0] * schedule.pp
+    end = [0.0] * schedule.pp
     peak = [0] * schedule.pp
     spans: list[Span] = []
     counter = [0]
@@ -149,6 +156,14 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
                     live -= 1
                 if kind in ("F", "B", "BW"):
                     deliver(rank, "F" if kind == "F" else "B", microbatch, stage)
+        if tail is not None:
+            with nic[rank].request() as slot:
+                yield slot
+                start = env.now
+                yield env.timeout(tail(rank))
+                spans.append(Span(rank, "pipeline" if detail else "compute", start, env.now, "dp-sync+optimizer",
+                                  "tail"))
+        end[rank] = env.now
 
     for rank, program in enumerate(schedule.programs):
         env.process(rank_process(rank, program))
@@ -157,7 +172,7 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
     if counter[0] != total:
         stuck = total - counter[0]
         raise RuntimeError(f"schedule {schedule.name!r} deadlocked: {stuck} of {total} instructions never ran")
-    makespan = env.now
+    makespan = max(finish)
     return PipelineResult(
         makespan=makespan,
         busy_per_rank=tuple(busy),
@@ -165,6 +180,7 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
         bubble_per_rank=tuple(makespan - e for e in executing),
         peak_activations_per_rank=tuple(peak),
         finish_per_rank=tuple(finish),
+        end_per_rank=tuple(end),
         instructions_run=counter[0],
         spans=tuple(spans),
     )

@@ -37,10 +37,12 @@ class StepResult:
     step_time: float                   # seconds
     pipeline_time: float               # makespan of the pipeline pass
     dp_sync_time: float                # gradient sync + optimizer + parameter gather on the slowest rank
+                                       # (it waits on the network interface for the rank's last sends)
     busy_per_rank: tuple[float, ...]
     comm_busy_per_rank: tuple[float, ...]
-    bubble_per_rank: tuple[float, ...]
+    bubble_per_rank: tuple[float, ...]        # idle: neither an instruction nor its own tail
     exposed_comm_per_rank: tuple[float, ...]  # time inside instructions when compute waits for communication
+    dp_tail_per_rank: tuple[float, ...]      # each rank's gradient sync + optimizer + parameter gather
     stage_layers: tuple[int, ...]
     model_flops: float                 # model FLOPs of the step (6N-style plus attention, incl. MTP)
     num_gpus: int
@@ -65,7 +67,7 @@ class StepResult:
     def exposed_comm_share(self) -> float:
         """Exposed EP/TP communication inside instructions plus the data-parallel tail, per rank-second."""
         ranks = len(self.exposed_comm_per_rank)
-        return (sum(self.exposed_comm_per_rank) + ranks * self.dp_sync_time) / (ranks * self.step_time)
+        return (sum(self.exposed_comm_per_rank) + sum(self.dp_tail_per_rank)) / (ranks * self.step_time)
 
 
 class StepSimulator:
@@ -108,12 +110,10 @@ class StepSimulator:
     def _simulate(self, num_microbatches: int, detail: bool) -> StepResult:
         p = self.parallel
         schedule = build_schedule(p.schedule, p.pp, num_microbatches, vpp=p.vpp)
-        result = run_pipeline(schedule, self.coster, detail=detail)
-        stages_of_rank = _stages_per_rank(schedule)
-        tails = [self._dp_tail(stages) for stages in stages_of_rank]
-        ends = [f + t for f, t in zip(result.finish_per_rank, tails)]
-        step_time = max(ends)
-        slowest = ends.index(step_time)
+        tails = [self._dp_tail(stages) for stages in _stages_per_rank(schedule)]
+        result = run_pipeline(schedule, self.coster, detail=detail, tail=tails.__getitem__)
+        step_time = max(result.end_per_rank)
+        slowest = result.end_per_rank.index(step_time)
         executing = [result.makespan - b for b in result.bubble_per_rank]
         exposed = tuple(max(0.0, e - c) for e, c in zip(executing, result.busy_per_rank))
         tokens = num_microbatches * p.micro_batch_size * self.seq_len * p.dp
@@ -123,7 +123,8 @@ class StepSimulator:
             schedule=schedule.name, num_microbatches=num_microbatches, tokens=tokens, step_time=step_time,
             pipeline_time=result.makespan, dp_sync_time=tails[slowest],
             busy_per_rank=result.busy_per_rank, comm_busy_per_rank=result.comm_busy_per_rank,
-            bubble_per_rank=tuple(step_time - e for e in executing), exposed_comm_per_rank=exposed,
+            bubble_per_rank=tuple(step_time - e - t for e, t in zip(executing, tails)), exposed_comm_per_rank=exposed,
+            dp_tail_per_rank=tuple(tails),
             stage_layers=self.stage_layers, model_flops=flops, num_gpus=p.num_gpus,
             peak_bf16=gpu.peak_flops("bf16"), peak_fp8=gpu.peak_flops("fp8") if gpu.fp8_flops else 0.0,
             peak_activations_per_rank=result.peak_activations_per_rank, pipeline=result,

@@ -134,3 +134,22 @@ def test_send_shares_the_interface_with_a_running_all_to_all():
     assert _start_of(r, 1, "F0.1") == pytest.approx(0.1 + 2.0)
     # F1's send starts at 2.1 when rank 0 is idle: full bandwidth again.
     assert _start_of(r, 1, "F1.1") == pytest.approx(2.1 + 1.0)
+
+
+class _GradSendCoster:
+    """Instructions take 0.1; activations travel free, gradients take 1.0 to send."""
+
+    def profile(self, rank, instruction):
+        return InstructionProfile(0.1, 0.1, 0.0)
+
+    def transfer(self, src, dst, kind, microbatch, stage):
+        return 1.0 if kind == "B" else 0.0
+
+
+def test_tail_waits_for_the_ranks_last_send():
+    """Rank 1's gradient send (0.3 -> 1.3) holds its interface, so its 0.5 s tail runs 1.3 -> 1.8; rank 0 gets
+    the gradient at 1.3, runs its backward to 1.4 and its tail to 1.9."""
+    r = run_pipeline(build_schedule("1f1b", 2, 1), _GradSendCoster(), tail=lambda rank: 0.5)
+    assert r.finish_per_rank == (pytest.approx(1.4), pytest.approx(0.3))
+    assert r.end_per_rank == (pytest.approx(1.9), pytest.approx(1.8))
+    assert r.makespan == pytest.approx(1.4)

@@ -575,14 +575,22 @@ def ep_rank_loads(moe: MoESpec, ep: int, gpus_per_node: int, tokens_per_rank: in
     return _ep_rank_loads_cached(moe, ep, gpus_per_node, tokens_per_rank, routing, seed)
 
 
+BALANCED_SAMPLE_TOKENS = 256  # tokens per rank routed to characterise balanced routing (see below)
+
+
 def _ep_rank_loads_uncached(moe: MoESpec, ep: int, gpus_per_node: int, tokens_per_rank: int, routing: str,
                             seed: int) -> RankLoads:
     group = EPGroup(ep, gpus_per_node)
     if not isinstance(routing, str):
         raise ValueError(f"ep_rank_loads: routing = {routing!r}: allowed values are balanced, skew:<s>, file:<path>")
     if routing == "balanced":
-        r = route(moe, group, tokens_per_rank, RoutingConfig(skew="balanced", seed=seed))
-        return _rank_loads(r.rank_rows, r, routing)
+        # Round-robin routing repeats with a short period: route a sample of the micro-batch and scale its rows
+        # (the sample is used only when it is itself exactly balanced, so nothing is lost).
+        sample = min(tokens_per_rank, BALANCED_SAMPLE_TOKENS)
+        r = route(moe, group, sample, RoutingConfig(skew="balanced", seed=seed))
+        if sample < tokens_per_rank and r.imbalance != 1.0:
+            r, sample = route(moe, group, tokens_per_rank, RoutingConfig(skew="balanced", seed=seed)), tokens_per_rank
+        return _rank_loads(r.rank_rows * (tokens_per_rank / sample), r, routing)
     if routing.startswith("skew:"):
         try:
             s = float(routing[5:])

@@ -93,17 +93,18 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
         if delay <= 0.0:
             event.succeed()
             return
-        env.process(_send(src, delay, event))
+        # Queue on the interface now, so the send keeps its place ahead of whatever the rank does next.
+        env.process(_send(src, delay, event, nic[src].request()))
 
-    def _send(src: int, base: float, event: simpy.Event):
+    def _send(src: int, base: float, event: simpy.Event, slot: simpy.Event):
         """A point-to-point send holds the sender's network interface: sends from one rank queue behind each
         other, and one that starts while the rank's current instruction runs all-to-alls shares the interface
         fairly with them: if they keep it busy a share rho of the instruction, the send gets full bandwidth for
         1 - rho of the time and half for rho, so it takes base / (1 - rho / 2)."""
-        with nic[src].request() as slot:
-            yield slot
-            rho = nic_load[src] if env.now < nic_until[src] else 0.0
-            yield env.timeout(base / (1.0 - rho / 2.0))
+        yield slot
+        rho = nic_load[src] if env.now < nic_until[src] else 0.0
+        yield env.timeout(base / (1.0 - rho / 2.0))
+        nic[src].release(slot)
         event.succeed()
 
     nic = [simpy.Resource(env, capacity=1) for _ in range(schedule.pp)]

@@ -145,3 +145,25 @@ def test_eplb_recovers_most_of_the_skew_cost():
     balanced = estimate(load_scenario(tokens="1T", batch=15360)).gpu_hours
     assert balanced < eplb < skew
     assert (skew - eplb) > 0.8 * (skew - balanced)
+
+
+def test_balanced_routing_leaves_the_step_unchanged():
+    """Balanced routing gives every EP rank tokens x top_k rows (imbalance 1), so the step equals the one priced
+    without any routing model at the same nodes per token."""
+    from gpuhours.simulator.step import StepSimulator
+    from gpuhours.hwmodels.compute import ComputeModel
+
+    sc = load_scenario(tokens="1T", batch=15360)
+    loads = sc.routing_loads()
+    assert loads.imbalance == 1.0
+    assert set(loads.rows_per_rank.tolist()) == {4096 * 8}
+    plain = replace(sc.opts, nodes_per_token=loads.mean_nodes_per_token)
+    direct = StepSimulator(sc.model, sc.parallel, sc.cluster, ComputeModel(sc.cluster.gpu, sc.profile),
+                           sc.network(), 4096, plain)
+    assert sc.simulator().step(120).step_time == pytest.approx(direct.step(120).step_time, rel=1e-12)
+
+
+def test_higher_skew_costs_more_time():
+    times = [load_scenario(tokens="1T", batch=15360, routing=f"skew:{s}").simulator().step(120).step_time
+             for s in (0.0, 0.2, 0.5)]
+    assert times == sorted(times) and times[0] < times[-1]

@@ -13,8 +13,11 @@ while the communication stream is fed
     combine(B), dispatch(F), dispatch(B), combine(F)
 so that every all-to-all of one chunk runs under a computation of the other.
 
-Communication kernels hold `comm_sms` of the GPU's SMs throughout the step (DeepSeek-V3 reserves 20 of 132), so
-every compute op runs at the rate of the remaining SMs.
+In schedules that overlap communication with computation, communication kernels hold `comm_sms` of the GPU's SMs
+throughout the step (DeepSeek-V3 reserves 20 of 132), so every compute op runs at the rate of the remaining SMs;
+in the others compute and communication take turns and compute uses every SM
+(`ParallelSpec.compute_sm_fraction`). The weight-gradient GEMMs that a fused backward runs beside its backward
+all-to-all are priced at the full rate too: a small optimism for those schedules.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ class HardwareCoster:
         self.model, self.parallel, self.cluster = model, parallel, cluster
         self.compute, self.network, self.seq_len, self.opts = compute, network, seq_len, opts
         sms = cluster.gpu.sms
-        self.sm_fraction = (sms - parallel.comm_sms) / sms
+        self.sm_fraction = parallel.compute_sm_fraction(sms)
         self.nodes_per_token = (opts.nodes_per_token if opts.nodes_per_token is not None
                                 else expected_nodes_per_token(model, parallel.ep, cluster.gpus_per_node))
         starts = [0]

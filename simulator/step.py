@@ -91,7 +91,7 @@ class StepSimulator:
         model, p = self.model, self.parallel
         probe = HardwareCoster(model, p, self.cluster, self.compute, self.network, self.seq_len,
                                (model.n_layers,), self.opts)
-        overlapped = p.schedule in ("dualpipe", "dualpipev")
+        overlapped = p.overlaps_comm
         layer_cost = [probe.unit_time(layer_passes(model, i, p, self.seq_len, self.opts), overlapped)
                       for i in range(model.n_layers)]
         units = stage_units(model, p, self.seq_len, range(0), True, True, self.opts)

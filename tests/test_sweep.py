@@ -169,7 +169,8 @@ def test_ray_executor_names_the_missing_package(spec, tmp_path):
         run_sweep(spec, tmp_path, executor="ray")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (not installable here)")
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                    reason="ray is not installed (optional: pip install 'gpuhours[ray]'); a local Ray instance runs it")
 def test_ray_executor_runs(spec, full, tmp_path):  # pragma: no cover
     pd.testing.assert_frame_equal(run_sweep(spec, tmp_path, executor="ray").table, full.table)
 
@@ -178,6 +179,15 @@ def test_ray_executor_runs(spec, full, tmp_path):  # pragma: no cover
 def test_parquet_without_pyarrow_is_a_clear_error(spec, tmp_path):
     with pytest.raises(RuntimeError, match="pyarrow"):
         run_sweep(spec, tmp_path, parquet=True)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None,
+                    reason="pyarrow is not installed (optional: pip install 'gpuhours[parquet]')")
+def test_parquet_holds_the_same_table(spec, full, tmp_path):
+    r = run_sweep(spec, tmp_path, executor="serial", parquet=True, plot=False)
+    back = pd.read_parquet(r.parquet_path)
+    assert list(back["point_id"]) == list(r.table["point_id"])
+    assert back["gpu_hours"].tolist() == pytest.approx(r.table["gpu_hours"].tolist(), nan_ok=True)
 
 
 def test_other_spec_in_the_same_directory(spec, full, tmp_path):

@@ -64,6 +64,13 @@ class StepResult:
         return sum(self.bubble_per_rank) / (len(self.bubble_per_rank) * self.step_time)
 
     @property
+    def imbalance_share(self) -> float:
+        """The part of the bubble that is uneven work: every rank's idle time beyond the least idle rank's
+        (the busiest rank idles only for the schedule's fill and drain and its waits)."""
+        floor = min(self.bubble_per_rank)
+        return sum(b - floor for b in self.bubble_per_rank) / (len(self.bubble_per_rank) * self.step_time)
+
+    @property
     def exposed_comm_share(self) -> float:
         """Exposed EP/TP communication inside instructions plus the data-parallel tail, per rank-second."""
         ranks = len(self.exposed_comm_per_rank)

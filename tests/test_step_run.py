@@ -167,3 +167,10 @@ def test_higher_skew_costs_more_time():
     times = [load_scenario(tokens="1T", batch=15360, routing=f"skew:{s}").simulator().step(120).step_time
              for s in (0.0, 0.2, 0.5)]
     assert times == sorted(times) and times[0] < times[-1]
+
+
+def test_imbalance_share_is_the_idle_time_beyond_the_least_idle_rank(scenario):
+    st = scenario.simulator().step(120)
+    floor = min(st.bubble_per_rank)
+    assert 0 <= st.imbalance_share <= st.bubble_share
+    assert st.bubble_share - st.imbalance_share == pytest.approx(floor / st.step_time)

@@ -337,7 +337,8 @@ def step(
         return
     typer.echo(f"step of {m} micro-batches ({result.schedule}): {result.step_time:.3f} s; pipeline "
                f"{result.pipeline_time:.3f} s + data-parallel tail {result.dp_sync_time:.3f} s")
-    typer.echo(f"bubble {result.bubble_share:.1%}, exposed communication {result.exposed_comm_share:.1%}, "
+    typer.echo(f"bubble {result.bubble_share:.1%} ({result.imbalance_share:.1%} uneven work), exposed communication "
+               f"{result.exposed_comm_share:.1%}, "
                f"MFU {result.mfu('bf16'):.1%} of BF16 peak")
     typer.echo(f"{'rank':>4} {'compute s':>10} {'comm s':>8} {'idle s':>8} {'peak act':>9}")
     for r in range(len(result.busy_per_rank)):

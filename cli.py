@@ -55,6 +55,27 @@ def _output_path(path: Path, suffixes: tuple[str, ...], field: str) -> Path:
     return path
 
 
+def _check_picture_paths(gantt: Path | None, trace: Path | None) -> None:
+    """Refuse a bad --gantt / --trace path before any work is done."""
+    if gantt is not None:
+        _output_path(gantt, (".png", ".svg"), "--gantt")
+    if trace is not None:
+        _output_path(trace, (".json",), "--trace")
+
+
+def _write_pictures(spans, gantt: Path | None, trace: Path | None, *, title: str, streams: tuple[str, ...],
+                    unit: str, trace_unit_s: float) -> None:
+    """The Gantt chart and the Chrome/Perfetto trace of a timeline, where asked for."""
+    if gantt is not None:
+        from gpuhours.reports.gantt import draw_gantt
+
+        draw_gantt(spans, gantt, title=title, streams=streams, unit=unit)
+    if trace is not None:
+        from gpuhours.reports.chrome_trace import write_chrome_trace
+
+        write_chrome_trace(spans, trace, time_unit_s=trace_unit_s)
+
+
 # ------------------------------------------------------------------------------------------------- estimate
 SCENARIO_OPTIONS = dict(
     model=typer.Option(None, "--model", "-m", help="Preset name (see `gpuhours presets`) or a TOML / HF config.json"),
@@ -82,7 +103,6 @@ SCENARIO_OPTIONS = dict(
                                                             "(default: balanced by simulated cost)"),
 )
 
-NETWORK_ARGS = ("network", "cluster", "nic_gbps", "oversubscription", "routing")
 
 
 def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
@@ -250,10 +270,7 @@ def schedule(
     from gpuhours.simulator.schedules import build_schedule
 
     with user_errors():
-        if gantt is not None:
-            _output_path(gantt, (".png", ".svg"), "--gantt")
-        if trace is not None:
-            _output_path(trace, (".json",), "--trace")
+        _check_picture_paths(gantt, trace)
         sched = build_schedule(name, pp, microbatches, vpp=vpp)
         result = run_unit(sched, UnitCosts(f, b, w, fb))
     data = {
@@ -264,14 +281,8 @@ def schedule(
         "peak_activations_per_rank": list(result.peak_activations_per_rank),
         "params_per_rank": list(sched.params_per_rank),
     }
-    if gantt is not None:
-        from gpuhours.reports.gantt import draw_gantt
-
-        draw_gantt(result.spans, gantt, title=f"{name}: {pp} ranks x {microbatches} micro-batches", unit="units")
-    if trace is not None:
-        from gpuhours.reports.chrome_trace import write_chrome_trace
-
-        write_chrome_trace(result.spans, trace, time_unit_s=1e-3)
+    _write_pictures(result.spans, gantt, trace, title=f"{name}: {pp} ranks x {microbatches} micro-batches",
+                    streams=("compute",), unit="units", trace_unit_s=1e-3)
     if as_json:
         _echo_json(data)
         return
@@ -313,25 +324,15 @@ def step(
     from gpuhours.simulator.run import microbatches_for
 
     with user_errors():
-        if gantt is not None:
-            _output_path(gantt, (".png", ".svg"), "--gantt")
-        if trace is not None:
-            _output_path(trace, (".json",), "--trace")
+        _check_picture_paths(gantt, trace)
         scenario = _scenario(None, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, None, seq_len, None,
                              calibration, precision, None, network, cluster, None, None, routing)
         m = microbatches or microbatches_for(scenario.plan.batch.end, scenario.parallel)[0]
         result = scenario.simulator().step(m, detail=gantt is not None or trace is not None)
     data = step_dict(result)
-    if gantt is not None:
-        from gpuhours.reports.gantt import draw_gantt
-
-        draw_gantt(result.pipeline.spans, gantt, title=f"{scenario.model.name} step: {result.schedule}, "
-                   f"pp={scenario.parallel.pp}, {m} micro-batches", streams=("pipeline", "compute", "comm"),
-                   unit="s")
-    if trace is not None:
-        from gpuhours.reports.chrome_trace import write_chrome_trace
-
-        write_chrome_trace(result.pipeline.spans, trace)
+    _write_pictures(result.pipeline.spans, gantt, trace,
+                    title=f"{scenario.model.name} step: {result.schedule}, pp={scenario.parallel.pp}, {m} micro-batches",
+                    streams=("pipeline", "compute", "comm"), unit="s", trace_unit_s=1.0)
     if as_json:
         _echo_json(data)
         return

@@ -20,13 +20,8 @@ from gpuhours.workloads.flops import flops_per_token
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import Op, OpOptions, layer_passes, stage_units
 from gpuhours.workloads.parallel import ParallelSpec
+from gpuhours.workloads.recipe import MemoryRecipe, load_recipe
 
-# Optimizer traffic per parameter of the local shard (bytes), for DeepSeek-V3's recipe: read FP32 master weight,
-# FP32 gradient and BF16 AdamW moments (4 + 4 + 2 + 2), write master and moments (4 + 2 + 2), write the BF16
-# working copy (2).
-OPTIMIZER_BYTES_PER_PARAM = 22
-GRAD_BYTES = 4   # gradients are reduced in FP32
-PARAM_BYTES = 2  # the working copy that is all-gathered is BF16
 
 
 @dataclass(frozen=True)
@@ -81,12 +76,13 @@ class StepSimulator:
     """Simulates steps of one (model, layout, cluster) for any number of micro-batches; shapes are memoised."""
 
     def __init__(self, model: ModelSpec, parallel: ParallelSpec, cluster: ClusterSpec, compute: ComputeModel,
-                 network, seq_len: int, opts: OpOptions = OpOptions()):
+                 network, seq_len: int, opts: OpOptions = OpOptions(), recipe: MemoryRecipe | None = None):
         parallel.check_model(model)
         if parallel.num_gpus != cluster.num_gpus:
             raise ValueError(f"gpus in the layout ({parallel.num_gpus}) and the cluster ({cluster.num_gpus}) differ")
         self.model, self.parallel, self.cluster = model, parallel, cluster
         self.compute, self.network, self.seq_len, self.opts = compute, network, seq_len, opts
+        self.recipe = recipe or load_recipe()
         self.stage_layers = parallel.stage_layers or self._balanced_stage_layers()
         self.coster = HardwareCoster(model, parallel, cluster, compute, network, seq_len, self.stage_layers, opts)
         self._cache: dict[tuple[int, bool], StepResult] = {}
@@ -152,13 +148,14 @@ class StepSimulator:
         for n_params, group in ((dense, dense_group), (expert, expert_group)):
             if n_params == 0 or group.size == 1:
                 continue
-            if p.zero_stage == 1:
-                time += net.reduce_scatter(n_params * GRAD_BYTES, group)
-                time += net.all_gather(n_params * PARAM_BYTES, group)
+            if p.zero_stage == 1:  # gradients reduced in their stored dtype, the working copy gathered
+                time += net.reduce_scatter(n_params * self.recipe.grad_bytes, group)
+                time += net.all_gather(n_params * self.recipe.weight_bytes, group)
             else:
-                time += net.all_reduce(n_params * GRAD_BYTES, group)
+                time += net.all_reduce(n_params * self.recipe.grad_bytes, group)
         shard = (dense / p.dp + expert / p.expert_dp) if p.zero_stage == 1 else dense + expert
-        update = Op("optimizer.adamw", "elementwise", "W", "optimizer", 0.0, shard * OPTIMIZER_BYTES_PER_PARAM)
+        update = Op("optimizer.adamw", "elementwise", "W", "optimizer", 0.0,
+                    shard * self.recipe.optimizer_bytes_per_param())
         return time + self.compute.duration(update)
 
 

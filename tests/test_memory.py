@@ -11,7 +11,6 @@ from gpuhours.simulator.scenario import load_scenario
 from gpuhours.simulator.schedules import build_schedule
 from gpuhours.workloads.memory import MemoryRecipe, load_recipe, memory_breakdown, peak_in_flight
 from gpuhours.workloads.model import AttentionSpec, ModelSpec
-from gpuhours.workloads.parallel import ParallelSpec
 
 GIB = 2**30
 TINY = ModelSpec("tiny", hidden=64, n_layers=4, vocab=256, dense_intermediate=128,
@@ -123,3 +122,11 @@ def test_deepseek_v3_does_not_fit_without_the_recipe(deepseek):
 def test_bad_recipe_name():
     with pytest.raises(ValueError, match="memory recipe"):
         load_recipe("nope")
+
+
+def test_optimizer_traffic_follows_the_recipe():
+    """DeepSeek-V3's recipe: read FP32 master + FP32 grad + two BF16 moments, write master + moments, write the BF16
+    working copy: 4 + 4 + 2 + 2 + 4 + 2 + 2 + 2 = 22 bytes per parameter."""
+    from gpuhours.workloads.recipe import load_recipe
+
+    assert load_recipe("deepseek-v3").optimizer_bytes_per_param() == 22

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from gpuhours.workloads import params as P
-from gpuhours.workloads.model import AttentionSpec, ModelSpec, MoESpec
+from gpuhours.workloads.model import AttentionSpec, MoESpec
 from gpuhours.workloads.presets import load_preset
 
 V3 = load_preset("deepseek-v3")

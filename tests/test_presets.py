@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gpuhours.workloads.hf_config import model_from_hf_config
-from gpuhours.workloads.model import AttentionSpec, ModelSpec, MoESpec
+from gpuhours.workloads.model import AttentionSpec, MoESpec
 from gpuhours.workloads.presets import list_presets, load_model_file, load_preset
 
 PRESET_DIR = Path(str(resources.files("gpuhours.workloads") / "presets"))

@@ -1,6 +1,7 @@
 """A DeepSeek-V3-shaped transformer block and a small model (embedding, blocks, head, MTP) built from a ModelSpec.
 
-Block:  x = x + MLA(RMSNorm(x));  x = x + FFN(RMSNorm(x)),  FFN = DeepSeekMoE on MoE layers, dense SwiGLU otherwise.
+Block:  x = x + MLA(RMSNorm(x));  x = x + FFN(RMSNorm(x)),  FFN = DeepSeekMoE on MoE layers, otherwise the dense FFN
+        of spec.ffn_activation: SwiGLU, or GELU (W2 gelu(W1 x), GPT-style, no biases).
 Model:  h = Blocks(Emb(t));  logits = Head(RMSNorm(h));  MTP modules share Emb and Head (see mtp.py).
 Loss (report, eq. 24-25): L = CE(main) + (lambda / D) * sum_k CE(MTP_k).
 """
@@ -19,6 +20,24 @@ from gpuhours.validation.mtp import MTPModule, mtp_losses
 from gpuhours.workloads.model import AttentionSpec, ModelSpec
 
 
+class GeluMLP(nn.Module):
+    """Dense two-matrix FFN: W2 gelu(W1 x), intermediate width `inter` (no biases, like the rest of the model)."""
+
+    def __init__(self, hidden: int, inter: int):
+        super().__init__()
+        self.w1 = nn.Linear(hidden, inter, bias=False)
+        self.w2 = nn.Linear(inter, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.gelu(self.w1(x)))
+
+
+def dense_ffn(spec: ModelSpec) -> nn.Module:
+    """The dense FFN of `spec`'s dense layers, by spec.ffn_activation."""
+    cls = GeluMLP if spec.ffn_activation == "gelu" else SwiGLU
+    return cls(spec.hidden, spec.dense_intermediate)
+
+
 class Block(nn.Module):
     def __init__(self, spec: ModelSpec, layer: int, norm_eps: float = 1e-6, rope_theta: float = 10000.0):
         super().__init__()
@@ -28,7 +47,7 @@ class Block(nn.Module):
         self.attn = MLA(spec.hidden, spec.attention, rope_theta=rope_theta, norm_eps=norm_eps)
         self.ffn_norm = RMSNorm(spec.hidden, norm_eps)
         self.is_moe = spec.is_moe_layer(layer)
-        self.ffn = MoE(spec.hidden, spec.moe) if self.is_moe else SwiGLU(spec.hidden, spec.dense_intermediate)
+        self.ffn = MoE(spec.hidden, spec.moe) if self.is_moe else dense_ffn(spec)
 
     def forward(self, x: torch.Tensor, absorbed: bool = False) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), absorbed=absorbed)

@@ -4,8 +4,13 @@ Two families are read:
 - DeepSeek-V2 / V3 (`model_type` deepseek_v2 / deepseek_v3): MLA attention (`kv_lora_rank` present) and DeepSeekMoE
   (`n_routed_experts` present and not null);
 - Llama-style dense models (`model_type` llama / mistral): grouped-query attention with `num_key_value_heads`
-  and `head_dim` (or hidden_size / num_attention_heads when absent).
-A missing `model_type` is inferred from the fields. Anything else raises ValueError.
+  and `head_dim` (or hidden_size / num_attention_heads when absent);
+- GPT-NeoX (`model_type` gpt_neox): multi-head attention and a two-matrix GELU FFN (`ffn_activation = "gelu"`).
+  Read with the same keys as Llama; its biases, LayerNorms, parallel residual and partial rotary embedding are
+  outside ModelSpec and ignored (a fraction of a percent of the parameters).
+FFN: the gated families (deepseek, llama, mistral) have a SwiGLU FFN (`hidden_act` is not checked: a gated FFN
+with another activation has the same matrices); gpt_neox reads `hidden_act` (or `activation_function`), which must
+be one of GELU_ACTS. A missing `model_type` is inferred from the fields. Anything else raises ValueError.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from typing import Any, Mapping
 
 from gpuhours.workloads.model import AttentionSpec, ModelSpec, MoESpec
 
-SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "llama", "mistral")
+SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "llama", "mistral", "gpt_neox")
+GATED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "llama", "mistral")  # FFN: w2 (act(w1 x) * w3 x)
+GELU_ACTS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh")  # transformers' names of GELU variants
 
 
 def _get(cfg: Mapping[str, Any], key: str, default: Any = ...) -> Any:
@@ -66,6 +73,7 @@ def model_from_hf_config(cfg: Mapping[str, Any], name: str | None = None) -> Mod
         moe = None
         mtp_depth = 0
 
+    ffn_activation = _ffn_activation(cfg, model_type)
     tie = _get(cfg, "tie_word_embeddings", False)
     if not isinstance(tie, bool):
         raise ValueError(f"config.json: field 'tie_word_embeddings' = {tie!r}: allowed values are true, false")
@@ -79,7 +87,19 @@ def model_from_hf_config(cfg: Mapping[str, Any], name: str | None = None) -> Mod
         moe=moe,
         mtp_depth=mtp_depth,
         tie_embeddings=tie,
+        ffn_activation=ffn_activation,
     )
+
+
+def _ffn_activation(cfg: Mapping[str, Any], model_type: str) -> str:
+    """ModelSpec.ffn_activation: "swiglu" for the gated families, "gelu" for an ungated FFN with a GELU variant."""
+    if model_type in GATED_MODEL_TYPES:
+        return "swiglu"
+    key = "hidden_act" if cfg.get("hidden_act") is not None else "activation_function"
+    act = _get(cfg, key, "gelu")  # GPTNeoXConfig's default
+    if act not in GELU_ACTS:
+        raise ValueError(f"config.json: field {key!r} = {act!r}: allowed values are {', '.join(GELU_ACTS)}")
+    return "gelu"
 
 
 def _deepseek_moe(cfg: Mapping[str, Any], default_score: str) -> MoESpec | None:

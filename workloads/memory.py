@@ -23,7 +23,8 @@ b = 2 (BF16); o = attention-output bytes, E5M6 1.5; H heads, h hidden; terms nam
   recomputed latent norms and up-projections), attn_out o H d_v (core backward and wo input), lse 4 H (softmax
   statistics). GQA: x_in, q/k/v b (H + 2 H_kv) d, attn_out o H d, lse 4 H.
 - FFN input: h_mid b h (FFN RMSNorm input).
-- dense FFN: SwiGLU input c 2 i (output recomputed in backward, DeepSeek-V3 sec. 3.3.4).
+- dense FFN: SwiGLU input c 2 i, term ffn.swiglu_in (output recomputed in backward, DeepSeek-V3 sec. 3.3.4); a GELU
+  FFN (`ffn_activation = "gelu"`) keeps its activation input c i, term ffn.gelu_in (output recomputed likewise).
 - MoE: top-k choice k (4 + 4) (FP32 score, int32 index); shared experts' SwiGLU input c 2 n_s e; routed rows
   k x imbalance x (c h [received w13 input: the dispatch payload, on another rank, so not recomputable locally]
   + c 2 e [SwiGLU input] + gate_bytes).
@@ -85,7 +86,10 @@ def layer_terms(model: ModelSpec, layer: int, recipe: MemoryRecipe, fp8: bool = 
     if not recompute:
         terms["ffn.h_norm"] = c * h
     if not model.is_moe_layer(layer):
-        terms["ffn.swiglu_in"] = c * 2 * model.dense_intermediate
+        if model.ffn_activation == "gelu":
+            terms["ffn.gelu_in"] = c * model.dense_intermediate  # w1 output, the GELU input
+        else:
+            terms["ffn.swiglu_in"] = c * 2 * model.dense_intermediate  # w1 and w3 outputs, the SwiGLU inputs
         return terms
     moe = model.moe
     e = moe.expert_intermediate

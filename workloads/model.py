@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 ATTENTION_KINDS = ("mla", "gqa")
 SCORE_FUNCS = ("sigmoid", "softmax")
+# Dense FFN kinds: "swiglu" W2 (silu(W1 x) * W3 x), three matrices (Llama, DeepSeek); "gelu" W2 gelu(W1 x), two
+# matrices (GPT-2 / GPT-3 / Megatron GPT, intermediate usually 4 h).
+FFN_ACTIVATIONS = ("swiglu", "gelu")
+FFN_MATRICES = {"swiglu": 3, "gelu": 2}
 
 
 def _check_int(owner: str, field: str, value: object, minimum: int) -> None:
@@ -109,15 +113,24 @@ class MoESpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """A decoder-only transformer.
+
+    `ffn_activation` is the FFN of the dense layers (every layer of a dense model, the first_k_dense layers of a
+    MoE model, and an MTP block when the model is dense): "swiglu" (w1, w3: h -> i, w2: i -> h) or "gelu"
+    (w1: h -> i, w2: i -> h). It does not apply to MoE experts: routed and shared experts stay SwiGLU
+    (DeepSeekMoE), whatever the dense FFN is.
+    """
+
     name: str
     hidden: int  # dim
     n_layers: int
     vocab: int
-    dense_intermediate: int  # inter_dim: SwiGLU FFN of dense layers
+    dense_intermediate: int  # inter_dim: FFN of dense layers (kind: ffn_activation)
     attention: AttentionSpec
     moe: MoESpec | None = None
     mtp_depth: int = 0  # multi-token-prediction modules, each one block + a 2h -> h projection
     tie_embeddings: bool = False
+    ffn_activation: str = "swiglu"  # dense FFN: one of FFN_ACTIVATIONS (experts are always SwiGLU)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -132,6 +145,9 @@ class ModelSpec:
             raise ValueError(f"ModelSpec.moe: expected a MoESpec or None, got {type(self.moe).__name__}")
         if not isinstance(self.tie_embeddings, bool):
             raise ValueError(f"ModelSpec.tie_embeddings = {self.tie_embeddings!r}: allowed values are true, false")
+        if self.ffn_activation not in FFN_ACTIVATIONS:
+            raise ValueError(f"ModelSpec.ffn_activation = {self.ffn_activation!r}: "
+                             f"allowed values are {', '.join(FFN_ACTIVATIONS)}")
         # A dense FFN exists in every layer of a dense model and in the first_k_dense layers of a MoE model.
         _check_int("ModelSpec", "dense_intermediate", self.dense_intermediate, 1 if self.n_dense_layers else 0)
         if self.moe is not None and self.moe.first_k_dense > self.n_layers:
@@ -139,6 +155,11 @@ class ModelSpec:
 
     def is_moe_layer(self, layer: int) -> bool:
         return self.moe is not None and layer >= self.moe.first_k_dense
+
+    @property
+    def ffn_matrices(self) -> int:
+        """Weight matrices of one dense FFN: 3 for SwiGLU (w1, w3, w2), 2 for GELU (w1, w2)."""
+        return FFN_MATRICES[self.ffn_activation]
 
     @property
     def n_dense_layers(self) -> int:

@@ -209,11 +209,24 @@ def _attention_ops(b: _Builder, model: ModelSpec, p: ParallelSpec, tokens: int, 
     b.gemm("wo", tokens, h, o_in)
 
 
-def _dense_ffn_ops(b: _Builder, inter: int, hidden: int, tokens: int, tp: int, name: str = "ffn") -> None:
+def _dense_ffn_ops(b: _Builder, inter: int, hidden: int, tokens: int, tp: int, name: str = "ffn",
+                   activation: str = "swiglu") -> None:
+    """A dense FFN, tensor-parallel over its intermediate dimension.
+
+    SwiGLU: w13 (h -> 2i, w1 and w3 fused), the activation reads 2i and writes i in forward (backward reads the
+    2i inputs and the i output gradient, writes the 2i input gradients), w2 (i -> h).
+    GELU: w1 (h -> i), the activation reads i and writes i in forward (backward reads the input and the output
+    gradient, writes the input gradient: 3i), w2 (i -> h).
+    """
     i = inter // tp
-    b.gemm(f"{name}.w13", tokens, 2 * i, hidden)
-    if b.phase != "W":
-        b.elementwise(f"{name}.swiglu", 3 * tokens * i * BF16 * (1 if b.phase == "F" else 2))
+    if activation == "gelu":
+        b.gemm(f"{name}.w1", tokens, i, hidden)
+        if b.phase != "W":
+            b.elementwise(f"{name}.gelu", tokens * i * BF16 * (2 if b.phase == "F" else 3))
+    else:
+        b.gemm(f"{name}.w13", tokens, 2 * i, hidden)
+        if b.phase != "W":
+            b.elementwise(f"{name}.swiglu", 3 * tokens * i * BF16 * (1 if b.phase == "F" else 2))
     b.gemm(f"{name}.w2", tokens, hidden, i)
 
 
@@ -261,7 +274,7 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
         segs_attn = _tp_comm(phase, "attn", tokens, h, p, layer, "before") + [attn.segment(f"attn({phase})", layer)]
         segs_attn += _tp_comm(phase, "attn", tokens, h, p, layer, "after")
         if moe is None:
-            _dense_ffn_ops(mlp, model.dense_intermediate, h, tokens, tp)
+            _dense_ffn_ops(mlp, model.dense_intermediate, h, tokens, tp, activation=model.ffn_activation)
             segs_mlp = _tp_comm(phase, "mlp", tokens, h, p, layer, "before") + [mlp.segment(f"mlp({phase})", layer)]
             segs_mlp += _tp_comm(phase, "mlp", tokens, h, p, layer, "after")
             order = segs_attn + segs_mlp if phase == "F" else segs_mlp + segs_attn
@@ -281,7 +294,7 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
             mlp.elementwise("experts.swiglu", 3 * rows_per_expert * local_experts * e * BF16 * (1 if phase == "F" else 2))
         mlp.gemm("experts.w2", rows_per_expert, h, e, groups=local_experts)
         if moe.n_shared_experts:
-            _dense_ffn_ops(mlp, moe.n_shared_experts * e, h, local_tokens, 1, name="shared")
+            _dense_ffn_ops(mlp, moe.n_shared_experts * e, h, local_tokens, 1, name="shared")  # experts: SwiGLU
         if phase == "W":
             passes[phase] = [mlp.segment("mlp(W)", layer)] + [attn.segment("attn(W)", layer)]
             continue

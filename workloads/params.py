@@ -1,7 +1,8 @@
 """Parameter counts of a ModelSpec, piece by piece (exact integers).
 
 Conventions (DeepSeek-V3 `inference/model.py`, Llama): no biases in linear layers; SwiGLU FFNs and experts hold
-three matrices (w1, w3: h -> inter, w2: inter -> h); RMSNorm weights are counted (h per norm; MLA adds a norm of
+three matrices (w1, w3: h -> inter, w2: inter -> h), a GELU dense FFN (`ffn_activation = "gelu"`, GPT-style) two
+(w1: h -> inter, w2: inter -> h); experts are always SwiGLU; RMSNorm weights are counted (h per norm; MLA adds a norm of
 the q latent and of the kv latent).
 
 - `total` is the main model: embedding + layers + final norm + output head. It EXCLUDES the multi-token-prediction
@@ -87,8 +88,8 @@ def attention_params(model: ModelSpec) -> int:
 
 
 def dense_ffn_params(model: ModelSpec) -> int:
-    """One SwiGLU FFN of a dense layer: 3 * h * dense_intermediate."""
-    return 3 * model.hidden * model.dense_intermediate
+    """One FFN of a dense layer: 3 * h * dense_intermediate (SwiGLU) or 2 * h * dense_intermediate (GELU)."""
+    return model.ffn_matrices * model.hidden * model.dense_intermediate
 
 
 def expert_params(model: ModelSpec) -> int:

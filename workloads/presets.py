@@ -1,7 +1,8 @@
 """Model presets (TOML files in `presets/`) and loading a model description from a file.
 
 Preset format: a `[source]` table (provenance: config file, report, published figures) and tables `[model]`,
-`[attention]`, `[moe]` (optional) whose keys are the fields of ModelSpec, AttentionSpec and MoESpec.
+`[attention]`, `[moe]` (optional) whose keys are the fields of ModelSpec, AttentionSpec and MoESpec (every field
+passes through, e.g. `ffn_activation = "gelu"` in [model] for a GPT-style two-matrix FFN; default "swiglu").
 `load_model_file` also reads a Hugging Face `config.json` (see hf_config).
 """
 

@@ -184,10 +184,42 @@ def estimate(
             data["routing"]["gpu_hours_balanced"] = balanced.gpu_hours
         if compare_schedules:
             data["schedules"] = _compare_schedules(scenario)
+        data["hardware_only"] = _hardware_only(scenario, result) if data["calibration_case"] else None
+        data["published"] = _published(plan, scenario)
     if as_json:
         _echo_json(data)
     else:
         typer.echo(render_estimate(data))
+
+
+def _hardware_only(scenario, result) -> dict | None:
+    """A calibration case's run priced again with the hardware-only sibling profile (about a second), on the
+    same pipeline split as ``result``."""
+    from gpuhours.reports.estimate_table import hardware_only_dict
+    from gpuhours.simulator.scenario import estimate as run_estimate
+    from gpuhours.simulator.scenario import hardware_only_scenario
+
+    sibling = hardware_only_scenario(scenario, stage_layers=result.steady.step.stage_layers)
+    if sibling is None:
+        return None
+    return hardware_only_dict(scenario.profile.hardware_only_sibling(), sibling, run_estimate(sibling))
+
+
+def _published(plan: str | None, scenario) -> dict | None:
+    """The plan's published GPU-hours, when the scenario runs the plan's own workload (model, GPU, tokens,
+    sequence length, batch and precision as planned: the layout, network and calibration may differ)."""
+    from gpuhours.simulator.scenario import DEFAULT_PLAN, load_scenario, plan_reference
+
+    ref = plan_reference(plan or DEFAULT_PLAN)
+    if "pretraining_gpu_hours" not in ref:
+        return None
+    planned = load_scenario(plan or DEFAULT_PLAN)
+    same = (scenario.model == planned.model and scenario.cluster.gpu.key == planned.cluster.gpu.key
+            and scenario.plan.tokens == planned.plan.tokens and scenario.plan.seq_len == planned.plan.seq_len
+            and scenario.plan.batch == planned.plan.batch and scenario.opts.fp8 == planned.opts.fp8)
+    if not same:
+        return None
+    return {"gpu_hours": float(ref["pretraining_gpu_hours"]), "source": ref.get("source")}
 
 
 def _estimate_phased(plan: str, allow_oom: bool, as_json: bool) -> None:
@@ -199,10 +231,42 @@ def _estimate_phased(plan: str, allow_oom: bool, as_json: bool) -> None:
             typer.echo(f"  phase {done}/{total} done", err=True)
 
     result = estimate_phases(plan, allow_oom=allow_oom, progress=progress)
+    data = result.to_dict()
+    data.update(_phased_calibration(plan))
     if as_json:
-        _echo_json(result.to_dict())
-    else:
-        typer.echo(render_phases(result.to_dict()))
+        _echo_json(data)
+        return
+    typer.echo(render_phases(data))
+    cases = data["calibration_case_phases"]
+    if cases:
+        which = ("every phase is" if len(cases) == len(data["phases"])
+                 else f"phase{'s' if len(cases) > 1 else ''} {', '.join(cases)} {'are' if len(cases) > 1 else 'is'}")
+        profiles = " and ".join(data["calibration_case_profiles"])
+        typer.echo(f"note: {which} a calibration case: kernel times from {profiles} fitted to a trace of this "
+                   f"very model on this GPU, not a prediction (`gpuhours estimate` sets the hardware-only figure "
+                   f"beside it)")
+    for name, lines in data["warnings"].items():
+        for w in lines:
+            typer.echo(f"warning ({name}): {w}")
+
+
+def _phased_calibration(plan: str) -> dict:
+    """Per phase of a phased plan: whether it is a calibration case, and its warnings (scenario_warnings)."""
+    from gpuhours.simulator.phases import load_phased_plan, phase_scenario
+    from gpuhours.simulator.scenario import is_calibration_case, scenario_warnings
+
+    phased = load_phased_plan(plan)
+    cases, profiles, warnings = [], [], {}
+    for phase in phased.phases:
+        scenario = phase_scenario(phased.base, phase)
+        if is_calibration_case(scenario):
+            cases.append(phase.name)
+            if scenario.profile.name not in profiles:
+                profiles.append(scenario.profile.name)
+        if found := scenario_warnings(scenario):
+            warnings[phase.name] = found
+    return {"calibration_case": bool(cases), "calibration_case_phases": cases,
+            "calibration_case_profiles": profiles, "warnings": warnings}
 
 
 def _compare_schedules(scenario) -> dict:
@@ -644,8 +708,76 @@ def validate(
             continue
         typer.echo(f"  {name:<16} simulated {r['simulated_span_ms']:.1f} ms; default estimate "
                    f"{r.get('gpu_hours', float('nan')) / 1e6:.3f}M GPU-hours "
-                   f"(published {results['published_gpu_hours'] / 1e6:.3f}M)")
+                   f"(published {results['published_gpu_hours'] / 1e6:.3f}M)"
+                   + _validate_case_label(name, bench, trace))
     typer.echo(f"wrote {page}")
+
+
+def _validate_case_label(name: str, bench: Path | None, trace: Path | None) -> str:
+    """For `validate`'s rows: a profile fitted to the traced pair's own model and GPU (DeepSeek-V3 on H800) is
+    a calibration case there, not a check."""
+    from gpuhours.hwmodels.calibration import load_profile
+
+    try:
+        profile = load_profile(bench if bench is not None and bench.stem == name else name)
+    except ValueError:
+        return ""
+    on = profile.calibrated_on
+    if on.get("model") != "deepseek-v3" or profile.gpu_key != "h800":
+        return ""
+    if profile.source == "trace" and trace is None:
+        return "  [calibration case: derived from this very trace]"
+    return "  [calibration case: fitted to this model on this GPU]"
+
+
+@app.command()
+def accuracy(
+    case: Optional[str] = typer.Option(None, "--case", help="Only cases whose name matches this glob"),
+    group: Optional[str] = typer.Option(None, "--group", help="Only this group (a source table)"),
+    out: Path = typer.Option(Path("reports/accuracy"), "--out", help="Folder for accuracy.md and accuracy.png"),
+    page: bool = typer.Option(True, "--page/--no-page", help="Write the page and the scatter plot"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Published, measured training runs simulated as published: prediction, error and gaps per case."""
+    from rich.progress import Progress
+
+    from gpuhours.reports.accuracy_page import render_table, write_page
+    from gpuhours.validation.accuracy import run_suite, suite_dict
+    from gpuhours.validation.cases import load_cases
+
+    with user_errors():
+        all_cases = load_cases()
+        cases = select_cases(all_cases, case, group)
+        with Progress(transient=True, console=_stderr_console()) as bar:
+            task = bar.add_task("accuracy suite", total=None)
+
+            def progress(done, total, what):
+                bar.update(task, completed=done, total=total, description=what)
+
+            rows = run_suite(cases, progress=progress)
+        written = None
+        if page:
+            note = "" if (case is None and group is None) else \
+                f"Filtered run: --case {case or '*'} --group {group or 'all'}."
+            written = write_page(rows, all_cases, out, note)
+    if as_json:
+        _echo_json(suite_dict(rows) | {"page": str(written) if written else None})
+        return
+    typer.echo(render_table(rows))
+    if written:
+        typer.echo(f"wrote {written}")
+
+
+def select_cases(cases, case_glob, group):
+    from gpuhours.validation.accuracy import select
+
+    return select(cases, case_glob, group)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def main() -> None:

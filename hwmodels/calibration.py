@@ -6,7 +6,9 @@ Schema "gpuhours.calibration/1"::
      "source": "datasheet" | "microbenchmark" | "trace",
      "provenance": {"device": str, "sm_count": int, "date": str, "software": {...}, "method": str,
                     "references": [str, ...],
-                    "peak_tflops": {"fp8": x, "bf16": y}},          # optional, see below
+                    "peak_tflops": {"fp8": x, "bf16": y},           # optional, see below
+                    "calibrated_on": {...},                          # optional, see below
+                    "basis": str},                                   # optional: one line, what it rests on
      "gemm":         {"fp8": [{"m", "n", "k", "tflops", "provenance"?}, ...], "bf16": [...]},
      "grouped_gemm": {"fp8": [{"groups", "m", "n", "k", "tflops", "provenance"?}, ...], "bf16": [...]},
      "attention":   {"forward_efficiency": f, "backward_efficiency": f, "provenance"?},  # of dense BF16 peak
@@ -14,6 +16,13 @@ Schema "gpuhours.calibration/1"::
      "comm": {...},          # optional, free-form achieved bandwidths
      "trace": {...},         # optional, free-form measured times (profiles imported from a trace)
      "notes": str | [str]}   # optional
+
+``provenance.calibrated_on`` says what the figures were fitted to: ``{"model": preset name (absent when
+nothing was measured on a model), "gpu": GPU key, "precision": "fp8" | "bf16" | [both],
+"fp8_recipe": "blockwise" | ..., "attention": "mla" | "gqa", "moe": bool}`` (every key optional). A profile
+with a ``model`` is a *calibration case* for that model on that GPU: estimating it reproduces the fit, it
+predicts nothing. ``HARDWARE_ONLY_PROFILES`` names, per GPU, the profile that rests on datasheet peaks and
+published kernel figures only (nothing measured on a model): the hardware-only sibling of a calibrated one.
 
 A partial profile (say one imported from a trace: no GEMM points) loads with ``base=``: each of gemm and
 grouped_gemm (per dtype), attention and elementwise (per key) that it lacks is taken from ``base``.
@@ -54,7 +63,12 @@ NEIGHBOURS = 3    # points averaged by the log-space interpolation
 
 _TOP_KEYS = {"schema", "name", "source", "provenance", "gemm", "grouped_gemm", "attention", "elementwise",
              "comm", "trace", "notes"}
-_PROV_KEYS = {"device", "sm_count", "date", "software", "method", "references", "peak_tflops"}
+_PROV_KEYS = {"device", "sm_count", "date", "software", "method", "references", "peak_tflops", "calibrated_on",
+              "basis"}
+_CALIBRATED_ON_KEYS = {"model", "gpu", "precision", "fp8_recipe", "attention", "moe"}
+# Per GPU key (hwmodels/data/gpus.toml): the profile resting on datasheet peaks and published kernel figures
+# only, with nothing measured on a model; the figure a calibrated profile's estimate is set beside.
+HARDWARE_ONLY_PROFILES = {"h800": "default-h800"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,16 @@ class Provenance:
     method: str
     references: tuple[str, ...]
     peak_tflops: dict | None = None  # dense peak of the sm_count SMs the points ran on, TFLOP/s by dtype
+    calibrated_on: dict | None = None  # what the figures were fitted to (module docstring); None: not recorded
+    basis: str = ""                    # one line: what the profile's figures rest on
+
+    @property
+    def calibrated_precisions(self) -> tuple[str, ...] | None:
+        """The dtypes the profile was calibrated for, or None when it does not say."""
+        prec = (self.calibrated_on or {}).get("precision")
+        if prec is None:
+            return None
+        return (prec,) if isinstance(prec, str) else tuple(prec)
 
 
 @dataclass(frozen=True)
@@ -149,6 +173,11 @@ class CalibrationProfile:
                 "method": p.method, "references": list(p.references)}
         if p.peak_tflops is not None:
             prov["peak_tflops"] = dict(p.peak_tflops)
+        if p.calibrated_on is not None:
+            prov["calibrated_on"] = {k: list(v) if isinstance(v, (list, tuple)) else v
+                                     for k, v in p.calibrated_on.items()}
+        if p.basis:
+            prov["basis"] = p.basis
         d: dict = {
             "schema": self.schema, "name": self.name, "source": self.source, "provenance": prov,
             "gemm": {dt: [_point_dict(q, grouped=False) for q in pts] for dt, pts in self.gemm.items()},
@@ -176,6 +205,24 @@ class CalibrationProfile:
     @property
     def sm_count(self) -> int:
         return self.provenance.sm_count
+
+    @property
+    def calibrated_on(self) -> dict:
+        """``provenance.calibrated_on`` (empty when the profile does not record it)."""
+        return dict(self.provenance.calibrated_on or {})
+
+    @property
+    def gpu_key(self) -> str | None:
+        """The GPU the profile's figures were measured on, as a gpus.toml key (``calibrated_on.gpu``, else
+        ``provenance.device``); None when neither names a known GPU."""
+        return gpu_key(self.calibrated_on.get("gpu") or self.provenance.device)
+
+    def hardware_only_sibling(self) -> str | None:
+        """Name of the hardware-only profile for this profile's GPU, when there is one and it is not this one."""
+        name = HARDWARE_ONLY_PROFILES.get(self.gpu_key or "")
+        if name is None or name == self.name or load_profile(name).name == self.name:
+            return None  # a bundled profile's "name" may be longer than its file name
+        return name
 
     def reference_peak(self, dtype: str) -> float | None:
         """Dense peak (FLOP/s) of the SMs the points were measured on, if the profile records it."""
@@ -265,6 +312,21 @@ def load_profile(path_or_name: str | Path, base: CalibrationProfile | None = Non
 
 def default_profile() -> CalibrationProfile:
     return load_profile(DEFAULT_PROFILE)
+
+
+def gpu_key(name: str | None) -> str | None:
+    """A GPU name as its gpus.toml key ("NVIDIA H800" -> "h800"), or None when it is not a known GPU."""
+    from gpuhours.hwmodels.gpus import load_gpu
+
+    if not name:
+        return None
+    text = str(name).strip()
+    for candidate in (text, text.removeprefix("NVIDIA ").strip(), text.removeprefix("NVIDIA ").split()[0]):
+        try:
+            return load_gpu(candidate).key
+        except (ValueError, IndexError):
+            continue
+    return None
 
 
 def _overlay(base: dict, d: dict) -> dict:
@@ -360,6 +422,7 @@ def _provenance(p: dict) -> Provenance:
                 raise ValueError(f"calibration: 'provenance.peak_tflops.{dt}' is not a dtype; allowed: {DTYPES}")
             if not _number(peak, dt, "provenance.peak_tflops.") > 0:
                 raise ValueError(f"calibration: 'provenance.peak_tflops.{dt}' must be > 0")
+    basis = _opt_str(p, "basis", "provenance.")
     return Provenance(
         device=_req(p, "device", str, "provenance."),
         sm_count=_positive_int(p, "sm_count", "provenance."),
@@ -368,7 +431,32 @@ def _provenance(p: dict) -> Provenance:
         method=_req(p, "method", str, "provenance."),
         references=tuple(refs),
         peak_tflops=None if peak is None else {k: float(v) for k, v in peak.items()},
+        calibrated_on=_calibrated_on(p.get("calibrated_on")),
+        basis=basis,
     )
+
+
+def _calibrated_on(c) -> dict | None:
+    if c is None:
+        return None
+    where = "provenance.calibrated_on"
+    if not isinstance(c, dict):
+        raise ValueError(f"calibration: {where!r} must be an object")
+    _only(c, _CALIBRATED_ON_KEYS, where)
+    for key in ("model", "gpu", "fp8_recipe", "attention"):
+        if key in c and not (isinstance(c[key], str) and c[key]):
+            raise ValueError(f"calibration: '{where}.{key}' must be a non-empty string, got {c[key]!r}")
+    if "moe" in c and not isinstance(c["moe"], bool):
+        raise ValueError(f"calibration: '{where}.moe' must be true or false, got {c['moe']!r}")
+    out = dict(c)
+    if "precision" in c:
+        prec = c["precision"]
+        listed = [prec] if isinstance(prec, str) else prec
+        if not isinstance(listed, list) or not listed or any(x not in DTYPES for x in listed):
+            raise ValueError(f"calibration: '{where}.precision' must be one of {DTYPES} or a list of them, "
+                             f"got {prec!r}")
+        out["precision"] = prec if isinstance(prec, str) else tuple(prec)
+    return out
 
 
 def _gemm_table(t: dict, kind: str, grouped: bool) -> dict:

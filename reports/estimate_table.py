@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gpuhours.simulator.run import RunEstimate
+from gpuhours.simulator.scenario import is_calibration_case, scenario_warnings
 from gpuhours.simulator.step import StepResult
 from gpuhours.workloads.params import param_breakdown
 
@@ -58,7 +59,10 @@ def estimate_dict(scenario, est: RunEstimate) -> dict:
         "bubble_share": steady.bubble_share,
         "imbalance_share": steady.imbalance_share,
         "exposed_comm_share": steady.exposed_comm_share,
-        "calibration": {"name": prof.name, "source": prof.source, "device": prof.provenance.device},
+        "calibration": {"name": prof.name, "source": prof.source, "device": prof.provenance.device,
+                        "basis": prof.provenance.basis or None, "calibrated_on": prof.calibrated_on or None},
+        "calibration_case": is_calibration_case(scenario),
+        "warnings": scenario_warnings(scenario),
         "network_model": scenario.network_name,
         "network": _network_dict(scenario),
         "routing": _routing_dict(scenario),
@@ -69,6 +73,13 @@ def estimate_dict(scenario, est: RunEstimate) -> dict:
         ],
         "notes": list(est.notes),
     }
+
+
+def hardware_only_dict(profile_name: str, scenario, est: RunEstimate) -> dict:
+    """The same run priced with the hardware-only profile (set beside a calibration case's figure)."""
+    return {"profile": profile_name, "basis": scenario.profile.provenance.basis or None,
+            "gpu_hours": est.gpu_hours, "step_time_s": est.steady.step.step_time,
+            "wall_clock_days": est.wall_clock_days, "cost_usd": est.cost_usd}
 
 
 def _network_dict(scenario) -> dict:
@@ -146,6 +157,30 @@ def _routing_line(r: dict) -> str:
     return line
 
 
+def _gpu_hours_rows(d: dict) -> list[tuple[str, str]]:
+    """GPU-hours, and in a calibration case what it rests on beside the hardware-only figure; the published
+    figure when the run is the plan's own."""
+    cal, figure = d["calibration"], f"{d['gpu_hours'] / 1e6:.3f}M"
+    if not d.get("calibration_case"):
+        rows = [("GPU-hours", figure)]
+    else:
+        basis = f"{cal['basis']}: " if cal.get("basis") else ""
+        rows = [("GPU-hours", f"{figure}  ({cal['name']}: {basis}a calibration case, not a prediction)")]
+        hw = d.get("hardware_only")
+        if hw:
+            rest = f": {hw['basis']}" if hw.get("basis") else ""
+            rows.append(("hardware-only", f"{hw['gpu_hours'] / 1e6:.3f}M  ({hw['profile']}{rest}; nothing measured "
+                                          f"on this model)"))
+    pub = d.get("published")
+    if pub:
+        ours = [f"{cal['name']} {d['gpu_hours'] / pub['gpu_hours'] - 1:+.1%}"]
+        if d.get("calibration_case") and d.get("hardware_only"):
+            ours.append(f"hardware-only {d['hardware_only']['gpu_hours'] / pub['gpu_hours'] - 1:+.1%}")
+        source = f"  ({pub['source']})" if pub.get("source") else ""
+        rows.append(("published", f"{pub['gpu_hours'] / 1e6:.3f}M  {', '.join(ours)}{source}"))
+    return rows
+
+
 def render_estimate(d: dict) -> str:
     lay = d["layout"]
     cal = d["calibration"]
@@ -166,7 +201,7 @@ def render_estimate(d: dict) -> str:
         ("exposed comm", f"{d['exposed_comm_share']:.1%} of rank time (EP/TP waits + data-parallel tail)"),
         ("memory per GPU", _memory_line(d.get("memory"))),
         ("wall clock", f"{d['wall_clock_days']:.1f} days"),
-        ("GPU-hours", f"{d['gpu_hours'] / 1e6:.3f}M"),
+        *_gpu_hours_rows(d),
         ("cost", f"${d['cost_usd'] / 1e6:.3f}M at ${d['price_per_gpu_hour']:g}/GPU-hour"),
         ("calibration", f"{cal['name']} ({cal['source']}, {cal['device']})"),
         ("network model", _network_line(d["network"])),
@@ -175,6 +210,7 @@ def render_estimate(d: dict) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     lines += [f"note: {n}" for n in d["notes"]]
+    lines += [f"warning: {w}" for w in d.get("warnings", [])]
     if "schedules" in d:
         lines += ["", f"{'schedule':<18}{'step time':>10}{'bubble':>8}{'MFU':>7}{'GPU-hours':>11}{'days':>7}"]
         for name, r in d["schedules"].items():

@@ -45,6 +45,7 @@ class Scenario:
     fabric: FabricSpec | None = None  # the fabric the graph model routes over
     routing: str = "balanced"         # MoE routing: balanced, skew:<s>, file:<path>
     redundant_experts: int = 0        # EPLB: extra expert replicas per EP group, packed onto the least-loaded GPUs
+    fp8_fallback: bool = False        # the plan asked for FP8 on a GPU without it: BF16 runs (see scenario_warnings)
 
     def network(self):
         if self.network_name == "alpha-beta":
@@ -128,8 +129,10 @@ def plan_reference(plan: str = DEFAULT_PLAN) -> dict:
     return dict(_read_plan(plan).get("reference", {}))
 
 
-def resolve_model(model: str) -> ModelSpec:
-    """A preset name, or a path to a TOML model file or a Hugging Face config.json."""
+def resolve_model(model: "str | ModelSpec") -> ModelSpec:
+    """A preset name, a path to a TOML model file or a Hugging Face config.json, or a ModelSpec as it is."""
+    if isinstance(model, ModelSpec):
+        return model
     if model in list_presets():
         return load_preset(model)
     if Path(model).suffix in (".toml", ".json") or Path(model).exists():
@@ -199,15 +202,19 @@ def load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None, 
     )
     profile = load_profile(calibration or DEFAULT_CALIBRATION)
     opts = OpOptions(fp8=num.get("fp8", True) if fp8 is None else fp8, recompute=num.get("recompute", True))
+    fp8_fallback = False
     if opts.fp8 and not gpu_spec.fp8_flops:
-        opts = replace(opts, fp8=False)
+        if fp8:  # asked for by the caller: refuse rather than price something else
+            raise ValueError(f"precision fp8 is not available on {gpu_spec.name} (no FP8 tensor cores); "
+                             f"allowed: bf16")
+        opts, fp8_fallback = replace(opts, fp8=False), True  # the plan's default: run BF16 and say so
     routing = routing or doc.get("routing", {}).get("model", "balanced")
     if not (routing == "balanced" or routing.startswith("skew:") or routing.startswith("file:")):
         raise ValueError(f"routing must be balanced, skew:<value> or file:<path>; got {routing!r}")
     if redundant_experts < 0:
         raise ValueError(f"redundant_experts must be >= 0, got {redundant_experts}")
     scenario = Scenario(model_spec, parallel, cluster_spec, run_plan, profile, opts, network, fabric, routing,
-                        redundant_experts)
+                        redundant_experts, fp8_fallback)
     scenario.routing_loads()  # bad routing values and files fail here, before any simulation
     return scenario
 
@@ -237,3 +244,101 @@ def _fabric(preset: str | None, gpu, cluster: ClusterSpec, num_gpus: int, nic_gb
 
 def estimate(scenario: Scenario, progress=None) -> RunEstimate:
     return estimate_run(scenario.simulator(), scenario.plan, progress)
+
+
+# ------------------------------------------------------------------------------------------- what the figures rest on
+FP8_RECIPE = "blockwise"  # the only FP8 recipe workloads/ops.py models: DeepSeek-V3's fine-grained scaling
+
+
+def is_calibration_case(scenario: Scenario) -> bool:
+    """Whether the scenario's profile was calibrated on this very model and GPU: its estimate then reproduces
+    the fit (a calibration case) rather than predicting anything."""
+    on = scenario.profile.calibrated_on
+    return bool(on.get("model")) and on["model"] == scenario.model.name \
+        and scenario.profile.gpu_key == scenario.cluster.gpu.key
+
+
+def hardware_only_scenario(scenario: Scenario, stage_layers: tuple[int, ...] | None = None) -> Scenario | None:
+    """The same scenario under the hardware-only sibling of its profile (datasheet peaks and published kernel
+    figures, nothing measured on a model), or None when the GPU has none or the profile is that one.
+
+    ``stage_layers`` pins the pipeline split (say the one the calibrated run chose), so the two figures differ
+    only in their kernel times and not in a split re-balanced by other costs."""
+    sibling = scenario.profile.hardware_only_sibling()
+    if sibling is None:
+        return None
+    parallel = scenario.parallel if stage_layers is None else replace(scenario.parallel,
+                                                                      stage_layers=tuple(stage_layers))
+    return replace(scenario, profile=load_profile(sibling), parallel=parallel)
+
+
+def _calibration_model_trait(on: dict, key: str):
+    """``attention`` kind or ``moe`` of the model a profile was calibrated on (recorded, else from its preset)."""
+    if key in on:
+        return on[key]
+    if on.get("model") in list_presets():
+        spec = load_preset(on["model"])
+        return spec.attention.kind if key == "attention" else spec.moe is not None
+    return None
+
+
+def _uncalibrated_gemm_tables(profile: CalibrationProfile, kinds: tuple[str, ...], dtype: str) -> list[str]:
+    """One line per GEMM table of ``dtype`` the run uses that the profile has no figures of its own for."""
+    notes = profile.notes if isinstance(profile.notes, list) else [profile.notes] if profile.notes else []
+    inherited = " ".join(n for n in notes if isinstance(n, str) and n.startswith("taken from base profile"))
+    out = []
+    for kind in kinds:
+        label = "grouped GEMM (MoE experts)" if kind == "grouped_gemm" else "GEMM"
+        points = (profile.gemm if kind == "gemm" else profile.grouped_gemm).get(dtype, ())
+        if not points:
+            out.append(f"{label} {dtype.upper()}: profile {profile.name!r} has no points of this dtype")
+        elif f"{kind}.{dtype}" in inherited.replace(",", " ").split():
+            out.append(f"{label} {dtype.upper()}: no calibration of its own in {profile.name!r}; its points are "
+                       f"taken from the base profile")
+        elif all(p.provenance.startswith("assumption") for p in points):
+            out.append(f"{label} {dtype.upper()}: no calibration of its own in {profile.name!r}; its points are "
+                       f"an assumption stated in the profile, not a measurement")
+    return out
+
+
+def scenario_warnings(scenario: Scenario) -> list[str]:
+    """One line each: where the scenario leaves what its calibration profile was measured on (device,
+    precision, FP8 recipe, model family, kernel classes), and numerics changed from what the plan asked for.
+    Empty for a run that matches its profile's calibration (the default DeepSeek-V3 case)."""
+    prof, gpu, model = scenario.profile, scenario.cluster.gpu, scenario.model
+    on = prof.calibrated_on
+    run_dtype = "fp8" if scenario.opts.fp8 else "bf16"
+    out: list[str] = []
+    if scenario.fp8_fallback:
+        out.append(f"precision: {gpu.name} has no FP8 tensor cores, so the plan's FP8 was run as BF16")
+    prof_gpu = prof.gpu_key
+    if prof_gpu is None:
+        out.append(f"device: profile {prof.name!r} was measured on {prof.provenance.device!r}, not a known GPU; "
+                   f"nothing checks it carries over to {gpu.name}")
+    elif prof_gpu != gpu.key:
+        out.append(f"device: the run is on {gpu.name} but profile {prof.name!r} was calibrated on "
+                   f"{load_gpu(prof_gpu).name}; its kernel efficiencies are carried over as fractions of peak")
+    if not on:
+        out.append(f"calibration: profile {prof.name!r} does not record what it was calibrated on "
+                   f"(provenance.calibrated_on); precision, FP8 recipe and model family are not checked")
+        return out + _uncalibrated_gemm_tables(prof, ("gemm", "grouped_gemm") if model.moe else ("gemm",), run_dtype)
+    precisions = prof.provenance.calibrated_precisions
+    if precisions is not None and run_dtype not in precisions:
+        out.append(f"precision: the run is {run_dtype.upper()} but profile {prof.name!r} was calibrated on "
+                   f"{' and '.join(p.upper() for p in precisions)} only; its {run_dtype.upper()} kernel rates are "
+                   f"not from that calibration")
+    recipe = on.get("fp8_recipe")
+    if scenario.opts.fp8 and recipe is not None and recipe != FP8_RECIPE:
+        out.append(f"FP8 recipe: profile {prof.name!r} was calibrated on {recipe} FP8, but the simulator models "
+                   f"only DeepSeek's {FP8_RECIPE} FP8 recipe (1x128 activation / 128x128 weight scaling)")
+    trained = on.get("model") or "a model"
+    attention = _calibration_model_trait(on, "attention")
+    if attention is not None and attention != model.attention.kind:
+        out.append(f"attention: {model.attention.kind} has no calibration of its own; uses the "
+                   f"{attention.upper()}-traced efficiencies of profile {prof.name!r} ({trained})")
+    moe = _calibration_model_trait(on, "moe")
+    if model.moe is not None and moe is False:
+        out.append(f"grouped GEMM (MoE experts): no calibration of its own; profile {prof.name!r} was calibrated "
+                   f"on a dense model ({trained})")
+    kinds = ("gemm", "grouped_gemm") if model.moe is not None else ("gemm",)
+    return out + _uncalibrated_gemm_tables(prof, kinds, run_dtype)

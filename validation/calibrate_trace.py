@@ -421,7 +421,12 @@ def profile_from_traced_case(trace_path: str | Path = DEFAULT_TRACE,
                 f"device {props.get('name')} with {props.get('numSms')} SMs, imported {date}",
                 f"base profile {base.name!r} (source {base.source}, {base.provenance.date})",
             ] + list(base.provenance.references),
-        } | ({"peak_tflops": dict(base.provenance.peak_tflops)} if base.provenance.peak_tflops else {}),
+        } | ({"peak_tflops": dict(base.provenance.peak_tflops)} if base.provenance.peak_tflops else {}) | {
+            "calibrated_on": {"model": model.name, "gpu": coster.cluster.gpu.key,
+                              "precision": "fp8" if traced_options().fp8 else "bf16", "fp8_recipe": "blockwise",
+                              "attention": model.attention.kind, "moe": model.moe is not None},
+            "basis": f"kernel times from DeepSeek's own profiler trace of {model.name} on "
+                     f"{coster.cluster.gpu.name.split()[0]}"},
         "gemm": sections["gemm"],
         "grouped_gemm": sections["grouped_gemm"],
         "attention": sections["attention"] | {

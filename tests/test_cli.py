@@ -31,7 +31,7 @@ def test_estimate_json_has_the_documented_keys(default_json):
 
 
 def test_default_estimate_is_in_the_published_neighbourhood(default_json):
-    """Not fitted: the prediction from kernels and links should land within a factor 1.5 of 2.664M GPU-hours."""
+    """The default (trace-calibrated: a calibration case) estimate lands within a factor 1.5 of 2.664M GPU-hours."""
     assert 2.664e6 / 1.5 < default_json["gpu_hours"] < 2.664e6 * 1.5
 
 

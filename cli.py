@@ -101,17 +101,22 @@ SCENARIO_OPTIONS = dict(
     redundant_experts=typer.Option(0, "--redundant-experts", help="EPLB: extra expert replicas per EP group"),
     stage_layers=typer.Option(None, "--stage-layers", help="Layers per pipeline stage, e.g. 4,4,...,5,0 "
                                                             "(default: balanced by simulated cost)"),
+    recompute=typer.Option(None, "--recompute", help="Activation recomputation: none, deepseek (RMSNorm and MLA "
+                                                      "up-projections), selective (attention core), full (whole layer)"),
 )
 
 
 
 def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
               calibration, precision, batch, network=None, cluster=None, nic_gbps=None, oversubscription=None,
-              routing=None, redundant_experts=0, stage_layers=None):
+              routing=None, redundant_experts=0, stage_layers=None, recompute=None):
     from gpuhours.simulator.scenario import load_scenario
+    from gpuhours.workloads.ops import RECOMPUTE_POLICIES
 
     if precision is not None and precision not in ("fp8", "bf16"):
         raise UsageError(f"precision must be fp8 or bf16, got {precision!r}")
+    if recompute is not None and recompute not in RECOMPUTE_POLICIES:
+        raise UsageError(f"recompute must be one of {', '.join(RECOMPUTE_POLICIES)}, got {recompute!r}")
     if stage_layers is not None:
         try:
             stage_layers = tuple(int(x) for x in stage_layers.split(","))
@@ -124,7 +129,7 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
                          calibration=calibration, fp8=None if precision is None else precision == "fp8",
                          batch=batch, network=network, cluster=cluster, nic_gbps=nic_gbps,
                          oversubscription=oversubscription, routing=routing,
-                         redundant_experts=redundant_experts, stage_layers=stage_layers)
+                         redundant_experts=redundant_experts, stage_layers=stage_layers, recompute=recompute)
 
 
 @app.command()
@@ -151,6 +156,7 @@ def estimate(
     routing: Optional[str] = SCENARIO_OPTIONS["routing"],
     redundant_experts: int = SCENARIO_OPTIONS["redundant_experts"],
     stage_layers: Optional[str] = SCENARIO_OPTIONS["stage_layers"],
+    recompute: Optional[str] = SCENARIO_OPTIONS["recompute"],
     compare_schedules: bool = typer.Option(False, "--compare-schedules", help="Also estimate every other schedule"),
     plan: Optional[str] = typer.Option(None, "--plan", help="Run plan: a built-in name (see `gpuhours presets`) or "
                                                              "a TOML file; plans with [[phase]] tables are "
@@ -170,7 +176,7 @@ def estimate(
             return
         scenario = _scenario(plan,model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
                              calibration, precision, batch, network, cluster, nic_gbps, oversubscription, routing,
-                             redundant_experts, stage_layers)
+                             redundant_experts, stage_layers, recompute)
         result = run_estimate(scenario)
         memory = memory_breakdown(scenario, result.steady.step)
         if not memory.fits and not allow_oom:
@@ -377,6 +383,7 @@ def step(
     network: Optional[str] = SCENARIO_OPTIONS["network"],
     cluster: Optional[str] = SCENARIO_OPTIONS["cluster"],
     routing: Optional[str] = SCENARIO_OPTIONS["routing"],
+    recompute: Optional[str] = SCENARIO_OPTIONS["recompute"],
     microbatches: Optional[int] = typer.Option(None, "--microbatches",
                                                help="Micro-batches per pipeline (default: the plan's final batch)"),
     gantt: Optional[Path] = typer.Option(None, "--gantt", help="Write a Gantt chart of the step (.png or .svg)"),
@@ -390,7 +397,8 @@ def step(
     with user_errors():
         _check_picture_paths(gantt, trace)
         scenario = _scenario(None, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, None, seq_len, None,
-                             calibration, precision, None, network, cluster, None, None, routing)
+                             calibration, precision, None, network, cluster, None, None, routing,
+                             recompute=recompute)
         m = microbatches or microbatches_for(scenario.plan.batch.end, scenario.parallel)[0]
         result = scenario.simulator().step(m, detail=gantt is not None or trace is not None)
     data = step_dict(result)

@@ -23,7 +23,7 @@ from gpuhours.hwmodels.compute import ComputeModel
 from gpuhours.simulator.run import RunEstimate
 from gpuhours.simulator.scenario import Scenario, _read_plan, estimate, list_plans, load_scenario
 from gpuhours.workloads.memory import MemoryBreakdown, memory_breakdown
-from gpuhours.workloads.ops import layer_passes
+from gpuhours.workloads.ops import layer_passes, recompute_policy
 from gpuhours.workloads.run import BatchRamp, parse_count
 
 _GIB = 2**30
@@ -144,7 +144,7 @@ def phase_scenario(base: str, phase: PhaseSpec) -> Scenario:
         parallel.check_model(scenario.model)
         scenario = replace(scenario, parallel=parallel)
     if "recompute" in o:
-        scenario = replace(scenario, opts=replace(scenario.opts, recompute=bool(o["recompute"])))
+        scenario = replace(scenario, opts=replace(scenario.opts, recompute=recompute_policy(o["recompute"])))
     return scenario
 
 

@@ -22,7 +22,7 @@ from gpuhours.hwmodels.topology import FabricSpec, fabric_from_cluster, list_clu
 from gpuhours.simulator.run import RunEstimate, estimate_run
 from gpuhours.simulator.step import StepSimulator
 from gpuhours.workloads.model import ModelSpec
-from gpuhours.workloads.ops import OpOptions
+from gpuhours.workloads.ops import OpOptions, recompute_policy
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.presets import list_presets, load_model_file, load_preset
 from gpuhours.workloads.routing import RankLoads, ep_rank_loads
@@ -148,7 +148,7 @@ def load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None, 
                   batch: int | None = None, network: str | None = None, cluster: str | None = None,
                   nic_gbps: float | None = None, oversubscription: float | None = None,
                   routing: str | None = None, redundant_experts: int = 0,
-                  stage_layers: tuple[int, ...] | None = None) -> Scenario:
+                  stage_layers: tuple[int, ...] | None = None, recompute: str | None = None) -> Scenario:
     """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field."""
     doc = _read_plan(plan)
     if "phase" in doc:
@@ -201,7 +201,10 @@ def load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None, 
         price_per_gpu_hour=price if price is not None else run["price_per_gpu_hour"],
     )
     profile = load_profile(calibration or DEFAULT_CALIBRATION)
-    opts = OpOptions(fp8=num.get("fp8", True) if fp8 is None else fp8, recompute=num.get("recompute", True))
+    # [numerics] recompute: a policy name (workloads.ops.RECOMPUTE_POLICIES) or the legacy true ("deepseek") /
+    # false ("none"); the `recompute` argument overrides it
+    policy = recompute_policy(num.get("recompute", "deepseek") if recompute is None else recompute)
+    opts = OpOptions(fp8=num.get("fp8", True) if fp8 is None else fp8, recompute=policy)
     fp8_fallback = False
     if opts.fp8 and not gpu_spec.fp8_flops:
         if fp8:  # asked for by the caller: refuse rather than price something else

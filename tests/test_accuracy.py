@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -67,9 +68,13 @@ def test_megatron_flops_formula_matches_the_aggregate_column():
 
 
 def test_gaps_name_what_is_not_modelled():
-    assert any("full activation recomputation" in g for g in BY_NAME["korthikanti-1t-full"].gaps())
-    assert any("selective" in g for g in BY_NAME["korthikanti-1t-selective-sp"].gaps())
+    # full and selective recomputation are simulated (OpOptions.recompute): no longer gaps
+    assert BY_NAME["korthikanti-1t-full"].gaps() == []
+    assert BY_NAME["korthikanti-1t-selective-sp"].gaps() == []
     assert BY_NAME["deepseek-v3-pretraining"].gaps() == []
+    c = BY_NAME["korthikanti-1t-full"]
+    zero3 = replace(c, layout={**c.layout, "zero_stage": 3, "cp": 2})
+    assert any("ZeRO-3" in g for g in zero3.gaps()) and any("context parallelism" in g for g in zero3.gaps())
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -108,6 +113,7 @@ def test_a_valid_file_loads_and_bad_ones_name_the_field(tmp_path):
         "recompute": _GOOD.replace("tp = 8", 'tp = 8\nrecompute = "some"'),
         "batch": _GOOD.replace("batch = 8", "batch = 8\nmicro_batch_size = 3"),
         "flop_convention": _GOOD.replace('"step_time_s"', '"tflops_per_gpu"'),
+        "dp": _GOOD.replace("tp = 8", "tp = 8\ndp = 2"),
     }
     for field, text in bad.items():
         with pytest.raises(ValueError, match=field.split(".")[-1]):

@@ -114,7 +114,7 @@ def test_deepseek_v3_fits_an_h800(deepseek):
 def test_deepseek_v3_does_not_fit_without_the_recipe(deepseek):
     """BF16 activation caching and no recomputation: the recipe's savings are what make it fit."""
     scenario, step = deepseek
-    bf16 = replace(scenario, opts=replace(scenario.opts, fp8=False, recompute=False))
+    bf16 = replace(scenario, opts=replace(scenario.opts, fp8=False, recompute="none"))
     plain = memory_breakdown(bf16, step, replace(load_recipe(), attn_out_bytes=2.0))
     assert not plain.fits and "out of memory" in plain.reason()
 

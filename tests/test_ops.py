@@ -64,8 +64,8 @@ def test_attention_core_matches_closed_form(v3):
 
 
 def test_recompute_adds_the_mla_up_projections_to_backward(v3):
-    with_rc = layer_passes(v3, 10, _layout(), SEQ, OpOptions(recompute=True))
-    without = layer_passes(v3, 10, _layout(), SEQ, OpOptions(recompute=False))
+    with_rc = layer_passes(v3, 10, _layout(), SEQ, OpOptions(recompute="deepseek"))
+    without = layer_passes(v3, 10, _layout(), SEQ, OpOptions(recompute="none"))
     extra = (sum(op.flops for s in with_rc.backward for op in s.ops)
              - sum(op.flops for s in without.backward for op in s.ops))
     a, h = v3.attention, v3.hidden

@@ -114,7 +114,7 @@ def _scenario(case: Case, profile_name: str):
         cluster=lay.get("cluster"), nic_gbps=lay.get("nic_gbps"))
     parallel = replace(scenario.parallel, sequence_parallel=lay.get("sequence_parallel", False),
                        zero_stage=min(1, lay.get("zero_stage", 0)))
-    opts = replace(scenario.opts, recompute=lay.get("recompute", "none") == "deepseek")
+    opts = replace(scenario.opts, recompute=lay.get("recompute", "none"))
     return replace(scenario, parallel=parallel, opts=opts)
 
 

@@ -9,7 +9,8 @@ silently drop part of a layout.
 Layout keys and what the simulator can express today (anything else is reported as a gap, see `gaps`):
 
     gpu, gpus, gpus_per_node, nic_gbps, cluster     the machine
-    tp, pp, vpp, ep, cp, schedule, micro_batch_size, batch, seq_len
+    tp, pp, vpp, ep, etp (expert tensor parallelism), cp, dp (optional: checked against gpus / (tp pp cp)),
+    schedule, micro_batch_size, batch, seq_len
     sequence_parallel     true/false
     zero_stage            0 or 1 (2, 3: gap, simulated as 1);  fsdp: true is a gap
     recompute             "none" | "deepseek" (RMSNorm and MLA up-projections) | "selective" | "full"
@@ -32,12 +33,14 @@ from pathlib import Path
 
 from gpuhours.workloads.hf_config import model_from_hf_config
 from gpuhours.workloads.model import AttentionSpec, ModelSpec
+from gpuhours.workloads.ops import RECOMPUTE_POLICIES
 from gpuhours.workloads.presets import list_presets, load_preset
 
 METRICS = ("step_time_s", "tflops_per_gpu", "tokens_per_s_per_gpu", "gpu_hours", "traced_pair_ms")
-RECOMPUTE = ("none", "deepseek", "selective", "full")
+RECOMPUTE = RECOMPUTE_POLICIES
 FP8_RECIPES = ("blockwise", "delayed", "current")
-_LAYOUT_KEYS = {"gpu", "gpus", "gpus_per_node", "nic_gbps", "cluster", "tp", "pp", "vpp", "ep", "cp", "schedule",
+_LAYOUT_KEYS = {"gpu", "gpus", "gpus_per_node", "nic_gbps", "cluster", "tp", "pp", "vpp", "ep", "etp", "cp", "dp",
+                "schedule",
                 "micro_batch_size", "batch", "seq_len", "sequence_parallel", "zero_stage", "fsdp", "recompute",
                 "overlap_grad_reduce", "overlap_param_gather", "tp_comm_overlap", "precision", "fp8_recipe",
                 "calibrations", "plan", "model"}
@@ -120,16 +123,14 @@ class Case:
     def gaps(self) -> list[str]:
         """What the simulator cannot express about this run, each with what it simulates instead."""
         lay, out = self.layout, []
-        if lay.get("recompute") in ("full", "selective"):
-            what = "full activation recomputation (whole layer)" if lay["recompute"] == "full" else \
-                "selective recomputation of the attention core"
-            out.append(f"{what}: not modelled, simulated without it")
         if lay.get("zero_stage", 0) > 1:
             out.append(f"ZeRO-{lay['zero_stage']}: simulated as ZeRO-1")
         if lay.get("fsdp"):
             out.append("FSDP: simulated as ZeRO-1 with whole weights on every rank")
         if lay.get("cp", 1) > 1:
             out.append(f"context parallelism CP{lay['cp']}: not modelled")
+        if lay.get("etp", 1) > 1:
+            out.append(f"expert tensor parallelism ETP{lay['etp']}: not modelled, experts simulated whole per EP rank")
         for key, what in (("overlap_grad_reduce", "overlapped gradient reduce-scatter"),
                           ("overlap_param_gather", "overlapped parameter all-gather"),
                           ("tp_comm_overlap", "tensor-parallel communication overlap")):
@@ -227,6 +228,9 @@ def _check_layout(lay: dict, ctx: str, metric: str) -> None:
     if lay.get("zero_stage", 0) not in (0, 1, 2, 3):
         raise ValueError(f"{ctx}: zero_stage must be 0, 1, 2 or 3; got {lay['zero_stage']!r}")
     dp, rem = divmod(lay["gpus"], lay["tp"] * lay["pp"] * lay.get("cp", 1))
+    if "dp" in lay and (rem or lay["dp"] != dp):
+        raise ValueError(f"{ctx}: dp {lay['dp']} must equal gpus / (tp x pp x cp) = {lay['gpus']} / "
+                         f"{lay['tp'] * lay['pp'] * lay.get('cp', 1)}")
     if rem or lay["batch"] % (dp * lay.get("micro_batch_size", 1)):
         raise ValueError(f"{ctx}: batch {lay['batch']} must split into micro-batches of "
                          f"{lay.get('micro_batch_size', 1)} over {dp} data-parallel replicas")

@@ -15,10 +15,19 @@ bytes gives the peak bytes; chunk bytes = tokens x sum over the stage's units of
 
 Per token, what the backward needs (c = cached-GEMM-input bytes: FP8 1 + 4/128 with 1x128 scales, or BF16 2;
 b = 2 (BF16); o = attention-output bytes, E5M6 1.5; H heads, h hidden; terms named in `layer_terms`):
-- Recomputation (the recipe, DeepSeek-V3 sec. 3.3.2): every RMSNorm output and the MLA up-projections are
-  recomputed in backward, so only their inputs are kept. Without it (`OpOptions.recompute` False) the norm
-  outputs are kept too: x_norm c h, h_norm c h, router_in b h, the latent norms c (q_lora + kv_lora), and the
-  up-projected q, k, v b H (2 d_qk + d_v).
+- Recomputation (`OpOptions.recompute`, a policy of `workloads.ops.RECOMPUTE_POLICIES`):
+  "deepseek" (the recipe, DeepSeek-V3 sec. 3.3.2): every RMSNorm output and the MLA up-projections are
+  recomputed in backward, so only their inputs are kept. Otherwise ("none", "selective") the norm outputs are
+  kept too: x_norm c h, h_norm c h, router_in b h, the latent norms c (q_lora + kv_lora), and the up-projected
+  q, k, v b H (2 d_qk + d_v).
+  "selective" (Korthikanti et al. 2022): the attention core is recomputed in backward. The core modelled here is
+  FlashAttention-style: it keeps no L x L scores / softmax / dropout mask (the 5 a s / h terms Korthikanti drops),
+  only its output and softmax statistics. Recomputing it regenerates the statistics, so attn.lse is dropped;
+  attn.out stays (it is wo's input, needed by wo's weight gradient, which may run after the backward) and so do
+  q, k, v (the recomputation's inputs). The saving is therefore small.
+  "full": a layer keeps only its input, layer.in b h per token (every other term is recomputed); without sequence
+  parallelism that input is replicated on the TP ranks, so the term is b h tp before the division by tp below.
+  Non-layer terms (head, MTP norm/projection inputs, embedding) are unchanged by the policy.
 - attention (MLA): x_in b h (attention RMSNorm input), c_q b q_lora, c_kv b (kv_lora + rope) (inputs of the
   recomputed latent norms and up-projections), attn_out o H d_v (core backward and wo input), lse 4 H (softmax
   statistics). GQA: x_in, q/k/v b (H + 2 H_kv) d, attn_out o H d, lse 4 H.
@@ -45,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 from gpuhours.simulator.schedules import build_schedule
 from gpuhours.simulator.step import _stages_per_rank, rank_params
 from gpuhours.workloads.model import ModelSpec
+from gpuhours.workloads.ops import recompute_policy
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.recipe import MemoryRecipe, load_recipe  # noqa: F401  (load_recipe re-exported)
 
@@ -55,10 +65,11 @@ INT32 = 4.0
 
 
 # -- activations per token ---------------------------------------------------------------------------------------
-def _attention_terms(model: ModelSpec, recipe: MemoryRecipe, fp8: bool, recompute: bool) -> dict[str, float]:
+def _attention_terms(model: ModelSpec, recipe: MemoryRecipe, fp8: bool, policy: str) -> dict[str, float]:
     a, h = model.attention, model.hidden
     c = recipe.cached_input_bytes(fp8)
     H = a.n_heads
+    recompute = policy == "deepseek"  # norms and MLA up-projections recomputed
     terms = {"attn.x_in": BF16 * h}
     if not recompute:
         terms["attn.x_norm"] = c * h
@@ -72,16 +83,24 @@ def _attention_terms(model: ModelSpec, recipe: MemoryRecipe, fp8: bool, recomput
     else:
         terms["attn.qkv"] = BF16 * (H + 2 * a.n_kv_heads) * a.head_dim
     terms["attn.out"] = recipe.attn_out_bytes * H * a.out_head_dim
-    terms["attn.lse"] = FP32 * H
+    if policy != "selective":  # selective recomputation regenerates the softmax statistics with the core
+        terms["attn.lse"] = FP32 * H
     return terms
 
 
-def layer_terms(model: ModelSpec, layer: int, recipe: MemoryRecipe, fp8: bool = True, recompute: bool = True,
-                imbalance: float = 1.0) -> dict[str, float]:
-    """Bytes kept per token for the backward of transformer layer `layer` (before the division by tp)."""
+def layer_terms(model: ModelSpec, layer: int, recipe: MemoryRecipe, fp8: bool = True,
+                recompute: str | bool = "deepseek", imbalance: float = 1.0, tp_replicas: int = 1
+                ) -> dict[str, float]:
+    """Bytes kept per token for the backward of transformer layer `layer` (before the division by tp).
+    `tp_replicas`: copies of a token-wise tensor across the TP group (tp without sequence parallelism, else 1);
+    only the "full" policy's layer input uses it (the other terms keep the module's /tp convention)."""
+    policy = recompute_policy(recompute)
     h = model.hidden
+    if policy == "full":
+        return {"layer.in": BF16 * h * tp_replicas}
+    recompute = policy == "deepseek"
     c = recipe.cached_input_bytes(fp8)
-    terms = _attention_terms(model, recipe, fp8, recompute)
+    terms = _attention_terms(model, recipe, fp8, policy)
     terms["ffn.h_mid"] = BF16 * h
     if not recompute:
         terms["ffn.h_norm"] = c * h
@@ -109,20 +128,21 @@ def head_terms(model: ModelSpec, recipe: MemoryRecipe) -> dict[str, float]:
 
 
 def unit_bytes_per_token(model: ModelSpec, layers: range, first: bool, last: bool, recipe: MemoryRecipe,
-                         fp8: bool = True, recompute: bool = True, imbalance: float = 1.0) -> float:
+                         fp8: bool = True, recompute: str | bool = "deepseek", imbalance: float = 1.0,
+                         tp_replicas: int = 1) -> float:
     """Bytes per token a stage keeps for one micro-batch (before /tp): its layers, and on the last stage the head
     and the MTP modules (norm inputs, projection input, block, head). The embedding keeps only token ids."""
-    total = sum(sum(layer_terms(model, i, recipe, fp8, recompute, imbalance).values()) for i in layers)
+    total = sum(sum(layer_terms(model, i, recipe, fp8, recompute, imbalance, tp_replicas).values()) for i in layers)
     if last:
         head = sum(head_terms(model, recipe).values())
         c = recipe.cached_input_bytes(fp8)
-        block = sum(layer_terms(model, model.n_layers - 1, recipe, fp8, recompute, imbalance).values())
+        block = sum(layer_terms(model, model.n_layers - 1, recipe, fp8, recompute, imbalance, tp_replicas).values())
         total += head + model.mtp_depth * (2 * BF16 * model.hidden + c * 2 * model.hidden + block + head)
     return total
 
 
 def chunk_bytes(model: ModelSpec, parallel: ParallelSpec, seq_len: int, stage_layers: tuple[int, ...],
-                recipe: MemoryRecipe, fp8: bool = True, recompute: bool = True,
+                recipe: MemoryRecipe, fp8: bool = True, recompute: str | bool = "deepseek",
                 imbalance: float = 1.0) -> tuple[float, ...]:
     """Activation bytes of one chunk of each stage: micro-batch x seq_len tokens x bytes per token / tp."""
     tokens = parallel.micro_batch_size * seq_len
@@ -130,7 +150,7 @@ def chunk_bytes(model: ModelSpec, parallel: ParallelSpec, seq_len: int, stage_la
     last = len(stage_layers) - 1
     for s, n in enumerate(stage_layers):
         per_token = unit_bytes_per_token(model, range(start, start + n), s == 0, s == last, recipe, fp8, recompute,
-                                         imbalance)
+                                         imbalance, 1 if parallel.sequence_parallel else parallel.tp)
         out.append(tokens * per_token / parallel.tp)
         start += n
     return tuple(out)

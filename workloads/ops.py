@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # Compute op classes: the keys a CalibrationProfile gives efficiencies for.
 COMPUTE_CLASSES = (
@@ -77,16 +77,39 @@ class LayerPasses:
     weight: tuple[Segment, ...]
 
 
+# Activation recomputation policies (`OpOptions.recompute`): what the backward pass recomputes.
+#   "none"      nothing: every activation the backward needs is kept.
+#   "deepseek"  DeepSeek-V3 sec. 3.3.2: every RMSNorm and (MLA) the up-projections are recomputed in backward.
+#   "selective" Korthikanti et al. 2022 (arXiv 2205.05198): the attention core (QK^T, softmax, PV) is recomputed.
+#   "full"      the whole layer's forward (compute, TP collectives, MoE all-to-alls) runs again before its backward;
+#               only the layer's input is kept.
+RECOMPUTE_POLICIES = ("none", "deepseek", "selective", "full")
+
+
+def recompute_policy(value) -> str:
+    """A recompute policy from a plan value: a policy name, or the legacy booleans (true: "deepseek", false:
+    "none"). Raises ValueError naming `recompute` and the allowed values."""
+    if isinstance(value, bool):
+        return "deepseek" if value else "none"
+    if value not in RECOMPUTE_POLICIES:
+        raise ValueError(f"recompute must be one of {', '.join(RECOMPUTE_POLICIES)} (or true/false); got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class OpOptions:
-    """Numerics and memory choices that change the ops: FP8 linear layers (DeepSeek-V3's recipe),
-    recomputation of RMSNorm and the MLA up-projections in backward, and MoE load imbalance
-    (rows on the busiest EP rank over the mean)."""
+    """Numerics and memory choices that change the ops: FP8 linear layers (DeepSeek-V3's recipe), the activation
+    recomputation policy (one of RECOMPUTE_POLICIES; see above), and MoE load imbalance (rows on the busiest EP
+    rank over the mean)."""
 
     fp8: bool = True
-    recompute: bool = True
+    recompute: str = "deepseek"
     imbalance: float = 1.0
     nodes_per_token: float | None = None  # distinct target nodes per token for EP traffic (None: model's default)
+
+    def __post_init__(self):
+        # legacy booleans are accepted and normalised (True: "deepseek", False: "none")
+        object.__setattr__(self, "recompute", recompute_policy(self.recompute))
 
 
 def fp8_bytes_per_token(hidden: int) -> float:
@@ -165,12 +188,13 @@ def _collective(name: str, phase: str, module: str, kind: str, group: str, token
 
 
 def _attention_ops(b: _Builder, model: ModelSpec, p: ParallelSpec, tokens: int, seq_len: int,
-                   recompute_only: bool = False) -> None:
+                   recompute_only: bool = False, recompute_core: bool = False) -> None:
     """Attention of one layer on `tokens` tokens (micro-batch x sequence), tensor-parallel over heads.
 
     Causal attention core: each query attends to (L + 1) / 2 keys on average, so the forward core costs
     2 * heads * (d_qk + d_v) * tokens * (L + 1) / 2 FLOPs (QK^T and PV); backward recomputes QK^T and computes
-    dV, dP, dQ, dK: 2.5x the forward.
+    dV, dP, dQ, dK: 2.5x the forward. With `recompute_core` (selective recomputation) the backward first runs
+    the forward core again (op `attn.recompute.core`, priced as a forward attention op).
     """
     a, h, tp = model.attention, model.hidden, p.tp
     heads = a.n_heads // tp
@@ -205,6 +229,8 @@ def _attention_ops(b: _Builder, model: ModelSpec, p: ParallelSpec, tokens: int, 
     if b.phase == "F":
         b.attention("core", core, qkvo_bytes)
     elif b.phase == "B":
+        if recompute_core:
+            b.ops.append(Op(f"{b.prefix}.recompute.core", "attention", "F", b.module, core, qkvo_bytes, "bf16"))
         b.attention("core_bwd", 2.5 * core, 2 * qkvo_bytes)
     b.gemm("wo", tokens, h, o_in)
 
@@ -258,15 +284,16 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
     prefix = prefix or f"L{layer}"
     h, tp = model.hidden, p.tp
     passes: dict[str, list[Segment]] = {}
+    deepseek = opts.recompute == "deepseek" and model.attention.kind == "mla"
     for phase in ("F", "B", "W"):
         attn = _Builder(f"{prefix}.attn", "attn", phase, opts.fp8)
-        if phase == "B" and opts.recompute and model.attention.kind == "mla":
+        if phase == "B" and deepseek:
             recompute = _Builder(f"{prefix}.attn.recompute", "attn", "F", opts.fp8)
             _attention_ops(recompute, model, p, tokens, seq_len, recompute_only=True)
             attn.ops.extend(recompute.ops)
-        _attention_ops(attn, model, p, tokens, seq_len)
+        _attention_ops(attn, model, p, tokens, seq_len, recompute_core=opts.recompute == "selective")
         mlp = _Builder(f"{prefix}.mlp", "mlp", phase, opts.fp8)
-        if phase == "B" and opts.recompute and model.attention.kind == "mla":
+        if phase == "B" and deepseek:
             mlp.elementwise("ffn_norm.recompute", 2 * tokens * h * BF16)
         if phase != "W":
             mlp.elementwise("ffn_norm", 2 * tokens * h * BF16)
@@ -309,7 +336,22 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
             passes[phase] = segs_attn + [dispatch, mlp_seg, combine]
         else:
             passes[phase] = [combine, mlp_seg, dispatch] + segs_attn
+    if opts.recompute == "full":
+        passes["B"] = [_recomputed(seg) for seg in passes["F"]] + passes["B"]
     return LayerPasses(prefix, tuple(passes["F"]), tuple(passes["B"]), tuple(passes["W"]))
+
+
+def _recomputed(seg: Segment) -> Segment:
+    """A forward segment run again at the start of the layer's backward (full recomputation): the same ops, still
+    priced as forward ops (phase "F"), renamed "<prefix>.<module>.recompute.<op>" in a segment "<name>.recompute(B)"
+    of the backward pass."""
+    def rename(op: Op) -> Op:
+        parts = op.name.split(".")
+        i = next((k for k, part in enumerate(parts) if part in ("attn", "mlp", "moe")), len(parts) - 2)
+        return replace(op, name=".".join(parts[:i + 1] + ["recompute"] + parts[i + 1:]))
+
+    base = seg.name.rsplit("(", 1)[0]
+    return Segment(f"{base}.recompute(B)", seg.stream, tuple(rename(op) for op in seg.ops), seg.layer)
 
 
 def embedding_passes(model: ModelSpec, p: ParallelSpec, seq_len: int) -> LayerPasses:

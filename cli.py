@@ -167,6 +167,7 @@ def estimate(
     """GPU-hours, days and dollars of a training run (default: DeepSeek-V3 pre-training on 2,048 H800)."""
     from gpuhours.reports.estimate_table import estimate_dict, render_estimate
     from gpuhours.simulator.scenario import estimate as run_estimate
+    from gpuhours.simulator.comparisons import compare_schedules, hardware_only, published
     from gpuhours.simulator.scenario import is_phased
     from gpuhours.workloads.memory import memory_breakdown
 
@@ -189,47 +190,18 @@ def estimate(
             balanced = run_estimate(replace(scenario, routing="balanced", redundant_experts=0))
             data["routing"]["gpu_hours_balanced"] = balanced.gpu_hours
         if compare_schedules:
-            data["schedules"] = _compare_schedules(scenario)
-        data["hardware_only"] = _hardware_only(scenario, result) if data["calibration_case"] else None
-        data["published"] = _published(plan, scenario)
+            data["schedules"] = compare_schedules(scenario)
+        data["hardware_only"] = hardware_only(scenario, result) if data["calibration_case"] else None
+        data["published"] = published(plan, scenario)
     if as_json:
         _echo_json(data)
     else:
         typer.echo(render_estimate(data))
 
 
-def _hardware_only(scenario, result) -> dict | None:
-    """A calibration case's run priced again with the hardware-only sibling profile (about a second), on the
-    same pipeline split as ``result``."""
-    from gpuhours.reports.estimate_table import hardware_only_dict
-    from gpuhours.simulator.scenario import estimate as run_estimate
-    from gpuhours.simulator.scenario import hardware_only_scenario
-
-    sibling = hardware_only_scenario(scenario, stage_layers=result.steady.step.stage_layers)
-    if sibling is None:
-        return None
-    return hardware_only_dict(scenario.profile.hardware_only_sibling(), sibling, run_estimate(sibling))
-
-
-def _published(plan: str | None, scenario) -> dict | None:
-    """The plan's published GPU-hours, when the scenario runs the plan's own workload (model, GPU, tokens,
-    sequence length, batch and precision as planned: the layout, network and calibration may differ)."""
-    from gpuhours.simulator.scenario import DEFAULT_PLAN, load_scenario, plan_reference
-
-    ref = plan_reference(plan or DEFAULT_PLAN)
-    if "pretraining_gpu_hours" not in ref:
-        return None
-    planned = load_scenario(plan or DEFAULT_PLAN)
-    same = (scenario.model == planned.model and scenario.cluster.gpu.key == planned.cluster.gpu.key
-            and scenario.plan.tokens == planned.plan.tokens and scenario.plan.seq_len == planned.plan.seq_len
-            and scenario.plan.batch == planned.plan.batch and scenario.opts.fp8 == planned.opts.fp8)
-    if not same:
-        return None
-    return {"gpu_hours": float(ref["pretraining_gpu_hours"]), "source": ref.get("source")}
-
-
 def _estimate_phased(plan: str, allow_oom: bool, as_json: bool) -> None:
     from gpuhours.reports.estimate_table import render_phases
+    from gpuhours.simulator.comparisons import phased_calibration
     from gpuhours.simulator.phases import estimate_phases
 
     def progress(done, total):
@@ -238,7 +210,7 @@ def _estimate_phased(plan: str, allow_oom: bool, as_json: bool) -> None:
 
     result = estimate_phases(plan, allow_oom=allow_oom, progress=progress)
     data = result.to_dict()
-    data.update(_phased_calibration(plan))
+    data.update(phased_calibration(plan))
     if as_json:
         _echo_json(data)
         return
@@ -254,47 +226,6 @@ def _estimate_phased(plan: str, allow_oom: bool, as_json: bool) -> None:
     for name, lines in data["warnings"].items():
         for w in lines:
             typer.echo(f"warning ({name}): {w}")
-
-
-def _phased_calibration(plan: str) -> dict:
-    """Per phase of a phased plan: whether it is a calibration case, and its warnings (scenario_warnings)."""
-    from gpuhours.simulator.phases import load_phased_plan, phase_scenario
-    from gpuhours.simulator.scenario import is_calibration_case, scenario_warnings
-
-    phased = load_phased_plan(plan)
-    cases, profiles, warnings = [], [], {}
-    for phase in phased.phases:
-        scenario = phase_scenario(phased.base, phase)
-        if is_calibration_case(scenario):
-            cases.append(phase.name)
-            if scenario.profile.name not in profiles:
-                profiles.append(scenario.profile.name)
-        if found := scenario_warnings(scenario):
-            warnings[phase.name] = found
-    return {"calibration_case": bool(cases), "calibration_case_phases": cases,
-            "calibration_case_profiles": profiles, "warnings": warnings}
-
-
-def _compare_schedules(scenario) -> dict:
-    from dataclasses import replace
-
-    from gpuhours.simulator.scenario import estimate as run_estimate
-    from gpuhours.workloads.parallel import SCHEDULES
-
-    out = {}
-    for name in SCHEDULES:
-        vpp = 2 if name == "interleaved-1f1b" else 1
-        try:
-            parallel = replace(scenario.parallel, schedule=name, vpp=vpp, stage_layers=None)
-            parallel.check_model(scenario.model)
-            est = run_estimate(replace(scenario, parallel=parallel))
-        except ValueError as exc:
-            out[name] = {"error": str(exc)}
-            continue
-        steady = est.steady.step
-        out[name] = {"gpu_hours": est.gpu_hours, "wall_clock_days": est.wall_clock_days, "step_time_s":
-                     steady.step_time, "bubble_share": steady.bubble_share, "mfu_bf16": steady.mfu("bf16")}
-    return out
 
 
 @app.command()
@@ -750,12 +681,12 @@ def accuracy(
     from rich.progress import Progress
 
     from gpuhours.reports.accuracy_page import render_table, write_page
-    from gpuhours.validation.accuracy import run_suite, suite_dict
+    from gpuhours.validation.accuracy import run_suite, select, suite_dict
     from gpuhours.validation.cases import load_cases
 
     with user_errors():
         all_cases = load_cases()
-        cases = select_cases(all_cases, case, group)
+        cases = select(all_cases, case, group)
         with Progress(transient=True, console=_stderr_console()) as bar:
             task = bar.add_task("accuracy suite", total=None)
 
@@ -774,12 +705,6 @@ def accuracy(
     typer.echo(render_table(rows))
     if written:
         typer.echo(f"wrote {written}")
-
-
-def select_cases(cases, case_glob, group):
-    from gpuhours.validation.accuracy import select
-
-    return select(cases, case_glob, group)
 
 
 def _stderr_console():

@@ -141,6 +141,16 @@ def write_page(rows: list[Row], cases, out: Path, title_note: str = "") -> Path:
             md += ["Assumptions, chosen before any case was simulated:", ""]
             md += [f"- {a}" for a in c.assumptions]
             md.append("")
+        warned = sorted({w for r in rows if r.case in {x.name for x in cases if x.file == c.file}
+                         for w in r.warnings})
+        if warned:
+            md += ["Where these runs leave what their calibration was measured on (`warning:` lines):", ""]
+            md += [f"- {w}" for w in warned]
+            md.append("")
+        unfit = [r.key for r in rows if r.fits_memory is False and any(r.case == x.name and x.file == c.file
+                                                                       for x in cases)]
+        if unfit:
+            md += [f"Over the GPU's memory in gpuhours' memory model (estimated anyway): {', '.join(unfit)}.", ""]
         md += ["Rows as printed:", ""]
         md += [f"- `{x.name}`: {x.measured.printed}" for x in cases if x.file == c.file and x.name in by_name]
         md.append("")

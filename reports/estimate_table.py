@@ -75,13 +75,6 @@ def estimate_dict(scenario, est: RunEstimate) -> dict:
     }
 
 
-def hardware_only_dict(profile_name: str, scenario, est: RunEstimate) -> dict:
-    """The same run priced with the hardware-only profile (set beside a calibration case's figure)."""
-    return {"profile": profile_name, "basis": scenario.profile.provenance.basis or None,
-            "gpu_hours": est.gpu_hours, "step_time_s": est.steady.step.step_time,
-            "wall_clock_days": est.wall_clock_days, "cost_usd": est.cost_usd}
-
-
 def _network_dict(scenario) -> dict:
     c = scenario.cluster
     d = {"model": scenario.network_name, "nvlink_GBps": c.nvlink_bw / 1e9, "ib_GBps_per_gpu": c.ib_bw / 1e9}

@@ -103,13 +103,18 @@ SCENARIO_OPTIONS = dict(
                                                             "(default: balanced by simulated cost)"),
     recompute=typer.Option(None, "--recompute", help="Activation recomputation: none, deepseek (RMSNorm and MLA "
                                                       "up-projections), selective (attention core), full (whole layer)"),
+    overlap_grad_reduce=typer.Option(None, "--overlap-grad-reduce/--no-overlap-grad-reduce",
+                                     help="Reduce gradients in buckets during the last backward (Megatron-Core)"),
+    overlap_param_gather=typer.Option(None, "--overlap-param-gather/--no-overlap-param-gather",
+                                      help="Gather updated parameters bucket by bucket under the next forward"),
 )
 
 
 
 def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
               calibration, precision, batch, network=None, cluster=None, nic_gbps=None, oversubscription=None,
-              routing=None, redundant_experts=0, stage_layers=None, recompute=None):
+              routing=None, redundant_experts=0, stage_layers=None, recompute=None, overlap_grad_reduce=None,
+              overlap_param_gather=None):
     from gpuhours.simulator.scenario import load_scenario
     from gpuhours.workloads.ops import RECOMPUTE_POLICIES
 
@@ -129,7 +134,8 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
                          calibration=calibration, fp8=None if precision is None else precision == "fp8",
                          batch=batch, network=network, cluster=cluster, nic_gbps=nic_gbps,
                          oversubscription=oversubscription, routing=routing,
-                         redundant_experts=redundant_experts, stage_layers=stage_layers, recompute=recompute)
+                         redundant_experts=redundant_experts, stage_layers=stage_layers, recompute=recompute,
+                         overlap_grad_reduce=overlap_grad_reduce, overlap_param_gather=overlap_param_gather)
 
 
 @app.command()
@@ -157,6 +163,8 @@ def estimate(
     redundant_experts: int = SCENARIO_OPTIONS["redundant_experts"],
     stage_layers: Optional[str] = SCENARIO_OPTIONS["stage_layers"],
     recompute: Optional[str] = SCENARIO_OPTIONS["recompute"],
+    overlap_grad_reduce: Optional[bool] = SCENARIO_OPTIONS["overlap_grad_reduce"],
+    overlap_param_gather: Optional[bool] = SCENARIO_OPTIONS["overlap_param_gather"],
     compare_schedules: bool = typer.Option(False, "--compare-schedules", help="Also estimate every other schedule"),
     plan: Optional[str] = typer.Option(None, "--plan", help="Run plan: a built-in name (see `gpuhours presets`) or "
                                                              "a TOML file; plans with [[phase]] tables are "
@@ -166,8 +174,8 @@ def estimate(
 ):
     """GPU-hours, days and dollars of a training run (default: DeepSeek-V3 pre-training on 2,048 H800)."""
     from gpuhours.reports.estimate_table import estimate_dict, render_estimate
-    from gpuhours.simulator.scenario import estimate as run_estimate
     from gpuhours.simulator.comparisons import compare_schedules, hardware_only, published
+    from gpuhours.simulator.scenario import estimate as run_estimate
     from gpuhours.simulator.scenario import is_phased
     from gpuhours.workloads.memory import memory_breakdown
 
@@ -177,7 +185,8 @@ def estimate(
             return
         scenario = _scenario(plan,model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
                              calibration, precision, batch, network, cluster, nic_gbps, oversubscription, routing,
-                             redundant_experts, stage_layers, recompute)
+                             redundant_experts, stage_layers, recompute, overlap_grad_reduce,
+                             overlap_param_gather)
         result = run_estimate(scenario)
         memory = memory_breakdown(scenario, result.steady.step)
         if not memory.fits and not allow_oom:
@@ -315,6 +324,8 @@ def step(
     cluster: Optional[str] = SCENARIO_OPTIONS["cluster"],
     routing: Optional[str] = SCENARIO_OPTIONS["routing"],
     recompute: Optional[str] = SCENARIO_OPTIONS["recompute"],
+    overlap_grad_reduce: Optional[bool] = SCENARIO_OPTIONS["overlap_grad_reduce"],
+    overlap_param_gather: Optional[bool] = SCENARIO_OPTIONS["overlap_param_gather"],
     microbatches: Optional[int] = typer.Option(None, "--microbatches",
                                                help="Micro-batches per pipeline (default: the plan's final batch)"),
     gantt: Optional[Path] = typer.Option(None, "--gantt", help="Write a Gantt chart of the step (.png or .svg)"),
@@ -329,7 +340,8 @@ def step(
         _check_picture_paths(gantt, trace)
         scenario = _scenario(None, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, None, seq_len, None,
                              calibration, precision, None, network, cluster, None, None, routing,
-                             recompute=recompute)
+                             recompute=recompute, overlap_grad_reduce=overlap_grad_reduce,
+                             overlap_param_gather=overlap_param_gather)
         m = microbatches or microbatches_for(scenario.plan.batch.end, scenario.parallel)[0]
         result = scenario.simulator().step(m, detail=gantt is not None or trace is not None)
     data = step_dict(result)

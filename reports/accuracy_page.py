@@ -48,6 +48,8 @@ def render_table(rows: list[Row]) -> str:
                  f"{_pct(o['mean_error']):>7}  over {o['cases']} predictions, {o['within_10pct']} within 10%")
     lines.append(f"  {'fully expressed':<20} mean |error| {_pct(f['mae']).lstrip('+'):>7}  over {f['cases']} "
                  f"predictions with no gap")
+    lines.append(f"  {'mean of groups':<20} mean |error| {_pct(s['mean_of_groups']).lstrip('+'):>7}  (each source "
+                 f"weighs the same)")
     lines.append(f"cannot be fully expressed: {s['with_gaps']} of {s['rows'] - len(s['calibration_cases'])} "
                  f"predictions (not simulated at all: {s['not_simulated']}); calibration cases: "
                  f"{', '.join(s['calibration_cases']) or 'none'}")
@@ -117,6 +119,8 @@ def write_page(rows: list[Row], cases, out: Path, title_note: str = "") -> Path:
     for name, g in list(s["groups"].items()) + [("**all**", s["overall"]), ("fully expressed", s["fully_expressed"])]:
         md.append(f"| {name} | {g['cases']} | {_pct(g['mae']).lstrip('+')} | {_pct(g['mean_error'])} | "
                   f"{g['within_10pct']} |")
+    md.append(f"| mean of groups (each source weighs the same) | {len(s['groups'])} groups | "
+              f"{_pct(s['mean_of_groups']).lstrip('+')} | | |")
     md += ["", f"Predictions the simulator cannot fully express: {s['with_gaps']} (not simulated at all: "
            f"{s['not_simulated']}). Calibration cases: {', '.join(s['calibration_cases']) or 'none'}.", "",
            "## Cases", "", "| case | profile | measured | predicted | error | time measured → predicted | "

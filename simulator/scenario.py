@@ -148,7 +148,8 @@ def load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None, 
                   batch: int | None = None, network: str | None = None, cluster: str | None = None,
                   nic_gbps: float | None = None, oversubscription: float | None = None,
                   routing: str | None = None, redundant_experts: int = 0,
-                  stage_layers: tuple[int, ...] | None = None, recompute: str | None = None) -> Scenario:
+                  stage_layers: tuple[int, ...] | None = None, recompute: str | None = None,
+                  overlap_grad_reduce: bool | None = None, overlap_param_gather: bool | None = None) -> Scenario:
     """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field."""
     doc = _read_plan(plan)
     if "phase" in doc:
@@ -189,6 +190,11 @@ def load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None, 
         vpp=vpp if vpp is not None else par.get("vpp", 2 if (schedule or par["schedule"]) == "interleaved-1f1b" else 1),
         comm_sms=comm_sms if comm_sms is not None else comm_default,
         stage_layers=stage_layers,
+        overlap_grad_reduce=par.get("overlap_grad_reduce", False) if overlap_grad_reduce is None
+        else overlap_grad_reduce,
+        overlap_param_gather=par.get("overlap_param_gather", False) if overlap_param_gather is None
+        else overlap_param_gather,
+        dp_bucket_params=par.get("dp_bucket_params", 0),
     )
     parallel.check_model(model_spec)
     ramp = BatchRamp(run["batch_start"], run["batch_end"], parse_count(run.get("ramp_tokens", 0), "ramp_tokens"))

@@ -8,6 +8,8 @@ a full update). The step ends when the slowest rank has its new parameters.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
@@ -113,7 +115,8 @@ class StepSimulator:
     def _simulate(self, num_microbatches: int, detail: bool) -> StepResult:
         p = self.parallel
         schedule = build_schedule(p.schedule, p.pp, num_microbatches, vpp=p.vpp)
-        tails = [self._dp_tail(stages) for stages in _stages_per_rank(schedule)]
+        tails = [self._dp_tail(stages, self._last_backward(schedule.programs[rank], rank))
+                 for rank, stages in enumerate(_stages_per_rank(schedule))]
         result = run_pipeline(schedule, self.coster, detail=detail, tail=tails.__getitem__)
         step_time = max(result.end_per_rank)
         slowest = result.end_per_rank.index(step_time)
@@ -137,26 +140,56 @@ class StepSimulator:
     def rank_params(self, stages: set[int]) -> tuple[float, float]:
         return rank_params(self.model, self.parallel, self.stage_layers, stages)
 
-    def _dp_tail(self, stages: set[int]) -> float:
+    def _last_backward(self, program, rank: int) -> float:
+        """Seconds of the rank's last instruction when it is a backward (its gradients become ready during it:
+        the window an overlapped gradient reduction can hide under), else 0."""
+        last = program[-1] if program else None
+        if last is None or last.kind == "F":
+            return 0.0
+        return self.coster.profile(rank, last).duration
+
+    def _dp_tail(self, stages: set[int], window: float = 0.0) -> float:
+        """What the rank does after its last instruction: the exposed part of its gradient reduction and of the
+        gathering of updated parameters (see `exposed_dp_comm`), and the optimizer update of its shard."""
         p, net, gpn = self.parallel, self.network, self.cluster.gpus_per_node
         dense, expert = self.rank_params(stages)
         # Placement (TP inside a node, then EP, then DP, PP outermost): a dense shard's replicas are tp ranks
         # apart, an expert shard's replicas ep ranks apart.
         dense_group = CommGroup(p.dp, max(1, min(gpn // p.tp, p.dp)))
         expert_group = CommGroup(p.expert_dp, max(1, min(gpn // p.ep, p.expert_dp)))
-        time = 0.0
+        reduce = gather = 0.0
         for n_params, group in ((dense, dense_group), (expert, expert_group)):
             if n_params == 0 or group.size == 1:
                 continue
             if p.zero_stage == 1:  # gradients reduced in their stored dtype, the working copy gathered
-                time += net.reduce_scatter(n_params * self.recipe.grad_bytes, group)
-                time += net.all_gather(n_params * self.recipe.weight_bytes, group)
+                reduce += net.reduce_scatter(n_params * self.recipe.grad_bytes, group)
+                gather += net.all_gather(n_params * self.recipe.weight_bytes, group)
             else:
-                time += net.all_reduce(n_params * self.recipe.grad_bytes, group)
+                reduce += net.all_reduce(n_params * self.recipe.grad_bytes, group)
+        buckets = max(1, math.ceil((dense + expert) / p.bucket_params))
+        comm = exposed_dp_comm(reduce, gather, buckets, window, p.overlap_grad_reduce, p.overlap_param_gather)
         shard = (dense / p.dp + expert / p.expert_dp) if p.zero_stage == 1 else dense + expert
         update = Op("optimizer.adamw", "elementwise", "W", "optimizer", 0.0,
                     shard * self.recipe.optimizer_bytes_per_param())
-        return time + self.compute.duration(update)
+        return comm + self.compute.duration(update)
+
+
+def exposed_dp_comm(reduce: float, gather: float, buckets: int, window: float, overlap_grad_reduce: bool,
+                    overlap_param_gather: bool) -> float:
+    """Seconds of data-parallel communication left after the rank's last instruction.
+
+    Without overlap the whole gradient reduction (`reduce` s) and parameter gather (`gather` s) follow the last
+    backward. With `overlap_grad_reduce`, the gradients fall into `buckets` equal buckets that become ready
+    evenly over the last backward (`window` s: bucket k at k x window / buckets) and are reduced one after
+    another on the network interface; the reduction then ends at max_k(k w/K + (K - k + 1) r) with r = reduce/K,
+    so what outlasts the backward is max(r, reduce + w/K - w). With `overlap_param_gather` the next step's
+    forward waits only for the first bucket of updated parameters (gather/K); the rest arrives under it.
+    Contention of these transfers with pipeline sends during the window is not modelled."""
+    k = max(1, buckets)
+    exposed = reduce
+    if overlap_grad_reduce:
+        exposed = max(reduce / k, reduce + window / k - window)
+    return exposed + (gather / k if overlap_param_gather else gather)
 
 
 def rank_params(model: ModelSpec, p: ParallelSpec, stage_layers: tuple[int, ...], stages: set[int]

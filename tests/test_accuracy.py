@@ -32,6 +32,7 @@ def test_every_case_states_its_source_and_the_row_as_printed():
 def test_the_suite_covers_the_sources_the_issue_names():
     groups = {c.group for c in CASES}
     assert {"megatron-2021", "korthikanti-2022", "deepseek-v3"} <= groups
+    assert len(groups) >= 6
     assert sum(c.group == "megatron-2021" and "gpt-" in c.name for c in CASES) == 10  # Table 1: ten rows
 
 
@@ -143,6 +144,10 @@ def test_means_leave_calibration_cases_out():
     assert s["groups"]["b"]["cases"] == 1
     assert s["fully_expressed"]["mae"] == pytest.approx(0.15)
     assert s["with_gaps"] == 1 and s["calibration_cases"] == ["b0.5@p"]
+    # a: |0.1|, |-0.3| -> 0.2; b: 0.2 -> mean of groups 0.2; with a third group of one row, each group weighs 1/3
+    s3 = summarise(rows + [_row("c", 0.5)])
+    assert s3["mean_of_groups"] == pytest.approx((0.2 + 0.2 + 0.5) / 3)
+    assert s3["overall"]["mae"] == pytest.approx((0.1 + 0.3 + 0.2 + 0.5) / 4)
 
 
 def test_select_filters_and_refuses_what_matches_nothing():

@@ -113,7 +113,9 @@ def _scenario(case: Case, profile_name: str):
         calibration=profile_name, fp8=lay.get("precision", "bf16") == "fp8", batch=lay["batch"],
         cluster=lay.get("cluster"), nic_gbps=lay.get("nic_gbps"))
     parallel = replace(scenario.parallel, sequence_parallel=lay.get("sequence_parallel", False),
-                       zero_stage=min(1, lay.get("zero_stage", 0)))
+                       zero_stage=min(1, lay.get("zero_stage", 0)),
+                       overlap_grad_reduce=lay.get("overlap_grad_reduce", False),
+                       overlap_param_gather=lay.get("overlap_param_gather", False))
     opts = replace(scenario.opts, recompute=lay.get("recompute", "none"))
     return replace(scenario, parallel=parallel, opts=opts)
 
@@ -152,10 +154,14 @@ def summarise(rows: list[Row]) -> dict:
 
     groups = sorted({r.group for r in rows})
     predictions = [r for r in rows if not r.calibration_case]
+    per_group = {g: mae([r for r in rows if r.group == g]) for g in groups}
+    group_maes = [g["mae"] for g in per_group.values() if g["mae"] is not None]
     return {
         "overall": mae(rows),
         "fully_expressed": mae([r for r in rows if not r.gaps]),
-        "groups": {g: mae([r for r in rows if r.group == g]) for g in groups},
+        "groups": per_group,
+        # every source weighs the same, however many rows its table has
+        "mean_of_groups": sum(group_maes) / len(group_maes) if group_maes else None,
         "rows": len(rows),
         "calibration_cases": [r.key for r in rows if r.calibration_case],
         "with_gaps": sum(bool(r.gaps) for r in predictions),

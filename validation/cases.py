@@ -14,7 +14,8 @@ Layout keys and what the simulator can express today (anything else is reported 
     sequence_parallel     true/false
     zero_stage            0 or 1 (2, 3: gap, simulated as 1);  fsdp: true is a gap
     recompute             "none" | "deepseek" (RMSNorm and MLA up-projections) | "selective" | "full"
-    overlap_grad_reduce, overlap_param_gather, tp_comm_overlap     true is a gap (simulated exposed)
+    overlap_grad_reduce, overlap_param_gather   Megatron-Core's bucketed data-parallel overlap (modelled)
+    tp_comm_overlap       true is a gap (simulated exposed)
     precision             "bf16" | "fp8";  fp8_recipe "blockwise" (DeepSeek/DeepGEMM) | "delayed" | "current"
     calibrations          profiles to run the case under (default: the tool's default profile)
 
@@ -131,11 +132,8 @@ class Case:
             out.append(f"context parallelism CP{lay['cp']}: not modelled")
         if lay.get("etp", 1) > 1:
             out.append(f"expert tensor parallelism ETP{lay['etp']}: not modelled, experts simulated whole per EP rank")
-        for key, what in (("overlap_grad_reduce", "overlapped gradient reduce-scatter"),
-                          ("overlap_param_gather", "overlapped parameter all-gather"),
-                          ("tp_comm_overlap", "tensor-parallel communication overlap")):
-            if lay.get(key):
-                out.append(f"{what}: not modelled, simulated exposed")
+        if lay.get("tp_comm_overlap"):
+            out.append("tensor-parallel communication overlap: not modelled, simulated exposed")
         if lay.get("precision") == "fp8" and lay.get("fp8_recipe", "blockwise") != "blockwise":
             out.append(f"FP8 {lay['fp8_recipe']} scaling (per-tensor, Transformer Engine): simulated as "
                        f"DeepSeek's blockwise recipe with unfused casts")

@@ -21,6 +21,10 @@ class ParallelSpec:
     (DeepSeek's trace: every GEMM launched on 112 of 132 SMs); in the others compute and communication take
     turns and compute uses every SM (see `compute_sm_fraction`).
     `vpp`: virtual stages per rank for interleaved 1F1B.
+    `overlap_grad_reduce` / `overlap_param_gather`: Megatron-Core's data-parallel options. Gradients are reduced
+    in buckets of `dp_bucket_params` parameters (0: Megatron-Core's default, max(40M, 1M x dp)) as they become
+    ready during the rank's last backward; the updated parameters are gathered bucket by bucket under the next
+    step's forward (see `simulator.step.exposed_dp_comm`).
     """
 
     num_gpus: int
@@ -34,6 +38,9 @@ class ParallelSpec:
     stage_layers: tuple[int, ...] | None = None
     comm_sms: int = 0
     sequence_parallel: bool = True
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+    dp_bucket_params: int = 0
 
     def __post_init__(self) -> None:
         for name in ("num_gpus", "pp", "ep", "tp", "micro_batch_size", "vpp"):
@@ -44,6 +51,13 @@ class ParallelSpec:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
         if self.zero_stage not in (0, 1):
             raise ValueError(f"zero_stage must be 0 or 1, got {self.zero_stage!r}")
+        for name in ("overlap_grad_reduce", "overlap_param_gather", "sequence_parallel"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.dp_bucket_params, bool) or not isinstance(self.dp_bucket_params, int) \
+                or self.dp_bucket_params < 0:
+            raise ValueError(f"dp_bucket_params must be a whole number >= 0 (0: Megatron-Core's default), "
+                             f"got {self.dp_bucket_params!r}")
         if self.comm_sms < 0:
             raise ValueError(f"comm_sms must be >= 0, got {self.comm_sms}")
         if self.num_gpus % (self.pp * self.tp):
@@ -64,6 +78,12 @@ class ParallelSpec:
     def compute_sm_fraction(self, sms: int) -> float:
         """Share of a GPU's SMs compute kernels run on."""
         return (sms - self.comm_sms) / sms if self.overlaps_comm else 1.0
+
+    @property
+    def bucket_params(self) -> int:
+        """Parameters per data-parallel gradient bucket: as given, else Megatron-Core's default
+        max(40,000,000, 1,000,000 x dp) (DistributedDataParallelConfig.bucket_size)."""
+        return self.dp_bucket_params or max(40_000_000, 1_000_000 * self.dp)
 
     @property
     def dp(self) -> int:

@@ -262,15 +262,36 @@ def _columns(spec: SweepSpec) -> list[str]:
 
 
 def _read_done(path: Path, columns: list[str]) -> dict[str, dict]:
-    """Finished rows by point id; a torn last line (a kill mid-write) is dropped."""
-    if not path.exists():
+    """Finished rows by point id, and the file rewritten to hold exactly those rows.
+
+    A kill mid-write leaves a torn last row. The writer ends every row with a line break, so a file that does not
+    end in one has a torn last row even when its fields happen to parse (a value cut short); it is dropped, and
+    the file is rewritten atomically with the header and the complete rows (their values as read, so the bytes
+    of kept rows do not change), so that appending starts on a fresh line."""
+    if not path.exists() or path.stat().st_size == 0:
         return {}
     with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames != columns:
-            raise ValueError(f"{path}: written by another sweep spec (columns {reader.fieldnames}); "
-                             "use another output directory")
-        return {r["point_id"]: r for r in reader if None not in r.values() and r["point_id"]}
+        text = f.read()
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    if reader.fieldnames != columns:
+        if not text.endswith(("\n", "\r")) and "\n" not in text:  # torn inside the header itself
+            path.unlink()
+            return {}
+        raise ValueError(f"{path}: written by another sweep spec (columns {reader.fieldnames}); "
+                         "use another output directory")
+    rows = list(reader)
+    if rows and not text.endswith(("\n", "\r")):
+        rows.pop()
+    done = {r["point_id"]: r for r in rows if None not in r.values() and r["point_id"]}
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(done.values())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return done
 
 
 def _table(rows: list[dict], spec: SweepSpec, rank_by: str) -> pd.DataFrame:

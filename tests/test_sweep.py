@@ -204,3 +204,21 @@ def test_union_of_grids():
     assert spec.keys == ("model", "tp", "ep")
     assert len(spec.points()) == 3  # the third grid repeats a point of the first: each point once
     assert len({spec.point_id(p) for p in spec.points()}) == 3
+
+
+def test_resume_after_a_torn_write_keeps_every_point_once(spec, full, tmp_path):
+    # A kill can cut results.csv anywhere: inside the header, inside a row, just before a row's line break.
+    # Whatever the cut, the resumed CSV holds every point exactly once with the uninterrupted run's values.
+    whole = open(full.csv_path, newline="").read()
+    header_end = whole.index("\n") + 1
+    row_ends = [i + 1 for i, ch in enumerate(whole) if ch == "\n"]
+    cuts = [5, header_end, header_end + 7, row_ends[3] - 1, row_ends[3] - 2, row_ends[5] + 11, len(whole) - 1]
+    expected = pd.read_csv(full.csv_path).set_index("point_id").sort_index()
+    for cut in cuts:
+        out = tmp_path / f"cut{cut}"
+        out.mkdir()
+        (out / "results.csv").write_text(whole[:cut], newline="")
+        resumed = run_sweep(spec, out, executor="serial", plot=False)
+        got = pd.read_csv(resumed.csv_path)
+        assert got["point_id"].is_unique and len(got) == full.points_total, cut
+        pd.testing.assert_frame_equal(got.set_index("point_id").sort_index(), expected, check_like=True)

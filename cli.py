@@ -107,6 +107,8 @@ SCENARIO_OPTIONS = dict(
                                      help="Reduce gradients in buckets during the last backward (Megatron-Core)"),
     overlap_param_gather=typer.Option(None, "--overlap-param-gather/--no-overlap-param-gather",
                                       help="Gather updated parameters bucket by bucket under the next forward"),
+    zero_stage=typer.Option(None, "--zero-stage", help="ZeRO stage over data parallelism: 0, 1 (distributed "
+                                                        "optimizer), 2 (+ gradients), 3 (FSDP: + weights)"),
 )
 
 
@@ -114,7 +116,7 @@ SCENARIO_OPTIONS = dict(
 def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
               calibration, precision, batch, network=None, cluster=None, nic_gbps=None, oversubscription=None,
               routing=None, redundant_experts=0, stage_layers=None, recompute=None, overlap_grad_reduce=None,
-              overlap_param_gather=None):
+              overlap_param_gather=None, zero_stage=None):
     from gpuhours.simulator.scenario import load_scenario
     from gpuhours.workloads.ops import RECOMPUTE_POLICIES
 
@@ -122,6 +124,8 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
         raise UsageError(f"precision must be fp8 or bf16, got {precision!r}")
     if recompute is not None and recompute not in RECOMPUTE_POLICIES:
         raise UsageError(f"recompute must be one of {', '.join(RECOMPUTE_POLICIES)}, got {recompute!r}")
+    if zero_stage is not None and zero_stage not in (0, 1, 2, 3):
+        raise UsageError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage!r}")
     if stage_layers is not None:
         try:
             stage_layers = tuple(int(x) for x in stage_layers.split(","))
@@ -135,7 +139,8 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
                          batch=batch, network=network, cluster=cluster, nic_gbps=nic_gbps,
                          oversubscription=oversubscription, routing=routing,
                          redundant_experts=redundant_experts, stage_layers=stage_layers, recompute=recompute,
-                         overlap_grad_reduce=overlap_grad_reduce, overlap_param_gather=overlap_param_gather)
+                         overlap_grad_reduce=overlap_grad_reduce, overlap_param_gather=overlap_param_gather,
+                         zero_stage=zero_stage)
 
 
 @app.command()
@@ -165,6 +170,7 @@ def estimate(
     recompute: Optional[str] = SCENARIO_OPTIONS["recompute"],
     overlap_grad_reduce: Optional[bool] = SCENARIO_OPTIONS["overlap_grad_reduce"],
     overlap_param_gather: Optional[bool] = SCENARIO_OPTIONS["overlap_param_gather"],
+    zero_stage: Optional[int] = SCENARIO_OPTIONS["zero_stage"],
     compare_schedules: bool = typer.Option(False, "--compare-schedules", help="Also estimate every other schedule"),
     plan: Optional[str] = typer.Option(None, "--plan", help="Run plan: a built-in name (see `gpuhours presets`) or "
                                                              "a TOML file; plans with [[phase]] tables are "
@@ -186,7 +192,7 @@ def estimate(
         scenario = _scenario(plan,model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
                              calibration, precision, batch, network, cluster, nic_gbps, oversubscription, routing,
                              redundant_experts, stage_layers, recompute, overlap_grad_reduce,
-                             overlap_param_gather)
+                             overlap_param_gather, zero_stage)
         result = run_estimate(scenario)
         memory = memory_breakdown(scenario, result.steady.step)
         if not memory.fits and not allow_oom:
@@ -326,6 +332,7 @@ def step(
     recompute: Optional[str] = SCENARIO_OPTIONS["recompute"],
     overlap_grad_reduce: Optional[bool] = SCENARIO_OPTIONS["overlap_grad_reduce"],
     overlap_param_gather: Optional[bool] = SCENARIO_OPTIONS["overlap_param_gather"],
+    zero_stage: Optional[int] = SCENARIO_OPTIONS["zero_stage"],
     microbatches: Optional[int] = typer.Option(None, "--microbatches",
                                                help="Micro-batches per pipeline (default: the plan's final batch)"),
     gantt: Optional[Path] = typer.Option(None, "--gantt", help="Write a Gantt chart of the step (.png or .svg)"),
@@ -341,7 +348,7 @@ def step(
         scenario = _scenario(None, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, None, seq_len, None,
                              calibration, precision, None, network, cluster, None, None, routing,
                              recompute=recompute, overlap_grad_reduce=overlap_grad_reduce,
-                             overlap_param_gather=overlap_param_gather)
+                             overlap_param_gather=overlap_param_gather, zero_stage=zero_stage)
         m = microbatches or microbatches_for(scenario.plan.batch.end, scenario.parallel)[0]
         result = scenario.simulator().step(m, detail=gantt is not None or trace is not None)
     data = step_dict(result)

@@ -18,6 +18,15 @@ throughout the step (DeepSeek-V3 reserves 20 of 132), so every compute op runs a
 in the others compute and communication take turns and compute uses every SM
 (`ParallelSpec.compute_sm_fraction`). The weight-gradient GEMMs that a fused backward runs beside its backward
 all-to-all are priced at the full rate too: a small optimism for those schedules.
+
+Dependencies: a segment depends on the previous segment of its pass, except ZeRO-3's data-parallel collectives
+(`workloads.ops.zero3_passes`). A parameter all-gather depends only on the previous all-gather of the pass (not
+on a reduce-scatter: FSDP issues the next gather of the backward before the current reduce-scatter) and, so that at most two units' parameters are gathered at a time (the current and the prefetched one,
+as FSDP limits its in-flight all-gathers; the memory model counts the same two), on the end of the unit two
+before it; the unit's first segment then waits for both the previous segment and its gather. So the gather of
+unit k+1 runs on the communication stream while unit k computes (prefetch). A gradient reduce-scatter depends on
+its unit's weight-gradient segments (and the previous reduce-scatter); nothing waits for it inside the
+instruction, so only the last one's tail is exposed.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from gpuhours.simulator.engine import InstructionProfile
 from gpuhours.simulator.instructions import Instruction
 from gpuhours.simulator.timeline import Span
 from gpuhours.workloads.model import ModelSpec
-from gpuhours.workloads.ops import BF16, LayerPasses, Op, OpOptions, Segment, stage_units
+from gpuhours.workloads.ops import BF16, LayerPasses, Op, OpOptions, Segment, is_dp_collective, stage_units
 from gpuhours.workloads.parallel import ParallelSpec
 
 # Launch order inside one layer pair of an overlapped F&B (see the module docstring).
@@ -83,7 +92,8 @@ class HardwareCoster:
     """Prices instructions of one pipeline on a cluster: the `InstructionCoster` of hardware mode."""
 
     def __init__(self, model: ModelSpec, parallel: ParallelSpec, cluster: ClusterSpec, compute: ComputeModel,
-                 network, seq_len: int, stage_layers: tuple[int, ...], opts: OpOptions = OpOptions()):
+                 network, seq_len: int, stage_layers: tuple[int, ...], opts: OpOptions = OpOptions(),
+                 recipe=None):
         self.model, self.parallel, self.cluster = model, parallel, cluster
         self.compute, self.network, self.seq_len, self.opts = compute, network, seq_len, opts
         sms = cluster.gpu.sms
@@ -95,7 +105,7 @@ class HardwareCoster:
             starts.append(starts[-1] + n)
         last = len(stage_layers) - 1
         self.stages = tuple(
-            stage_units(model, parallel, seq_len, range(starts[s], starts[s + 1]), s == 0, s == last, opts)
+            stage_units(model, parallel, seq_len, range(starts[s], starts[s + 1]), s == 0, s == last, opts, recipe)
             for s in range(len(stage_layers))
         )
         self._profile = lru_cache(maxsize=None)(self._build_profile)
@@ -105,13 +115,22 @@ class HardwareCoster:
     def op_time(self, op: Op) -> float:
         if op.kind != "collective":
             return self.compute.duration(op, sm_fraction=self.sm_fraction)
-        gpn = self.cluster.gpus_per_node
         if op.group == "ep":
-            group = CommGroup(self.parallel.ep, min(self.parallel.ep, gpn))
             return self.network.ep_all_to_all(op.tokens, op.bytes_per_token, self.model.moe.top_k,
-                                              self.nodes_per_token, group)
-        group = CommGroup(self.parallel.tp, min(self.parallel.tp, gpn))
-        return getattr(self.network, op.collective)(op.comm_bytes, group)
+                                              self.nodes_per_token, self.comm_group("ep"))
+        return getattr(self.network, op.collective)(op.comm_bytes, self.comm_group(op.group))
+
+    def comm_group(self, name: str) -> CommGroup:
+        """The ranks of a collective group. Placement: TP inside a node, then EP, then DP, PP outermost, so a
+        dense shard's data-parallel replicas ("dp") are tp ranks apart and an expert shard's ("edp") ep apart."""
+        p, gpn = self.parallel, self.cluster.gpus_per_node
+        if name == "ep":
+            return CommGroup(p.ep, min(p.ep, gpn))
+        if name == "dp":
+            return CommGroup(p.dp, max(1, min(gpn // p.tp, p.dp)))
+        if name == "edp":
+            return CommGroup(p.expert_dp, max(1, min(gpn // p.ep, p.expert_dp)))
+        return CommGroup(p.tp, min(p.tp, gpn))
 
     def _price_segment(self, segment: Segment) -> float:
         return sum(self.op_time(op) for op in segment.ops)
@@ -163,19 +182,47 @@ class HardwareCoster:
         ordered = units if kind == "F" else tuple(reversed(units))
         ids: list[int] = []
         prev: int | None = None
+        last_gather: int | None = None  # the pass's previous parameter all-gather (ZeRO-3)
+        last_rs: int | None = None  # the pass's previous gradient reduce-scatter
+        unit_end: list[int | None] = []  # the last chained segment of each unit
         for k, unit in enumerate(ordered):
             segments = {"F": unit.forward, "B": unit.backward, "W": unit.weight, "BW": unit.backward}[kind]
             b_ids: dict[str, int] = {}
+            w_ids: list[int] = []
+            gather: int | None = None
             for j, seg in enumerate(segments):
-                deps = () if prev is None else (prev,)
+                if is_dp_collective(seg):
+                    if seg.name.startswith("dp.all_gather"):  # prefetch: off the chain, at most one unit ahead
+                        limit = unit_end[k - 2] if k >= 2 else None
+                        deps = tuple(d for d in (last_gather, limit) if d is not None)
+                        gather = last_gather = self._add(tasks, seg, deps, k, j, pair, kind)
+                        ids.append(gather)
+                    else:  # reduce-scatter: after the unit's weight gradients
+                        deps = tuple(w_ids) or (() if prev is None else (prev,))
+                        deps += () if last_rs is None else (last_rs,)
+                        last_rs = self._add(tasks, seg, deps, k, j, pair, kind)
+                        ids.append(last_rs)
+                    continue
+                deps = tuple(d for d in (prev, gather) if d is not None)
+                gather = None
                 prev = self._add(tasks, seg, deps, k, j, pair, kind)
                 b_ids[seg.name] = prev
+                w_ids.append(prev)
                 ids.append(prev)
             if kind == "BW":
+                w_ids = []
                 for j, seg in enumerate(unit.weight):
+                    if is_dp_collective(seg):
+                        deps = tuple(w_ids) or (() if prev is None else (prev,))
+                        deps += () if last_rs is None else (last_rs,)
+                        last_rs = self._add(tasks, seg, deps, k, 50 + j, pair, kind)
+                        ids.append(last_rs)
+                        continue
                     anchor = b_ids.get(seg.name.replace("(W)", "(B)"), prev)
                     deps = () if anchor is None else (anchor,)
-                    ids.append(self._add(tasks, seg, deps, k, 50 + j, pair, kind))
+                    w_ids.append(self._add(tasks, seg, deps, k, 50 + j, pair, kind))
+                    ids.append(w_ids[-1])
+            unit_end.append(prev)
         return ids
 
     def _add(self, tasks: list[_Task], seg: Segment, deps: tuple[int, ...], k: int, j: int, pair: bool,
@@ -190,7 +237,8 @@ class HardwareCoster:
 
     def _crosses_nodes(self, seg: Segment) -> bool:
         size = {"ep": self.parallel.ep, "tp": self.parallel.tp}
-        return any(op.kind == "collective" and size.get(op.group, 1) > self.cluster.gpus_per_node
+        return any(op.kind == "collective" and (self.comm_group(op.group).nodes > 1 if op.group in ("dp", "edp")
+                                                else size.get(op.group, 1) > self.cluster.gpus_per_node)
                    for op in seg.ops)
 
 

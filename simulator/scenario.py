@@ -149,7 +149,8 @@ def load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None, 
                   nic_gbps: float | None = None, oversubscription: float | None = None,
                   routing: str | None = None, redundant_experts: int = 0,
                   stage_layers: tuple[int, ...] | None = None, recompute: str | None = None,
-                  overlap_grad_reduce: bool | None = None, overlap_param_gather: bool | None = None) -> Scenario:
+                  overlap_grad_reduce: bool | None = None, overlap_param_gather: bool | None = None,
+                  zero_stage: int | None = None) -> Scenario:
     """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field."""
     doc = _read_plan(plan)
     if "phase" in doc:
@@ -184,7 +185,8 @@ def load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None, 
         pp=pp if pp is not None else par["pp"],
         ep=ep_value,
         tp=tp if tp is not None else par.get("tp", 1),
-        zero_stage=par.get("zero_stage", 1),
+        zero_stage=zero_stage if zero_stage is not None else par.get("zero_stage", 1),
+        reshard_after_forward=par.get("reshard_after_forward", True),
         micro_batch_size=micro_batch_size if micro_batch_size is not None else par.get("micro_batch_size", 1),
         schedule=schedule or par["schedule"],
         vpp=vpp if vpp is not None else par.get("vpp", 2 if (schedule or par["schedule"]) == "interleaved-1f1b" else 1),

@@ -2,8 +2,10 @@
 
 Data-parallel replicas behave alike, so one representative pipeline is simulated (DESIGN principle 4).
 After a rank's last backward it reduces its gradients over its data-parallel group (ZeRO-1: reduce-scatter,
-then the optimizer updates its shard, then the updated BF16 parameters are all-gathered; ZeRO-0: all-reduce and
-a full update). The step ends when the slowest rank has its new parameters.
+then the optimizer updates its shard, then the updated BF16 parameters are all-gathered; ZeRO-2 alike; ZeRO-0:
+all-reduce and a full update). Under ZeRO-3 (FSDP) the parameters are gathered and the gradients reduce-scattered
+layer by layer inside every micro-batch's instructions (`workloads.ops.zero3_passes`), so the tail is the
+optimizer update of the shard alone. The step ends when the slowest rank has its new parameters.
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ class StepSimulator:
         self.compute, self.network, self.seq_len, self.opts = compute, network, seq_len, opts
         self.recipe = recipe or load_recipe()
         self.stage_layers = parallel.stage_layers or self._balanced_stage_layers()
-        self.coster = HardwareCoster(model, parallel, cluster, compute, network, seq_len, self.stage_layers, opts)
+        self.coster = HardwareCoster(model, parallel, cluster, compute, network, seq_len, self.stage_layers, opts,
+                                     self.recipe)
         self._cache: dict[tuple[int, bool], StepResult] = {}
 
     # -- stage assignment ---------------------------------------------------------------------------------------
@@ -161,14 +164,16 @@ class StepSimulator:
         for n_params, group in ((dense, dense_group), (expert, expert_group)):
             if n_params == 0 or group.size == 1:
                 continue
-            if p.zero_stage == 1:  # gradients reduced in their stored dtype, the working copy gathered
+            if p.zero_stage == 3:  # gathered and reduce-scattered layer by layer inside the instructions
+                continue
+            if p.zero_stage in (1, 2):  # gradients reduced in their stored dtype, the working copy gathered
                 reduce += net.reduce_scatter(n_params * self.recipe.grad_bytes, group)
                 gather += net.all_gather(n_params * self.recipe.weight_bytes, group)
             else:
                 reduce += net.all_reduce(n_params * self.recipe.grad_bytes, group)
         buckets = max(1, math.ceil((dense + expert) / p.bucket_params))
         comm = exposed_dp_comm(reduce, gather, buckets, window, p.overlap_grad_reduce, p.overlap_param_gather)
-        shard = (dense / p.dp + expert / p.expert_dp) if p.zero_stage == 1 else dense + expert
+        shard = (dense / p.dp + expert / p.expert_dp) if p.zero_stage >= 1 else dense + expert
         update = Op("optimizer.adamw", "elementwise", "W", "optimizer", 0.0,
                     shard * self.recipe.optimizer_bytes_per_param())
         return comm + self.compute.duration(update)

@@ -74,8 +74,14 @@ def test_gaps_name_what_is_not_modelled():
     assert BY_NAME["korthikanti-1t-selective-sp"].gaps() == []
     assert BY_NAME["deepseek-v3-pretraining"].gaps() == []
     c = BY_NAME["korthikanti-1t-full"]
-    zero3 = replace(c, layout={**c.layout, "zero_stage": 3, "cp": 2})
-    assert any("ZeRO-3" in g for g in zero3.gaps()) and any("context parallelism" in g for g in zero3.gaps())
+    zero3 = replace(c, layout={**c.layout, "zero_stage": 3, "cp": 2, "pp": 1})
+    # ZeRO-2/3 and FSDP are simulated (ParallelSpec.zero_stage): only context parallelism is a gap here ...
+    assert not any("ZeRO" in g or "FSDP" in g for g in zero3.gaps())
+    assert any("context parallelism" in g for g in zero3.gaps())
+    # ... but not FSDP's once-per-step gather under pipeline parallelism, nor torch.compile
+    piped = replace(c, layout={**c.layout, "fsdp": True, "torch_compile": True})
+    assert any("FSDP under pipeline parallelism" in g for g in piped.gaps())
+    assert any("torch.compile" in g for g in piped.gaps())
 
 
 def _write(tmp_path: Path, text: str) -> Path:

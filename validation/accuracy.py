@@ -99,7 +99,8 @@ def run_case(case: Case, profile_name: str) -> Row:
 
 
 def _scenario(case: Case, profile_name: str):
-    """The case as a gpuhours scenario: the nearest layout the simulator expresses (see Case.gaps)."""
+    """The case as a gpuhours scenario: the nearest layout the simulator expresses (see Case.gaps). FSDP runs
+    (`fsdp = true`) are ZeRO-3."""
     from gpuhours.simulator.scenario import load_scenario
 
     lay = case.layout
@@ -113,7 +114,8 @@ def _scenario(case: Case, profile_name: str):
         calibration=profile_name, fp8=lay.get("precision", "bf16") == "fp8", batch=lay["batch"],
         cluster=lay.get("cluster"), nic_gbps=lay.get("nic_gbps"))
     parallel = replace(scenario.parallel, sequence_parallel=lay.get("sequence_parallel", False),
-                       zero_stage=min(1, lay.get("zero_stage", 0)),
+                       zero_stage=3 if lay.get("fsdp") else lay.get("zero_stage", 0),
+                       reshard_after_forward=lay.get("reshard_after_forward", True),
                        overlap_grad_reduce=lay.get("overlap_grad_reduce", False),
                        overlap_param_gather=lay.get("overlap_param_gather", False))
     opts = replace(scenario.opts, recompute=lay.get("recompute", "none"))

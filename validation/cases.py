@@ -12,10 +12,12 @@ Layout keys and what the simulator can express today (anything else is reported 
     tp, pp, vpp, ep, etp (expert tensor parallelism), cp, dp (optional: checked against gpus / (tp pp cp)),
     schedule, micro_batch_size, batch, seq_len
     sequence_parallel     true/false
-    zero_stage            0 or 1 (2, 3: gap, simulated as 1);  fsdp: true is a gap
+    zero_stage            0, 1, 2 or 3;  fsdp: true means ZeRO-3 (parameters resharded after the forward)
     recompute             "none" | "deepseek" (RMSNorm and MLA up-projections) | "selective" | "full"
     overlap_grad_reduce, overlap_param_gather   Megatron-Core's bucketed data-parallel overlap (modelled)
+    reshard_after_forward FSDP's option (default true)
     tp_comm_overlap       true is a gap (simulated exposed)
+    torch_compile         true is a gap (compiler-fused kernels; simulated as the eager run)
     precision             "bf16" | "fp8";  fp8_recipe "blockwise" (DeepSeek/DeepGEMM) | "delayed" | "current"
     calibrations          profiles to run the case under (default: the tool's default profile)
 
@@ -44,6 +46,7 @@ _LAYOUT_KEYS = {"gpu", "gpus", "gpus_per_node", "nic_gbps", "cluster", "tp", "pp
                 "schedule",
                 "micro_batch_size", "batch", "seq_len", "sequence_parallel", "zero_stage", "fsdp", "recompute",
                 "overlap_grad_reduce", "overlap_param_gather", "tp_comm_overlap", "precision", "fp8_recipe",
+                "reshard_after_forward", "torch_compile",
                 "calibrations", "plan", "model"}
 _CASE_KEYS = _LAYOUT_KEYS | {"name", "measured", "printed", "notes"}
 _MODEL_KEYS = {"preset", "hf_config", "name", "hidden", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab",
@@ -124,14 +127,15 @@ class Case:
     def gaps(self) -> list[str]:
         """What the simulator cannot express about this run, each with what it simulates instead."""
         lay, out = self.layout, []
-        if lay.get("zero_stage", 0) > 1:
-            out.append(f"ZeRO-{lay['zero_stage']}: simulated as ZeRO-1")
-        if lay.get("fsdp"):
-            out.append("FSDP: simulated as ZeRO-1 with whole weights on every rank")
         if lay.get("cp", 1) > 1:
             out.append(f"context parallelism CP{lay['cp']}: not modelled")
         if lay.get("etp", 1) > 1:
             out.append(f"expert tensor parallelism ETP{lay['etp']}: not modelled, experts simulated whole per EP rank")
+        if (lay.get("fsdp") or lay.get("zero_stage", 0) == 3) and lay.get("pp", 1) > 1:
+            out.append("FSDP under pipeline parallelism: parameters gathered and gradients reduce-scattered every "
+                       "micro-batch (PyTorch's pipelining gathers once per step)")
+        if lay.get("torch_compile"):
+            out.append("torch.compile: compiler-fused kernels not modelled, simulated as the eager run")
         if lay.get("tp_comm_overlap"):
             out.append("tensor-parallel communication overlap: not modelled, simulated exposed")
         if lay.get("precision") == "fp8" and lay.get("fp8_recipe", "blockwise") != "blockwise":

@@ -4,9 +4,14 @@ Training state of a rank holding dense parameters P_d (split by tp) and expert p
 over the stages it holds (`simulator.step.rank_params`; DualPipe ranks hold two stages, `params_copies` = 2):
 
     weights    = w (P_d + P_e)                         w: working-weight bytes (BF16: 2)
-    gradients  = g (P_d + P_e)                         g: gradient bytes (FP32: 4); ZeRO-1 does not shard them
-    master     = m (P_d / dp + P_e / expert_dp)        ZeRO-1 (ZeRO-0: m (P_d + P_e))
+    gradients  = g (P_d + P_e)                         g: gradient bytes (FP32: 4); ZeRO-0/1 do not shard them
+    master     = m (P_d / dp + P_e / expert_dp)        ZeRO >= 1 (ZeRO-0: m (P_d + P_e))
     moments    = 2 a (P_d / dp + P_e / expert_dp)      AdamW's two moments of a bytes (BF16: 2); ZeRO-0 unsharded
+ZeRO-2 shards the gradients: g S, with S = P_d / dp + P_e / expert_dp. ZeRO-3 (FSDP) shards the weights too, and
+adds the unsharded parameters of the units being gathered and their gradients before the reduce-scatter: the two
+largest units the rank holds, G (the current and the prefetched one, `simulator.chunks`):
+    weights = w (S + G),  gradients = g (S + G)
+(Rajbhandari et al. 2020, sec. 5: (2 + 2 + K) Psi / N_d per device, plus the working buffers.)
 
 Activations: a rank's program runs in a fixed order, so the chunks alive on it follow from that order alone: a
 chunk (one micro-batch on one stage) is alive from the start of its F until the end of its W (or BW) -- the same
@@ -54,7 +59,7 @@ from dataclasses import asdict, dataclass, field
 from gpuhours.simulator.schedules import build_schedule
 from gpuhours.simulator.step import _stages_per_rank, rank_params
 from gpuhours.workloads.model import ModelSpec
-from gpuhours.workloads.ops import recompute_policy
+from gpuhours.workloads.ops import recompute_policy, unit_params
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.recipe import MemoryRecipe, load_recipe  # noqa: F401  (load_recipe re-exported)
 
@@ -234,16 +239,31 @@ class MemoryBreakdown:
         return d
 
 
-def rank_state_bytes(dense: float, expert: float, parallel: ParallelSpec, recipe: MemoryRecipe
-                     ) -> dict[str, float]:
-    """Weights, gradients, master weights and moments for (dense, expert) parameters held (formulas above)."""
+def rank_state_bytes(dense: float, expert: float, parallel: ParallelSpec, recipe: MemoryRecipe,
+                     gathered: float = 0.0) -> dict[str, float]:
+    """Weights, gradients, master weights and moments for (dense, expert) parameters held (formulas above).
+    `gathered`: ZeRO-3's unsharded working set G, parameters of the units gathered at once."""
     held = dense + expert
-    if parallel.zero_stage == 1:
-        shard = dense / parallel.dp + expert / parallel.expert_dp
-    else:
-        shard = held
-    return {"weights": recipe.weight_bytes * held, "gradients": recipe.grad_bytes * held,
+    shard = dense / parallel.dp + expert / parallel.expert_dp if parallel.zero_stage >= 1 else held
+    weights = held if parallel.zero_stage < 3 else shard + gathered
+    grads = held if parallel.zero_stage < 2 else shard + (gathered if parallel.zero_stage == 3 else 0.0)
+    return {"weights": recipe.weight_bytes * weights, "gradients": recipe.grad_bytes * grads,
             "master_weights": recipe.master_bytes * shard, "optimizer_moments": 2 * recipe.moment_bytes * shard}
+
+
+def gathered_params(model: ModelSpec, parallel: ParallelSpec, stage_layers: tuple[int, ...], stages) -> float:
+    """ZeRO-3's unsharded working set on a rank holding `stages`: the parameters of its two largest units (0
+    below ZeRO-3 or without data parallelism)."""
+    if parallel.zero_stage < 3 or (parallel.dp == 1 and parallel.expert_dp == 1):
+        return 0.0
+    starts = [0]
+    for n in stage_layers:
+        starts.append(starts[-1] + n)
+    last = len(stage_layers) - 1
+    sizes = sorted((d + e for s in stages
+                    for _, d, e in unit_params(model, parallel, range(starts[s], starts[s + 1]), s == 0, s == last)),
+                   reverse=True)
+    return float(sum(sizes[:2]))
 
 
 def memory_breakdown(scenario, step_result, recipe: MemoryRecipe | None = None) -> MemoryBreakdown:
@@ -259,7 +279,7 @@ def memory_breakdown(scenario, step_result, recipe: MemoryRecipe | None = None) 
     rows = []
     for rank, stages in enumerate(_stages_per_rank(schedule)):
         dense, expert = rank_params(model, p, stage_layers, stages)
-        state = rank_state_bytes(dense, expert, p, recipe)
+        state = rank_state_bytes(dense, expert, p, recipe, gathered_params(model, p, stage_layers, stages))
         allocated = sum(state.values()) + act_bytes[rank]
         headroom = recipe.reserved_bytes + recipe.fragmentation * allocated
         rows.append((allocated + headroom, rank, dense, expert, state, headroom, stages))

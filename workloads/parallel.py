@@ -8,6 +8,7 @@ from gpuhours.workloads.model import ModelSpec
 
 SCHEDULES = ("1f1b", "interleaved-1f1b", "zb1p", "dualpipe", "dualpipev")
 OVERLAPPING_SCHEDULES = ("dualpipe", "dualpipev")  # run one chunk's communication under another's compute
+ZERO_STAGES = (0, 1, 2, 3)  # 3: FSDP
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,12 @@ class ParallelSpec:
     in buckets of `dp_bucket_params` parameters (0: Megatron-Core's default, max(40M, 1M x dp)) as they become
     ready during the rank's last backward; the updated parameters are gathered bucket by bucket under the next
     step's forward (see `simulator.step.exposed_dp_comm`).
+    `zero_stage` (ZERO_STAGES, Rajbhandari et al. 2020): 0 replicates everything; 1 shards the optimizer state over
+    the data-parallel group (Megatron's distributed optimizer: gradients reduce-scattered and the updated
+    parameters all-gathered once per step); 2 also shards the gradients (same traffic as 1); 3 (FSDP) also shards
+    the weights: every micro-batch gathers a layer's parameters before its forward (and, with
+    `reshard_after_forward`, again before its backward) and reduce-scatters its gradients after its backward
+    (`workloads.ops.stage_units`), the step's tail keeps only the optimizer update of the shard.
     """
 
     num_gpus: int
@@ -41,6 +48,7 @@ class ParallelSpec:
     overlap_grad_reduce: bool = False
     overlap_param_gather: bool = False
     dp_bucket_params: int = 0
+    reshard_after_forward: bool = True
 
     def __post_init__(self) -> None:
         for name in ("num_gpus", "pp", "ep", "tp", "micro_batch_size", "vpp"):
@@ -49,9 +57,9 @@ class ParallelSpec:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
-        if self.zero_stage not in (0, 1):
-            raise ValueError(f"zero_stage must be 0 or 1, got {self.zero_stage!r}")
-        for name in ("overlap_grad_reduce", "overlap_param_gather", "sequence_parallel"):
+        if isinstance(self.zero_stage, bool) or self.zero_stage not in ZERO_STAGES:
+            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
+        for name in ("overlap_grad_reduce", "overlap_param_gather", "sequence_parallel", "reshard_after_forward"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.dp_bucket_params, bool) or not isinstance(self.dp_bucket_params, int) \

@@ -20,7 +20,7 @@ in the others compute and communication take turns and compute uses every SM
 all-to-all are priced at the full rate too: a small optimism for those schedules.
 
 Dependencies: a segment depends on the previous segment of its pass, except ZeRO-3's data-parallel collectives
-(`workloads.ops.zero3_passes`). A parameter all-gather depends only on the previous all-gather of the pass (not
+(`workloads.zero.zero3_passes`). A parameter all-gather depends only on the previous all-gather of the pass (not
 on a reduce-scatter: FSDP issues the next gather of the backward before the current reduce-scatter) and, so that at most two units' parameters are gathered at a time (the current and the prefetched one,
 as FSDP limits its in-flight all-gathers; the memory model counts the same two), on the end of the unit two
 before it; the unit's first segment then waits for both the previous segment and its gather. So the gather of
@@ -41,7 +41,8 @@ from gpuhours.simulator.engine import InstructionProfile
 from gpuhours.simulator.instructions import Instruction
 from gpuhours.simulator.timeline import Span
 from gpuhours.workloads.model import ModelSpec
-from gpuhours.workloads.ops import BF16, LayerPasses, Op, OpOptions, Segment, is_dp_collective, stage_units
+from gpuhours.workloads.ops import BF16, LayerPasses, Op, OpOptions, Segment, stage_units
+from gpuhours.workloads.zero import is_dp_collective
 from gpuhours.workloads.parallel import ParallelSpec
 
 # Launch order inside one layer pair of an overlapped F&B (see the module docstring).

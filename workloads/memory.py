@@ -59,7 +59,8 @@ from dataclasses import asdict, dataclass, field
 from gpuhours.simulator.schedules import build_schedule
 from gpuhours.simulator.step import _stages_per_rank, rank_params
 from gpuhours.workloads.model import ModelSpec
-from gpuhours.workloads.ops import recompute_policy, unit_params
+from gpuhours.workloads.ops import recompute_policy
+from gpuhours.workloads.zero import unit_params
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.recipe import MemoryRecipe, load_recipe  # noqa: F401  (load_recipe re-exported)
 

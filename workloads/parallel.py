@@ -31,7 +31,7 @@ class ParallelSpec:
     parameters all-gathered once per step); 2 also shards the gradients (same traffic as 1); 3 (FSDP) also shards
     the weights: every micro-batch gathers a layer's parameters before its forward (and, with
     `reshard_after_forward`, again before its backward) and reduce-scatters its gradients after its backward
-    (`workloads.ops.stage_units`), the step's tail keeps only the optimizer update of the shard.
+    (`workloads.ops.stage_units`, `workloads.zero`), the step's tail keeps only the optimizer update of the shard.
     """
 
     num_gpus: int

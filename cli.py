@@ -13,10 +13,52 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Simulate LLM training steps on GPU clusters and price the whole run.")
-calibrate_app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """Click's exception protocol (typer vendors click in recent versions, so the classes are matched by what
+    they offer, not imported): a message to show and an exit status."""
+    return hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)
+
+
+def usage_line(exc) -> str:
+    """A command-line parsing error as one line naming the option: "--pp: 'abc' is not a valid integer."."""
+    param = getattr(exc, "param", None)
+    text = " ".join(exc.format_message().split())
+    if param is not None and getattr(exc, "message", ""):
+        name = param.opts[0] if getattr(param, "opts", None) else param.name
+        return f"{name}: {exc.message}"
+    return text
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (a bad option value, an unknown option, a missing argument) as one `error:` line and exit
+    status 2, like every other bad input of this CLI, instead of a boxed message."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        try:
+            rc = super().main(*args, standalone_mode=False, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - only the usage-error protocol is handled, the rest re-raised
+            if not standalone_mode or not (_is_usage_error(exc) or type(exc).__name__ == "Abort"):
+                raise
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as written
+                typer.echo(exc.format_message())
+                sys.exit(0)
+            if type(exc).__name__ == "Abort":
+                typer.echo("aborted", err=True)
+                sys.exit(1)
+            typer.echo(f"error: {usage_line(exc)}", err=True)
+            sys.exit(exc.exit_code)
+        if standalone_mode:
+            sys.exit(rc if isinstance(rc, int) else 0)
+        return rc
+
+
+# rich_markup_mode=None: help texts render as written (a plan's `[[phase]]` is not markup)
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Simulate LLM training steps on GPU clusters and price the whole run.")
+calibrate_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                             help="Write calibration profiles from microbenchmarks or measured traces.")
 app.add_typer(calibrate_app, name="calibrate")
 

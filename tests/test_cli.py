@@ -227,3 +227,21 @@ def test_estimate_from_a_hugging_face_config(tmp_path):
     d = json.loads(r.stdout)
     assert d["params_total"] == pytest.approx(8.03e9, rel=0.01)
     assert d["layout"]["dp"] == 16 and d["memory"]["fits"]
+
+
+@pytest.mark.parametrize("args, field", [
+    (["estimate", "--pp", "abc"], "--pp"),
+    (["estimate", "--price", "cheap"], "--price"),
+    (["estimate", "--no-such-option", "3"], "--no-such-option"),
+    (["schedule"], "name"),
+])
+def test_option_parsing_errors_are_one_line(args, field):
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and field in lines[0]
+
+
+def test_help_renders_markup_as_written():
+    r = CliRunner().invoke(app, ["estimate", "--help"])
+    assert r.exit_code == 0 and "[[phase]]" in r.output

@@ -682,7 +682,8 @@ def _write_atomically(path: Path, save) -> None:
 
 @app.command()
 def validate(
-    out: Path = typer.Option(Path("reports/validation"), "--out", help="Folder for validation.md and its plots"),
+    out: Path = typer.Option(Path("."), "--out", help="Folder for validation.md and its plots (default: the current "
+                                                     "folder; the committed page: --out reports/validation)"),
     bench: Optional[Path] = typer.Option(None, "--bench", help="Also compare this microbenchmark profile JSON"),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Measured trace (default: shared profile-data)"),
     as_json: bool = typer.Option(False, "--json"),
@@ -734,7 +735,8 @@ def _validate_case_label(name: str, bench: Path | None, trace: Path | None) -> s
 def accuracy(
     case: Optional[str] = typer.Option(None, "--case", help="Only cases whose name matches this glob"),
     group: Optional[str] = typer.Option(None, "--group", help="Only this group (a source table)"),
-    out: Path = typer.Option(Path("reports/accuracy"), "--out", help="Folder for accuracy.md and accuracy.png"),
+    out: Path = typer.Option(Path("."), "--out", help="Folder for accuracy.md and accuracy.png (default: the current "
+                                                     "folder; the committed page: --out reports/accuracy)"),
     page: bool = typer.Option(True, "--page/--no-page", help="Write the page and the scatter plot"),
     as_json: bool = typer.Option(False, "--json"),
 ):

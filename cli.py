@@ -222,7 +222,7 @@ def estimate(
 ):
     """GPU-hours, days and dollars of a training run (default: DeepSeek-V3 pre-training on 2,048 H800)."""
     from gpuhours.reports.estimate_table import estimate_dict, render_estimate
-    from gpuhours.simulator.comparisons import compare_schedules, hardware_only, published
+    from gpuhours.simulator import comparisons
     from gpuhours.simulator.scenario import estimate as run_estimate
     from gpuhours.simulator.scenario import is_phased
     from gpuhours.workloads.memory import memory_breakdown
@@ -247,9 +247,9 @@ def estimate(
             balanced = run_estimate(replace(scenario, routing="balanced", redundant_experts=0))
             data["routing"]["gpu_hours_balanced"] = balanced.gpu_hours
         if compare_schedules:
-            data["schedules"] = compare_schedules(scenario)
-        data["hardware_only"] = hardware_only(scenario, result) if data["calibration_case"] else None
-        data["published"] = published(plan, scenario)
+            data["schedules"] = comparisons.compare_schedules(scenario)
+        data["hardware_only"] = comparisons.hardware_only(scenario, result) if data["calibration_case"] else None
+        data["published"] = comparisons.published(plan, scenario)
     if as_json:
         _echo_json(data)
     else:

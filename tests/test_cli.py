@@ -245,3 +245,7 @@ def test_option_parsing_errors_are_one_line(args, field):
 def test_help_renders_markup_as_written():
     r = CliRunner().invoke(app, ["estimate", "--help"])
     assert r.exit_code == 0 and "[[phase]]" in r.output
+
+
+def test_schedules_are_compared_only_when_asked(default_json):
+    assert "schedules" not in default_json  # `--compare-schedules` runs five more estimates

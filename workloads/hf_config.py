@@ -8,7 +8,20 @@ Two families are read:
 - GPT-NeoX (`model_type` gpt_neox): multi-head attention and a two-matrix GELU FFN (`ffn_activation = "gelu"`).
   Read with the same keys as Llama; its biases, LayerNorms, parallel residual and partial rotary embedding are
   outside ModelSpec and ignored (a fraction of a percent of the parameters).
-FFN: the gated families (deepseek, llama, mistral) have a SwiGLU FFN (`hidden_act` is not checked: a gated FFN
+- Qwen2 / Qwen3 dense (`model_type` qwen2 / qwen3): grouped-query attention read as for Llama; Qwen3's `head_dim`
+  defaults to 128 (Qwen3Config), Qwen2's to hidden_size / num_attention_heads. Qwen2's q/k/v biases and Qwen3's
+  q/k RMSNorms are outside ModelSpec (well under 0.1 % of the parameters).
+- Mixtral (`model_type` mixtral): grouped-query attention + a MoE FFN in every layer: `num_local_experts` routed
+  experts of width `intermediate_size`, `num_experts_per_tok` of them per token, softmax router, no shared expert.
+- Qwen2-MoE / Qwen3-MoE (`model_type` qwen2_moe / qwen3_moe): grouped-query attention + `num_experts` routed experts
+  of width `moe_intermediate_size`, `num_experts_per_tok` per token, softmax router. Qwen2-MoE's one shared expert of
+  width `shared_expert_intermediate_size` becomes n_shared_experts = that / moe_intermediate_size (it must divide);
+  its sigmoid shared-expert gate (hidden_size numbers per layer) is outside ModelSpec. Only an all-MoE layout is
+  read (`decoder_sparse_step` 1, `mlp_only_layers` empty), so `intermediate_size` (the dense MLP) is not used.
+  Expert counts and widths are required (a config without them is refused, not given transformers' defaults);
+  `num_key_value_heads`, `head_dim`, `decoder_sparse_step` and `mlp_only_layers` default as in transformers.
+Sliding-window attention (`sliding_window`, `use_sliding_window`) is outside ModelSpec and ignored.
+FFN: the gated families (deepseek, llama, mistral, mixtral, qwen*) have a SwiGLU FFN (`hidden_act` is not checked: a gated FFN
 with another activation has the same matrices); gpt_neox reads `hidden_act` (or `activation_function`), which must
 be one of GELU_ACTS. A missing `model_type` is inferred from the fields. Anything else raises ValueError.
 """
@@ -19,8 +32,14 @@ from typing import Any, Mapping
 
 from gpuhours.workloads.model import AttentionSpec, ModelSpec, MoESpec
 
-SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "llama", "mistral", "gpt_neox")
-GATED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "llama", "mistral")  # FFN: w2 (act(w1 x) * w3 x)
+SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "llama", "mistral", "gpt_neox",
+                         "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe")
+GATED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "llama", "mistral",
+                     "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe")  # FFN: w2 (act(w1 x) * w3 x)
+MOE_MODEL_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")  # every layer MoE, no dense FFN
+# transformers' defaults when the key is absent (configuration_<family>.py); a null num_key_value_heads means MHA.
+_KV_HEADS_DEFAULT = {"mixtral": 8, "qwen2": 32, "qwen3": 32, "qwen2_moe": 16, "qwen3_moe": 4}
+_HEAD_DIM_DEFAULT = {"qwen3": 128}  # Qwen3Config.head_dim; the others fall back to hidden_size / num_attention_heads
 GELU_ACTS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh")  # transformers' names of GELU variants
 
 
@@ -64,13 +83,15 @@ def model_from_hf_config(cfg: Mapping[str, Any], name: str | None = None) -> Mod
         moe = _deepseek_moe(cfg, default_score="sigmoid" if model_type == "deepseek_v3" else "softmax")
         mtp_depth = _int(cfg, "num_nextn_predict_layers", 0)
     else:
+        kv_default = _KV_HEADS_DEFAULT.get(model_type, n_heads) if "num_key_value_heads" not in cfg else n_heads
         attention = AttentionSpec(
             kind="gqa",
             n_heads=n_heads,
-            n_kv_heads=_int(cfg, "num_key_value_heads", n_heads),
-            head_dim=_int(cfg, "head_dim", hidden // n_heads),
+            n_kv_heads=_int(cfg, "num_key_value_heads", kv_default),
+            head_dim=_int(cfg, "head_dim", _HEAD_DIM_DEFAULT.get(model_type, hidden // n_heads)),
         )
-        moe = None
+        moe = _mixtral_moe(cfg) if model_type == "mixtral" else (
+            _qwen_moe(cfg, model_type) if model_type in MOE_MODEL_TYPES else None)
         mtp_depth = 0
 
     ffn_activation = _ffn_activation(cfg, model_type)
@@ -82,7 +103,8 @@ def model_from_hf_config(cfg: Mapping[str, Any], name: str | None = None) -> Mod
         hidden=hidden,
         n_layers=_int(cfg, "num_hidden_layers"),
         vocab=_int(cfg, "vocab_size"),
-        dense_intermediate=_int(cfg, "intermediate_size", 0),
+        # MoE families: intermediate_size is Mixtral's expert width / Qwen-MoE's unused dense MLP; no dense layer
+        dense_intermediate=0 if model_type in MOE_MODEL_TYPES else _int(cfg, "intermediate_size", 0),
         attention=attention,
         moe=moe,
         mtp_depth=mtp_depth,
@@ -121,4 +143,59 @@ def _deepseek_moe(cfg: Mapping[str, Any], default_score: str) -> MoESpec | None:
         first_k_dense=_int(cfg, "first_k_dense_replace", 0),
         score_func=_get(cfg, "scoring_func", default_score),  # transformers' defaults per family
         route_scale=float(scale),
+    )
+
+
+def _required_int(cfg: Mapping[str, Any], key: str, model_type: str, minimum: int = 1) -> int:
+    """An integer field the family cannot do without (no default), >= minimum."""
+    if cfg.get(key) is None:
+        raise ValueError(f"config.json: missing field {key!r} (required for model_type {model_type!r})")
+    value = _int(cfg, key)
+    if value < minimum:
+        raise ValueError(f"config.json: field {key!r} = {value}: expected an integer >= {minimum}")
+    return value
+
+
+def _moe_spec(**fields: Any) -> MoESpec:
+    try:
+        return MoESpec(**fields)
+    except ValueError as exc:  # e.g. top_k > n_routed_experts
+        raise ValueError(f"config.json: {exc}") from None
+
+
+def _mixtral_moe(cfg: Mapping[str, Any]) -> MoESpec:
+    """MixtralConfig: every layer MoE, softmax top-k over num_local_experts experts of width intermediate_size."""
+    return _moe_spec(
+        n_routed_experts=_required_int(cfg, "num_local_experts", "mixtral"),
+        n_shared_experts=0,
+        expert_intermediate=_required_int(cfg, "intermediate_size", "mixtral"),
+        top_k=_required_int(cfg, "num_experts_per_tok", "mixtral"),
+        first_k_dense=0,
+        score_func="softmax",
+    )
+
+
+def _qwen_moe(cfg: Mapping[str, Any], model_type: str) -> MoESpec:
+    """Qwen2MoeConfig / Qwen3MoeConfig; only the all-MoE layout (sparse step 1, no mlp_only_layers) is read."""
+    step = _int(cfg, "decoder_sparse_step", 1)
+    if step != 1:
+        raise ValueError(f"config.json: decoder_sparse_step = {step}: allowed values are 1 (every layer MoE)")
+    mlp_only = _get(cfg, "mlp_only_layers", [])
+    if not isinstance(mlp_only, list) or mlp_only:
+        raise ValueError(f"config.json: mlp_only_layers = {mlp_only!r}: allowed values are [] (every layer MoE)")
+    width = _required_int(cfg, "moe_intermediate_size", model_type)
+    shared = 0
+    if model_type == "qwen2_moe":
+        shared_width = _required_int(cfg, "shared_expert_intermediate_size", model_type, minimum=0)
+        if shared_width % width:
+            raise ValueError(f"config.json: shared_expert_intermediate_size = {shared_width}: must be a multiple of "
+                             f"moe_intermediate_size = {width} (shared experts are n x moe_intermediate_size)")
+        shared = shared_width // width
+    return _moe_spec(
+        n_routed_experts=_required_int(cfg, "num_experts", model_type),
+        n_shared_experts=shared,
+        expert_intermediate=width,
+        top_k=_required_int(cfg, "num_experts_per_tok", model_type),
+        first_k_dense=0,
+        score_func="softmax",
     )

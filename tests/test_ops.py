@@ -103,3 +103,25 @@ def test_tensor_parallel_splits_gemms_and_adds_collectives():
     kinds = [op.collective for s in eight.forward for op in s.ops if op.kind == "collective"]
     assert kinds == ["all_gather", "reduce_scatter", "all_gather", "reduce_scatter"]
     assert not [op for s in one.forward for op in s.ops if op.kind == "collective"]
+
+
+def test_norms_run_on_the_sequence_shard_under_sequence_parallelism():
+    # Korthikanti et al. 2022: between the tensor-parallel blocks each of the t ranks holds s/t of the sequence,
+    # so its norms read and write 1/t of the activations; without sequence parallelism every rank does them all.
+    from dataclasses import replace as _replace
+
+    from gpuhours.workloads.model import AttentionSpec, ModelSpec
+    from gpuhours.workloads.parallel import ParallelSpec
+
+    gpt = ModelSpec(name="g", hidden=1024, n_layers=2, vocab=1000, dense_intermediate=4096, ffn_activation="gelu",
+                    attention=AttentionSpec("gqa", 8, n_kv_heads=8, head_dim=128))
+    sp = ParallelSpec(num_gpus=4, tp=4, sequence_parallel=True)
+
+    def norm_bytes(p):
+        passes = layer_passes(gpt, 0, p, 2048, OpOptions(fp8=False, recompute="none"))
+        return {op.name: op.bytes for seg in passes.forward for op in seg.ops if op.name.endswith("_norm")}
+
+    sharded, whole = norm_bytes(sp), norm_bytes(_replace(sp, sequence_parallel=False))
+    assert set(sharded) == {"L0.attn.attn_norm", "L0.mlp.ffn_norm"}
+    for name in sharded:
+        assert sharded[name] * 4 == whole[name] == 2 * 2048 * 1024 * 2  # read + write BF16, whole sequence

@@ -112,6 +112,12 @@ class OpOptions:
         object.__setattr__(self, "recompute", recompute_policy(self.recompute))
 
 
+def norm_tokens(tokens: int, p: ParallelSpec) -> int:
+    """Tokens a rank normalises: with sequence parallelism (Korthikanti et al. 2022) each of the tp ranks holds
+    1/tp of the sequence between the tensor-parallel blocks; without it every rank normalises them all."""
+    return tokens // p.tp if p.sequence_parallel and p.tp > 1 else tokens
+
+
 def fp8_bytes_per_token(hidden: int) -> float:
     """FP8 dispatch payload: one byte per element plus one FP32 scale per 128 elements."""
     return hidden + FP32 * math.ceil(hidden / 128)
@@ -198,7 +204,7 @@ def _attention_ops(b: _Builder, model: ModelSpec, p: ParallelSpec, tokens: int, 
     """
     a, h, tp = model.attention, model.hidden, p.tp
     heads = a.n_heads // tp
-    act = tokens * h * BF16
+    act = norm_tokens(tokens, p) * h * BF16  # the norm's input: the sequence shard under sequence parallelism
     if b.phase == "W":  # weight gradients: GEMMs only
         b = _GemmsOnly(b)
     if a.kind == "mla":
@@ -294,9 +300,9 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
         _attention_ops(attn, model, p, tokens, seq_len, recompute_core=opts.recompute == "selective")
         mlp = _Builder(f"{prefix}.mlp", "mlp", phase, opts.fp8)
         if phase == "B" and deepseek:
-            mlp.elementwise("ffn_norm.recompute", 2 * tokens * h * BF16)
+            mlp.elementwise("ffn_norm.recompute", 2 * norm_tokens(tokens, p) * h * BF16)
         if phase != "W":
-            mlp.elementwise("ffn_norm", 2 * tokens * h * BF16)
+            mlp.elementwise("ffn_norm", 2 * norm_tokens(tokens, p) * h * BF16)
         moe = model.moe if model.is_moe_layer(layer) else None
         segs_attn = _tp_comm(phase, "attn", tokens, h, p, layer, "before") + [attn.segment(f"attn({phase})", layer)]
         segs_attn += _tp_comm(phase, "attn", tokens, h, p, layer, "after")
@@ -371,7 +377,7 @@ def head_passes(model: ModelSpec, p: ParallelSpec, seq_len: int, opts: OpOptions
     for phase in ("F", "B", "W"):
         b = _Builder(prefix, "head", phase, opts.fp8)
         if phase != "W":
-            b.elementwise("final_norm", 2 * tokens * model.hidden * BF16)
+            b.elementwise("final_norm", 2 * norm_tokens(tokens, p) * model.hidden * BF16)
         b.gemm("output", tokens, vocab, model.hidden, low_precision=False)
         if phase != "W":
             # Fused cross-entropy: forward reads the BF16 logits once; backward reads them again and writes

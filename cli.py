@@ -126,6 +126,8 @@ SCENARIO_OPTIONS = dict(
     pp=typer.Option(None, "--pp", help="Pipeline-parallel size"),
     ep=typer.Option(None, "--ep", help="Expert-parallel size"),
     tp=typer.Option(None, "--tp", help="Tensor-parallel size"),
+    cp=typer.Option(None, "--cp", help="Context-parallel size (all-gather K/V, causal load balancing); "
+                                       "GPUs = pp x tp x cp x dp"),
     vpp=typer.Option(None, "--vpp", help="Virtual stages per rank (interleaved-1f1b)"),
     schedule=typer.Option(None, "--schedule", help="1f1b, interleaved-1f1b, zb1p, dualpipe, dualpipev"),
     micro_batch_size=typer.Option(None, "--micro-batch-size", help="Sequences per micro-batch"),
@@ -158,7 +160,7 @@ SCENARIO_OPTIONS = dict(
 def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
               calibration, precision, batch, network=None, cluster=None, nic_gbps=None, oversubscription=None,
               routing=None, redundant_experts=0, stage_layers=None, recompute=None, overlap_grad_reduce=None,
-              overlap_param_gather=None, zero_stage=None):
+              overlap_param_gather=None, zero_stage=None, cp=None):
     from gpuhours.simulator.scenario import load_scenario
     from gpuhours.workloads.ops import RECOMPUTE_POLICIES
 
@@ -182,7 +184,7 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
                          oversubscription=oversubscription, routing=routing,
                          redundant_experts=redundant_experts, stage_layers=stage_layers, recompute=recompute,
                          overlap_grad_reduce=overlap_grad_reduce, overlap_param_gather=overlap_param_gather,
-                         zero_stage=zero_stage)
+                         zero_stage=zero_stage, cp=cp)
 
 
 @app.command()
@@ -193,6 +195,7 @@ def estimate(
     pp: Optional[int] = SCENARIO_OPTIONS["pp"],
     ep: Optional[int] = SCENARIO_OPTIONS["ep"],
     tp: Optional[int] = SCENARIO_OPTIONS["tp"],
+    cp: Optional[int] = SCENARIO_OPTIONS["cp"],
     vpp: Optional[int] = SCENARIO_OPTIONS["vpp"],
     schedule: Optional[str] = SCENARIO_OPTIONS["schedule"],
     micro_batch_size: Optional[int] = SCENARIO_OPTIONS["micro_batch_size"],
@@ -234,7 +237,7 @@ def estimate(
         scenario = _scenario(plan,model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
                              calibration, precision, batch, network, cluster, nic_gbps, oversubscription, routing,
                              redundant_experts, stage_layers, recompute, overlap_grad_reduce,
-                             overlap_param_gather, zero_stage)
+                             overlap_param_gather, zero_stage, cp)
         result = run_estimate(scenario)
         memory = memory_breakdown(scenario, result.steady.step)
         if not memory.fits and not allow_oom:
@@ -362,6 +365,7 @@ def step(
     pp: Optional[int] = SCENARIO_OPTIONS["pp"],
     ep: Optional[int] = SCENARIO_OPTIONS["ep"],
     tp: Optional[int] = SCENARIO_OPTIONS["tp"],
+    cp: Optional[int] = SCENARIO_OPTIONS["cp"],
     vpp: Optional[int] = SCENARIO_OPTIONS["vpp"],
     schedule: Optional[str] = SCENARIO_OPTIONS["schedule"],
     micro_batch_size: Optional[int] = SCENARIO_OPTIONS["micro_batch_size"],
@@ -390,7 +394,7 @@ def step(
         scenario = _scenario(None, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, None, seq_len, None,
                              calibration, precision, None, network, cluster, None, None, routing,
                              recompute=recompute, overlap_grad_reduce=overlap_grad_reduce,
-                             overlap_param_gather=overlap_param_gather, zero_stage=zero_stage)
+                             overlap_param_gather=overlap_param_gather, zero_stage=zero_stage, cp=cp)
         m = microbatches or microbatches_for(scenario.plan.batch.end, scenario.parallel)[0]
         result = scenario.simulator().step(m, detail=gantt is not None or trace is not None)
     data = step_dict(result)

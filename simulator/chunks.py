@@ -122,13 +122,16 @@ class HardwareCoster:
         return getattr(self.network, op.collective)(op.comm_bytes, self.comm_group(op.group))
 
     def comm_group(self, name: str) -> CommGroup:
-        """The ranks of a collective group. Placement: TP inside a node, then EP, then DP, PP outermost, so a
-        dense shard's data-parallel replicas ("dp") are tp ranks apart and an expert shard's ("edp") ep apart."""
+        """The ranks of a collective group. Placement: TP inside a node, then CP, then EP, then DP, PP outermost,
+        so a context-parallel group ("cp") is tp ranks apart, a dense shard's gradient group ("dp": the dp x cp
+        ranks that hold it) tp ranks apart and an expert shard's ("edp") ep apart."""
         p, gpn = self.parallel, self.cluster.gpus_per_node
         if name == "ep":
             return CommGroup(p.ep, min(p.ep, gpn))
         if name == "dp":
-            return CommGroup(p.dp, max(1, min(gpn // p.tp, p.dp)))
+            return CommGroup(p.grad_dp, max(1, min(gpn // p.tp, p.grad_dp)))
+        if name == "cp":
+            return CommGroup(p.cp, max(1, min(gpn // p.tp, p.cp)))
         if name == "edp":
             return CommGroup(p.expert_dp, max(1, min(gpn // p.ep, p.expert_dp)))
         return CommGroup(p.tp, min(p.tp, gpn))
@@ -161,8 +164,9 @@ class HardwareCoster:
 
     def transfer(self, src: int, dst: int, kind: str, microbatch: int, stage: int) -> float:
         """Activations (forward) or their gradients (backward) of one micro-batch, BF16, between pipeline ranks.
-        Pipeline neighbours sit on different nodes unless a whole stage fits in less than a node."""
-        tokens = self.parallel.micro_batch_size * self.seq_len
+        Pipeline neighbours sit on different nodes unless a whole stage fits in less than a node. Each rank sends
+        its own tokens: micro_batch_size x seq_len / cp (/ tp under sequence parallelism)."""
+        tokens = self.parallel.micro_batch_size * self.seq_len // self.parallel.cp
         if self.parallel.sequence_parallel:
             tokens //= self.parallel.tp
         nbytes = tokens * self.model.hidden * BF16
@@ -238,7 +242,7 @@ class HardwareCoster:
 
     def _crosses_nodes(self, seg: Segment) -> bool:
         size = {"ep": self.parallel.ep, "tp": self.parallel.tp}
-        return any(op.kind == "collective" and (self.comm_group(op.group).nodes > 1 if op.group in ("dp", "edp")
+        return any(op.kind == "collective" and (self.comm_group(op.group).nodes > 1 if op.group in ("dp", "edp", "cp")
                                                 else size.get(op.group, 1) > self.cluster.gpus_per_node)
                    for op in seg.ops)
 

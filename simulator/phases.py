@@ -167,7 +167,8 @@ def attention_share(scenario: Scenario) -> float:
 
 def layout_label(scenario: Scenario) -> str:
     p = scenario.parallel
-    parts = [f"PP{p.pp} {p.schedule}", f"TP{p.tp}", f"EP{p.ep}", f"DP{p.dp}", f"ZeRO-{p.zero_stage}"]
+    parts = [f"PP{p.pp} {p.schedule}", f"TP{p.tp}"] + ([f"CP{p.cp}"] if p.cp > 1 else [])
+    parts += [f"EP{p.ep}", f"DP{p.dp}", f"ZeRO-{p.zero_stage}"]
     return " ".join(parts)
 
 

@@ -57,7 +57,7 @@ class Scenario:
         moe, p = self.model.moe, self.parallel
         if moe is None or p.ep == 1:
             return None
-        tokens = p.micro_batch_size * self.plan.seq_len // (p.tp if p.sequence_parallel else 1)
+        tokens = p.micro_batch_size * self.plan.seq_len // p.cp // (p.tp if p.sequence_parallel else 1)
         loads = ep_rank_loads(moe, p.ep, self.cluster.gpus_per_node, tokens, self.routing)
         if self.redundant_experts:
             return _with_eplb(loads, moe, p.ep, self.cluster.gpus_per_node, tokens, self.routing,
@@ -150,7 +150,7 @@ def load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None, 
                   routing: str | None = None, redundant_experts: int = 0,
                   stage_layers: tuple[int, ...] | None = None, recompute: str | None = None,
                   overlap_grad_reduce: bool | None = None, overlap_param_gather: bool | None = None,
-                  zero_stage: int | None = None) -> Scenario:
+                  zero_stage: int | None = None, cp: int | None = None) -> Scenario:
     """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field."""
     doc = _read_plan(plan)
     if "phase" in doc:
@@ -185,6 +185,7 @@ def load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None, 
         pp=pp if pp is not None else par["pp"],
         ep=ep_value,
         tp=tp if tp is not None else par.get("tp", 1),
+        cp=cp if cp is not None else par.get("cp", 1),
         zero_stage=zero_stage if zero_stage is not None else par.get("zero_stage", 1),
         reshard_after_forward=par.get("reshard_after_forward", True),
         micro_batch_size=micro_batch_size if micro_batch_size is not None else par.get("micro_batch_size", 1),

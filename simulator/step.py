@@ -125,6 +125,7 @@ class StepSimulator:
         slowest = result.end_per_rank.index(step_time)
         executing = [result.makespan - b for b in result.bubble_per_rank]
         exposed = tuple(max(0.0, e - c) for e, c in zip(executing, result.busy_per_rank))
+        # context-parallel ranks share their sequences: dp replicas each train micro-batches x mbs sequences
         tokens = num_microbatches * p.micro_batch_size * self.seq_len * p.dp
         flops = flops_per_token(self.model, self.seq_len, include_mtp=True).training_per_token * tokens
         gpu = self.cluster.gpu
@@ -156,9 +157,9 @@ class StepSimulator:
         gathering of updated parameters (see `exposed_dp_comm`), and the optimizer update of its shard."""
         p, net, gpn = self.parallel, self.network, self.cluster.gpus_per_node
         dense, expert = self.rank_params(stages)
-        # Placement (TP inside a node, then EP, then DP, PP outermost): a dense shard's replicas are tp ranks
-        # apart, an expert shard's replicas ep ranks apart.
-        dense_group = CommGroup(p.dp, max(1, min(gpn // p.tp, p.dp)))
+        # Placement (TP inside a node, then CP, then EP, then DP, PP outermost): a dense shard's dp x cp replicas
+        # (context-parallel ranks hold the same parameters) are tp ranks apart, an expert shard's replicas ep apart.
+        dense_group = CommGroup(p.grad_dp, max(1, min(gpn // p.tp, p.grad_dp)))
         expert_group = CommGroup(p.expert_dp, max(1, min(gpn // p.ep, p.expert_dp)))
         reduce = gather = 0.0
         for n_params, group in ((dense, dense_group), (expert, expert_group)):
@@ -173,7 +174,7 @@ class StepSimulator:
                 reduce += net.all_reduce(n_params * self.recipe.grad_bytes, group)
         buckets = max(1, math.ceil((dense + expert) / p.bucket_params))
         comm = exposed_dp_comm(reduce, gather, buckets, window, p.overlap_grad_reduce, p.overlap_param_gather)
-        shard = (dense / p.dp + expert / p.expert_dp) if p.zero_stage >= 1 else dense + expert
+        shard = (dense / p.grad_dp + expert / p.expert_dp) if p.zero_stage >= 1 else dense + expert
         update = Op("optimizer.adamw", "elementwise", "W", "optimizer", 0.0,
                     shard * self.recipe.optimizer_bytes_per_param())
         return comm + self.compute.duration(update)
@@ -199,7 +200,7 @@ def exposed_dp_comm(reduce: float, gather: float, buckets: int, window: float, o
 
 def rank_params(model: ModelSpec, p: ParallelSpec, stage_layers: tuple[int, ...], stages: set[int]
                 ) -> tuple[float, float]:
-    """(dense, expert) parameters a rank holds for `stages`: dense ones are split by tp and replicated over dp;
+    """(dense, expert) parameters a rank holds for `stages`: dense ones are split by tp and replicated over dp x cp;
     expert ones are split by ep and replicated over the stage's ep groups."""
     starts = [0]
     for n in stage_layers:

@@ -75,9 +75,10 @@ def test_gaps_name_what_is_not_modelled():
     assert BY_NAME["deepseek-v3-pretraining"].gaps() == []
     c = BY_NAME["korthikanti-1t-full"]
     zero3 = replace(c, layout={**c.layout, "zero_stage": 3, "cp": 2, "pp": 1})
-    # ZeRO-2/3 and FSDP are simulated (ParallelSpec.zero_stage): only context parallelism is a gap here ...
+    # ZeRO-2/3 and FSDP are simulated (ParallelSpec.zero_stage), and so is context parallelism (ParallelSpec.cp) ...
     assert not any("ZeRO" in g or "FSDP" in g for g in zero3.gaps())
-    assert any("context parallelism" in g for g in zero3.gaps())
+    assert not any("context parallelism" in g for g in zero3.gaps())
+    assert zero3.inexpressible() is None
     # ... but not FSDP's once-per-step gather under pipeline parallelism, nor torch.compile
     piped = replace(c, layout={**c.layout, "fsdp": True, "torch_compile": True})
     assert any("FSDP under pipeline parallelism" in g for g in piped.gaps())
@@ -127,11 +128,11 @@ def test_a_valid_file_loads_and_bad_ones_name_the_field(tmp_path):
             load_case_file(_write(tmp_path, text))
 
 
-def test_context_parallel_case_is_counted_not_simulated(tmp_path):
+def test_context_parallel_case_is_simulated(tmp_path):
     case = load_case_file(_write(tmp_path, _GOOD.replace("tp = 8", "tp = 4\ncp = 2")))[0]
     (row,) = run_suite([case])
-    assert row.not_simulated and row.error is None and not row.counts
-    assert summarise([row])["not_simulated"] == 1
+    assert not row.not_simulated and row.error is not None and row.counts
+    assert summarise([row])["not_simulated"] == 0
 
 
 # ----------------------------------------------------------------------------------------------------- the means

@@ -109,7 +109,7 @@ def _scenario(case: Case, profile_name: str):
     tokens = lay["batch"] * lay["seq_len"]  # one step at the published batch
     scenario = load_scenario(
         "deepseek-v3", model=case.model, gpu=lay["gpu"], gpus=lay["gpus"], pp=lay["pp"], tp=lay["tp"],
-        ep=lay.get("ep", 1), vpp=lay.get("vpp", 1), schedule=lay.get("schedule", "1f1b"),
+        ep=lay.get("ep", 1), cp=lay.get("cp", 1), vpp=lay.get("vpp", 1), schedule=lay.get("schedule", "1f1b"),
         micro_batch_size=lay.get("micro_batch_size", 1), tokens=tokens, seq_len=lay["seq_len"],
         calibration=profile_name, fp8=lay.get("precision", "bf16") == "fp8", batch=lay["batch"],
         cluster=lay.get("cluster"), nic_gbps=lay.get("nic_gbps"))

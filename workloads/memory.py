@@ -5,9 +5,10 @@ over the stages it holds (`simulator.step.rank_params`; DualPipe ranks hold two 
 
     weights    = w (P_d + P_e)                         w: working-weight bytes (BF16: 2)
     gradients  = g (P_d + P_e)                         g: gradient bytes (FP32: 4); ZeRO-0/1 do not shard them
-    master     = m (P_d / dp + P_e / expert_dp)        ZeRO >= 1 (ZeRO-0: m (P_d + P_e))
-    moments    = 2 a (P_d / dp + P_e / expert_dp)      AdamW's two moments of a bytes (BF16: 2); ZeRO-0 unsharded
-ZeRO-2 shards the gradients: g S, with S = P_d / dp + P_e / expert_dp. ZeRO-3 (FSDP) shards the weights too, and
+    master     = m (P_d / dp' + P_e / expert_dp)       ZeRO >= 1 (ZeRO-0: m (P_d + P_e))
+    moments    = 2 a (P_d / dp' + P_e / expert_dp)     AdamW's two moments of a bytes (BF16: 2); ZeRO-0 unsharded
+dp' = dp x cp (`ParallelSpec.grad_dp`): context-parallel ranks hold the same parameters and shard their state too.
+ZeRO-2 shards the gradients: g S, with S = P_d / dp' + P_e / expert_dp. ZeRO-3 (FSDP) shards the weights too, and
 adds the unsharded parameters of the units being gathered and their gradients before the reduce-scatter: the two
 largest units the rank holds, G (the current and the prefetched one, `simulator.chunks`):
     weights = w (S + G),  gradients = g (S + G)
@@ -46,6 +47,10 @@ b = 2 (BF16); o = attention-output bytes, E5M6 1.5; H heads, h hidden; terms nam
   <dA, A> from the w2 input-gradient and the recomputed SwiGLU output, so expert outputs need not be kept.
 - head: final-norm input b h, head input b h (BF16 head), logits logit_bytes V / tp, lse 4.
 - MTP module: its two norm inputs 2 b h, projection input c 2 h, one block (the last layer's kind), a head.
+Context parallelism (cp > 1): a chunk holds micro-batch x seq_len / cp tokens, so its bytes are divided by cp;
+the layer being computed also holds the K/V gathered from the other cp ranks, (cp-1)/cp x micro-batch x seq_len
+x `workloads.ops.cp_kv_bytes_per_token` (one layer's buffer, added once to the rank's activations; gathered K/V
+kept for the backward of in-flight layers are not counted).
 All per-token terms are divided by tp: sequence parallelism splits the token-wise ones, tensor parallelism the
 head- and channel-wise ones (Korthikanti et al., arXiv 2205.05198, sec. 4.2-4.3).
 
@@ -150,8 +155,9 @@ def unit_bytes_per_token(model: ModelSpec, layers: range, first: bool, last: boo
 def chunk_bytes(model: ModelSpec, parallel: ParallelSpec, seq_len: int, stage_layers: tuple[int, ...],
                 recipe: MemoryRecipe, fp8: bool = True, recompute: str | bool = "deepseek",
                 imbalance: float = 1.0) -> tuple[float, ...]:
-    """Activation bytes of one chunk of each stage: micro-batch x seq_len tokens x bytes per token / tp."""
-    tokens = parallel.micro_batch_size * seq_len
+    """Activation bytes of one chunk of each stage: micro-batch x seq_len / cp tokens x bytes per token / tp
+    (context parallelism: each rank keeps the activations of its own seq_len / cp tokens)."""
+    tokens = parallel.micro_batch_size * seq_len // parallel.cp
     out, start = [], 0
     last = len(stage_layers) - 1
     for s, n in enumerate(stage_layers):
@@ -160,6 +166,17 @@ def chunk_bytes(model: ModelSpec, parallel: ParallelSpec, seq_len: int, stage_la
         out.append(tokens * per_token / parallel.tp)
         start += n
     return tuple(out)
+
+
+def cp_gathered_kv_bytes(model: ModelSpec, parallel: ParallelSpec, seq_len: int) -> float:
+    """Context parallelism's transient buffer: the K/V of the other cp ranks' tokens that one layer gathers,
+    (cp-1)/cp x micro_batch_size x seq_len x kv bytes per token (0 without context parallelism)."""
+    if parallel.cp == 1:
+        return 0.0
+    from gpuhours.workloads.ops import cp_kv_bytes_per_token
+
+    return (parallel.cp - 1) / parallel.cp * parallel.micro_batch_size * seq_len * cp_kv_bytes_per_token(model,
+                                                                                                         parallel)
 
 
 def peak_in_flight(schedule, stage_bytes: tuple[float, ...]) -> tuple[tuple[float, ...], tuple[int, ...]]:
@@ -245,7 +262,7 @@ def rank_state_bytes(dense: float, expert: float, parallel: ParallelSpec, recipe
     """Weights, gradients, master weights and moments for (dense, expert) parameters held (formulas above).
     `gathered`: ZeRO-3's unsharded working set G, parameters of the units gathered at once."""
     held = dense + expert
-    shard = dense / parallel.dp + expert / parallel.expert_dp if parallel.zero_stage >= 1 else held
+    shard = dense / parallel.grad_dp + expert / parallel.expert_dp if parallel.zero_stage >= 1 else held
     weights = held if parallel.zero_stage < 3 else shard + gathered
     grads = held if parallel.zero_stage < 2 else shard + (gathered if parallel.zero_stage == 3 else 0.0)
     return {"weights": recipe.weight_bytes * weights, "gradients": recipe.grad_bytes * grads,
@@ -255,7 +272,7 @@ def rank_state_bytes(dense: float, expert: float, parallel: ParallelSpec, recipe
 def gathered_params(model: ModelSpec, parallel: ParallelSpec, stage_layers: tuple[int, ...], stages) -> float:
     """ZeRO-3's unsharded working set on a rank holding `stages`: the parameters of its two largest units (0
     below ZeRO-3 or without data parallelism)."""
-    if parallel.zero_stage < 3 or (parallel.dp == 1 and parallel.expert_dp == 1):
+    if parallel.zero_stage < 3 or (parallel.grad_dp == 1 and parallel.expert_dp == 1):
         return 0.0
     starts = [0]
     for n in stage_layers:
@@ -277,6 +294,8 @@ def memory_breakdown(scenario, step_result, recipe: MemoryRecipe | None = None) 
     per_stage = chunk_bytes(model, p, scenario.plan.seq_len, stage_layers, recipe, opts.fp8, opts.recompute,
                             opts.imbalance)
     act_bytes, act_chunks = peak_in_flight(schedule, per_stage)
+    gathered_kv = cp_gathered_kv_bytes(model, p, scenario.plan.seq_len)
+    act_bytes = tuple(b + gathered_kv for b in act_bytes)
     rows = []
     for rank, stages in enumerate(_stages_per_rank(schedule)):
         dense, expert = rank_params(model, p, stage_layers, stages)

@@ -193,14 +193,52 @@ def _collective(name: str, phase: str, module: str, kind: str, group: str, token
                    "comm", (op,), layer)
 
 
+def rank_tokens(p: ParallelSpec, seq_len: int) -> int:
+    """Tokens of one micro-batch a rank holds: micro_batch_size x seq_len / cp (context parallelism splits every
+    sequence over the cp ranks, `ParallelSpec.cp`)."""
+    return p.micro_batch_size * seq_len // p.cp
+
+
+def cp_kv_bytes_per_token(model: ModelSpec, p: ParallelSpec) -> float:
+    """Bytes per token of what context parallelism all-gathers before the attention core (and reduce-scatters as
+    gradients after its backward). GQA / MHA: K and V of the rank's kv heads, 2 x kv_heads / tp x head_dim x BF16.
+    MLA: the compressed KV latent, (kv_lora_rank + qk_rope_head_dim) x BF16 (gathered before the up-projection;
+    the up-projection of the other ranks' latents is not counted, a small optimism)."""
+    a = model.attention
+    if a.kind == "mla":
+        return (a.kv_lora_rank + a.qk_rope_head_dim) * BF16
+    return 2 * max(1, a.n_kv_heads // p.tp) * a.head_dim * BF16
+
+
+def _cp_comm(phase: str, model: ModelSpec, p: ParallelSpec, tokens: int, layer, prefix: str) -> list[Segment]:
+    """Context parallelism's K/V exchange of one layer (all-gather variant): the forward all-gathers the K and V
+    of the whole sequence before the attention core, the backward reduce-scatters dK and dV after the core's
+    backward. comm_bytes is the gathered buffer (hwmodels.collectives' convention): the micro-batch's
+    tokens x cp = micro_batch_size x seq_len tokens x `cp_kv_bytes_per_token`; each rank sends (cp-1)/cp of it.
+    Not overlapped with compute (they sit in the pass's dependency chain)."""
+    if p.cp == 1 or phase == "W":
+        return []
+    kind = "all_gather" if phase == "F" else "reduce_scatter"
+    return [_collective(f"{prefix}.attn.cp_{kind}", phase, "attn", kind, "cp", tokens * p.cp,
+                        cp_kv_bytes_per_token(model, p), layer)]
+
+
 def _attention_ops(b: _Builder, model: ModelSpec, p: ParallelSpec, tokens: int, seq_len: int,
                    recompute_only: bool = False, recompute_core: bool = False) -> None:
-    """Attention of one layer on `tokens` tokens (micro-batch x sequence), tensor-parallel over heads.
+    """Attention of one layer on `tokens` tokens (the rank's micro-batch x sequence / cp), tensor-parallel over
+    heads.
 
     Causal attention core: each query attends to (L + 1) / 2 keys on average, so the forward core costs
     2 * heads * (d_qk + d_v) * tokens * (L + 1) / 2 FLOPs (QK^T and PV); backward recomputes QK^T and computes
     dV, dP, dQ, dK: 2.5x the forward. With `recompute_core` (selective recomputation) the backward first runs
     the forward core again (op `attn.recompute.core`, priced as a forward attention op).
+
+    Context parallelism (cp > 1, `tokens` = b L / cp): the rank's queries attend to the keys of the whole sequence
+    under the causal mask. With the load-balanced split (chunks i and 2cp-1-i of 2 cp chunks of c = L / 2cp
+    tokens) the rank's causal pairs are c (i c) + c (c+1)/2 + c ((2cp-1-i) c) + c (c+1)/2 = c (L + 1)
+    = (L / cp) (L + 1) / 2, exactly 1/cp of the whole sequence's L (L + 1) / 2, so the same formula with the
+    rank's tokens holds: core = 2 heads (d_qk + d_v) (b L / cp) (L + 1) / 2. The core's HBM bytes count the rank's
+    own q, k, v, o (the gathered keys are not added).
     """
     a, h, tp = model.attention, model.hidden, p.tp
     heads = a.n_heads // tp
@@ -285,8 +323,15 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
 
     MoE layers: attn -> dispatch (FP8 payload) -> experts -> combine (BF16); backward runs combine(B) ->
     mlp(B) -> dispatch(B) -> attn(B), both backward all-to-alls carrying BF16 gradients.
+
+    Context parallelism: every op runs on the rank's micro_batch_size x seq_len / cp tokens; the K/V all-gather
+    ("cp.all_gather(F)") precedes the attention segment, whose GEMMs and core run back to back, and the dK/dV
+    reduce-scatter ("cp.reduce_scatter(B)") follows the attention backward (`_cp_comm`). Each sits in the pass's
+    dependency chain, so its time adds as if it were between the QKV projection and the core. Under full
+    recomputation the forward's all-gather runs again before the backward; otherwise the gathered K/V are kept
+    for the core's backward.
     """
-    tokens = p.micro_batch_size * seq_len
+    tokens = rank_tokens(p, seq_len)
     prefix = prefix or f"L{layer}"
     h, tp = model.hidden, p.tp
     passes: dict[str, list[Segment]] = {}
@@ -304,7 +349,10 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
         if phase != "W":
             mlp.elementwise("ffn_norm", 2 * norm_tokens(tokens, p) * h * BF16)
         moe = model.moe if model.is_moe_layer(layer) else None
-        segs_attn = _tp_comm(phase, "attn", tokens, h, p, layer, "before") + [attn.segment(f"attn({phase})", layer)]
+        attn_seg = attn.segment(f"attn({phase})", layer)
+        cp_comm = _cp_comm(phase, model, p, tokens, layer, prefix)
+        core = cp_comm + [attn_seg] if phase == "F" else [attn_seg] + cp_comm
+        segs_attn = _tp_comm(phase, "attn", tokens, h, p, layer, "before") + core
         segs_attn += _tp_comm(phase, "attn", tokens, h, p, layer, "after")
         if moe is None:
             _dense_ffn_ops(mlp, model.dense_intermediate, h, tokens, tp, activation=model.ffn_activation)
@@ -362,7 +410,7 @@ def _recomputed(seg: Segment) -> Segment:
 
 def embedding_passes(model: ModelSpec, p: ParallelSpec, seq_len: int) -> LayerPasses:
     """Token embedding: a gather forward, a scatter-add of FP32 gradients for the weights."""
-    tokens = p.micro_batch_size * seq_len
+    tokens = rank_tokens(p, seq_len)
     f = Op("embed.gather", "embedding", "F", "embed", 0.0, tokens * model.hidden * BF16 * 2)
     w = Op("embed.grad", "embedding", "W", "embed", 0.0, tokens * model.hidden * FP32 * 2)
     return LayerPasses("embed", (Segment("embed(F)", "compute", (f,)),), (), (Segment("embed(W)", "compute", (w,)),))
@@ -371,7 +419,7 @@ def embedding_passes(model: ModelSpec, p: ParallelSpec, seq_len: int) -> LayerPa
 def head_passes(model: ModelSpec, p: ParallelSpec, seq_len: int, opts: OpOptions = OpOptions(),
                 prefix: str = "head") -> LayerPasses:
     """Final RMSNorm, output head (kept in BF16 by the FP8 recipe) and the cross-entropy loss over the vocabulary."""
-    tokens = p.micro_batch_size * seq_len
+    tokens = rank_tokens(p, seq_len)
     vocab = model.vocab // p.tp
     out: dict[str, Segment] = {}
     for phase in ("F", "B", "W"):
@@ -391,7 +439,7 @@ def mtp_passes(model: ModelSpec, p: ParallelSpec, seq_len: int, depth: int, opts
                ) -> tuple[LayerPasses, ...]:
     """One multi-token-prediction module: norms of the hidden state and of the shifted embedding, the 2h -> h
     projection, one transformer block (the last layer's kind), and the shared output head with its loss."""
-    tokens = p.micro_batch_size * seq_len
+    tokens = rank_tokens(p, seq_len)
     h = model.hidden
     proj: dict[str, Segment] = {}
     for phase in ("F", "B", "W"):

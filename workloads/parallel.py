@@ -13,8 +13,20 @@ ZERO_STAGES = (0, 1, 2, 3)  # 3: FSDP
 
 @dataclass(frozen=True)
 class ParallelSpec:
-    """Pipeline (pp), expert (ep) and tensor (tp, with sequence parallelism) parallelism; data parallelism fills
-    the rest. Expert-parallel groups are drawn from the dp x tp ranks that hold the same pipeline stage.
+    """Pipeline (pp), expert (ep), tensor (tp, with sequence parallelism) and context (cp) parallelism; data
+    parallelism fills the rest: num_gpus = pp x tp x cp x dp. Expert-parallel groups are drawn from the
+    dp x tp x cp ranks that hold the same pipeline stage (`expert_dp` = dp x tp x cp / ep).
+
+    `cp` (context parallelism, the all-gather K/V variant with causal load balancing, as torchtitan and
+    Megatron-Core's "all_gather" CP): the sequence of every micro-batch is cut into 2 cp chunks and rank i of the
+    cp group takes chunks i and 2cp-1-i, so each rank holds seq_len / cp tokens and an equal share of the causal
+    attention work. Every op of a layer (GEMMs, norms, element-wise, MoE, TP collectives, head and loss) runs on
+    the rank's micro_batch_size x seq_len / cp tokens; the attention core's queries are the rank's tokens, its keys
+    the whole sequence, and its causal FLOPs exactly 1/cp of the whole sequence's core (`workloads.ops`). Before
+    the core the forward all-gathers K and V over the cp group; the backward reduce-scatters dK and dV
+    (collectives on the "cp" group, placed after tp inside a node). CP ranks hold the same parameters, so the
+    gradient (and ZeRO sharding) group is dp x cp (`grad_dp`); they share their sequences, so a step trains
+    micro-batches x micro_batch_size x seq_len x dp tokens.
 
     `stage_layers`: transformer layers per pipeline stage, in order (None: balanced by simulated cost).
     `comm_sms`: streaming multiprocessors communication kernels occupy. Schedules that overlap one chunk's
@@ -38,6 +50,7 @@ class ParallelSpec:
     pp: int = 1
     ep: int = 1
     tp: int = 1
+    cp: int = 1
     zero_stage: int = 1
     micro_batch_size: int = 1
     schedule: str = "1f1b"
@@ -51,7 +64,7 @@ class ParallelSpec:
     reshard_after_forward: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("num_gpus", "pp", "ep", "tp", "micro_batch_size", "vpp"):
+        for name in ("num_gpus", "pp", "ep", "tp", "cp", "micro_batch_size", "vpp"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -68,13 +81,14 @@ class ParallelSpec:
                              f"got {self.dp_bucket_params!r}")
         if self.comm_sms < 0:
             raise ValueError(f"comm_sms must be >= 0, got {self.comm_sms}")
-        if self.num_gpus % (self.pp * self.tp):
+        if self.num_gpus % (self.pp * self.tp * self.cp):
             raise ValueError(
-                f"gpus ({self.num_gpus}) must be a multiple of pp x tp ({self.pp} x {self.tp} = {self.pp * self.tp})"
+                f"gpus ({self.num_gpus}) must be a multiple of pp x tp x cp ({self.pp} x {self.tp} x "
+                f"{self.cp} = {self.pp * self.tp * self.cp})"
             )
-        if (self.dp * self.tp) % self.ep:
+        if (self.dp * self.tp * self.cp) % self.ep:
             raise ValueError(
-                f"ep ({self.ep}) must divide the {self.dp * self.tp} ranks of a pipeline stage (dp x tp)"
+                f"ep ({self.ep}) must divide the {self.dp * self.tp * self.cp} ranks of a pipeline stage (dp x tp x cp)"
             )
         if self.schedule in ("dualpipe", "dualpipev") and self.pp % 2:
             raise ValueError(f"pp must be even for {self.schedule}, got {self.pp}")
@@ -90,17 +104,25 @@ class ParallelSpec:
     @property
     def bucket_params(self) -> int:
         """Parameters per data-parallel gradient bucket: as given, else Megatron-Core's default
-        max(40,000,000, 1,000,000 x dp) (DistributedDataParallelConfig.bucket_size)."""
-        return self.dp_bucket_params or max(40_000_000, 1_000_000 * self.dp)
+        max(40,000,000, 1,000,000 x dp x cp) (DistributedDataParallelConfig.bucket_size, over the gradient
+        group)."""
+        return self.dp_bucket_params or max(40_000_000, 1_000_000 * self.grad_dp)
 
     @property
     def dp(self) -> int:
-        return self.num_gpus // (self.pp * self.tp)
+        """Data-parallel replicas: each trains its own sequences (num_gpus / (pp x tp x cp))."""
+        return self.num_gpus // (self.pp * self.tp * self.cp)
+
+    @property
+    def grad_dp(self) -> int:
+        """Ranks that hold the same dense parameter shard and reduce its gradients (and share its ZeRO shards):
+        dp x cp, since the cp ranks of a sequence hold the same parameters."""
+        return self.dp * self.cp
 
     @property
     def expert_dp(self) -> int:
-        """Replicas of each expert shard: the stage's ranks divided into EP groups."""
-        return self.dp * self.tp // self.ep
+        """Replicas of each expert shard: the stage's dp x tp x cp ranks divided into EP groups."""
+        return self.dp * self.tp * self.cp // self.ep
 
     @property
     def num_stages(self) -> int:

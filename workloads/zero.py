@@ -41,10 +41,11 @@ def zero3_passes(unit: LayerPasses, dense: float, expert: float, p: ParallelSpec
     """A unit under ZeRO-3 (FSDP): its forward starts with an all-gather of its parameters ("dp.all_gather(F)",
     working-weight bytes), its backward with another when `reshard_after_forward` ("dp.all_gather(B)"), and its
     weight pass ends with a reduce-scatter of its gradients ("dp.reduce_scatter(W)", gradient bytes). Dense
-    parameters travel over the data-parallel group ("dp": dp ranks), routed experts over their replicas ("edp":
+    parameters travel over the data-parallel gradient group ("dp": dp x cp ranks, `ParallelSpec.grad_dp`, since
+    context-parallel ranks hold the same parameters), routed experts over their replicas ("edp":
     expert_dp ranks). comm_bytes is the unsharded size (hwmodels.collectives' convention). The dependency rules
     that let a gather run ahead (prefetch) are in `simulator.chunks`."""
-    groups = [(g, n) for g, n, size in (("dp", dense, p.dp), ("edp", expert, p.expert_dp)) if n > 0 and size > 1]
+    groups = [(g, n) for g, n, size in (("dp", dense, p.grad_dp), ("edp", expert, p.expert_dp)) if n > 0 and size > 1]
     if not groups:
         return unit
 

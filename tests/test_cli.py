@@ -61,6 +61,10 @@ def test_dense_model_estimate_on_h100():
     (["estimate", "--ep", "48"], "ep"),
     (["estimate", "--gpu", "B300"], "gpu"),
     (["estimate", "--tokens", "-5"], "tokens"),
+    (["estimate", "--tokens", "0.0001"], "tokens"),  # less than one sequence
+    (["estimate", "--price", "inf"], "price"),
+    (["estimate", "--price", "nan"], "price"),
+    (["estimate", "--cp", "3"], "cp"),
     (["estimate", "--model", "/no/such/model.json"], "model"),
     (["estimate", "--schedule", "gpipe"], "schedule"),
     (["estimate", "--precision", "fp4"], "precision"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -20,6 +21,13 @@ def parse_count(text: str | float | int, field: str = "tokens") -> float:
     return value
 
 
+def _check_number(field: str, value, minimum: float) -> None:
+    """A finite number >= minimum, else ValueError naming the field (no inf, NaN or text reaches the estimate)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < minimum:
+        raise ValueError(f"{field} must be a finite number >= {minimum:g}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class BatchRamp:
     """Global batch (sequences) grows linearly in tokens from `start` to `end` over `over_tokens`, then stays."""
@@ -29,10 +37,11 @@ class BatchRamp:
     over_tokens: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.start < 1 or self.end < 1:
-            raise ValueError(f"batch sizes must be positive, got start={self.start} end={self.end}")
-        if self.over_tokens < 0:
-            raise ValueError(f"ramp tokens must be >= 0, got {self.over_tokens}")
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"batch sizes must be positive whole numbers of sequences, got {name}={value!r}")
+        _check_number("ramp_tokens", self.over_tokens, 0.0)
 
 
 @dataclass(frozen=True)
@@ -44,11 +53,9 @@ class RunPlan:
     ramp_segments: int = 8  # the ramp is simulated as this many constant-batch segments of equal tokens
 
     def __post_init__(self) -> None:
-        if not self.tokens > 0:
-            raise ValueError(f"tokens must be positive, got {self.tokens}")
-        if self.seq_len < 1:
-            raise ValueError(f"seq_len must be a positive integer, got {self.seq_len}")
-        if self.price_per_gpu_hour < 0:
-            raise ValueError(f"price must be >= 0 dollars per GPU-hour, got {self.price_per_gpu_hour}")
+        if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 1:
+            raise ValueError(f"seq_len must be a positive integer, got {self.seq_len!r}")
+        _check_number("tokens", self.tokens, float(self.seq_len))  # at least one sequence
+        _check_number("price", self.price_per_gpu_hour, 0.0)
         if self.ramp_segments < 1:
             raise ValueError(f"ramp_segments must be >= 1, got {self.ramp_segments}")

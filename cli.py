@@ -129,6 +129,9 @@ SCENARIO_OPTIONS = dict(
     cp=typer.Option(None, "--cp", help="Context-parallel size (all-gather K/V, causal load balancing); "
                                        "GPUs = pp x tp x cp x dp"),
     vpp=typer.Option(None, "--vpp", help="Virtual stages per rank (interleaved-1f1b)"),
+    attention_kernel=typer.Option(None, "--attention-kernel",
+                                  help="Price the attention core at a measured kernel (flash2, cudnn; "
+                                       "hwmodels/data/attention_kernels.toml) instead of the profile's"),
     schedule=typer.Option(None, "--schedule", help="1f1b, interleaved-1f1b, zb1p, dualpipe, dualpipev"),
     micro_batch_size=typer.Option(None, "--micro-batch-size", help="Sequences per micro-batch"),
     tokens=typer.Option(None, "--tokens", help="Training tokens, e.g. 14.8T"),
@@ -160,7 +163,7 @@ SCENARIO_OPTIONS = dict(
 def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
               calibration, precision, batch, network=None, cluster=None, nic_gbps=None, oversubscription=None,
               routing=None, redundant_experts=0, stage_layers=None, recompute=None, overlap_grad_reduce=None,
-              overlap_param_gather=None, zero_stage=None, cp=None):
+              overlap_param_gather=None, zero_stage=None, cp=None, attention_kernel=None):
     from gpuhours.simulator.scenario import load_scenario
     from gpuhours.workloads.ops import RECOMPUTE_POLICIES
 
@@ -184,7 +187,7 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
                          oversubscription=oversubscription, routing=routing,
                          redundant_experts=redundant_experts, stage_layers=stage_layers, recompute=recompute,
                          overlap_grad_reduce=overlap_grad_reduce, overlap_param_gather=overlap_param_gather,
-                         zero_stage=zero_stage, cp=cp)
+                         zero_stage=zero_stage, cp=cp, attention_kernel=attention_kernel)
 
 
 @app.command()
@@ -197,6 +200,7 @@ def estimate(
     tp: Optional[int] = SCENARIO_OPTIONS["tp"],
     cp: Optional[int] = SCENARIO_OPTIONS["cp"],
     vpp: Optional[int] = SCENARIO_OPTIONS["vpp"],
+    attention_kernel: Optional[str] = SCENARIO_OPTIONS["attention_kernel"],
     schedule: Optional[str] = SCENARIO_OPTIONS["schedule"],
     micro_batch_size: Optional[int] = SCENARIO_OPTIONS["micro_batch_size"],
     tokens: Optional[str] = SCENARIO_OPTIONS["tokens"],
@@ -237,7 +241,7 @@ def estimate(
         scenario = _scenario(plan,model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
                              calibration, precision, batch, network, cluster, nic_gbps, oversubscription, routing,
                              redundant_experts, stage_layers, recompute, overlap_grad_reduce,
-                             overlap_param_gather, zero_stage, cp)
+                             overlap_param_gather, zero_stage, cp, attention_kernel)
         result = run_estimate(scenario)
         memory = memory_breakdown(scenario, result.steady.step)
         if not memory.fits and not allow_oom:
@@ -367,6 +371,7 @@ def step(
     tp: Optional[int] = SCENARIO_OPTIONS["tp"],
     cp: Optional[int] = SCENARIO_OPTIONS["cp"],
     vpp: Optional[int] = SCENARIO_OPTIONS["vpp"],
+    attention_kernel: Optional[str] = SCENARIO_OPTIONS["attention_kernel"],
     schedule: Optional[str] = SCENARIO_OPTIONS["schedule"],
     micro_batch_size: Optional[int] = SCENARIO_OPTIONS["micro_batch_size"],
     seq_len: Optional[int] = SCENARIO_OPTIONS["seq_len"],
@@ -394,7 +399,8 @@ def step(
         scenario = _scenario(None, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, None, seq_len, None,
                              calibration, precision, None, network, cluster, None, None, routing,
                              recompute=recompute, overlap_grad_reduce=overlap_grad_reduce,
-                             overlap_param_gather=overlap_param_gather, zero_stage=zero_stage, cp=cp)
+                             overlap_param_gather=overlap_param_gather, zero_stage=zero_stage, cp=cp,
+                             attention_kernel=attention_kernel)
         m = microbatches or microbatches_for(scenario.plan.batch.end, scenario.parallel)[0]
         result = scenario.simulator().step(m, detail=gantt is not None or trace is not None)
     data = step_dict(result)

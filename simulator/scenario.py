@@ -12,7 +12,8 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from gpuhours.hwmodels.calibration import CalibrationProfile, load_profile
+from gpuhours.hwmodels.attention_kernels import load_attention_kernel, with_attention_kernel
+from gpuhours.hwmodels.calibration import CalibrationProfile, gpu_key, load_profile
 from gpuhours.hwmodels.cluster import ClusterSpec, default_cluster_for, deepseek_h800_cluster
 from gpuhours.hwmodels.collectives import AlphaBetaNetwork
 from gpuhours.hwmodels.compute import ComputeModel
@@ -46,6 +47,7 @@ class Scenario:
     routing: str = "balanced"         # MoE routing: balanced, skew:<s>, file:<path>
     redundant_experts: int = 0        # EPLB: extra expert replicas per EP group, packed onto the least-loaded GPUs
     fp8_fallback: bool = False        # the plan asked for FP8 on a GPU without it: BF16 runs (see scenario_warnings)
+    attention_kernel: str | None = None  # measured attention kernel pricing the core (hwmodels.attention_kernels)
 
     def network(self):
         if self.network_name == "alpha-beta":
@@ -150,8 +152,13 @@ def load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None, 
                   routing: str | None = None, redundant_experts: int = 0,
                   stage_layers: tuple[int, ...] | None = None, recompute: str | None = None,
                   overlap_grad_reduce: bool | None = None, overlap_param_gather: bool | None = None,
-                  zero_stage: int | None = None, cp: int | None = None) -> Scenario:
-    """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field."""
+                  zero_stage: int | None = None, cp: int | None = None,
+                  attention_kernel: str | None = None) -> Scenario:
+    """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field.
+
+    `attention_kernel` (or the plan's [numerics] attention_kernel): price the attention core at that measured
+    kernel's efficiency for the model's head dimension and the run's sequence length
+    (hwmodels.attention_kernels) instead of the profile's; None keeps the profile's."""
     doc = _read_plan(plan)
     if "phase" in doc:
         raise ValueError(f"plan {str(plan)!r} has phases: estimate it with `gpuhours estimate --plan {plan}`")
@@ -210,6 +217,9 @@ def load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None, 
         price_per_gpu_hour=price if price is not None else run["price_per_gpu_hour"],
     )
     profile = load_profile(calibration or DEFAULT_CALIBRATION)
+    kernel = attention_kernel if attention_kernel is not None else num.get("attention_kernel")
+    if kernel:
+        profile = with_attention_kernel(profile, kernel, model_spec.attention.qk_head_dim, run_plan.seq_len)
     # [numerics] recompute: a policy name (workloads.ops.RECOMPUTE_POLICIES) or the legacy true ("deepseek") /
     # false ("none"); the `recompute` argument overrides it
     policy = recompute_policy(num.get("recompute", "deepseek") if recompute is None else recompute)
@@ -226,7 +236,7 @@ def load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None, 
     if redundant_experts < 0:
         raise ValueError(f"redundant_experts must be >= 0, got {redundant_experts}")
     scenario = Scenario(model_spec, parallel, cluster_spec, run_plan, profile, opts, network, fabric, routing,
-                        redundant_experts, fp8_fallback)
+                        redundant_experts, fp8_fallback, kernel or None)
     scenario.routing_loads()  # bad routing values and files fail here, before any simulation
     return scenario
 
@@ -345,7 +355,13 @@ def scenario_warnings(scenario: Scenario) -> list[str]:
                    f"only DeepSeek's {FP8_RECIPE} FP8 recipe (1x128 activation / 128x128 weight scaling)")
     trained = on.get("model") or "a model"
     attention = _calibration_model_trait(on, "attention")
-    if attention is not None and attention != model.attention.kind:
+    if scenario.attention_kernel:
+        kernel = load_attention_kernel(scenario.attention_kernel)
+        kernel_gpu = gpu_key(kernel.device)
+        if kernel_gpu != gpu.key:
+            out.append(f"attention: kernel {kernel.name!r} was measured on {kernel.device}; its efficiency is "
+                       f"carried to {gpu.name} as a fraction of peak")
+    elif attention is not None and attention != model.attention.kind:
         out.append(f"attention: {model.attention.kind} has no calibration of its own; uses the "
                    f"{attention.upper()}-traced efficiencies of profile {prof.name!r} ({trained})")
     moe = _calibration_model_trait(on, "moe")

@@ -122,6 +122,7 @@ def test_a_valid_file_loads_and_bad_ones_name_the_field(tmp_path):
         "batch": _GOOD.replace("batch = 8", "batch = 8\nmicro_batch_size = 3"),
         "flop_convention": _GOOD.replace('"step_time_s"', '"tflops_per_gpu"'),
         "dp": _GOOD.replace("tp = 8", "tp = 8\ndp = 2"),
+        "attention_kernel": _GOOD.replace("tp = 8", 'tp = 8\nattention_kernel = "fa9"'),
     }
     for field, text in bad.items():
         with pytest.raises(ValueError, match=field.split(".")[-1]):

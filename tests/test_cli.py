@@ -65,6 +65,7 @@ def test_dense_model_estimate_on_h100():
     (["estimate", "--price", "inf"], "price"),
     (["estimate", "--price", "nan"], "price"),
     (["estimate", "--cp", "3"], "cp"),
+    (["estimate", "--attention-kernel", "fa9"], "attention_kernel"),
     (["estimate", "--model", "/no/such/model.json"], "model"),
     (["estimate", "--schedule", "gpipe"], "schedule"),
     (["estimate", "--precision", "fp4"], "precision"),

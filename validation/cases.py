@@ -19,6 +19,8 @@ Layout keys and what the simulator can express today (anything else is reported 
     tp_comm_overlap       true is a gap (simulated exposed)
     torch_compile         true is a gap (compiler-fused kernels; simulated as the eager run)
     precision             "bf16" | "fp8";  fp8_recipe "blockwise" (DeepSeek/DeepGEMM) | "delayed" | "current"
+    attention_kernel      a measured attention kernel the run's software used (hwmodels/data/attention_kernels.toml:
+                          flash2, cudnn); absent: the calibration profile's attention efficiency
     calibrations          profiles to run the case under (default: the tool's default profile)
 
 What was measured (`[case.measured]`): exactly one `metric` of step_time_s, tflops_per_gpu (with
@@ -46,7 +48,7 @@ _LAYOUT_KEYS = {"gpu", "gpus", "gpus_per_node", "nic_gbps", "cluster", "tp", "pp
                 "schedule",
                 "micro_batch_size", "batch", "seq_len", "sequence_parallel", "zero_stage", "fsdp", "recompute",
                 "overlap_grad_reduce", "overlap_param_gather", "tp_comm_overlap", "precision", "fp8_recipe",
-                "reshard_after_forward", "torch_compile",
+                "reshard_after_forward", "torch_compile", "attention_kernel",
                 "calibrations", "plan", "model"}
 _CASE_KEYS = _LAYOUT_KEYS | {"name", "measured", "printed", "notes"}
 _MODEL_KEYS = {"preset", "hf_config", "name", "hidden", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab",
@@ -221,6 +223,12 @@ def _check_layout(lay: dict, ctx: str, metric: str) -> None:
             raise ValueError(f"{ctx}: `{key}` is required")
     if lay.get("recompute", "none") not in RECOMPUTE:
         raise ValueError(f"{ctx}: recompute must be one of {', '.join(RECOMPUTE)}; got {lay['recompute']!r}")
+    if "attention_kernel" in lay:
+        from gpuhours.hwmodels.attention_kernels import load_attention_kernel
+        try:
+            load_attention_kernel(lay["attention_kernel"])
+        except ValueError as e:
+            raise ValueError(f"{ctx}: {e}") from None
     if lay.get("fp8_recipe", "blockwise") not in FP8_RECIPES:
         raise ValueError(f"{ctx}: fp8_recipe must be one of {', '.join(FP8_RECIPES)}; got {lay['fp8_recipe']!r}")
     if lay.get("precision", "bf16") not in ("bf16", "fp8"):

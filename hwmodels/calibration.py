@@ -305,7 +305,7 @@ def load_profile(path_or_name: str | Path, base: CalibrationProfile | None = Non
         p = bundled
     try:
         d = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deeply
         raise ValueError(f"calibration profile {str(p)!r} is not valid JSON: {e}") from None
     return CalibrationProfile.from_dict(d, base=base)
 

@@ -218,13 +218,12 @@ class UnitCosts:
     fb: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("f", "b", "w"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"unit cost {name} must be >= 0, got {getattr(self, name)}")
+        for name in ("f", "b", "w", "fb"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < float("inf"):  # NaN fails too
+                raise ValueError(f"unit cost {name} must be a finite number >= 0, got {value}")
         if self.w > self.b:
             raise ValueError(f"unit cost w ({self.w}) must not exceed the full backward b ({self.b})")
-        if self.fb is not None and self.fb < 0:
-            raise ValueError(f"unit cost fb must be >= 0, got {self.fb}")
 
     def of(self, kind: str) -> float:
         return {

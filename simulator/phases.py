@@ -95,7 +95,7 @@ def load_phased_plan(name_or_path: str | Path) -> PhasedPlan:
     elif path.suffix == ".toml" and path.exists():
         try:
             doc = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
             raise ValueError(f"plan file {str(path)!r}: malformed TOML ({exc})") from None
         name = path.stem
     else:

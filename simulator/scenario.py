@@ -117,7 +117,7 @@ def _read_plan(name: str | Path) -> dict:
         raise ValueError(f"plan must be one of {', '.join(list_plans())} or a .toml file; got {str(name)!r}")
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise ValueError(f"plan {str(name)!r}: not valid TOML ({exc})") from None
 
 
@@ -247,12 +247,12 @@ def _fabric(preset: str | None, gpu, cluster: ClusterSpec, num_gpus: int, nic_gb
     cluster's achievable bandwidths; NIC speed and oversubscription may be overridden."""
     overrides = {}
     if nic_gbps is not None:
-        if not nic_gbps > 0:
-            raise ValueError(f"nic_gbps must be positive (Gb/s per GPU), got {nic_gbps}")
+        if not 0 < nic_gbps < float("inf"):
+            raise ValueError(f"nic_gbps must be a positive finite number (Gb/s per GPU), got {nic_gbps}")
         overrides["nic_bw"] = nic_gbps / 8 * 1e9
     if oversubscription is not None:
-        if not oversubscription >= 1:
-            raise ValueError(f"oversubscription must be >= 1 (downlink : uplink), got {oversubscription}")
+        if not 1 <= oversubscription < float("inf"):
+            raise ValueError(f"oversubscription must be a finite number >= 1 (downlink : uplink), got {oversubscription}")
         overrides["oversubscription"] = oversubscription
     if preset is None:
         return fabric_from_cluster(cluster, **overrides)

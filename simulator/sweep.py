@@ -157,7 +157,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         doc = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"sweep spec {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise ValueError(f"sweep spec {str(path)!r}: malformed TOML ({exc})") from None
     return parse_spec(doc, path.stem)
 

@@ -254,3 +254,35 @@ def test_help_renders_markup_as_written():
 
 def test_schedules_are_compared_only_when_asked(default_json):
     assert "schedules" not in default_json  # `--compare-schedules` runs five more estimates
+
+
+@pytest.mark.parametrize("args, field", [
+    (["estimate", "--nic-gbps", "inf"], "nic_gbps"),
+    (["estimate", "--oversubscription", "inf"], "oversubscription"),
+    (["schedule", "1f1b", "--pp", "4", "--microbatches", "8", "--f", "inf"], "unit cost f"),
+    (["schedule", "1f1b", "--pp", "4", "--microbatches", "8", "--b", "nan"], "unit cost b"),
+    (["schedule", "1f1b", "--pp", "4", "--microbatches", "8", "--fb", "inf"], "unit cost fb"),
+])
+def test_infinite_and_nan_numbers_are_refused(args, field):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and field in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("option, suffix, text, field", [
+    ("--plan", ".toml", "x = " + "[" * 5000 + "]" * 5000, "plan"),
+    ("--model", ".toml", "x = " + "[" * 5000 + "]" * 5000, ".toml"),
+    ("--model", ".json", "[" * 100000 + "]" * 100000, "model file"),
+    ("--calibration", ".json", "[" * 100000 + "]" * 100000, "calibration profile"),
+    ("--model", ".json", '{"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, '
+                         '"num_attention_heads": 0, "vocab_size": 100, "intermediate_size": 128}',
+     "num_attention_heads"),
+])
+def test_hostile_input_files_get_one_line(tmp_path, option, suffix, text, field):
+    path = tmp_path / f"input{suffix}"
+    path.write_text(text)
+    r = runner.invoke(app, ["estimate", option, str(path)])
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and field in lines[0], r.stderr

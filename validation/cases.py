@@ -167,7 +167,7 @@ def load_cases(paths: list[Path] | None = None) -> list[Case]:
 def load_case_file(path: Path) -> list[Case]:
     try:
         doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise ValueError(f"cases file {Path(path).name}: not valid TOML ({exc})") from None
     where = Path(path).name
     src = doc.get("source")

@@ -244,7 +244,7 @@ def _read_json(path: Path) -> tuple[Any, int]:
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
         return json.loads(raw), size
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ValueError(f"path: {path.name!r} is not Chrome trace JSON (plain or gzipped)") from None
 
 

@@ -51,10 +51,17 @@ def _get(cfg: Mapping[str, Any], key: str, default: Any = ...) -> Any:
     return cfg[key]
 
 
+_POSITIVE = {"hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "num_key_value_heads",
+             "head_dim", "intermediate_size"}  # sizes a model cannot have zero of (others, e.g. first_k_dense_replace, may be 0)
+
+
 def _int(cfg: Mapping[str, Any], key: str, default: Any = ...) -> int:
     value = _get(cfg, key, default)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"config.json: field {key!r} = {value!r}: expected an integer")
+    minimum = 1 if key in _POSITIVE else 0
+    if value < minimum:
+        raise ValueError(f"config.json: field {key!r} = {value!r}: expected an integer >= {minimum}")
     return value
 
 

@@ -52,7 +52,7 @@ def load_model_file(path: str | Path) -> ModelSpec:
         return model_from_toml_text(text, origin=str(path))
     try:
         cfg = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise ValueError(f"model file {str(path)!r}: malformed JSON ({exc})") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"model file {str(path)!r}: expected a JSON object (a Hugging Face config.json)")
@@ -63,7 +63,7 @@ def model_from_toml_text(text: str, origin: str = "<toml>") -> ModelSpec:
     """Parse the preset TOML format (see module docstring)."""
     try:
         doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise ValueError(f"{origin}: malformed TOML ({exc})") from None
     return model_from_tables(doc, origin)
 

@@ -194,6 +194,9 @@ def _max_over_mean(x: np.ndarray) -> float:
 
 # ----------------------------------------------------------------------------------------------- popularity
 
+P_FLOOR = 1e-30  # popularity floor: weights exp(log(E/k) - log(E p)) stay below float32's 3.4e38 for any E < 1e6
+
+
 def popularity(config: RoutingConfig, n_experts: int) -> np.ndarray:
     """Expert popularity p (sums to 1), fixed by config.seed: stationary across steps."""
     rng = np.random.default_rng([config.seed, 0])
@@ -210,6 +213,7 @@ def popularity(config: RoutingConfig, n_experts: int) -> np.ndarray:
         if p.size != n_experts:
             raise ValueError(f"RoutingConfig.weights: {p.size} weights for {n_experts} experts")
         p = np.maximum(p, 1e-300)
+    p = np.maximum(p / p.sum(), P_FLOOR)  # a vanishing expert stays finite in the float32 race weights below
     return p / p.sum()
 
 

@@ -118,7 +118,8 @@ class StepSimulator:
     def _simulate(self, num_microbatches: int, detail: bool) -> StepResult:
         p = self.parallel
         schedule = build_schedule(p.schedule, p.pp, num_microbatches, vpp=p.vpp)
-        tails = [self._dp_tail(stages, self._last_backward(schedule.programs[rank], rank))
+        tails = [self._dp_tail(stages, self._last_backward(schedule.programs[rank], rank),
+                               self._first_forward(schedule.programs[rank], rank))
                  for rank, stages in enumerate(_stages_per_rank(schedule))]
         result = run_pipeline(schedule, self.coster, detail=detail, tail=tails.__getitem__)
         step_time = max(result.end_per_rank)
@@ -152,9 +153,21 @@ class StepSimulator:
             return 0.0
         return self.coster.profile(rank, last).duration
 
-    def _dp_tail(self, stages: set[int], window: float = 0.0) -> float:
+    def _first_forward(self, program, rank: int) -> float:
+        """Seconds of the rank's first forward instruction (the window FSDP's once-per-step gathers stream
+        under), 0 when it has none."""
+        first = next((ins for ins in program if ins.kind.startswith("F")), None)
+        return self.coster.profile(rank, first).duration if first is not None else 0.0
+
+    def _dp_tail(self, stages: set[int], window: float = 0.0, first_forward: float = 0.0) -> float:
         """What the rank does after its last instruction: the exposed part of its gradient reduction and of the
-        gathering of updated parameters (see `exposed_dp_comm`), and the optimizer update of its shard."""
+        gathering of updated parameters (see `exposed_dp_comm`), and the optimizer update of its shard.
+
+        ZeRO-3 gathers and reduce-scatters inside the instructions, except under `fsdp_once_per_step`: then the
+        whole reduce-scatter follows the last backward (PyTorch's post-backward runs after it), and the one
+        gather of the step streams unit by unit under the first forward (`exposed_streamed_gather`; charged
+        here, on the rank's tail, rather than before its first forward, so its delay is not carried down the
+        pipeline)."""
         p, net, gpn = self.parallel, self.network, self.cluster.gpus_per_node
         dense, expert = self.rank_params(stages)
         # Placement (TP inside a node, then CP, then EP, then DP, PP outermost): a dense shard's dp x cp replicas
@@ -165,19 +178,35 @@ class StepSimulator:
         for n_params, group in ((dense, dense_group), (expert, expert_group)):
             if n_params == 0 or group.size == 1:
                 continue
-            if p.zero_stage == 3:  # gathered and reduce-scattered layer by layer inside the instructions
+            if p.zero_stage == 3 and not p.fsdp_once_per_step:  # layer by layer inside the instructions
                 continue
-            if p.zero_stage in (1, 2):  # gradients reduced in their stored dtype, the working copy gathered
+            if p.zero_stage in (1, 2, 3):  # gradients reduced in their stored dtype, the working copy gathered
                 reduce += net.reduce_scatter(n_params * self.recipe.grad_bytes, group)
                 gather += net.all_gather(n_params * self.recipe.weight_bytes, group)
             else:
                 reduce += net.all_reduce(n_params * self.recipe.grad_bytes, group)
         buckets = max(1, math.ceil((dense + expert) / p.bucket_params))
-        comm = exposed_dp_comm(reduce, gather, buckets, window, p.overlap_grad_reduce, p.overlap_param_gather)
+        if p.fsdp_once_per_step:
+            units = sum(self.stage_layers[s] for s in stages)
+            comm = reduce + exposed_streamed_gather(gather, units, first_forward)
+        else:
+            comm = exposed_dp_comm(reduce, gather, buckets, window, p.overlap_grad_reduce, p.overlap_param_gather)
         shard = (dense / p.grad_dp + expert / p.expert_dp) if p.zero_stage >= 1 else dense + expert
         update = Op("optimizer.adamw", "elementwise", "W", "optimizer", 0.0,
                     shard * self.recipe.optimizer_bytes_per_param())
         return comm + self.compute.duration(update)
+
+
+def exposed_streamed_gather(gather: float, units: int, forward: float) -> float:
+    """Seconds a parameter gather of `gather` s in `units` equal pieces adds to a forward of `forward` s that
+    consumes them in order, one piece prefetched (FSDP): the gathers run back to back on the network, and the
+    forward can neither start before the first piece (gather / units) nor end before the last piece arrives and
+    its unit computes (gather + forward / units). Exposed: max(gather / units, gather - forward (units - 1) /
+    units); the whole gather when there is no forward to hide under."""
+    n = max(1, units)
+    if forward <= 0:
+        return gather
+    return max(gather / n, gather - forward * (n - 1) / n)
 
 
 def exposed_dp_comm(reduce: float, gather: float, buckets: int, window: float, overlap_grad_reduce: bool,

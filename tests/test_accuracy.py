@@ -79,7 +79,10 @@ def test_gaps_name_what_is_not_modelled():
     assert not any("ZeRO" in g or "FSDP" in g for g in zero3.gaps())
     assert not any("context parallelism" in g for g in zero3.gaps())
     assert zero3.inexpressible() is None
-    # ... but not FSDP's once-per-step gather under pipeline parallelism, nor torch.compile
+    # FSDP under pipeline parallelism without reshard_after_forward is simulated (gathered once per step) ...
+    once = replace(c, layout={**c.layout, "fsdp": True, "reshard_after_forward": False})
+    assert not any("FSDP" in g for g in once.gaps())
+    # ... but not with reshard_after_forward, nor torch.compile
     piped = replace(c, layout={**c.layout, "fsdp": True, "torch_compile": True})
     assert any("FSDP under pipeline parallelism" in g for g in piped.gaps())
     assert any("torch.compile" in g for g in piped.gaps())

@@ -180,3 +180,63 @@ def test_cli_zero_stage_reaches_memory_and_step():
         out[stage] = json.loads(result.output)
     assert out["3"]["memory"]["weights"] < out["1"]["memory"]["weights"] / 4
     assert out["3"]["memory"]["gradients"] < out["1"]["memory"]["gradients"] / 4
+
+
+# -- FSDP under pipeline parallelism without reshard_after_forward: once per step ---------------------------------
+def _piped(zero_stage: int, reshard: bool, seq_len: int = 2048, pp: int = 2, gpus: int = 16):
+    base = load_scenario(model="llama-3-70b", gpu="h100", gpus=gpus, pp=pp, tp=1, schedule="1f1b", seq_len=seq_len,
+                         batch=8 * gpus // pp, tokens=1e6, fp8=False)
+    parallel = replace(base.parallel, zero_stage=zero_stage, reshard_after_forward=reshard)
+    return replace(base, model=MID, parallel=parallel, opts=replace(base.opts, recompute="none"))
+
+
+def test_once_per_step_only_under_pipelines_without_reshard():
+    assert ParallelSpec(num_gpus=16, pp=2, zero_stage=3, reshard_after_forward=False).fsdp_once_per_step
+    assert not ParallelSpec(num_gpus=16, pp=2, zero_stage=3, reshard_after_forward=True).fsdp_once_per_step
+    assert not ParallelSpec(num_gpus=16, pp=1, zero_stage=3, reshard_after_forward=False).fsdp_once_per_step
+    assert not ParallelSpec(num_gpus=16, pp=2, zero_stage=2, reshard_after_forward=False).fsdp_once_per_step
+
+
+def test_once_per_step_has_no_collectives_in_the_micro_batches():
+    s = _piped(3, reshard=False)
+    units = stage_units(s.model, s.parallel, 2048, range(4), True, False, s.opts)
+    assert not any(seg.name.startswith("dp.") for u in units for seg in u.forward + u.backward + u.weight)
+    per_mb = stage_units(s.model, replace(s.parallel, reshard_after_forward=True), 2048, range(4), True, False,
+                         s.opts)
+    assert any(seg.name.startswith("dp.") for u in per_mb for seg in u.forward + u.backward + u.weight)
+
+
+def test_once_per_step_tail_is_one_reduce_scatter_and_a_streamed_gather():
+    sim = _piped(3, reshard=False).simulator()
+    p, net = sim.parallel, sim.network
+    stages = {0}
+    dense, _ = sim.rank_params(stages)
+    group = sim.coster.comm_group("dp")
+    reduce = net.reduce_scatter(dense * sim.recipe.grad_bytes, group)
+    gather = net.all_gather(dense * sim.recipe.weight_bytes, group)
+    from gpuhours.workloads.ops import Op
+    update = sim.compute.duration(Op("optimizer.adamw", "elementwise", "W", "optimizer", 0.0,
+                                     dense / p.grad_dp * sim.recipe.optimizer_bytes_per_param()))
+    units = sim.stage_layers[0]
+    # no forward to hide under: everything exposed; a long forward hides all but one unit's gather
+    assert sim._dp_tail(stages, 0.0, 0.0) == pytest.approx(reduce + gather + update)
+    assert sim._dp_tail(stages, 0.0, 1e6) == pytest.approx(reduce + gather / units + update)
+
+
+def test_streamed_gather_closed_form():
+    from gpuhours.simulator.step import exposed_streamed_gather
+    # 4 pieces of 1 s under a 2 s forward (0.5 s a unit): the last piece lands at 4 s, its unit ends at 4.5 s,
+    # 2.5 s after the forward alone would have ended
+    assert exposed_streamed_gather(4.0, 4, 2.0) == pytest.approx(2.5)
+    assert exposed_streamed_gather(4.0, 4, 100.0) == pytest.approx(1.0)   # only the first piece
+    assert exposed_streamed_gather(4.0, 4, 0.0) == pytest.approx(4.0)
+
+
+def test_once_per_step_is_faster_than_per_micro_batch_and_holds_zero1_memory():
+    once, per_mb, z1 = _piped(3, False), _piped(3, True), _piped(1, False)
+    a, b = once.simulator().step(8), per_mb.simulator().step(8)
+    assert a.step_time < b.step_time
+    ma, m1 = memory_breakdown(once, a), memory_breakdown(z1, z1.simulator().step(8))
+    # unsharded weights and gradients, sharded optimizer state: ZeRO-1's accounting
+    assert ma.weights == pytest.approx(m1.weights) and ma.gradients == pytest.approx(m1.gradients)
+    assert ma.master_weights == pytest.approx(m1.master_weights)

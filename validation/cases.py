@@ -131,9 +131,11 @@ class Case:
         lay, out = self.layout, []
         if lay.get("etp", 1) > 1:
             out.append(f"expert tensor parallelism ETP{lay['etp']}: not modelled, experts simulated whole per EP rank")
-        if (lay.get("fsdp") or lay.get("zero_stage", 0) == 3) and lay.get("pp", 1) > 1:
-            out.append("FSDP under pipeline parallelism: parameters gathered and gradients reduce-scattered every "
-                       "micro-batch (PyTorch's pipelining gathers once per step)")
+        if (lay.get("fsdp") or lay.get("zero_stage", 0) == 3) and lay.get("pp", 1) > 1 \
+                and lay.get("reshard_after_forward", True):
+            out.append("FSDP under pipeline parallelism with reshard_after_forward: simulated gathering every "
+                       "micro-batch's forward and backward and reduce-scattering after every backward (PyTorch's "
+                       "pipelining defers the reduce-scatter to the last backward)")
         if lay.get("torch_compile"):
             out.append("torch.compile: compiler-fused kernels not modelled, simulated as the eager run")
         if lay.get("tp_comm_overlap"):

@@ -263,8 +263,9 @@ def rank_state_bytes(dense: float, expert: float, parallel: ParallelSpec, recipe
     `gathered`: ZeRO-3's unsharded working set G, parameters of the units gathered at once."""
     held = dense + expert
     shard = dense / parallel.grad_dp + expert / parallel.expert_dp if parallel.zero_stage >= 1 else held
-    weights = held if parallel.zero_stage < 3 else shard + gathered
-    grads = held if parallel.zero_stage < 2 else shard + (gathered if parallel.zero_stage == 3 else 0.0)
+    once = parallel.fsdp_once_per_step  # ZeRO-3 under PP keeping gathered weights and unsharded gradients
+    weights = held if parallel.zero_stage < 3 or once else shard + gathered
+    grads = held if parallel.zero_stage < 2 or once else shard + (gathered if parallel.zero_stage == 3 else 0.0)
     return {"weights": recipe.weight_bytes * weights, "gradients": recipe.grad_bytes * grads,
             "master_weights": recipe.master_bytes * shard, "optimizer_moments": 2 * recipe.moment_bytes * shard}
 
@@ -272,7 +273,7 @@ def rank_state_bytes(dense: float, expert: float, parallel: ParallelSpec, recipe
 def gathered_params(model: ModelSpec, parallel: ParallelSpec, stage_layers: tuple[int, ...], stages) -> float:
     """ZeRO-3's unsharded working set on a rank holding `stages`: the parameters of its two largest units (0
     below ZeRO-3 or without data parallelism)."""
-    if parallel.zero_stage < 3 or (parallel.grad_dp == 1 and parallel.expert_dp == 1):
+    if parallel.zero_stage < 3 or parallel.fsdp_once_per_step or (parallel.grad_dp == 1 and parallel.expert_dp == 1):
         return 0.0
     starts = [0]
     for n in stage_layers:

@@ -458,7 +458,8 @@ def stage_units(model: ModelSpec, p: ParallelSpec, seq_len: int, layers: range, 
     """A pipeline stage as an ordered list of units: embedding (first stage), its transformer layers, and on the
     last stage the head and loss followed by the MTP modules (which share embedding and head physically).
     Under ZeRO-3 each unit also gathers and reduce-scatters its parameters (`zero3_passes`; byte sizes from
-    `recipe`, a `workloads.recipe.MemoryRecipe`, default the DeepSeek-V3 recipe)."""
+    `recipe`, a `workloads.recipe.MemoryRecipe`, default the DeepSeek-V3 recipe), except when they happen once
+    per step (`ParallelSpec.fsdp_once_per_step`: priced in the step's data-parallel tail)."""
     units: list[LayerPasses] = []
     if first:
         units.append(embedding_passes(model, p, seq_len))
@@ -467,7 +468,7 @@ def stage_units(model: ModelSpec, p: ParallelSpec, seq_len: int, layers: range, 
         units.append(head_passes(model, p, seq_len, opts))
         for d in range(model.mtp_depth):
             units.extend(mtp_passes(model, p, seq_len, d, opts))
-    if p.zero_stage == 3:
+    if p.zero_stage == 3 and not p.fsdp_once_per_step:
         from gpuhours.workloads.recipe import load_recipe
         from gpuhours.workloads.zero import unit_params, zero3_passes  # zero.py builds on this module's records
 

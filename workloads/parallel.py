@@ -114,6 +114,17 @@ class ParallelSpec:
         return self.num_gpus // (self.pp * self.tp * self.cp)
 
     @property
+    def fsdp_once_per_step(self) -> bool:
+        """ZeRO-3 under pipeline parallelism with `reshard_after_forward` off (torchtitan's setting when PP is on).
+        PyTorch's pipelining then keeps each stage's gathered parameters and accumulates unsharded gradients over
+        the step's micro-batches (torch.distributed.pipelining stage.py, backward_maybe_with_nosync: no reshard
+        after backward and no gradient sync until the last backward, then one post-backward reduce-scatter), so
+        the parameters are gathered once per step, in the first micro-batch's forward, and the gradients
+        reduce-scattered once, after the last backward (`simulator.step`); memory holds unsharded weights and
+        gradients like ZeRO-1 (`workloads.memory`)."""
+        return self.zero_stage == 3 and self.pp > 1 and not self.reshard_after_forward
+
+    @property
     def grad_dp(self) -> int:
         """Ranks that hold the same dense parameter shard and reduce its gradients (and share its ZeRO shards):
         dp x cp, since the cp ranks of a sequence hold the same parameters."""

@@ -125,3 +125,26 @@ def test_norms_run_on_the_sequence_shard_under_sequence_parallelism():
     assert set(sharded) == {"L0.attn.attn_norm", "L0.mlp.ffn_norm"}
     for name in sharded:
         assert sharded[name] * 4 == whole[name] == 2 * 2048 * 1024 * 2  # read + write BF16, whole sequence
+
+
+@pytest.mark.parametrize("sp", [True, False])
+def test_tensor_parallel_collectives_per_pass(sp):
+    # Korthikanti et al. 2022, sec. 4.2: per layer, forward and backward each move 4 x (b s h) bytes of activations
+    # over the TP group (two all-reduces of b s h, or with sequence parallelism two all-gathers and two
+    # reduce-scatters whose gathered buffers are b s h each); the weight-gradient pass moves none, except that
+    # Megatron-LM gathers the sequence-sharded input of each of the two column-parallel layers again for its
+    # weight gradient.
+    from gpuhours.workloads.model import AttentionSpec, ModelSpec
+
+    gpt = ModelSpec(name="g", hidden=1024, n_layers=2, vocab=1000, dense_intermediate=4096, ffn_activation="gelu",
+                    attention=AttentionSpec("gqa", 8, n_kv_heads=8, head_dim=128))
+    p = ParallelSpec(num_gpus=4, tp=4, sequence_parallel=sp)
+    passes = layer_passes(gpt, 0, p, 2048, OpOptions(fp8=False, recompute="none"))
+    bsh = 2048 * 1024 * 2
+
+    def collectives(segs):
+        return sorted((op.collective, op.comm_bytes) for s in segs for op in s.ops if op.kind == "collective")
+
+    expected = ([("all_gather", bsh)] * 2 + [("reduce_scatter", bsh)] * 2) if sp else [("all_reduce", bsh)] * 2
+    assert collectives(passes.forward) == collectives(passes.backward) == sorted(expected)
+    assert collectives(passes.weight) == ([("all_gather", bsh)] * 2 if sp else [])

@@ -301,11 +301,19 @@ def _dense_ffn_ops(b: _Builder, inter: int, hidden: int, tokens: int, tp: int, n
 
 
 def _tp_comm(phase: str, module: str, tokens: int, hidden: int, p: ParallelSpec, layer, where: str):
-    """Tensor-parallel collectives around a block: with sequence parallelism an all-gather before and a
-    reduce-scatter after (backward: the reverse); without, one all-reduce after (backward: before)."""
+    """Tensor-parallel collectives around a block (Korthikanti et al. 2022, sec. 4.2): with sequence parallelism
+    an all-gather before and a reduce-scatter after (backward: the reverse); without, one all-reduce after
+    (backward: before). The weight-gradient pass has none, except under sequence parallelism the all-gather
+    before the block: Megatron-LM keeps only the sequence shard of a column-parallel layer's input and gathers
+    it again for the weight gradient (LinearWithGradAccumulationAndAsyncCommunication.backward)."""
     if p.tp == 1:
         return []
     per_token = hidden * BF16
+    if phase == "W":
+        if not (p.sequence_parallel and where == "before"):
+            return []
+        return [_collective(f"L{layer}.{module}.tp_all_gather", phase, module, "all_gather", "tp", tokens,
+                            per_token, layer)]
     if p.sequence_parallel:
         kind = "all_gather" if where == "before" else "reduce_scatter"
         if phase == "B":

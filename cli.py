@@ -150,6 +150,9 @@ SCENARIO_OPTIONS = dict(
                                                             "(default: balanced by simulated cost)"),
     recompute=typer.Option(None, "--recompute", help="Activation recomputation: none, deepseek (RMSNorm and MLA "
                                                       "up-projections), selective (attention core), full (whole layer)"),
+    tp_comm_overlap=typer.Option(None, "--tp-comm-overlap/--no-tp-comm-overlap",
+                                 help="Pipeline tensor-parallel collectives with their GEMMs (Megatron "
+                                      "tp_comm_overlap, PyTorch AsyncTP)"),
     overlap_grad_reduce=typer.Option(None, "--overlap-grad-reduce/--no-overlap-grad-reduce",
                                      help="Reduce gradients in buckets during the last backward (Megatron-Core)"),
     overlap_param_gather=typer.Option(None, "--overlap-param-gather/--no-overlap-param-gather",
@@ -163,7 +166,7 @@ SCENARIO_OPTIONS = dict(
 def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
               calibration, precision, batch, network=None, cluster=None, nic_gbps=None, oversubscription=None,
               routing=None, redundant_experts=0, stage_layers=None, recompute=None, overlap_grad_reduce=None,
-              overlap_param_gather=None, zero_stage=None, cp=None, attention_kernel=None):
+              overlap_param_gather=None, zero_stage=None, cp=None, attention_kernel=None, tp_comm_overlap=None):
     from gpuhours.simulator.scenario import load_scenario
     from gpuhours.workloads.ops import RECOMPUTE_POLICIES
 
@@ -187,7 +190,8 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
                          oversubscription=oversubscription, routing=routing,
                          redundant_experts=redundant_experts, stage_layers=stage_layers, recompute=recompute,
                          overlap_grad_reduce=overlap_grad_reduce, overlap_param_gather=overlap_param_gather,
-                         zero_stage=zero_stage, cp=cp, attention_kernel=attention_kernel)
+                         zero_stage=zero_stage, cp=cp, attention_kernel=attention_kernel,
+                         tp_comm_overlap=tp_comm_overlap)
 
 
 @app.command()
@@ -201,6 +205,7 @@ def estimate(
     cp: Optional[int] = SCENARIO_OPTIONS["cp"],
     vpp: Optional[int] = SCENARIO_OPTIONS["vpp"],
     attention_kernel: Optional[str] = SCENARIO_OPTIONS["attention_kernel"],
+    tp_comm_overlap: Optional[bool] = SCENARIO_OPTIONS["tp_comm_overlap"],
     schedule: Optional[str] = SCENARIO_OPTIONS["schedule"],
     micro_batch_size: Optional[int] = SCENARIO_OPTIONS["micro_batch_size"],
     tokens: Optional[str] = SCENARIO_OPTIONS["tokens"],
@@ -241,7 +246,7 @@ def estimate(
         scenario = _scenario(plan,model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
                              calibration, precision, batch, network, cluster, nic_gbps, oversubscription, routing,
                              redundant_experts, stage_layers, recompute, overlap_grad_reduce,
-                             overlap_param_gather, zero_stage, cp, attention_kernel)
+                             overlap_param_gather, zero_stage, cp, attention_kernel, tp_comm_overlap)
         result = run_estimate(scenario)
         memory = memory_breakdown(scenario, result.steady.step)
         if not memory.fits and not allow_oom:
@@ -372,6 +377,7 @@ def step(
     cp: Optional[int] = SCENARIO_OPTIONS["cp"],
     vpp: Optional[int] = SCENARIO_OPTIONS["vpp"],
     attention_kernel: Optional[str] = SCENARIO_OPTIONS["attention_kernel"],
+    tp_comm_overlap: Optional[bool] = SCENARIO_OPTIONS["tp_comm_overlap"],
     schedule: Optional[str] = SCENARIO_OPTIONS["schedule"],
     micro_batch_size: Optional[int] = SCENARIO_OPTIONS["micro_batch_size"],
     seq_len: Optional[int] = SCENARIO_OPTIONS["seq_len"],
@@ -400,7 +406,7 @@ def step(
                              calibration, precision, None, network, cluster, None, None, routing,
                              recompute=recompute, overlap_grad_reduce=overlap_grad_reduce,
                              overlap_param_gather=overlap_param_gather, zero_stage=zero_stage, cp=cp,
-                             attention_kernel=attention_kernel)
+                             attention_kernel=attention_kernel, tp_comm_overlap=tp_comm_overlap)
         m = microbatches or microbatches_for(scenario.plan.batch.end, scenario.parallel)[0]
         result = scenario.simulator().step(m, detail=gantt is not None or trace is not None)
     data = step_dict(result)

@@ -39,6 +39,7 @@ from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
 from gpuhours.hwmodels.compute import ComputeModel
 from gpuhours.simulator.engine import InstructionProfile
 from gpuhours.simulator.instructions import Instruction
+from gpuhours.simulator.overlap import exposed_streamed
 from gpuhours.simulator.timeline import Span
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import BF16, LayerPasses, Op, OpOptions, Segment, stage_units
@@ -119,7 +120,10 @@ class HardwareCoster:
         if op.group == "ep":
             return self.network.ep_all_to_all(op.tokens, op.bytes_per_token, self.model.moe.top_k,
                                               self.nodes_per_token, self.comm_group("ep"))
-        return getattr(self.network, op.collective)(op.comm_bytes, self.comm_group(op.group))
+        wire = getattr(self.network, op.collective)(op.comm_bytes, self.comm_group(op.group))
+        if op.overlaps is not None:  # tp_comm_overlap: pipelined with its GEMM in tp pieces
+            return exposed_streamed(wire, self.parallel.tp, self.op_time(op.overlaps))
+        return wire
 
     def comm_group(self, name: str) -> CommGroup:
         """The ranks of a collective group. Placement: TP inside a node, then CP, then EP, then DP, PP outermost,

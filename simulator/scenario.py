@@ -153,7 +153,7 @@ def load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None, 
                   stage_layers: tuple[int, ...] | None = None, recompute: str | None = None,
                   overlap_grad_reduce: bool | None = None, overlap_param_gather: bool | None = None,
                   zero_stage: int | None = None, cp: int | None = None,
-                  attention_kernel: str | None = None) -> Scenario:
+                  attention_kernel: str | None = None, tp_comm_overlap: bool | None = None) -> Scenario:
     """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field.
 
     `attention_kernel` (or the plan's [numerics] attention_kernel): price the attention core at that measured
@@ -205,6 +205,8 @@ def load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None, 
         overlap_param_gather=par.get("overlap_param_gather", False) if overlap_param_gather is None
         else overlap_param_gather,
         dp_bucket_params=par.get("dp_bucket_params", 0),
+        tp_comm_overlap=par.get("tp_comm_overlap", False) if tp_comm_overlap is None else tp_comm_overlap,
+        sequence_parallel=par.get("sequence_parallel", ParallelSpec.sequence_parallel),
     )
     parallel.check_model(model_spec)
     ramp = BatchRamp(run["batch_start"], run["batch_end"], parse_count(run.get("ramp_tokens", 0), "ramp_tokens"))

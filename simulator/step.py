@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
 from gpuhours.hwmodels.compute import ComputeModel
+from gpuhours.simulator.overlap import exposed_streamed as exposed_streamed_gather  # noqa: F401 (re-exported)
 from gpuhours.simulator.chunks import HardwareCoster
 from gpuhours.simulator.engine import PipelineResult, run_pipeline
 from gpuhours.simulator.schedules import build_schedule
@@ -195,18 +196,6 @@ class StepSimulator:
         update = Op("optimizer.adamw", "elementwise", "W", "optimizer", 0.0,
                     shard * self.recipe.optimizer_bytes_per_param())
         return comm + self.compute.duration(update)
-
-
-def exposed_streamed_gather(gather: float, units: int, forward: float) -> float:
-    """Seconds a parameter gather of `gather` s in `units` equal pieces adds to a forward of `forward` s that
-    consumes them in order, one piece prefetched (FSDP): the gathers run back to back on the network, and the
-    forward can neither start before the first piece (gather / units) nor end before the last piece arrives and
-    its unit computes (gather + forward / units). Exposed: max(gather / units, gather - forward (units - 1) /
-    units); the whole gather when there is no forward to hide under."""
-    n = max(1, units)
-    if forward <= 0:
-        return gather
-    return max(gather / n, gather - forward * (n - 1) / n)
 
 
 def exposed_dp_comm(reduce: float, gather: float, buckets: int, window: float, overlap_grad_reduce: bool,

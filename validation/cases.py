@@ -16,7 +16,7 @@ Layout keys and what the simulator can express today (anything else is reported 
     recompute             "none" | "deepseek" (RMSNorm and MLA up-projections) | "selective" | "full"
     overlap_grad_reduce, overlap_param_gather   Megatron-Core's bucketed data-parallel overlap (modelled)
     reshard_after_forward FSDP's option (default true)
-    tp_comm_overlap       true is a gap (simulated exposed)
+    tp_comm_overlap       TP collectives pipelined with their GEMMs (modelled: ParallelSpec.tp_comm_overlap)
     torch_compile         true is a gap (compiler-fused kernels; simulated as the eager run)
     precision             "bf16" | "fp8";  fp8_recipe "blockwise" (DeepSeek/DeepGEMM) | "delayed" | "current"
     attention_kernel      a measured attention kernel the run's software used (hwmodels/data/attention_kernels.toml:
@@ -138,8 +138,6 @@ class Case:
                        "pipelining defers the reduce-scatter to the last backward)")
         if lay.get("torch_compile"):
             out.append("torch.compile: compiler-fused kernels not modelled, simulated as the eager run")
-        if lay.get("tp_comm_overlap"):
-            out.append("tensor-parallel communication overlap: not modelled, simulated exposed")
         if lay.get("precision") == "fp8" and lay.get("fp8_recipe", "blockwise") != "blockwise":
             out.append(f"FP8 {lay['fp8_recipe']} scaling (per-tensor, Transformer Engine): simulated as "
                        f"DeepSeek's blockwise recipe with unfused casts")

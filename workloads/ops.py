@@ -42,6 +42,7 @@ class Op:
     comm_bytes: float = 0.0      # bytes each rank sends for the collective (see hwmodels.collectives)
     tokens: int = 0              # collectives over tokens (EP all-to-all, TP): tokens each rank holds
     bytes_per_token: float = 0.0
+    overlaps: "Op | None" = None  # TP collective decomposed and overlapped with this GEMM (tp_comm_overlap)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -300,14 +301,25 @@ def _dense_ffn_ops(b: _Builder, inter: int, hidden: int, tokens: int, tp: int, n
     b.gemm(f"{name}.w2", tokens, hidden, i)
 
 
-def _tp_comm(phase: str, module: str, tokens: int, hidden: int, p: ParallelSpec, layer, where: str):
+def _tp_comm(phase: str, module: str, tokens: int, hidden: int, p: ParallelSpec, layer, where: str,
+             partner: Op | None = None):
     """Tensor-parallel collectives around a block (Korthikanti et al. 2022, sec. 4.2): with sequence parallelism
     an all-gather before and a reduce-scatter after (backward: the reverse); without, one all-reduce after
     (backward: before). The weight-gradient pass has none, except under sequence parallelism the all-gather
     before the block: Megatron-LM keeps only the sequence shard of a column-parallel layer's input and gathers
-    it again for the weight gradient (LinearWithGradAccumulationAndAsyncCommunication.backward)."""
+    it again for the weight gradient (LinearWithGradAccumulationAndAsyncCommunication.backward).
+
+    With `ParallelSpec.tp_comm_overlap` each collective carries the GEMM it is pipelined with (`partner`: the
+    block's first GEMM for the collective before it, its last for the one after; `Op.overlaps`)."""
     if p.tp == 1:
         return []
+    segs = _tp_collectives(phase, module, tokens, hidden, p, layer, where)
+    if not (p.tp_comm_overlap and partner is not None):
+        return segs
+    return [replace(s, ops=tuple(replace(op, overlaps=partner) for op in s.ops)) for s in segs]
+
+
+def _tp_collectives(phase: str, module: str, tokens: int, hidden: int, p: ParallelSpec, layer, where: str):
     per_token = hidden * BF16
     if phase == "W":
         if not (p.sequence_parallel and where == "before"):
@@ -323,6 +335,13 @@ def _tp_comm(phase: str, module: str, tokens: int, hidden: int, p: ParallelSpec,
         return [_collective(f"L{layer}.{module}.tp_all_reduce", phase, module, "all_reduce", "tp", tokens,
                             per_token, layer)]
     return []
+
+
+def _edge_gemms(ops: list[Op]) -> tuple[Op | None, Op | None]:
+    """The first and the last GEMM of a block's pass (recomputed forward GEMMs excluded): the column-parallel
+    input projection and the row-parallel output projection the block's TP collectives are pipelined with."""
+    gemms = [op for op in ops if op.kind == "gemm" and ".recompute." not in op.name]
+    return (gemms[0], gemms[-1]) if gemms else (None, None)
 
 
 def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, opts: OpOptions = OpOptions(),
@@ -360,12 +379,15 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
         attn_seg = attn.segment(f"attn({phase})", layer)
         cp_comm = _cp_comm(phase, model, p, tokens, layer, prefix)
         core = cp_comm + [attn_seg] if phase == "F" else [attn_seg] + cp_comm
-        segs_attn = _tp_comm(phase, "attn", tokens, h, p, layer, "before") + core
-        segs_attn += _tp_comm(phase, "attn", tokens, h, p, layer, "after")
+        first, last = _edge_gemms(attn.ops)
+        segs_attn = _tp_comm(phase, "attn", tokens, h, p, layer, "before", first) + core
+        segs_attn += _tp_comm(phase, "attn", tokens, h, p, layer, "after", last)
         if moe is None:
             _dense_ffn_ops(mlp, model.dense_intermediate, h, tokens, tp, activation=model.ffn_activation)
-            segs_mlp = _tp_comm(phase, "mlp", tokens, h, p, layer, "before") + [mlp.segment(f"mlp({phase})", layer)]
-            segs_mlp += _tp_comm(phase, "mlp", tokens, h, p, layer, "after")
+            first, last = _edge_gemms(mlp.ops)
+            segs_mlp = _tp_comm(phase, "mlp", tokens, h, p, layer, "before", first)
+            segs_mlp += [mlp.segment(f"mlp({phase})", layer)]
+            segs_mlp += _tp_comm(phase, "mlp", tokens, h, p, layer, "after", last)
             order = segs_attn + segs_mlp if phase == "F" else segs_mlp + segs_attn
             passes[phase] = order
             continue

@@ -38,6 +38,12 @@ class ParallelSpec:
     in buckets of `dp_bucket_params` parameters (0: Megatron-Core's default, max(40M, 1M x dp)) as they become
     ready during the rank's last backward; the updated parameters are gathered bucket by bucket under the next
     step's forward (see `simulator.step.exposed_dp_comm`).
+    `tp_comm_overlap`: tensor-parallel collectives decomposed into tp pieces and pipelined with the GEMM that
+    consumes or produces them (Megatron-Core / Transformer Engine's userbuffers overlap, PyTorch's AsyncTP):
+    all-gathers with the following column-parallel GEMM, reduce-scatters (all-reduces) with the preceding
+    row-parallel GEMM, each exposing only what `simulator.overlap.exposed_streamed` leaves; the SMs or copy
+    engines the overlap uses are not charged to the GEMM. MoE layers have TP collectives around attention only;
+    their expert all-to-alls are not affected.
     `zero_stage` (ZERO_STAGES, Rajbhandari et al. 2020): 0 replicates everything; 1 shards the optimizer state over
     the data-parallel group (Megatron's distributed optimizer: gradients reduce-scattered and the updated
     parameters all-gathered once per step); 2 also shards the gradients (same traffic as 1); 3 (FSDP) also shards
@@ -58,6 +64,7 @@ class ParallelSpec:
     stage_layers: tuple[int, ...] | None = None
     comm_sms: int = 0
     sequence_parallel: bool = True
+    tp_comm_overlap: bool = False
     overlap_grad_reduce: bool = False
     overlap_param_gather: bool = False
     dp_bucket_params: int = 0
@@ -72,7 +79,8 @@ class ParallelSpec:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
         if isinstance(self.zero_stage, bool) or self.zero_stage not in ZERO_STAGES:
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
-        for name in ("overlap_grad_reduce", "overlap_param_gather", "sequence_parallel", "reshard_after_forward"):
+        for name in ("overlap_grad_reduce", "overlap_param_gather", "sequence_parallel", "reshard_after_forward",
+                     "tp_comm_overlap"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.dp_bucket_params, bool) or not isinstance(self.dp_bucket_params, int) \

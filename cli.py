@@ -230,6 +230,15 @@ def estimate(
                                                              "a TOML file; plans with [[phase]] tables are "
                                                              "estimated phase by phase"),
     allow_oom: bool = typer.Option(False, "--allow-oom", help="Estimate layouts that do not fit in GPU memory"),
+    goodput: bool = typer.Option(False, "--goodput", help="Also simulate failures, checkpoints and restarts: "
+                                                          "expected GPU-hours with P10/P50/P90 (the plan's "
+                                                          "[goodput] table sets its inputs)"),
+    goodput_chart: Optional[Path] = typer.Option(None, "--goodput-chart",
+                                                 help="Histogram of GPU-hours over the goodput runs (.png or "
+                                                      ".svg); implies --goodput"),
+    goodput_timeline: Optional[Path] = typer.Option(None, "--goodput-timeline",
+                                                    help="Progress, failures and restarts of the first goodput "
+                                                         "run over the days (.png or .svg); implies --goodput"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
 ):
     """GPU-hours, days and dollars of a training run (default: DeepSeek-V3 pre-training on 2,048 H800)."""
@@ -240,9 +249,16 @@ def estimate(
     from gpuhours.workloads.memory import memory_breakdown
 
     with user_errors():
+        for path, field in ((goodput_chart, "--goodput-chart"), (goodput_timeline, "--goodput-timeline")):
+            if path is not None:
+                _output_path(path, (".png", ".svg"), field)
+                goodput = True
         if plan is not None and is_phased(plan):
+            if goodput:
+                raise UsageError("--goodput: phased plans are not supported yet; estimate one phase's plan")
             _estimate_phased(plan, allow_oom, as_json)
             return
+        goodput_config = _goodput_config(plan) if goodput else None
         scenario = _scenario(plan,model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
                              calibration, precision, batch, network, cluster, nic_gbps, oversubscription, routing,
                              redundant_experts, stage_layers, recompute, overlap_grad_reduce,
@@ -262,10 +278,35 @@ def estimate(
             data["schedules"] = comparisons.compare_schedules(scenario)
         data["hardware_only"] = comparisons.hardware_only(scenario, result) if data["calibration_case"] else None
         data["published"] = comparisons.published(plan, scenario)
+        gp = None
+        if goodput_config is not None:
+            from gpuhours.simulator.goodput import goodput_estimate
+
+            gp = goodput_estimate(result, scenario, goodput_config)
+            data["goodput"] = gp.to_dict()
     if as_json:
         _echo_json(data)
     else:
         typer.echo(render_estimate(data))
+        for line in gp.lines() if gp is not None else ():
+            typer.echo(line)
+    if gp is not None:
+        from gpuhours.reports.goodput_chart import histogram, timeline
+
+        for out, draw in ((goodput_chart, lambda path: histogram(gp, str(path))),
+                          (goodput_timeline, lambda path: timeline(result, scenario, goodput_config, str(path)))):
+            if out is not None:
+                _write_atomically(out, draw)
+                if not as_json:
+                    typer.echo(f"wrote {out}")
+
+
+def _goodput_config(plan: Optional[str]):
+    """The plan's [goodput] table as a GoodputConfig (defaults where it has none)."""
+    from gpuhours.simulator.goodput import GoodputConfig, goodput_from_plan
+    from gpuhours.simulator.scenario import DEFAULT_PLAN, _read_plan
+
+    return goodput_from_plan(_read_plan(plan or DEFAULT_PLAN)) or GoodputConfig()
 
 
 def _estimate_phased(plan: str, allow_oom: bool, as_json: bool) -> None:
@@ -688,7 +729,7 @@ def calibrate_trace(
 
 def _write_atomically(path: Path, save) -> None:
     """Write through a temporary file beside `path`, so a failure leaves nothing half-written."""
-    tmp = path.with_name(f".{path.name}.partial")
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")  # the suffix kept: writers pick formats by it
     try:
         save(tmp)
         tmp.replace(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -286,3 +287,32 @@ def test_hostile_input_files_get_one_line(tmp_path, option, suffix, text, field)
     assert r.exit_code == 2, r.output
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and field in lines[0], r.stderr
+
+
+def test_goodput_adds_a_band_above_the_ideal_figure(tmp_path):
+    chart = tmp_path / "gp.png"
+    r = runner.invoke(app, ["estimate", "--model", "llama-3-70b", "--gpu", "h100", "--gpus", "64", "--pp", "1",
+                            "--tp", "8", "--schedule", "1f1b", "--precision", "bf16", "--tokens", "1T", "--allow-oom",
+                            "--goodput-chart", str(chart), "--goodput-timeline", str(tmp_path / "tl.svg"),
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    g = d["goodput"]
+    assert g["ideal_gpu_hours"] == pytest.approx(d["gpu_hours"], rel=1e-9)
+    pct = g["gpu_hours_pct"]
+    assert g["ideal_gpu_hours"] <= pct["p10"] <= pct["p50"] <= pct["p90"]
+    assert chart.stat().st_size > 0 and (tmp_path / "tl.svg").stat().st_size > 0
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_goodput_bad_input_is_one_line(tmp_path):
+    plan = tmp_path / "plan.toml"
+    text = (Path(__file__).resolve().parents[1] / "workloads" / "plans" / "deepseek-v3.toml").read_text()
+    plan.write_text(text + "\n[goodput]\nspares = 3\n")
+    for args, field in ((["estimate", "--plan", str(plan), "--goodput"], "spares"),
+                        (["estimate", "--goodput-chart", str(tmp_path / "gp.pdf")], "--goodput-chart")):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, r.output
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and field in lines[0], r.stderr
+    assert not (tmp_path / "gp.pdf").exists()

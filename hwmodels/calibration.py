@@ -12,10 +12,14 @@ Schema "gpuhours.calibration/1"::
      "gemm":         {"fp8": [{"m", "n", "k", "tflops", "provenance"?}, ...], "bf16": [...]},
      "grouped_gemm": {"fp8": [{"groups", "m", "n", "k", "tflops", "provenance"?}, ...], "bf16": [...]},
      "attention":   {"forward_efficiency": f, "backward_efficiency": f, "provenance"?},  # of dense BF16 peak
-     "elementwise": {"bandwidth_efficiency": f, "provenance"?},                       # of HBM bandwidth
+     "elementwise": {"bandwidth_efficiency": f, "classes"?: {class: f}, "provenance"?},  # of HBM bandwidth
      "comm": {...},          # optional, free-form achieved bandwidths
      "trace": {...},         # optional, free-form measured times (profiles imported from a trace)
      "notes": str | [str]}   # optional
+
+``elementwise.classes`` gives a memory-bound op class (``ELEMENTWISE_CLASSES``: RMSNorm, activation, FP8 cast,
+RoPE, loss, router, optimizer, embedding; `hwmodels.compute.elementwise_class` names an op's) its own bandwidth
+efficiency; a class it does not list takes ``bandwidth_efficiency``.
 
 ``provenance.calibrated_on`` says what the figures were fitted to: ``{"model": preset name (absent when
 nothing was measured on a model), "gpu": GPU key, "precision": "fp8" | "bf16" | [both],
@@ -57,6 +61,7 @@ GEMM_KINDS = ("gemm", "grouped_gemm")
 DTYPES = ("fp8", "bf16")
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_PROFILE = "default-h800"
+ELEMENTWISE_CLASSES = ("norm", "activation", "cast", "rope", "loss", "router", "optimizer", "embedding")
 
 TILE = 128        # output tile edge (rows and columns) of the wave-quantisation penalty
 NEIGHBOURS = 3    # points averaged by the log-space interpolation
@@ -116,6 +121,7 @@ class CalibrationProfile:
     elementwise_bandwidth_efficiency: float
     attention_provenance: str = ""
     elementwise_provenance: str = ""
+    elementwise_classes: dict | None = None  # class (ELEMENTWISE_CLASSES) -> bandwidth efficiency
     comm: dict | None = None
     notes: Any = None
     trace: dict | None = None
@@ -147,7 +153,13 @@ class CalibrationProfile:
         att = _req(d, "attention", dict, "")
         _only(att, {"forward_efficiency", "backward_efficiency", "provenance"}, "attention")
         ew = _req(d, "elementwise", dict, "")
-        _only(ew, {"bandwidth_efficiency", "provenance"}, "elementwise")
+        _only(ew, {"bandwidth_efficiency", "classes", "provenance"}, "elementwise")
+        classes = ew.get("classes")
+        if classes is not None:
+            if not isinstance(classes, dict):
+                raise ValueError("calibration: 'elementwise.classes' must be an object of class: efficiency")
+            _only(classes, set(ELEMENTWISE_CLASSES), "elementwise.classes")
+            classes = {k: _fraction(classes, k, "elementwise.classes.") for k in classes}
         comm = d.get("comm")
         if comm is not None and not isinstance(comm, dict):
             raise ValueError("calibration: 'comm' must be an object")
@@ -164,7 +176,7 @@ class CalibrationProfile:
             elementwise_bandwidth_efficiency=_fraction(ew, "bandwidth_efficiency", "elementwise."),
             attention_provenance=_opt_str(att, "provenance", "attention."),
             elementwise_provenance=_opt_str(ew, "provenance", "elementwise."),
-            comm=comm, notes=notes, trace=trace,
+            elementwise_classes=classes or None, comm=comm, notes=notes, trace=trace,
         )
 
     def to_dict(self) -> dict:
@@ -190,6 +202,8 @@ class CalibrationProfile:
             d["attention"]["provenance"] = self.attention_provenance
         if self.elementwise_provenance:
             d["elementwise"]["provenance"] = self.elementwise_provenance
+        if self.elementwise_classes:
+            d["elementwise"]["classes"] = dict(self.elementwise_classes)
         if self.comm is not None:
             d["comm"] = self.comm
         if self.trace is not None:
@@ -230,6 +244,10 @@ class CalibrationProfile:
         if pk is None or dtype not in pk:
             return None
         return float(pk[dtype]) * 1e12
+
+    def elementwise_efficiency(self, op_class: str | None) -> float:
+        """Bandwidth efficiency of a memory-bound op of `op_class` (its own when the profile measured it)."""
+        return (self.elementwise_classes or {}).get(op_class, self.elementwise_bandwidth_efficiency)
 
     def points(self, kind: str, dtype: str) -> tuple[GemmPoint, ...]:
         if kind not in GEMM_KINDS:

@@ -8,7 +8,8 @@
   fraction of the dense peak of the op's dtype (BF16 in practice).
 - elementwise / embedding: memory-bound; FLOPs, if any, at the non-tensor FP32 peak.
 - collective ops are priced by a network model (hwmodels.collectives), not here: ValueError.
-- the memory term of element-wise and embedding ops uses the profile's element-wise bandwidth efficiency;
+- the memory term of element-wise and embedding ops uses the profile's element-wise bandwidth efficiency of
+  the op's class (`elementwise_class`; the general figure where the profile has none for it);
   GEMMs and attention are bounded by the full HBM bandwidth (their measured efficiency covers the rest).
 
 How ``sm_fraction`` acts: it is the share of the GPU's SMs the op may use (e.g. 112/132 while 20 SMs run
@@ -29,6 +30,29 @@ from gpuhours.hwmodels.gpus import GPUSpec
 from gpuhours.workloads.ops import COMPUTE_CLASSES, Op
 
 PHASES = ("F", "B", "W")
+
+
+def elementwise_class(op: Op) -> str | None:
+    """The memory-bound class of an op (calibration.ELEMENTWISE_CLASSES) from its kind and name, None when it
+    has none (it then takes the profile's general element-wise efficiency)."""
+    if op.kind == "embedding":
+        return "embedding"
+    last = op.name.rsplit(".", 1)[-1]
+    if last == "quant":
+        return "cast"
+    if last in ("swiglu", "gelu"):
+        return "activation"
+    if last == "rope":
+        return "rope"
+    if "norm" in last or (last == "recompute" and "norm" in op.name):
+        return "norm"
+    if last == "loss":
+        return "loss"
+    if last == "topk":
+        return "router"
+    if last == "adamw":
+        return "optimizer"
+    return None
 
 
 class ComputeModel:
@@ -89,6 +113,7 @@ class ComputeModel:
         compute_time = flops / (rate * sm_fraction) if flops else 0.0
         # Element-wise kernels reach the profile's share of HBM bandwidth; for GEMMs and attention the memory
         # term is only the roofline bound at the full bandwidth (their achieved rate is in their efficiency).
-        bw_eff = self.profile.elementwise_bandwidth_efficiency if op.kind in ("elementwise", "embedding") else 1.0
+        bw_eff = (self.profile.elementwise_efficiency(elementwise_class(op)) if op.kind in ("elementwise", "embedding")
+                  else 1.0)
         memory_time = op.bytes / (self.gpu.hbm_bw * bw_eff)
         return max(compute_time, memory_time)

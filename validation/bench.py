@@ -294,6 +294,9 @@ def run_benchmarks(device: str = "cpu", quick: bool = False, model: ModelSpec | 
     att_f, att_b = bench_attention(attn_batch, a.n_heads, seq, a.qk_head_dim, a.v_head_dim, device, warmup, repeats)
     inter = model.moe.expert_intermediate if model.moe is not None else model.dense_intermediate
     ew = bench_elementwise(tokens, model.hidden, inter, device, warmup, repeats)
+    from gpuhours.validation.bench_memory import bench_memory_classes
+    classes = bench_memory_classes(device, time_op, _n_buffers, warmup, repeats, quick, hidden=model.hidden,
+                                   inter=inter, vocab=model.vocab)
 
     spec = _gpu_spec(device_name, sm_count) if device == "cuda" and gpu is None else None
     if gpu is not None:
@@ -318,6 +321,9 @@ def run_benchmarks(device: str = "cpu", quick: bool = False, model: ModelSpec | 
     notes.append("element-wise achieved GB/s: " + ", ".join(f"{k} {v / 1e9:.4g}" for k, v in ew.items())
                  + " (fp8_quantize is the eager multi-kernel reference in validation/fp8.py, not a fused kernel)")
 
+    notes.append("memory-bound classes, achieved GB/s of the bytes the simulator charges: " + ", ".join(
+        f"{k} {v['gbps']:.4g} ({v['how']})" for k, v in classes.items()))
+
     def frac(x: float) -> float:
         return min(1.0, max(x, 1e-9))
     return {
@@ -340,7 +346,9 @@ def run_benchmarks(device: str = "cpu", quick: bool = False, model: ModelSpec | 
         "attention": {"forward_efficiency": frac(att_f / peak_bf16), "backward_efficiency": frac(att_b / peak_bf16),
                       "provenance": "causal SDPA, FLOP per workloads.flops (causal half; backward 2x forward)"},
         "elementwise": {"bandwidth_efficiency": frac((ew["rmsnorm"] + ew["swiglu"]) / 2 / peak_bw),
-                        "provenance": "mean of RMSNorm and SwiGLU achieved bytes/s over the bandwidth denominator"},
+                        "classes": {k: frac(v["gbps"] * 1e9 / peak_bw) for k, v in classes.items()},
+                        "provenance": "mean of RMSNorm and SwiGLU achieved bytes/s over the bandwidth denominator; "
+                                      "classes: validation/bench_memory.py, one kernel per class"},
         "notes": notes,
     }
 

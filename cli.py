@@ -503,8 +503,10 @@ def sweep(
 
     table = result.table
     grid = list(result.spec.keys)
+    expected = ["expected_gpu_hours", "goodput"] if table.get("goodput") is not None \
+        and table["goodput"].notna().any() else []
     shown = [c for c in ["rank", *grid, "feasible", "step_time_s", "gpu_hours", "wall_clock_days", "cost_usd",
-                         "memory_gib"] if c in table.columns]
+                         *expected, "memory_gib"] if c in table.columns]
     view = table[shown].copy()
     if "reason" in table.columns:
         view["reason"] = table["reason"].fillna("").astype(str).str.slice(0, 48)
@@ -512,8 +514,15 @@ def sweep(
         typer.echo(view.head(20).to_string(index=False))
     for goal, row in result.best.items():
         if row:
-            typer.echo(f"best ({goal.replace('_', ' ')}): {row['layout']} on {row['gpus']} GPUs: "
-                       f"{row['wall_clock_days']:.2f} days, {row['gpu_hours']:,.0f} GPU-hours, ${row['cost_usd']:,.0f}")
+            where = f"{row['layout']} on {row['gpus']} GPUs" if "gpus" in row else row["layout"]
+            point = ", ".join(f"{k} {row[k]}" for k in grid if k in row)
+            if goal == "cheapest_expected":
+                figures = (f"{row['expected_days']:.2f} days, {row['expected_gpu_hours']:,.0f} GPU-hours, "
+                           f"${row['expected_cost_usd']:,.0f} expected ({row['goodput']:.1%} goodput)")
+            else:
+                figures = (f"{row['wall_clock_days']:.2f} days, {row['gpu_hours']:,.0f} GPU-hours, "
+                           f"${row['cost_usd']:,.0f}")
+            typer.echo(f"best ({goal.replace('_', ' ')}): {where} ({point}): {figures}")
     for path in (result.csv_path, result.parquet_path, result.plot_path):
         if path:
             typer.echo(f"wrote {path}")

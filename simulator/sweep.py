@@ -10,7 +10,11 @@ Spec (TOML):
     gpus = [1024, 2048]           # (or several [[grid]] tables: the union of their products)
     pp = [8, 16]
 
-Keys of [fixed] and [grid] are the phase overrides of `simulator/phases.py` plus `precision` ("fp8"/"bf16").
+Keys of [fixed] and [grid] are the phase overrides of `simulator/phases.py` plus `precision` ("fp8"/"bf16"), and
+the goodput model's inputs: `goodput = true` adds expected GPU-hours, days and cost under failures, checkpoints and
+restarts (`simulator/goodput.py`) to every row, and `goodput_<field>` sets (or sweeps) any GoodputConfig field,
+e.g. `goodput_checkpoint_interval_s = [1800, 3600]` or `goodput_spare_nodes = [0, 4]` (either implies goodput).
+Rank by `expected_cost_usd` to optimise the expected cost instead of the ideal one.
 Unknown keys, empty lists, a key both fixed and swept, and grids where no point is a valid layout raise
 ValueError naming the key. A point whose layout is invalid, or that does not fit in GPU memory, is a row with
 feasible = False and the reason.
@@ -32,12 +36,13 @@ import math
 import os
 import tomllib
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pandas as pd
 
+from gpuhours.simulator.goodput import GoodputConfig, goodput_estimate
 from gpuhours.simulator.phases import BOOK_KEYS, PHASE_KEYS, PhaseSpec, layout_label, phase_scenario
 from gpuhours.simulator.run import estimate_run
 from gpuhours.simulator.scenario import list_plans
@@ -46,11 +51,13 @@ from gpuhours.workloads.parallel import SCHEDULES
 
 _GIB = 2**30
 PRECISIONS = ("fp8", "bf16")
-SWEEP_KEYS = tuple(k for k in PHASE_KEYS if k not in BOOK_KEYS) + ("precision",)
+GOODPUT_KEYS = ("goodput",) + tuple(f"goodput_{f.name}" for f in fields(GoodputConfig))
+SWEEP_KEYS = tuple(k for k in PHASE_KEYS if k not in BOOK_KEYS) + ("precision",) + GOODPUT_KEYS
 RUN_KEYS = ("price", "tokens", "steps", "batch", "batch_start", "batch_end", "ramp_tokens")  # no new step shapes
 METRICS = ("step_time_s", "tokens_per_s_per_gpu", "gpu_hours", "wall_clock_days", "cost_usd", "mfu_bf16",
-           "memory_gib", "microbatches")
-GOALS = {"fastest": "wall_clock_days", "cheapest": "cost_usd", "fewest_gpu_hours": "gpu_hours"}
+           "memory_gib", "microbatches", "expected_gpu_hours", "expected_days", "expected_cost_usd", "goodput")
+GOALS = {"fastest": "wall_clock_days", "cheapest": "cost_usd", "fewest_gpu_hours": "gpu_hours",
+         "cheapest_expected": "expected_cost_usd"}  # the last only when the sweep runs the goodput model
 EXECUTORS = ("process", "serial", "ray")
 _POSITIVE_INT = ("gpus", "pp", "ep", "tp", "vpp", "micro_batch_size", "seq_len", "batch", "steps", "comm_sms")
 
@@ -90,6 +97,13 @@ class SweepSpec:
 
 
 def _check_value(key: str, value, where: str) -> None:
+    if key == "goodput" and not isinstance(value, bool):
+        raise ValueError(f"{where}.goodput must be true or false, got {value!r}")
+    if key.startswith("goodput_"):
+        try:
+            GoodputConfig(**{key.removeprefix("goodput_"): value})
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{where}.{key}: {exc}") from None
     if key == "precision" and value not in PRECISIONS:
         raise ValueError(f"{where}.precision must be one of {', '.join(PRECISIONS)}; got {value!r}")
     if key == "schedule" and value not in SCHEDULES:
@@ -164,10 +178,19 @@ def load_spec(path: str | Path) -> SweepSpec:
 
 # -- one point ---------------------------------------------------------------------------------------------------
 def _overrides(fixed: dict, point: dict) -> dict:
-    o = {**fixed, **point}
+    o = {k: v for k, v in {**fixed, **point}.items() if k not in GOODPUT_KEYS}
     if "precision" in o:
         o["fp8"] = o.pop("precision") == "fp8"
     return o
+
+
+def goodput_config(fixed: dict, point: dict) -> GoodputConfig | None:
+    """The point's goodput inputs (None: the sweep does not run the goodput model)."""
+    o = {**fixed, **point}
+    given = {k.removeprefix("goodput_"): v for k, v in o.items() if k.startswith("goodput_")}
+    if not given and not o.get("goodput", False):
+        return None
+    return GoodputConfig(**given)
 
 
 def point_scenario(base: str, fixed: dict, point: dict):
@@ -212,6 +235,11 @@ def evaluate_point(base: str, fixed: dict, point: dict) -> dict:
         step_time_s=steady.step.step_time, tokens_per_s_per_gpu=run.tokens / run.wall_clock_s / run.num_gpus,
         gpu_hours=run.gpu_hours, wall_clock_days=run.wall_clock_days, cost_usd=run.cost_usd,
         mfu_bf16=steady.step.mfu("bf16"), memory_gib=mem.total / _GIB, microbatches=steady.num_microbatches)
+    config = goodput_config(fixed, point)
+    if config is not None:
+        gp = goodput_estimate(run, scenario, config)
+        row.update(expected_gpu_hours=gp.expected_gpu_hours, expected_days=gp.expected_days,
+                   expected_cost_usd=gp.expected_cost_usd, goodput=gp.effective_training_time_ratio)
     return row
 
 
@@ -324,7 +352,8 @@ def best_points(df: pd.DataFrame) -> dict[str, dict]:
     ok = df[df["feasible"]]
     if ok.empty:
         return {}
-    return {goal: _jsonable(ok.sort_values([col, "point_id"]).iloc[0].to_dict()) for goal, col in GOALS.items()}
+    return {goal: _jsonable(ok.sort_values([col, "point_id"]).iloc[0].to_dict()) for goal, col in GOALS.items()
+            if ok[col].notna().any()}
 
 
 def _jsonable(d: dict) -> dict:

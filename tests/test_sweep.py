@@ -132,6 +132,9 @@ def _spec(**over):
     ({"fixed": {"colour": 1}}, "'colour'"),
     ({"sweep": {"base": "nope"}}, "sweep.base"),
     ({"extra": {}}, "unknown table 'extra'"),
+    ({"fixed": {"goodput": "yes"}}, "goodput must be true or false"),
+    ({"grid": {"goodput_spare_nodes": [-1]}}, "goodput_spare_nodes"),
+    ({"grid": {"goodput_colour": [1]}}, "'goodput_colour'"),
 ])
 def test_bad_specs(doc, match):
     with pytest.raises(ValueError, match=match):
@@ -222,3 +225,24 @@ def test_resume_after_a_torn_write_keeps_every_point_once(spec, full, tmp_path):
         got = pd.read_csv(resumed.csv_path)
         assert got["point_id"].is_unique and len(got) == full.points_total, cut
         pd.testing.assert_frame_equal(got.set_index("point_id").sort_index(), expected, check_like=True)
+
+
+def test_goodput_columns_and_goal(tmp_path):
+    # one layout, the goodput model swept: the step simulator is shared, the ideal figures equal, and with no
+    # failures (rate scale 0) and free checkpoints the expected figures equal the ideal ones exactly
+    from gpuhours.simulator.sweep import simulator_key
+
+    doc = {"sweep": {"base": "deepseek-v3"}, "fixed": {"goodput_runs": 50, "goodput_write_bw_per_gpu": float("inf")},
+           "grid": {"goodput_failure_rate_scale": [0.0, 1.0], "goodput_spare_nodes": [0, 4]}}
+    sp = parse_spec(doc)
+    keys = {simulator_key(sp.base, dict(sp.fixed), p) for p in sp.points()}
+    assert len(keys) == 1
+    result = run_sweep(sp, tmp_path, executor="serial", plot=False)
+    t = result.table
+    assert t["gpu_hours"].nunique() == 1
+    free = t[t["goodput_failure_rate_scale"] == 0.0]
+    assert (free["expected_gpu_hours"] == free["gpu_hours"]).all() and (free["goodput"] == 1.0).all()
+    failing = t[t["goodput_failure_rate_scale"] == 1.0]
+    assert (failing["expected_gpu_hours"] > failing["gpu_hours"]).all()
+    best = result.best["cheapest_expected"]
+    assert best["expected_cost_usd"] == t["expected_cost_usd"].min()

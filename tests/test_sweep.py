@@ -158,7 +158,8 @@ def test_bad_spec_file(tmp_path):
 def test_example_spec_parses():
     from pathlib import Path
     spec = load_spec(Path(__file__).resolve().parents[1] / "examples" / "sweep-deepseek-v3.toml")
-    assert spec.keys == ("gpus", "tp", "schedule") and len(spec.points()) == 12
+    # two grids of 2 x 3 x 2 points each: tensor parallelism, then context parallelism
+    assert spec.keys == ("gpus", "tp", "schedule", "cp") and len(spec.points()) == 24
 
 
 def test_unknown_executor(spec, tmp_path):

@@ -12,7 +12,9 @@ from functools import lru_cache
 from pathlib import Path
 
 DATA_FILE = Path(__file__).resolve().parent / "data" / "gpus.toml"
-DTYPES = ("fp8", "bf16")
+ENERGY_FILE = Path(__file__).resolve().parent / "data" / "energy.toml"
+DTYPES = ("fp8", "bf16")                       # the precisions the simulator runs GEMMs in
+PEAK_DTYPES = ("bf16", "fp8", "mxfp8", "fp4")  # the precisions peak_flops answers for (catalogue only past fp8)
 
 _TERA = 1e12
 _GIGA = 1e9
@@ -21,7 +23,8 @@ _GIB = 2**30
 
 @dataclass(frozen=True)
 class GPUSpec:
-    """One GPU model. ``fp8_flops == 0`` means the GPU has no FP8 tensor cores."""
+    """One GPU model. ``fp8_flops == 0`` means the GPU has no FP8 tensor cores (likewise ``mxfp8_flops`` and
+    ``fp4_flops``); ``power_w == 0`` means no board power is catalogued. ``sms`` counts AMD compute units."""
 
     key: str                 # canonical key in gpus.toml, e.g. "h800"
     name: str                # e.g. "H800 SXM"
@@ -36,6 +39,10 @@ class GPUSpec:
     nic_bw: float            # default scale-out NIC per GPU, bytes/s (line rate)
     source: str = ""
     notes: str = ""
+    mxfp8_flops: float = 0.0  # dense MXFP8 (block-scaled FP8) tensor-core peak, FLOP/s (0: not supported)
+    fp4_flops: float = 0.0    # dense FP4 (NVFP4 / MXFP4) tensor-core peak, FLOP/s (0: not supported)
+    power_w: float = 0.0      # board power (max TDP / TGP / TBP), watts (0: not catalogued)
+    interconnect: str = ""    # scale-up link generation, e.g. "NVLink 4 (18 links)"
 
     def __post_init__(self) -> None:
         if self.sms <= 0:
@@ -44,22 +51,32 @@ class GPUSpec:
                            "nvlink_bw_unidirectional", "nic_bw"):
             if not getattr(self, field_name) > 0:
                 raise ValueError(f"GPUSpec.{field_name} must be > 0, got {getattr(self, field_name)!r}")
-        if self.fp8_flops < 0:
-            raise ValueError(f"GPUSpec.fp8_flops must be >= 0 (0 = no FP8), got {self.fp8_flops!r}")
+        for field_name in ("fp8_flops", "mxfp8_flops", "fp4_flops", "power_w"):
+            if not getattr(self, field_name) >= 0:
+                raise ValueError(f"GPUSpec.{field_name} must be >= 0 (0 = not supported / not catalogued), "
+                                 f"got {getattr(self, field_name)!r}")
 
     @property
     def has_fp8(self) -> bool:
         return self.fp8_flops > 0
 
+    def supported_dtypes(self) -> tuple[str, ...]:
+        """The precisions of PEAK_DTYPES this GPU has tensor cores for."""
+        return tuple(d for d in PEAK_DTYPES if d == "bf16" or getattr(self, f"{d}_flops") > 0)
+
     def peak_flops(self, dtype: str) -> float:
-        """Dense tensor-core peak for ``dtype`` ("fp8" or "bf16"), FLOP/s."""
+        """Dense tensor-core peak for ``dtype`` (one of PEAK_DTYPES), FLOP/s; refuses a precision the GPU lacks.
+
+        The simulator itself runs "bf16" and "fp8"; "mxfp8" and "fp4" are catalogue figures for now."""
         if dtype == "bf16":
             return self.bf16_flops
-        if dtype == "fp8":
-            if not self.has_fp8:
-                raise ValueError(f"dtype 'fp8' is not supported on {self.name} (no FP8 tensor cores); use 'bf16'")
-            return self.fp8_flops
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if dtype in PEAK_DTYPES:
+            value = getattr(self, f"{dtype}_flops")
+            if not value > 0:
+                raise ValueError(f"dtype {dtype!r} is not supported on {self.name} (no {dtype.upper()} tensor cores); "
+                                 f"supported: {', '.join(self.supported_dtypes())}")
+            return value
+        raise ValueError(f"dtype must be one of {PEAK_DTYPES}, got {dtype!r}")
 
 
 @lru_cache(maxsize=1)
@@ -88,6 +105,10 @@ def _spec(key: str, entry: dict) -> GPUSpec:
         nic_bw=float(entry["nic_gbit_s"]) * _GIGA / 8,
         source=entry.get("source", ""),
         notes=entry.get("notes", ""),
+        mxfp8_flops=float(entry.get("mxfp8_tflops", 0.0)) * _TERA,
+        fp4_flops=float(entry.get("fp4_tflops", 0.0)) * _TERA,
+        power_w=float(entry.get("power_w", 0.0)),
+        interconnect=entry.get("interconnect", ""),
     )
 
 
@@ -106,3 +127,63 @@ def load_gpu(name: str) -> GPUSpec:
         if wanted in names:
             return _spec(key, entry)
     raise ValueError(f"unknown gpu {name!r}; allowed: {', '.join(list_gpus())}")
+
+
+# -- energy -----------------------------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def energy_data() -> dict:
+    """The parsed energy.toml: the default PUE and its source."""
+    with ENERGY_FILE.open("rb") as f:
+        return tomllib.load(f)
+
+
+@dataclass(frozen=True)
+class RunEnergy:
+    """A run's electrical energy: ``mwh = gpu_hours * power_w * pue / 1e6``.
+
+    ``power_w`` is the GPU's catalogued board power (max TDP/TGP), ``pue`` the facility's power usage effectiveness
+    (total facility power / IT power). Host CPUs, memory, NICs and switches are not counted, and every GPU is
+    taken to draw its full board power for the whole run."""
+
+    gpu: str
+    gpu_hours: float
+    power_w: float
+    pue: float
+    pue_source: str
+    power_source: str
+
+    @property
+    def it_mwh(self) -> float:
+        """GPU board energy alone, MWh (before the PUE)."""
+        return self.gpu_hours * self.power_w / 1e6
+
+    @property
+    def mwh(self) -> float:
+        """Facility energy, MWh: GPU board energy times the PUE."""
+        return self.it_mwh * self.pue
+
+    def as_dict(self) -> dict:
+        return {"mwh": self.mwh, "it_mwh": self.it_mwh, "gpu": self.gpu, "gpu_power_w": self.power_w,
+                "pue": self.pue, "formula": "MWh = GPU-hours x board power (W) x PUE / 1e6",
+                "power_source": self.power_source, "pue_source": self.pue_source}
+
+
+def run_energy(gpu_hours: float, gpu: GPUSpec | str, pue: float | None = None) -> RunEnergy:
+    """The energy of ``gpu_hours`` on ``gpu`` at ``pue`` (default: energy.toml's ``pue``)."""
+    spec = load_gpu(gpu)
+    if not (isinstance(gpu_hours, (int, float)) and gpu_hours >= 0):
+        raise ValueError(f"gpu_hours must be a number >= 0, got {gpu_hours!r}")
+    data = energy_data()
+    if pue is None:
+        pue, pue_source = float(data["pue"]), data["pue_source"]
+    else:
+        pue_source = "given"
+    if not (isinstance(pue, (int, float)) and pue >= 1.0):
+        raise ValueError(f"pue must be a number >= 1.0 (total facility power / IT power), got {pue!r}")
+    if not spec.power_w > 0:
+        raise ValueError(f"power_w: no board power catalogued for {spec.name}; gpus with one: "
+                         f"{', '.join(k for k in list_gpus() if load_gpu(k).power_w > 0)}")
+    return RunEnergy(gpu=spec.name, gpu_hours=float(gpu_hours), power_w=spec.power_w, pue=float(pue),
+                     pue_source=pue_source,
+                     power_source=f"hwmodels/data/gpus.toml [gpu.{spec.key}] power_w ({spec.name} board power)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gpuhours.hwmodels.gpus import run_energy
 from gpuhours.simulator.run import RunEstimate
 from gpuhours.simulator.scenario import is_calibration_case, scenario_warnings
 from gpuhours.simulator.step import StepResult
@@ -51,6 +52,7 @@ def estimate_dict(scenario, est: RunEstimate) -> dict:
         "wall_clock_days": est.wall_clock_days,
         "cost_usd": est.cost_usd,
         "price_per_gpu_hour": est.price_per_gpu_hour,
+        "energy": _energy_dict(c.gpu, est.gpu_hours),
         "step_time_s": steady.step_time,
         "tokens_per_s_per_gpu": est.tokens / (est.wall_clock_s * est.num_gpus),
         "mfu": steady.mfu("bf16"),
@@ -73,6 +75,20 @@ def estimate_dict(scenario, est: RunEstimate) -> dict:
         ],
         "notes": list(est.notes),
     }
+
+
+def _energy_dict(gpu, gpu_hours: float) -> dict | None:
+    """The run's energy (gpus.run_energy: GPU-hours x board power x PUE); None for a GPU without board power."""
+    if not gpu.power_w > 0:
+        return None
+    return run_energy(gpu_hours, gpu).as_dict()
+
+
+def _energy_line(e: dict | None) -> str:
+    if not e:
+        return "not computed (no board power catalogued for this GPU)"
+    figure = f"{e['mwh'] / 1e3:.2f} GWh" if e["mwh"] >= 1e3 else f"{e['mwh']:.1f} MWh"
+    return f"{figure}  ({e['gpu']} {e['gpu_power_w']:g} W x PUE {e['pue']:g}; GPU board power only, at full TDP)"
 
 
 def _network_dict(scenario) -> dict:
@@ -196,6 +212,7 @@ def render_estimate(d: dict) -> str:
         ("wall clock", f"{d['wall_clock_days']:.1f} days"),
         *_gpu_hours_rows(d),
         ("cost", f"${d['cost_usd'] / 1e6:.3f}M at ${d['price_per_gpu_hour']:g}/GPU-hour"),
+        *([("energy", _energy_line(d["energy"]))] if "energy" in d else []),
         ("calibration", f"{cal['name']} ({cal['source']}, {cal['device']})"),
         ("network model", _network_line(d["network"])),
         ("MoE routing", _routing_line(d["routing"])),

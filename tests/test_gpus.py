@@ -12,7 +12,7 @@ HOPPER = ("h800", "h100-sxm", "h200-sxm")
 
 
 def test_list_and_lookup_is_case_insensitive():
-    assert list_gpus() == ["h800", "h100-sxm", "h200-sxm", "a100-80gb-sxm"]
+    assert list_gpus()[:4] == ["h800", "h100-sxm", "h200-sxm", "a100-80gb-sxm"]
     assert load_gpu("H800") == load_gpu("h800") == load_gpu("h800 SXM")
     assert load_gpu("H100").key == "h100-sxm"
     assert load_gpu("a100").key == "a100-80gb-sxm"
@@ -21,7 +21,7 @@ def test_list_and_lookup_is_case_insensitive():
 
 def test_unknown_gpu_names_the_allowed_ones():
     with pytest.raises(ValueError, match="h800.*a100-80gb-sxm"):
-        load_gpu("B200")
+        load_gpu("V100")
 
 
 def test_hopper_peaks_follow_from_sms_and_clock():

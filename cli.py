@@ -71,14 +71,39 @@ class UsageError(Exception):
 def user_errors():
     try:
         yield
-    except (ValueError, UsageError, FileNotFoundError, KeyError) as exc:
-        message = exc.args[0] if exc.args else str(exc)
-        typer.echo(f"error: {message}", err=True)
+    except (ValueError, UsageError, OSError, KeyError) as exc:
+        typer.echo(f"error: {_one_line(exc)}", err=True)
         raise typer.Exit(2)
 
 
+def _one_line(exc: Exception) -> str:
+    """What went wrong, naming the file or key (an OSError's args are an errno, a KeyError's a bare key)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return (f"an input file is not UTF-8 text: byte {exc.object[exc.start]:#04x} at offset {exc.start} "
+                f"({exc.reason})")
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    if isinstance(exc, KeyError):
+        return f"missing key {exc.args[0]!r}" if exc.args else "missing key"
+    return str(exc.args[0]) if exc.args else str(exc)
+
+
 def _echo_json(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
+    """Strict JSON: a non-finite number becomes null (JSON has no Infinity or NaN)."""
+    typer.echo(json.dumps(_finite(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False))
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and not hasattr(obj, "__len__"):  # numpy scalars
+        return _finite(obj.item())
+    return obj
 
 
 def _json_default(o):
@@ -121,7 +146,8 @@ def _write_pictures(spans, gantt: Path | None, trace: Path | None, *, title: str
 # ------------------------------------------------------------------------------------------------- estimate
 SCENARIO_OPTIONS = dict(
     model=typer.Option(None, "--model", "-m", help="Preset name (see `gpuhours presets`) or a TOML / HF config.json"),
-    gpu=typer.Option(None, "--gpu", help="GPU type: H800, H100, H200, A100"),
+    gpu=typer.Option(None, "--gpu", help="GPU type (`gpuhours presets` lists them): H800, H100, H200, A100, "
+                                         "B200, GB200, MI300X, ..."),
     gpus=typer.Option(None, "--gpus", help="Number of GPUs"),
     pp=typer.Option(None, "--pp", help="Pipeline-parallel size"),
     ep=typer.Option(None, "--ep", help="Expert-parallel size"),
@@ -340,7 +366,7 @@ def _estimate_phased(plan: str, allow_oom: bool, as_json: bool) -> None:
 
 @app.command()
 def presets(as_json: bool = typer.Option(False, "--json")):
-    """List the built-in model presets and run plans."""
+    """List the built-in model presets, run plans and GPUs."""
     from gpuhours.simulator.scenario import list_plans
     from gpuhours.workloads.params import param_breakdown
     from gpuhours.workloads.presets import list_presets, load_preset
@@ -351,14 +377,17 @@ def presets(as_json: bool = typer.Option(False, "--json")):
         b = param_breakdown(m)
         rows.append({"name": name, "params_total": b.total, "params_active": b.active,
                      "layers": m.n_layers, "hidden": m.hidden, "moe": m.moe is not None})
+    from gpuhours.hwmodels.gpus import list_gpus
+
     if as_json:
-        _echo_json({"models": rows, "plans": list_plans()})
+        _echo_json({"models": rows, "plans": list_plans(), "gpus": list_gpus()})
         return
     typer.echo(f"{'model':<16}{'total':>10}{'active':>10}{'layers':>8}{'hidden':>8}  kind")
     for r in rows:
         typer.echo(f"{r['name']:<16}{r['params_total'] / 1e9:>9.1f}B{r['params_active'] / 1e9:>9.1f}B"
                    f"{r['layers']:>8}{r['hidden']:>8}  {'MoE' if r['moe'] else 'dense'}")
     typer.echo(f"plans: {', '.join(list_plans())}")
+    typer.echo(f"gpus: {', '.join(list_gpus())}")
 
 
 # ------------------------------------------------------------------------------------------------- schedules

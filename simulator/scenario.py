@@ -116,9 +116,47 @@ def _read_plan(name: str | Path) -> dict:
     else:
         raise ValueError(f"plan must be one of {', '.join(list_plans())} or a .toml file; got {str(name)!r}")
     try:
-        return tomllib.loads(text)
+        doc = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise ValueError(f"plan {str(name)!r}: not valid TOML ({exc})") from None
+    _check_plan_types(doc, str(name))
+    return doc
+
+
+_NUMBER, _COUNT = (int, float), (int, float, str)  # a count may be written "14.8T"
+# The types of the plan keys the scenario reads (absent keys take their defaults; other tables are free-form).
+PLAN_TYPES = {
+    "model": {"preset": str},
+    "cluster": {"gpu": str, "gpus": int, "gpus_per_node": int},
+    "parallel": {"pp": int, "ep": int, "tp": int, "cp": int, "vpp": int, "schedule": str, "micro_batch_size": int,
+                 "comm_sms": int, "zero_stage": int, "dp_bucket_params": int, "reshard_after_forward": bool,
+                 "overlap_grad_reduce": bool, "overlap_param_gather": bool, "tp_comm_overlap": bool,
+                 "sequence_parallel": bool},
+    "run": {"tokens": _COUNT, "seq_len": int, "batch_start": int, "batch_end": int, "ramp_tokens": _COUNT,
+            "price_per_gpu_hour": _NUMBER},
+    "numerics": {"fp8": bool, "recompute": (str, bool), "attention_kernel": str},
+    "network": {"model": str, "cluster": str},
+    "routing": {"model": str},
+}
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", _NUMBER: "a number",
+               _COUNT: "a number or a count such as \"14.8T\"", (str, bool): "a policy name or true/false"}
+
+
+def _check_plan_types(doc: dict, name: str) -> None:
+    """ValueError naming the first plan key whose value has the wrong type (a table where a number belongs...)."""
+    for table, keys in PLAN_TYPES.items():
+        t = doc.get(table)
+        if t is None:
+            continue
+        if not isinstance(t, dict):
+            raise ValueError(f"plan {name!r}: [{table}] must be a table, got {t!r}")
+        for key, typ in keys.items():
+            if key not in t:
+                continue
+            v = t[key]
+            ok = isinstance(v, typ) and not (isinstance(v, bool) and typ in (int, _NUMBER, _COUNT))
+            if not ok:
+                raise ValueError(f"plan {name!r}: [{table}] {key} must be {_TYPE_NAMES[typ]}, got {v!r}")
 
 
 def is_phased(plan: str | Path) -> bool:
@@ -142,7 +180,16 @@ def resolve_model(model: "str | ModelSpec") -> ModelSpec:
     raise ValueError(f"model must be a preset ({', '.join(list_presets())}) or a .toml/.json file; got {model!r}")
 
 
-def load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None, gpu: str | None = None,
+def load_scenario(plan: str | Path = DEFAULT_PLAN, **overrides) -> Scenario:
+    """The plan's scenario with any of its parts replaced (`_load_scenario`'s keywords). Raises ValueError naming
+    a bad field, a missing plan key too ("plan 'p.toml': missing key 'gpus'")."""
+    try:
+        return _load_scenario(plan, **overrides)
+    except KeyError as exc:
+        raise ValueError(f"plan {str(plan)!r}: missing key {exc.args[0]!r}") from None
+
+
+def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None, gpu: str | None = None,
                   gpus: int | None = None, pp: int | None = None, ep: int | None = None, tp: int | None = None,
                   vpp: int | None = None, schedule: str | None = None, micro_batch_size: int | None = None,
                   tokens: str | float | None = None, seq_len: int | None = None, price: float | None = None,
@@ -154,7 +201,8 @@ def load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None, 
                   overlap_grad_reduce: bool | None = None, overlap_param_gather: bool | None = None,
                   zero_stage: int | None = None, cp: int | None = None,
                   attention_kernel: str | None = None, tp_comm_overlap: bool | None = None) -> Scenario:
-    """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field.
+    """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field (a missing plan
+    key too: "plan 'p.toml': missing key 'gpus'").
 
     `attention_kernel` (or the plan's [numerics] attention_kernel): price the attention core at that measured
     kernel's efficiency for the model's head dimension and the run's sequence length

@@ -316,3 +316,46 @@ def test_goodput_bad_input_is_one_line(tmp_path):
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and field in lines[0], r.stderr
     assert not (tmp_path / "gp.pdf").exists()
+
+
+def test_wrong_typed_or_missing_plan_keys_are_named(tmp_path):
+    base = (Path(__file__).resolve().parents[1] / "workloads" / "plans" / "deepseek-v3.toml").read_text()
+    bad_type = tmp_path / "t.toml"
+    bad_type.write_text(base.replace("gpus = 2048", "gpus = { a = 1 }"))
+    missing = tmp_path / "m.toml"
+    missing.write_text(base.replace('gpu = "H800"', ""))
+    for path, field in ((bad_type, "[cluster] gpus must be an integer"), (missing, "missing key 'gpu'")):
+        r = runner.invoke(app, ["estimate", "--plan", str(path)])
+        assert r.exit_code == 2, r.output
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and field in lines[0], r.stderr
+
+
+def test_os_and_encoding_errors_name_the_file(tmp_path):
+    bad = tmp_path / "p.toml"
+    bad.write_bytes(b'x = "\xff"\n')
+    folder = tmp_path / "spec.toml"
+    folder.mkdir()
+    for args, text in ((["estimate", "--plan", str(bad)], "not UTF-8 text: byte 0xff"),
+                       (["sweep", str(folder)], f"{folder}: Is a directory")):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, r.output
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and text in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("args, field", [
+    (["estimate", "--gpus", "2147483648"], "gpus must be at most"),
+    (["schedule", "zb1p", "--pp", "9223372036854775807"], "microbatches"),
+    (["step", "--schedule", "1f1b", "--microbatches", "1000001"], "microbatches"),
+])
+def test_sizes_without_bound_are_refused_quickly(args, field):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert field in r.stderr
+
+
+def test_json_has_no_infinity():
+    from gpuhours.cli import _finite  # what --json prints passes through it: JSON has no Infinity or NaN
+
+    assert _finite({"a": float("inf"), "b": [1.0, float("nan")], "c": "x"}) == {"a": None, "b": [1.0, None], "c": "x"}

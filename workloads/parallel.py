@@ -8,7 +8,8 @@ from gpuhours.workloads.model import ModelSpec
 
 SCHEDULES = ("1f1b", "interleaved-1f1b", "zb1p", "dualpipe", "dualpipev")
 OVERLAPPING_SCHEDULES = ("dualpipe", "dualpipev")  # run one chunk's communication under another's compute
-ZERO_STAGES = (0, 1, 2, 3)  # 3: FSDP
+ZERO_STAGES = (0, 1, 2, 3)
+MAX_GPUS = 131_072  # 8x the largest published training clusters of 2024 (16,384 H100)  # 3: FSDP
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class ParallelSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.num_gpus > MAX_GPUS:
+            raise ValueError(f"gpus must be at most {MAX_GPUS:,} (the largest cluster the fabric models build), "
+                             f"got {self.num_gpus:,}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
         if isinstance(self.zero_stage, bool) or self.zero_stage not in ZERO_STAGES:

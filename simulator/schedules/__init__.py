@@ -25,10 +25,22 @@ from gpuhours.simulator.schedules.zb1p import build_zb1p
 SCHEDULE_NAMES = ("1f1b", "interleaved-1f1b", "zb1p", "dualpipe", "dualpipev")
 
 
+MAX_CHUNKS = 100_000  # micro-batches x virtual stages x ranks per step: about 20 s of simulation at the most
+
+
 def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1) -> Schedule:
-    """Build the named schedule for ``pp`` ranks and ``num_microbatches`` micro-batches."""
+    """Build the named schedule for ``pp`` ranks and ``num_microbatches`` micro-batches. A step of more than
+    MAX_CHUNKS forward chunks (micro-batches x vpp x pp) is refused: it would run for minutes or exhaust memory, and
+    no training step has that many (DeepSeek-V3's has 120 x 16)."""
     if name not in SCHEDULE_NAMES:
         raise ValueError(f"schedule name must be one of {SCHEDULE_NAMES}, got {name!r}")
+    for field, v in (("pp", pp), ("microbatches", num_microbatches), ("vpp", vpp)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{field} must be a positive integer, got {v!r}")
+    if num_microbatches * vpp * pp > MAX_CHUNKS:
+        raise ValueError(f"microbatches: {num_microbatches} micro-batches x {vpp} virtual stages x {pp} ranks is "
+                         f"more than {MAX_CHUNKS:,} chunks a step; allowed: fewer micro-batches (a larger "
+                         f"micro-batch size or more data-parallel replicas)")
     if name == "interleaved-1f1b":
         return build_interleaved(pp, num_microbatches, vpp)
     if vpp != 1:

@@ -59,7 +59,7 @@ METRICS = ("step_time_s", "tokens_per_s_per_gpu", "gpu_hours", "wall_clock_days"
 GOALS = {"fastest": "wall_clock_days", "cheapest": "cost_usd", "fewest_gpu_hours": "gpu_hours",
          "cheapest_expected": "expected_cost_usd"}  # the last only when the sweep runs the goodput model
 EXECUTORS = ("process", "serial", "ray")
-_POSITIVE_INT = ("gpus", "pp", "ep", "tp", "vpp", "micro_batch_size", "seq_len", "batch", "steps", "comm_sms")
+_POSITIVE_INT = ("gpus", "pp", "ep", "tp", "cp", "vpp", "micro_batch_size", "seq_len", "batch", "steps", "comm_sms")
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,8 @@ class SweepSpec:
 
 
 def _check_value(key: str, value, where: str) -> None:
+    if isinstance(value, dict) or (isinstance(value, list) and key != "stage_layers"):
+        raise ValueError(f"{where}.{key} must be a single value, got {value!r}")
     if key == "goodput" and not isinstance(value, bool):
         raise ValueError(f"{where}.goodput must be true or false, got {value!r}")
     if key.startswith("goodput_"):

@@ -364,6 +364,50 @@ def _estimate_phased(plan: str, allow_oom: bool, as_json: bool) -> None:
             typer.echo(f"warning ({name}): {w}")
 
 
+@app.command("plan")
+def plan_command(
+    model: str = typer.Option(..., "--model", help="A preset, or a TOML / Hugging Face config.json"),
+    gpus: int = typer.Option(..., "--gpus", help="GPUs to lay the model out on"),
+    gpu: str = typer.Option("h800", "--gpu", help="GPU type (`gpuhours presets` lists them)"),
+    seq_len: int = typer.Option(4096, "--seq-len", help="Sequence length"),
+    tokens: str = typer.Option("1T", "--tokens", help="Training tokens, e.g. 15T"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Global batch in sequences (default: the largest "
+                                                                "multiple of gpus/8 within 4M tokens)"),
+    goal: str = typer.Option("cost", "--goal", help="cost or days (the same ranking on a fixed GPU count)"),
+    max_days: Optional[float] = typer.Option(None, "--max-days", help="Refuse layouts slower than this"),
+    max_simulated: int = typer.Option(48, "--max-simulated", help="Layouts simulated after pruning"),
+    top: int = typer.Option(8, "--top", help="Rows of the table"),
+    chart: Optional[Path] = typer.Option(None, "--chart", help="Days against cost of the simulated layouts "
+                                                              "(.png or .svg)"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Search the parallel layouts of a model on N GPUs: prune by memory and a cheap score, simulate the
+    survivors, print the best with why each runner-up loses."""
+    from gpuhours.simulator.planner import plan_layouts
+
+    with user_errors():
+        if chart is not None:
+            _output_path(chart, (".png", ".svg"), "--chart")
+
+        def progress(done, total):
+            if not as_json:
+                typer.echo(f"\r  simulated {done}/{total} layouts", err=True, nl=done == total)
+
+        result = plan_layouts(model, gpu, gpus, seq_len=seq_len, tokens=tokens, batch=batch, goal=goal,
+                              max_days=max_days, max_simulated=max_simulated, progress=progress)
+    if as_json:
+        _echo_json(result.to_dict())
+    else:
+        for line in result.lines(top):
+            typer.echo(line)
+    if chart is not None:
+        from gpuhours.reports.plan_chart import plot_plan
+
+        _write_atomically(chart, lambda path: plot_plan(result, path))
+        if not as_json:
+            typer.echo(f"wrote {chart}")
+
+
 @app.command()
 def presets(as_json: bool = typer.Option(False, "--json")):
     """List the built-in model presets, run plans and GPUs."""

@@ -359,3 +359,17 @@ def test_json_has_no_infinity():
     from gpuhours.cli import _finite  # what --json prints passes through it: JSON has no Infinity or NaN
 
     assert _finite({"a": float("inf"), "b": [1.0, float("nan")], "c": "x"}) == {"a": None, "b": [1.0, None], "c": "x"}
+
+
+def test_plan_command_answers_and_refuses_bad_goals(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "llama", "hidden_size": 1024, "num_hidden_layers": 4,
+                               "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 32000,
+                               "intermediate_size": 2816}))
+    r = runner.invoke(app, ["plan", "--model", str(cfg), "--gpus", "8", "--gpu", "h100", "--seq-len", "2048",
+                            "--tokens", "10B", "--max-simulated", "4", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["best"] is not None and d["simulated"] == 4
+    bad = runner.invoke(app, ["plan", "--model", str(cfg), "--gpus", "8", "--goal", "fastest"])
+    assert bad.exit_code == 2 and "goal" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -1,0 +1,428 @@
+"""Layout search: the best layouts of a model on N GPUs, by cost or by days (issue 14, part 1).
+
+1. Enumerate: TP in {1,2,4,8} (within a node, dividing the heads), PP any divisor of gpus / (tp x cp) with no
+   more stages than layers, CP 2 only at seq_len >= 8192, EP (MoE) powers of two dividing the routed experts and
+   the stage's ranks, schedule 1f1b / interleaved-1f1b (vpp 2) / zb1p, plus dualpipe and dualpipev for MoE with
+   EP > 1 (pp = 1: 1f1b only, the others add nothing there), micro-batch 1/2/4, recompute none / deepseek (MLA
+   only) / selective / full, ZeRO 1/3. With tp > 1 sequence parallelism and tp_comm_overlap are on (assumed never
+   slower: they only cut memory or exposed time). Overlapping schedules with EP get DeepSeek's 20 comm SMs.
+2. Prune, in order, each rule counted in enumerated variants: "layout" (ParallelSpec / check_model ValueError),
+   "batch" (the batch is not dp x micro-batch x m sequences with m a micro-batch count the schedule takes
+   without padding), "memory" (the variant does not fit: first a closed-form test, weights + gradients +
+   optimizer state + their headroom over the GPU on some rank; then workloads.memory's sum (memory_breakdown's)
+   on an even layer split and 2 pp micro-batches, as the simulated split is not known yet; simulated layouts are
+   checked again with memory_breakdown on their step), "dominated" (a structure keeps only its first variant that fits, in the order ZeRO-1
+   before ZeRO-3, less recomputation before more: each later one only adds work or traffic).
+3. Rank the survivors by a cheap score (`cheap_score`: a heuristic, not a bound) and simulate, up to
+   `max_simulated`: first the best-scored layout of each (tp, pp, cp, ep) group (up to 2/3 of the cap), then
+   the other schedules / micro-batch sizes of the groups whose first layout simulated best.
+4. Each is simulated through the scenario path (StepSimulator + estimate_run + memory_breakdown) and ranked by
+   the goal; each runner-up gets the reason it loses to the best.
+On a fixed number of GPUs cost = days x gpus x 24 x price, so the two goals give the same order.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+from gpuhours.simulator.run import estimate_run, microbatches_for
+from gpuhours.simulator.scenario import Scenario, load_scenario
+from gpuhours.simulator.step import rank_params, stage_ranks
+from gpuhours.workloads import params as P
+from gpuhours.workloads.flops import flops_per_token
+from gpuhours.simulator.schedules import build_schedule
+from gpuhours.workloads.memory import (chunk_bytes, cp_gathered_kv_bytes, gathered_params, load_recipe,
+                                       memory_breakdown, peak_in_flight, rank_state_bytes)
+from gpuhours.workloads.parallel import ParallelSpec
+from gpuhours.workloads.run import parse_count
+
+GOALS = ("cost", "days")
+TPS, MBS, CPS = (1, 2, 4, 8), (1, 2, 4), (1, 2)
+DENSE_SCHEDULES = ("1f1b", "interleaved-1f1b", "zb1p")
+MOE_SCHEDULES = DENSE_SCHEDULES + ("dualpipe", "dualpipev")
+CP_MIN_SEQ = 8192
+COMM_SMS = 20            # DeepSeek's figure for DualPipe's resident all-to-all kernels (plans/deepseek-v3.toml)
+DEFAULT_BATCH_TOKENS = 4 * 2**20
+RULES = ("layout", "batch", "memory", "dominated", "not simulated (cap)")
+_GIB = 2**30
+_RECIPE = load_recipe()
+_BUBBLE = {"1f1b": lambda pp, m: (pp - 1) / m, "interleaved-1f1b": lambda pp, m: (pp - 1) / (2 * m),
+           "zb1p": lambda pp, m: (pp - 1) / (2 * m), "dualpipe": lambda pp, m: max(0, pp / 2 - 1) / m,
+           "dualpipev": lambda pp, m: max(0, pp / 2 - 1) / m}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    tp: int
+    pp: int
+    cp: int
+    ep: int
+    schedule: str
+    micro_batch_size: int
+    recompute: str = "none"
+    zero_stage: int = 1
+
+    @property
+    def label(self) -> str:
+        parts = [f"TP{self.tp}", f"PP{self.pp}"] + ([f"CP{self.cp}"] if self.cp > 1 else [])
+        parts += [f"EP{self.ep}"] if self.ep > 1 else []
+        return " ".join(parts + [self.schedule, f"mbs{self.micro_batch_size}", f"recompute={self.recompute}",
+                                 f"ZeRO-{self.zero_stage}"])
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    candidate: Candidate
+    layout: str
+    dp: int
+    fits: bool
+    step_time_s: float
+    days: float
+    gpu_hours: float
+    cost_usd: float
+    memory_gib: float
+    capacity_gib: float
+    mfu: float
+    bubble_share: float
+    exposed_comm_share: float
+    microbatches: int
+    score_s: float            # the cheap ranking score (seconds per step)
+    seconds: float            # wall time of its simulation
+    reason: str = ""          # why it loses to the best (empty for the best)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "candidate"}
+        d["candidate"] = dict(self.candidate.__dict__)
+        return d
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    model: str
+    gpu: str
+    gpus: int
+    seq_len: int
+    tokens: float
+    batch: int
+    batch_note: str
+    goal: str
+    max_days: float | None
+    precision: str
+    best: PlanRow | None
+    rows: tuple[PlanRow, ...]          # every simulated candidate, best first
+    enumerated: int
+    pruned: dict[str, int]
+    simulated: int
+    wall_s: float
+    notes: tuple[str, ...] = field(default=())
+
+    def top(self, n: int = 5) -> tuple[PlanRow, ...]:
+        return self.rows[:n]
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("model", "gpu", "gpus", "seq_len", "tokens", "batch", "batch_note",
+                                              "goal", "max_days", "precision", "enumerated", "pruned",
+                                              "simulated", "wall_s")} | {
+            "best": self.best.to_dict() if self.best else None, "rows": [r.to_dict() for r in self.rows],
+            "notes": list(self.notes)}
+
+    def lines(self, n: int = 8) -> list[str]:
+        out = [f"plan        {self.model} on {self.gpus} x {self.gpu}, seq {self.seq_len}, {self.tokens:.3g} tokens, "
+               f"batch {self.batch} ({self.batch_note}), {self.precision}, goal {self.goal}"
+               + (f", max {self.max_days:g} days" if self.max_days else ""),
+               f"candidates  {self.enumerated} enumerated; pruned " +
+               ", ".join(f"{k} {v}" for k, v in self.pruned.items()) + f"; {self.simulated} simulated "
+               f"in {self.wall_s:.1f} s"]
+        if self.best is None:
+            out.append("best        none: no simulated layout fits" + (" within max_days" if self.max_days else ""))
+        head = f"{'#':>2}  {'layout':<62} {'step s':>7} {'days':>7} {'GPU-h':>9} {'cost $':>9} {'GiB':>11} " \
+               f"{'MFU':>6}  why not"
+        out += [head, "-" * len(head)]
+        for i, r in enumerate(self.rows[:n], 1):
+            out.append(f"{i:>2}  {r.layout:<62} {r.step_time_s:>7.3g} {r.days:>7.4g} {_human(r.gpu_hours):>9} "
+                       f"{_human(r.cost_usd):>9} {r.memory_gib:>5.1f}/{r.capacity_gib:<5.0f} {r.mfu:>6.1%}  "
+                       f"{r.reason or 'best'}")
+        return out + [f"note: {n}" for n in self.notes]
+
+
+# -- enumeration ---------------------------------------------------------------------------------------------------
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _structures(model, gpus: int, gpn: int, seq_len: int):
+    moe = model.moe
+    eps = [1] if moe is None else [e for e in (2**i for i in range(0, 13)) if e <= moe.n_routed_experts]
+    for tp in (t for t in TPS if t <= gpn):
+        for cp in (c for c in CPS if c == 1 or seq_len >= CP_MIN_SEQ):
+            if gpus % (tp * cp):
+                continue
+            for pp in _divisors(gpus // (tp * cp)):
+                if pp > model.n_layers:
+                    continue
+                for ep in eps:
+                    for sched in ("1f1b",) if pp == 1 else (MOE_SCHEDULES if ep > 1 else DENSE_SCHEDULES):
+                        for mbs in MBS:
+                            yield tp, pp, cp, ep, sched, mbs
+
+
+def _variants(model) -> list[tuple[int, str]]:
+    policies = ["none"] + (["deepseek"] if model.attention.kind == "mla" else []) + ["selective", "full"]
+    return [(z, r) for z in (1, 3) for r in policies]
+
+
+def _parallel(c: Candidate, gpus: int) -> ParallelSpec:
+    overlap = c.schedule in ("dualpipe", "dualpipev") and c.ep > 1
+    return ParallelSpec(num_gpus=gpus, pp=c.pp, ep=c.ep, tp=c.tp, cp=c.cp, zero_stage=c.zero_stage,
+                        micro_batch_size=c.micro_batch_size, schedule=c.schedule,
+                        vpp=2 if c.schedule == "interleaved-1f1b" else 1, comm_sms=COMM_SMS if overlap else 0,
+                        tp_comm_overlap=c.tp > 1, sequence_parallel=True)
+
+
+def _scenario(base: Scenario, c: Candidate) -> Scenario:
+    return replace(base, parallel=_parallel(c, base.parallel.num_gpus), opts=replace(base.opts, recompute=c.recompute))
+
+
+def _even_split(layers: int, stages: int) -> tuple[int, ...]:
+    q, r = divmod(layers, stages)
+    return tuple(q + (1 if i < r else 0) for i in range(stages))
+
+
+@lru_cache(maxsize=256)
+def _schedule(name: str, pp: int, m: int, vpp: int):
+    return build_schedule(name, pp, m, vpp=vpp)
+
+
+def _fits_estimate(sc: Scenario, m: int) -> bool:
+    totals = _memory_totals(sc, m)
+    return totals is not None and max(totals) <= sc.cluster.gpu.hbm_bytes
+
+
+def _memory_totals(sc: Scenario, m: int, stop_early: bool = True) -> tuple[float, ...] | None:
+    """Per-rank memory of the layout (None: cannot fit), by workloads.memory's formulas (memory_breakdown's sum, on a schedule built once
+    per shape) on an even layer split, without a simulated step. First the closed-form state alone: weights,
+    gradients and optimizer state plus their headroom over the GPU on some rank cannot fit (activations only
+    add). Peak in-flight chunks of every schedule here stop growing once m reaches its warm-up depth (<= 2 pp
+    chunks for DualPipe), so m is capped at 2 pp (even, >= 2 pp and a multiple of pp, as DualPipe and interleaved
+    1F1B need): the same per-rank totals (checked for every schedule at pp 2-16, m = 2, 4 and 10 pp)."""
+    model, p, rec = sc.model, sc.parallel, _RECIPE
+    split = _even_split(model.n_layers, p.num_stages)
+    stages: dict[int, set[int]] = {}
+    for s, ranks in enumerate(stage_ranks(p)):
+        for r in ranks:
+            stages.setdefault(r, set()).add(s)
+    state = {r: sum(rank_state_bytes(*rank_params(model, p, split, st), p, rec,
+                                     gathered_params(model, p, split, st)).values()) for r, st in stages.items()}
+    if stop_early and max(state.values()) * (1 + rec.fragmentation) + rec.reserved_bytes > sc.cluster.gpu.hbm_bytes:
+        return None
+    opts = sc.effective_opts()
+    per_stage = chunk_bytes(model, p, sc.plan.seq_len, split, rec, opts.fp8, opts.recompute, opts.imbalance)
+    act, _ = peak_in_flight(_schedule(p.schedule, p.pp, min(m, 2 * p.pp), p.vpp), per_stage)
+    kv = cp_gathered_kv_bytes(model, p, sc.plan.seq_len)
+    return tuple((state[r] + act[r] + kv) * (1 + rec.fragmentation) + rec.reserved_bytes for r in sorted(state))
+
+
+# -- the cheap score -----------------------------------------------------------------------------------------------
+def cheap_score(sc: Scenario, m: int) -> float:
+    """Seconds per step, roughly: compute at 45% of BF16 peak with the recompute factor and the schedule's bubble,
+    plus exposed TP collectives (30% of them under tp_comm_overlap), EP all-to-all leaving the node (10% under
+    DualPipe/V) and the data-parallel tail over NVLink or the NIC (ZeRO-3: gathers every micro-batch, half
+    hidden). Only for ranking."""
+    model, p, cl = sc.model, sc.parallel, sc.cluster
+    fl = flops_per_token(model, sc.plan.seq_len)
+    seqs = m * p.micro_batch_size * p.dp
+    recompute = {"none": 1.0, "deepseek": 1.02, "selective": 1 + fl.attention_core / fl.forward / 3,
+                 "full": 4 / 3}[sc.opts.recompute]
+    peak = p.num_gpus * cl.gpu.peak_flops("bf16") * 0.45
+    compute = fl.training_per_token * seqs * sc.plan.seq_len * recompute / peak
+    compute *= 1 + _BUBBLE[p.schedule](p.pp, m)
+    compute /= min(1.0, model.hidden / p.tp / 4096) ** 0.25  # narrow TP shards run GEMMs below peak
+    tokens_mb = p.micro_batch_size * sc.plan.seq_len / p.cp
+    layers = model.n_layers / p.pp
+    comm = 0.0
+    if p.tp > 1:
+        coll = tokens_mb * model.hidden * 2 * (p.tp - 1) / p.tp / cl.nvlink_bw
+        comm += layers * m * 4 * coll * (0.3 if p.tp_comm_overlap else 1.0)
+    routed = 0.0
+    if model.moe is not None:
+        routed = model.n_moe_layers * model.moe.n_routed_experts * P.expert_params(model)
+        if p.ep > 1:
+            remote = max(0.0, 1 - cl.gpus_per_node / p.ep)
+            a2a = tokens_mb / p.tp * model.moe.top_k * model.hidden * 3 * 2 * remote / cl.ib_bw
+            comm += model.n_moe_layers / p.pp * m * a2a * (0.1 if p.overlaps_comm else 1.0)
+    rank_params = (P.param_breakdown(model).total - routed) / (p.tp * p.pp) + routed / (p.ep * p.pp)
+    if p.grad_dp > 1:  # reduce-scatter FP32 grads + all-gather BF16 weights; NVLink when the group is in a node
+        bw = cl.nvlink_bw if p.tp * p.grad_dp <= cl.gpus_per_node else cl.ib_bw
+        comm += rank_params * 6 * (p.grad_dp - 1) / p.grad_dp / bw * (m * 0.5 if p.zero_stage == 3 else 1.0)
+    return compute + comm
+
+
+# -- the search ----------------------------------------------------------------------------------------------------
+def default_batch(gpus: int, seq_len: int) -> tuple[int, str]:
+    """The largest batch of at most 4M tokens that is a multiple of gpus / 8 (so dp up to gpus / 8 divides it);
+    never below gpus / 8 sequences."""
+    unit = max(1, gpus // 8)
+    batch = max(unit, DEFAULT_BATCH_TOKENS // seq_len // unit * unit)
+    return batch, f"default: the largest multiple of gpus/8 = {unit} with at most 4M tokens"
+
+
+def _check_inputs(goal, gpus, seq_len, tokens, batch, max_days, max_simulated) -> None:
+    if goal not in GOALS:
+        raise ValueError(f"goal must be one of {', '.join(GOALS)}; got {goal!r}")
+    for name, v in (("gpus", gpus), ("seq_len", seq_len), ("max_simulated", max_simulated)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch must be a positive integer (sequences per step) or None, got {batch!r}")
+    if not (isinstance(tokens, (int, float)) and 0 < tokens < math.inf):
+        raise ValueError(f"tokens must be a positive finite number, got {tokens!r}")
+    if max_days is not None and not (isinstance(max_days, (int, float)) and max_days > 0):
+        raise ValueError(f"max_days must be a positive number or None, got {max_days!r}")
+
+
+def plan_layouts(model: str, gpu: str, gpus: int, *, seq_len: int, tokens: float, batch: int | None = None,
+                 goal: str = "cost", max_days: float | None = None, max_simulated: int = 48,
+                 progress=None) -> PlanResult:
+    """Search the layouts of `model` on `gpus` x `gpu` (see the module docstring). ValueError names a bad field."""
+    t0 = time.perf_counter()
+    if isinstance(tokens, str):
+        tokens = parse_count(tokens, "tokens")
+    _check_inputs(goal, gpus, seq_len, tokens, batch, max_days, max_simulated)
+    note = "as given"
+    if batch is None:
+        batch, note = default_batch(gpus, seq_len)
+    base = load_scenario(model=model, gpu=gpu, gpus=gpus, pp=1, ep=1, tp=1, cp=1, schedule="1f1b",
+                         micro_batch_size=1, seq_len=seq_len, tokens=float(tokens), batch=batch,
+                         recompute="none", zero_stage=1)
+    spec = base.model
+    variants = _variants(spec)
+    pruned = dict.fromkeys(RULES, 0)
+    enumerated = 0
+    survivors: list[tuple[float, Candidate, Scenario]] = []
+    for tp, pp, cp, ep, sched, mbs in _structures(spec, gpus, base.cluster.gpus_per_node, seq_len):
+        enumerated += len(variants)
+        cands = [Candidate(tp, pp, cp, ep, sched, mbs, r, z) for z, r in variants]
+        try:
+            p = _parallel(cands[0], gpus)
+            p.check_model(spec)
+        except ValueError:
+            pruned["layout"] += len(variants)
+            continue
+        m, padded = microbatches_for(batch, p)
+        if padded:
+            pruned["batch"] += len(variants)
+            continue
+        chosen = None
+        for i, c in enumerate(cands):
+            sc = _scenario(base, c)
+            if _fits_estimate(sc, m):
+                chosen = (cheap_score(sc, m), c, sc)
+                pruned["memory"] += i
+                pruned["dominated"] += len(cands) - i - 1
+                break
+        if chosen is None:
+            pruned["memory"] += len(variants)
+            continue
+        survivors.append(chosen)
+    errors: list[str] = []
+    rows = _search(survivors, max_simulated, progress, errors)
+    pruned["not simulated (cap)"] = len(survivors) - len(rows) - len(errors)
+    key = (lambda r: r.cost_usd) if goal == "cost" else (lambda r: r.days)
+    ok = [r for r in rows if r.fits and (max_days is None or r.days <= max_days)]
+    rest = [r for r in rows if r not in ok]
+    ok.sort(key=key)
+    rest.sort(key=lambda r: (not r.fits, key(r)))
+    best = ok[0] if ok else None
+    ranked = tuple([r if r is best else replace(r, reason=_why(r, best, max_days)) for r in ok + rest])
+    notes = [f"{len(survivors)} layouts survived pruning; simulated {len(rows)}: the best-scored of each (tp, pp, "
+             f"cp, ep) group, then more schedules / micro-batch sizes of the groups that simulated best"]
+    notes += errors
+    notes += ["on a fixed number of GPUs cost and days rank alike (cost = days x gpus x 24 x price)"]
+    if base.fp8_fallback or not base.opts.fp8:
+        notes.append("BF16: the GPU has no FP8 tensor cores")
+    return PlanResult(spec.name, base.cluster.gpu.name, gpus, seq_len, float(tokens), batch, note, goal, max_days,
+                      "fp8" if base.opts.fp8 else "bf16", best, ranked, enumerated, pruned, len(rows) + len(errors),
+                      time.perf_counter() - t0, tuple(notes))
+
+
+def _groups(survivors) -> list[list]:
+    """Survivors by (tp, pp, cp, ep), each group by cheap score, groups by their best score."""
+    groups: dict[tuple, list] = {}
+    for s in sorted(survivors, key=lambda s: (s[0], s[1].label)):
+        groups.setdefault((s[1].tp, s[1].pp, s[1].cp, s[1].ep), []).append(s)
+    return list(groups.values())
+
+
+def _search(survivors, cap: int, progress, errors: list[str]) -> list[PlanRow]:
+    """Phase 1: the best-scored candidate of each (tp, pp, cp, ep) group, groups in score order, up to 2/3 of the
+    cap (all of it when every group fits in it). Phase 2: the rest of the cap on the other candidates (schedule,
+    micro-batch) of the groups whose phase-1 candidate simulated best, best group first."""
+    groups = _groups(survivors)
+    total = min(cap, len(survivors))
+    heads = groups[:cap if len(groups) <= cap else max(1, 2 * cap // 3)]
+    rows: list[PlanRow] = []
+
+    done = 0
+
+    def run(s):
+        nonlocal done
+        done += 1
+        try:
+            rows.append(_simulate(s[2], s[1], s[0]))
+        except ValueError as exc:  # a layout the simulator refuses: listed in the notes, not ranked
+            errors.append(f"{s[1].label}: simulation refused: {exc}")
+            return None
+        finally:
+            if progress:
+                progress(done, total)
+        return rows[-1]
+
+    first = [(r, g) for r, g in ((run(g[0]), g) for g in heads) if r is not None]
+    first.sort(key=lambda x: (not x[0].fits, x[0].days))
+    for _, g in first:
+        for s in g[1:]:
+            if done >= total:
+                return rows
+            run(s)
+    return rows
+
+
+def _simulate(sc: Scenario, c: Candidate, score: float) -> PlanRow:
+    t = time.perf_counter()
+    run = estimate_run(sc.simulator(), sc.plan)
+    step = run.steady.step
+    mem = memory_breakdown(sc, step)
+    p = sc.parallel
+    return PlanRow(c, c.label + f" DP{p.dp}", p.dp, mem.fits, step.step_time, run.wall_clock_days, run.gpu_hours,
+                   run.cost_usd, mem.total / _GIB, mem.capacity / _GIB, step.mfu("bf16"), step.bubble_share,
+                   step.exposed_comm_share, step.num_microbatches, score, time.perf_counter() - t)
+
+
+def _why(r: PlanRow, best: PlanRow | None, max_days) -> str:
+    if not r.fits:
+        return f"does not fit: {r.memory_gib:.1f} of {r.capacity_gib:.0f} GiB on the simulated split"
+    if max_days is not None and r.days > max_days:
+        return f"over max_days: {r.days:.1f} days"
+    if best is None:
+        return ""
+    slower = r.days / best.days - 1
+    d_bubble = r.bubble_share - best.bubble_share
+    d_comm = r.exposed_comm_share - best.exposed_comm_share
+    if max(d_bubble, d_comm) > 0.01:
+        cause = (f"more bubble ({_pct(r.bubble_share)} vs {_pct(best.bubble_share)} of rank time)"
+                 if d_bubble >= d_comm else
+                 f"more exposed communication ({_pct(r.exposed_comm_share)} vs {_pct(best.exposed_comm_share)})")
+    else:
+        cause = f"slower compute (MFU {r.mfu:.1%} vs {best.mfu:.1%})"
+    return f"{slower:.1%} slower: {cause}"
+
+
+def _pct(x: float) -> str:
+    return f"{max(0.0, x):.1%}"
+
+
+def _human(x: float) -> str:
+    return f"{x / 1e6:.3f}M" if x >= 1e6 else f"{x / 1e3:.1f}K" if x >= 1e3 else f"{x:.2f}"

@@ -149,3 +149,41 @@ def test_the_toml_writer_round_trips_the_plan():
     assert tomllib.loads(_to_toml(PLAN)) == PLAN
     with pytest.raises(ValueError):
         load_scenario(str(ROOT / "README.md"))
+
+
+# -- the command line: fast commands with any option values ----------------------------------------------------
+from typer.testing import CliRunner  # noqa: E402
+
+from gpuhours.cli import app  # noqa: E402
+
+numbers = st.one_of(st.integers(-3, 2**64), st.sampled_from(["0", "-1", "inf", "nan", "1e400", "abc", "", "1.5",
+                                                              "9223372036854775807", "1e-300"]))
+
+
+def _cli_ok(args: list[str]) -> None:
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    assert r.exit_code in (0, 2), (args, r.output)
+    out = r.output
+    assert "Traceback" not in out, (args, out)
+    if r.exit_code == 2:
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), (args, r.stderr)
+    else:
+        low = out.lower()
+        assert " nan" not in low and " inf " not in low and "infinity" not in low, (args, out)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(name=st.sampled_from(["1f1b", "zb1p", "dualpipe", "dualpipev", "interleaved-1f1b", "gpipe"]),
+       pp=numbers, m=numbers, vpp=numbers, f=numbers, b=numbers, w=numbers)
+def test_schedule_command_with_any_numbers(name, pp, m, vpp, f, b, w):
+    _cli_ok(["schedule", name, "--pp", pp, "--microbatches", m, "--vpp", vpp, "--f", f, "--b", b, "--w", w])
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(kind=st.sampled_from(["p2p", "all_reduce", "all_gather", "all_to_all", "ep_dispatch", "broadcast"]),
+       gpus=numbers, size=numbers, per_node=numbers, nbytes=st.sampled_from(["1G", "256M", "0", "-1", "1e30", "x"]),
+       nic=numbers)
+def test_collective_command_with_any_numbers(kind, gpus, size, per_node, nbytes, nic):
+    _cli_ok(["collective", kind, "--gpus", gpus, "--group-size", size, "--per-node", per_node, "--bytes", nbytes,
+             "--nic-gbps", nic, "--json"])

@@ -194,7 +194,7 @@ def test_deterministic_per_seed(default_case):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("failures", "megascale"), ("failure_rate_scale", -1.0), ("checkpoint_interval_s", 0.0),
+    ("failures", "no-such-log"), ("failure_rate_scale", -1.0), ("checkpoint_interval_s", 0.0),
     ("interval_rule", "guess"), ("write_bw_per_gpu", -5.0), ("read_bw_per_gpu", 0), ("async_checkpoint", "yes"),
     ("detection_s", -1.0), ("reschedule_s", math.inf), ("init_s", math.nan), ("repair_s", "1d"),
     ("spare_nodes", -1), ("spare_nodes", 1.5), ("straggler_sigma", -0.1), ("runs", 0), ("seed", -1),

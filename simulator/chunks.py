@@ -31,12 +31,13 @@ instruction, so only the last one's tail is exposed.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
-from gpuhours.hwmodels.compute import ComputeModel
+from gpuhours.hwmodels.compute import ComputeModel, elementwise_class
 from gpuhours.simulator.engine import InstructionProfile
 from gpuhours.simulator.instructions import Instruction
 from gpuhours.simulator.overlap import exposed_streamed
@@ -102,19 +103,38 @@ class HardwareCoster:
         self.sm_fraction = parallel.compute_sm_fraction(sms)
         self.nodes_per_token = (opts.nodes_per_token if opts.nodes_per_token is not None
                                 else expected_nodes_per_token(model, parallel.ep, cluster.gpus_per_node))
-        starts = [0]
-        for n in stage_layers:
-            starts.append(starts[-1] + n)
-        last = len(stage_layers) - 1
-        self.stages = tuple(
-            stage_units(model, parallel, seq_len, range(starts[s], starts[s + 1]), s == 0, s == last, opts, recipe)
-            for s in range(len(stage_layers))
-        )
+        self.stage_layers, self.recipe = tuple(stage_layers), recipe
+        self._stages: tuple[tuple[LayerPasses, ...], ...] | None = None
         self._profile = lru_cache(maxsize=None)(self._build_profile)
         self._segment_time = lru_cache(maxsize=None)(self._price_segment)
+        self._op_times: dict[tuple, float] = {}
+        self._transfer: float | None = None
+
+    @property
+    def stages(self) -> tuple[tuple[LayerPasses, ...], ...]:
+        """Every stage's units (embedding, layers, head, MTP), built on first use: pricing single units (stage
+        balancing) never needs them."""
+        if self._stages is None:
+            starts = [0]
+            for n in self.stage_layers:
+                starts.append(starts[-1] + n)
+            last = len(self.stage_layers) - 1
+            self._stages = tuple(
+                stage_units(self.model, self.parallel, self.seq_len, range(starts[s], starts[s + 1]), s == 0,
+                            s == last, self.opts, self.recipe)
+                for s in range(len(self.stage_layers)))
+        return self._stages
 
     # -- pricing -------------------------------------------------------------------------------------------
     def op_time(self, op: Op) -> float:
+        """Seconds of one op, memoised by its shape (`price_key`): the 61 layers of a model price once per kind."""
+        key = price_key(op)
+        t = self._op_times.get(key)
+        if t is None:
+            t = self._op_times[key] = self._price_op(op)
+        return t
+
+    def _price_op(self, op: Op) -> float:
         if op.kind != "collective":
             return self.compute.duration(op, sm_fraction=self.sm_fraction)
         if op.group == "ep":
@@ -170,12 +190,14 @@ class HardwareCoster:
         """Activations (forward) or their gradients (backward) of one micro-batch, BF16, between pipeline ranks.
         Pipeline neighbours sit on different nodes unless a whole stage fits in less than a node. Each rank sends
         its own tokens: micro_batch_size x seq_len / cp (/ tp under sequence parallelism)."""
-        tokens = self.parallel.micro_batch_size * self.seq_len // self.parallel.cp
-        if self.parallel.sequence_parallel:
-            tokens //= self.parallel.tp
-        nbytes = tokens * self.model.hidden * BF16
-        intra = self.parallel.num_gpus // self.parallel.pp < self.cluster.gpus_per_node
-        return self.network.p2p(nbytes, intra_node=intra)
+        if self._transfer is None:  # the same for every send of the step
+            tokens = self.parallel.micro_batch_size * self.seq_len // self.parallel.cp
+            if self.parallel.sequence_parallel:
+                tokens //= self.parallel.tp
+            nbytes = tokens * self.model.hidden * BF16
+            intra = self.parallel.num_gpus // self.parallel.pp < self.cluster.gpus_per_node
+            self._transfer = self.network.p2p(nbytes, intra_node=intra)
+        return self._transfer
 
     def _build_profile(self, kind: str, stage: int, b_stage: int | None) -> InstructionProfile:
         tasks: list[_Task] = []
@@ -251,11 +273,32 @@ class HardwareCoster:
                    for op in seg.ops)
 
 
+def price_key(op: Op) -> tuple:
+    """Everything that decides an op's time and nothing else (not its layer's name): kind, phase, work, dtype,
+    GEMM shape, collective and group, and a memory-bound op's class (`compute.elementwise_class`, read from the
+    name's last part)."""
+    return (op.kind, op.phase, op.flops, op.bytes, op.dtype, op.gemm, op.groups, op.collective, op.group,
+            op.comm_bytes, op.tokens, op.bytes_per_token,
+            elementwise_class(op) if op.kind in ("elementwise", "embedding") else None,
+            None if op.overlaps is None else price_key(op.overlaps))
+
+
 def _list_schedule(tasks: list[_Task]) -> InstructionProfile:
-    """Run the tasks on a compute and a communication stream; each free stream starts its first ready task."""
+    """Run the tasks on a compute and a communication stream; each free stream starts its first ready task.
+
+    A task is ready once every task it depends on has ended; the ready tasks of each stream wait in a heap by
+    launch priority, so the graph runs in O(n log n)."""
     n = len(tasks)
     end: list[float | None] = [None] * n
-    started = [False] * n
+    waiting = [len(set(t.deps)) for t in tasks]  # unfinished dependencies
+    dependents: list[list[int]] = [[] for _ in range(n)]
+    for i, t in enumerate(tasks):
+        for d in set(t.deps):
+            dependents[d].append(i)
+    ready: dict[str, list] = {"compute": [], "comm": []}
+    for i, t in enumerate(tasks):
+        if not waiting[i]:
+            heapq.heappush(ready[t.stream], (t.priority, i))
     free_at = {"compute": 0.0, "comm": 0.0}
     running: dict[str, int | None] = {"compute": None, "comm": None}
     busy = {"compute": 0.0, "comm": 0.0}
@@ -263,14 +306,9 @@ def _list_schedule(tasks: list[_Task]) -> InstructionProfile:
     now, done = 0.0, 0
     while done < n:
         for stream in ("compute", "comm"):
-            if running[stream] is not None:
+            if running[stream] is not None or not ready[stream]:
                 continue
-            ready = [i for i in range(n) if not started[i] and tasks[i].stream == stream
-                     and all(end[d] is not None and end[d] <= now for d in tasks[i].deps)]
-            if not ready:
-                continue
-            i = min(ready, key=lambda t: tasks[t].priority)
-            started[i] = True
+            _, i = heapq.heappop(ready[stream])
             running[stream] = i
             free_at[stream] = now + tasks[i].duration
         active = [s for s in ("compute", "comm") if running[s] is not None]
@@ -289,6 +327,10 @@ def _list_schedule(tasks: list[_Task]) -> InstructionProfile:
                 spans.append(Span(0, s, now - t.duration, now, t.name, t.name.partition("(")[0], None, None, args))
                 running[s] = None
                 done += 1
+                for j in dependents[i]:
+                    waiting[j] -= 1
+                    if not waiting[j]:
+                        heapq.heappush(ready[tasks[j].stream], (tasks[j].priority, j))
     nic = sum(t.duration for t in tasks if t.uses_nic)
     return InstructionProfile(duration=now, compute_busy=busy["compute"], comm_busy=busy["comm"],
                               spans=tuple(spans), nic_busy=nic)

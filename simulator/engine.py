@@ -18,6 +18,7 @@ Activation memory: +1 chunk's activations when an F starts, -1 when that (microb
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -60,83 +61,110 @@ class PipelineResult:
 
 
 def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = False,
-                 tail: Callable[[int], float] | None = None) -> PipelineResult:
-    """Simulate one pass of `schedule`; `detail` also returns op-level spans on both streams.
+                 tail: Callable[[int], float] | None = None, record: bool = True) -> PipelineResult:
+    """Simulate one pass of `schedule`; `detail` also returns op-level spans on both streams; `record=False`
+    skips the instruction spans (an estimate needs only the totals).
 
     `tail(rank)`: seconds of work a rank does after its last instruction (gradient synchronisation and the
     optimizer); it holds the rank's network interface, so it waits for the rank's last sends to leave.
+
+    Events per instruction: one timeout for its duration, one arrival for each input that had not arrived when
+    the rank reached it (an input already there costs nothing), and per send one completion (plus one decision,
+    below, on ranks whose instructions hold the interface).
     """
     env = simpy.Environment()
-    num_stages = schedule.num_stages
+    num_stages, pp = schedule.num_stages, schedule.pp
     arrived: dict[tuple[str, int, int], simpy.Event] = {}
 
-    def arrival(kind: str, microbatch: int, stage: int) -> simpy.Event:
-        key = (kind, microbatch, stage)
-        if key not in arrived:
-            arrived[key] = env.event()
-        return arrived[key]
+    def arrival(key: tuple[str, int, int]) -> simpy.Event:
+        event = arrived.get(key)
+        if event is None:
+            event = arrived[key] = env.event()
+        return event
 
-    def deliver(src: int, kind: str, microbatch: int, stage: int):
-        """Send the output of part (kind, microbatch, stage) on rank src to whoever needs it next."""
-        if kind == "F":
-            if stage + 1 < num_stages:
-                target_kind, target_stage = "F", stage + 1
-            else:  # the loss is computed in the last stage's forward: its backward may start
-                target_kind, target_stage = "B", stage
-        else:  # B: input gradients flow to the previous stage
-            if stage == 0:
-                return
-            target_kind, target_stage = "B", stage - 1
-        dst = schedule.rank_of(microbatch, target_stage)
-        delay = 0.0 if dst == src else coster.transfer(src, dst, kind, microbatch, stage)
-        event = arrival(target_kind, microbatch, target_stage)
-        if delay <= 0.0:
-            event.succeed()
+    # Every rank's network interface is a FIFO of sends (and, last, its tail): one item runs at a time.
+    queue: list[deque] = [deque() for _ in range(pp)]
+    nic_active = [False] * pp
+    nic_load = [0.0] * pp   # share of the running instruction its collectives hold the interface
+    nic_until = [0.0] * pp  # when that instruction ends
+    shares: list[bool] = [False] * pp  # whether any instruction of the rank holds the interface
+
+    def submit(src: int, item: tuple[float | None, simpy.Event]) -> None:
+        queue[src].append(item)
+        if not nic_active[src]:
+            nic_active[src] = True
+            next_on_nic(src)
+
+    def next_on_nic(src: int) -> None:
+        if not queue[src]:
+            nic_active[src] = False
             return
-        # Queue on the interface now, so the send keeps its place ahead of whatever the rank does next.
-        env.process(_send(src, delay, event, nic[src].request()))
+        base, event = queue[src].popleft()
+        if base is None:  # the rank's tail: it holds the interface from here to the end of the step
+            event.succeed()
+        elif shares[src]:
+            _after_starts(env, lambda: start_send(src, base, event))
+        else:
+            start_send(src, base, event)
 
-    def _send(src: int, base: float, event: simpy.Event, slot: simpy.Event):
+    def start_send(src: int, base: float, event: simpy.Event) -> None:
         """A point-to-point send holds the sender's network interface: sends from one rank queue behind each
         other, and one that starts while the rank's current instruction runs all-to-alls shares the interface
         fairly with them: if they keep it busy a share rho of the instruction, the send gets full bandwidth for
-        1 - rho of the time and half for rho, so it takes base / (1 - rho / 2)."""
-        yield slot
+        1 - rho of the time and half for rho, so it takes base / (1 - rho / 2). The instruction is the one the
+        rank runs once every instruction starting at the send's instant has started (`_after_starts`)."""
         rho = nic_load[src] if env.now < nic_until[src] else 0.0
-        yield env.timeout(base / (1.0 - rho / 2.0))
-        nic[src].release(slot)
-        event.succeed()
+        done = env.timeout(base / (1.0 - rho / 2.0))
+        done.callbacks.append(lambda _: (event.succeed(), next_on_nic(src)))
 
-    nic = [simpy.Resource(env, capacity=1) for _ in range(schedule.pp)]
-    nic_load = [0.0] * schedule.pp   # share of the running instruction its collectives hold the interface
-    nic_until = [0.0] * schedule.pp  # when that instruction ends
+    def outputs(src: int, instruction: Instruction) -> tuple[tuple[tuple[str, int, int], float], ...]:
+        """Where the outputs of an instruction's parts go: (arrival key, transfer seconds) per output. F's
+        activations go to the next stage (from the last stage, the loss lets its backward start); B's input
+        gradients go to the previous stage."""
+        out = []
+        for kind, microbatch, stage in instruction.parts():
+            if kind == "F":
+                target = ("F", microbatch, stage + 1) if stage + 1 < num_stages else ("B", microbatch, stage)
+            elif kind in ("B", "BW") and stage > 0:
+                target = ("B", microbatch, stage - 1)
+            else:
+                continue
+            dst = schedule.rank_of(microbatch, target[2])
+            sent = "F" if kind == "F" else "B"
+            out.append((target, 0.0 if dst == src else coster.transfer(src, dst, sent, microbatch, stage)))
+        return tuple(out)
 
-    busy = [0.0] * schedule.pp
-    comm_busy = [0.0] * schedule.pp
-    executing = [0.0] * schedule.pp
-    finish = [0.0] * schedule.pp
-    end = [0.0] * schedule.pp
-    peak = [0] * schedule.pp
+    def inputs(instruction: Instruction) -> tuple[tuple[str, int, int], ...]:
+        """The arrivals an instruction waits for: F(m, s) the activations of stage s-1, B/BW the gradients."""
+        keys = []
+        for kind, microbatch, stage in instruction.parts():
+            if kind == "F" and stage > 0:
+                keys.append(("F", microbatch, stage))
+            elif kind in ("B", "BW"):
+                keys.append(("B", microbatch, stage))
+        return tuple(keys)
+
+    busy = [0.0] * pp
+    comm_busy = [0.0] * pp
+    executing = [0.0] * pp
+    finish = [0.0] * pp
+    end = [0.0] * pp
+    peak = [0] * pp
     spans: list[Span] = []
     counter = [0]
 
-    def rank_process(rank: int, program: tuple[Instruction, ...]):
+    def rank_process(rank: int, steps: list[tuple]):
         live = 0
-        for instruction in program:
-            needs = []
-            for kind, microbatch, stage in instruction.parts():
-                if kind == "F" and stage > 0:
-                    needs.append(arrival("F", microbatch, stage))
-                elif kind in ("B", "BW"):
-                    needs.append(arrival("B", microbatch, stage))
-            if needs:
-                yield simpy.AllOf(env, needs)
+        for instruction, prof, needs, forwards, weights, sends in steps:
+            pending = [event for event in map(arrival, needs) if not event.processed]
+            if len(pending) == 1:
+                yield pending[0]
+            elif pending:
+                yield simpy.AllOf(env, pending)
             start = env.now
-            for kind, _, _ in instruction.parts():
-                if kind == "F":
-                    live += 1
-            peak[rank] = max(peak[rank], live)
-            prof = coster.profile(rank, instruction)
+            live += forwards
+            if live > peak[rank]:
+                peak[rank] = live
             nic_load[rank] = min(1.0, prof.nic_busy / prof.duration) if prof.duration > 0 else 0.0
             nic_until[rank] = start + prof.duration
             yield env.timeout(prof.duration)
@@ -147,27 +175,38 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
             counter[0] += 1
             # Instruction spans sit on the compute stream; in detail mode they move to a "pipeline" lane and the
             # compute and communication streams carry the op-level spans instead.
-            spans.append(Span(rank, "pipeline" if detail else "compute", start, env.now, instruction.label(),
-                              instruction.kind, instruction.microbatch, instruction.stage,
-                              _instruction_args(schedule, instruction)))
+            if record or detail:
+                spans.append(Span(rank, "pipeline" if detail else "compute", start, env.now, instruction.label(),
+                                  instruction.kind, instruction.microbatch, instruction.stage,
+                                  _instruction_args(schedule, instruction)))
             if detail:
                 spans.extend(_shift(s, rank, start, instruction) for s in prof.spans)
-            for kind, microbatch, stage in instruction.parts():
-                if kind in ("W", "BW"):
-                    live -= 1
-                if kind in ("F", "B", "BW"):
-                    deliver(rank, "F" if kind == "F" else "B", microbatch, stage)
+            live -= weights
+            for key, delay in sends:
+                if delay <= 0.0:
+                    arrival(key).succeed()
+                else:  # queued on the interface now, so the send keeps its place ahead of what the rank does next
+                    submit(rank, (delay, arrival(key)))
         if tail is not None:
-            with nic[rank].request() as slot:
-                yield slot
-                start = env.now
-                yield env.timeout(tail(rank))
+            slot = env.event()
+            submit(rank, (None, slot))
+            yield slot
+            start = env.now
+            yield env.timeout(tail(rank))
+            if record or detail:
                 spans.append(Span(rank, "pipeline" if detail else "compute", start, env.now, "dp-sync+optimizer",
                                   "tail"))
         end[rank] = env.now
 
+    # Schedules are pure: every instruction's cost, inputs and outputs are known before the run starts.
     for rank, program in enumerate(schedule.programs):
-        env.process(rank_process(rank, program))
+        steps = []
+        for instruction in program:
+            parts = [kind for kind, _, _ in instruction.parts()]
+            steps.append((instruction, coster.profile(rank, instruction), inputs(instruction), parts.count("F"),
+                          sum(kind in ("W", "BW") for kind in parts), outputs(rank, instruction)))
+        shares[rank] = any(step[1].nic_busy > 0 for step in steps)
+        env.process(rank_process(rank, steps))
     env.run()
     total = sum(len(p) for p in schedule.programs)
     if counter[0] != total:
@@ -185,6 +224,19 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
         instructions_run=counter[0],
         spans=tuple(spans),
     )
+
+
+_AFTER_STARTS = 2  # an event priority after simpy's URGENT (0) and NORMAL (1)
+
+
+def _after_starts(env: simpy.Environment, action: Callable[[], None]) -> None:
+    """Run `action` at the current instant once every event already due now has been processed, so every rank
+    that starts an instruction at this instant has started it. (simpy orders events at one instant by
+    priority; arrivals, timeouts and process resumptions are NORMAL.)"""
+    event = simpy.Event(env)
+    event._ok, event._value = True, None  # triggered by hand, as Event.succeed does, at a later priority
+    event.callbacks.append(lambda _: action())
+    env.schedule(event, _AFTER_STARTS)
 
 
 def _shift(span: Span, rank: int, t0: float, instruction: Instruction) -> Span:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from dataclasses import dataclass, field
 
 from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
@@ -101,8 +103,13 @@ class StepSimulator:
         probe = HardwareCoster(model, p, self.cluster, self.compute, self.network, self.seq_len,
                                (model.n_layers,), self.opts)
         overlapped = p.overlaps_comm
-        layer_cost = [probe.unit_time(layer_passes(model, i, p, self.seq_len, self.opts), overlapped)
-                      for i in range(model.n_layers)]
+        # a layer's passes depend on its index only through its kind (dense or MoE): one price per kind
+        by_kind: dict[bool, float] = {}
+        for i in range(model.n_layers):
+            moe = model.is_moe_layer(i)
+            if moe not in by_kind:
+                by_kind[moe] = probe.unit_time(layer_passes(model, i, p, self.seq_len, self.opts), overlapped)
+        layer_cost = [by_kind[model.is_moe_layer(i)] for i in range(model.n_layers)]
         units = stage_units(model, p, self.seq_len, range(0), True, True, self.opts)
         first_extra = sum(probe.unit_time(u, overlapped) for u in units if u.name == "embed")
         last_extra = sum(probe.unit_time(u, overlapped) for u in units if u.name != "embed")
@@ -122,7 +129,7 @@ class StepSimulator:
         tails = [self._dp_tail(stages, self._last_backward(schedule.programs[rank], rank),
                                self._first_forward(schedule.programs[rank], rank))
                  for rank, stages in enumerate(_stages_per_rank(schedule))]
-        result = run_pipeline(schedule, self.coster, detail=detail, tail=tails.__getitem__)
+        result = run_pipeline(schedule, self.coster, detail=detail, tail=tails.__getitem__, record=detail)
         step_time = max(result.end_per_rank)
         slowest = result.end_per_rank.index(step_time)
         executing = [result.makespan - b for b in result.bubble_per_rank]
@@ -261,7 +268,7 @@ def partition_layers(layer_cost: list[float], num_stages: int, first_extra: floa
 
     The first stage also pays `first_extra` and the last `last_extra`; a stage with such extra work may hold no
     layer at all (a last stage of just the head and MTP), every other stage holds at least one.
-    O(stages x layers^2) dynamic programming; ties go to the earliest split, so equal layers give the balanced
+    O(stages x layers^2) dynamic programming (one array operation per stage); ties go to the earliest split, so equal layers give the balanced
     split with remainders toward the front.
     """
     n = len(layer_cost)
@@ -272,22 +279,23 @@ def partition_layers(layer_cost: list[float], num_stages: int, first_extra: floa
     for c in layer_cost:
         prefix.append(prefix[-1] + c)
 
-    def cost(i: int, j: int, s: int) -> float:  # layers i..j-1 on stage s
-        extra = (first_extra if s == 0 else 0.0) + (last_extra if s == num_stages - 1 else 0.0)
-        return prefix[j] - prefix[i] + extra
-
+    # best[s][j]: the least largest stage cost of layers 0..j-1 on stages 0..s-1; cut[s][j] the first layer of
+    # stage s-1 in that split. Each row is one (j, i) array: stage s-1 holds layers i..j-1.
     inf = float("inf")
-    best = [[inf] * (n + 1) for _ in range(num_stages + 1)]
-    cut = [[0] * (n + 1) for _ in range(num_stages + 1)]
-    best[0][0] = 0.0
+    pre = np.array(prefix)
+    j_idx, i_idx = np.arange(n + 1)[:, None], np.arange(n + 1)[None, :]
+    best = np.full((num_stages + 1, n + 1), inf)
+    cut = np.zeros((num_stages + 1, n + 1), dtype=int)
+    best[0, 0] = 0.0
     for s in range(1, num_stages + 1):
-        for j in range(n + 1):
-            for i in range(0, j - min_layers[s - 1] + 1):
-                if best[s - 1][i] == inf:
-                    continue
-                value = max(best[s - 1][i], cost(i, j, s - 1))
-                if value < best[s][j] - 1e-15:
-                    best[s][j], cut[s][j] = value, i
+        extra = (first_extra if s == 1 else 0.0) + (last_extra if s == num_stages else 0.0)
+        value = np.maximum(best[s - 1][None, :], pre[:, None] - pre[None, :] + extra)
+        value[i_idx > j_idx - min_layers[s - 1]] = inf
+        low = value.min(axis=1)
+        # ties go to the earliest split: the first i within rounding (1e-12 of the total) of the minimum
+        tie = value <= (low + 1e-12 * max(pre[-1], 1e-300))[:, None]
+        best[s] = low
+        cut[s] = np.where(np.isfinite(low), tie.argmax(axis=1), 0)
     if best[num_stages][n] == inf:
         raise ValueError(f"cannot split {n} layers into {num_stages} stages")
     sizes, j = [], n
@@ -329,11 +337,18 @@ def rebalance_for_ranks(sizes: tuple[int, ...], layer_cost: list[float], holders
     """
     num_ranks = 1 + max(r for rs in holders for r in rs)
     scale = sum(layer_cost) + first_extra + last_extra or 1.0
+    run_sums: dict[tuple[int, int], float] = {}
+
+    def run_sum(start: int, n: int) -> float:
+        key = (start, n)
+        if key not in run_sums:
+            run_sums[key] = sum(layer_cost[start:start + n])
+        return run_sums[key]
 
     def score(sz: tuple[int, ...]) -> tuple[float, float]:
         stage_cost, start = [], 0
         for s, n in enumerate(sz):
-            c = sum(layer_cost[start:start + n]) + (first_extra if s == 0 else 0.0)
+            c = run_sum(start, n) + (first_extra if s == 0 else 0.0)
             c += last_extra if s == len(sz) - 1 else 0.0
             stage_cost.append(c)
             start += n

@@ -136,6 +136,38 @@ def test_send_shares_the_interface_with_a_running_all_to_all():
     assert _start_of(r, 1, "F1.1") == pytest.approx(2.1 + 1.0)
 
 
+class _SameInstantCoster:
+    """Rank 0's F of micro-batch 1 lasts 2.0 and its activations take 1.0 to send; everything else lasts 0.1 and
+    travels free. Rank 0's backwards keep its network interface busy the whole time (rho = 1)."""
+
+    def profile(self, rank, instruction):
+        duration = 2.0 if (rank, instruction.kind, instruction.microbatch) == (0, "F", 1) else 0.1
+        nic = duration if (rank == 0 and instruction.kind == "BW") else 0.0
+        return InstructionProfile(duration, duration, 0.0, nic_busy=nic)
+
+    def transfer(self, src, dst, kind, microbatch, stage):
+        return 1.0 if (kind, microbatch) == ("F", 1) else 0.0
+
+
+def test_send_shares_with_an_instruction_starting_at_the_same_instant():
+    """Rank 0 ends F1 at 2.1 and starts BW0 at once (its gradient arrived at 0.3): F1's send starts at the same
+    instant, under BW0's all-to-alls, so it takes 1.0 / (1 - 1/2) = 2.0 and F1.1 starts at 4.1, not 3.1."""
+    I = Instruction
+    programs = ((I("F", 0, 0), I("F", 1, 0), I("BW", 0, 0), I("BW", 1, 0)),
+                (I("F", 0, 1), I("BW", 0, 1), I("F", 1, 1), I("BW", 1, 1)))
+    r = run_pipeline(Schedule("two", 2, 2, 2, programs, lambda m, s: s), _SameInstantCoster())
+    assert _start_of(r, 0, "BW0.0") == pytest.approx(2.1)
+    assert _start_of(r, 1, "F1.1") == pytest.approx(2.1 + 2.0)
+
+
+def test_record_false_keeps_the_totals_and_drops_the_spans():
+    sched = build_schedule("1f1b", 4, 8)
+    full, bare = run_pipeline(sched, _SameInstantCoster()), run_pipeline(sched, _SameInstantCoster(), record=False)
+    assert bare.spans == () and len(full.spans) == 4 * 16
+    assert (bare.makespan, bare.busy_per_rank, bare.end_per_rank) == (full.makespan, full.busy_per_rank,
+                                                                     full.end_per_rank)
+
+
 class _GradSendCoster:
     """Instructions take 0.1; activations travel free, gradients take 1.0 to send."""
 

@@ -1,0 +1,71 @@
+"""Pricing by shape and stepping by structure (the speed work of the layout-search issue) change no figure."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from gpuhours.simulator.chunks import price_key
+from gpuhours.simulator.run import full_pipeline, interpolate_step, steps_for
+from gpuhours.simulator.scenario import load_scenario
+from gpuhours.workloads.ops import Op
+
+
+def test_price_key_ignores_the_layer_but_not_the_class():
+    norm = Op("L3.mlp.ffn_norm", "elementwise", "F", "mlp", 0.0, 1e6)
+    assert price_key(norm) == price_key(replace(norm, name="L57.mlp.ffn_norm"))
+    assert price_key(norm) != price_key(replace(norm, name="L3.mlp.experts.swiglu"))  # another bandwidth class
+    assert price_key(norm) != price_key(replace(norm, bytes=2e6))
+
+
+@pytest.fixture(scope="module")
+def small():
+    """DeepSeek-V3's layout shrunk: PP4 DualPipe on 32 GPUs, EP8."""
+    return load_scenario(gpus=32, pp=4, ep=8, seq_len=1024)
+
+
+def test_interpolated_steps_equal_simulated_ones(small):
+    """Every count of a full pipeline: the interpolated step is the simulated one (a fresh simulator) to 1e-9."""
+    counts = [8, 10, 12, 14, 16, 20]
+    assert min(counts) >= full_pipeline(small.parallel)
+    fast = steps_for(small.simulator(), counts)
+    slow = small.simulator()
+    for m in counts:
+        simulated = slow.step(m)
+        assert fast[m].step_time == pytest.approx(simulated.step_time, rel=1e-9)
+        assert fast[m].bubble_per_rank == pytest.approx(simulated.bubble_per_rank, rel=1e-9, abs=1e-9)
+        assert fast[m].tokens == simulated.tokens and fast[m].model_flops == pytest.approx(simulated.model_flops)
+    assert fast[10].pipeline.spans == ()  # interpolated: no timeline of its own
+
+
+def test_only_the_ends_and_the_check_are_simulated(small):
+    sim = small.simulator()
+    steps_for(sim, [8, 10, 12, 14, 16, 20])
+    assert sorted(m for m, _ in sim._cache) == [8, 14, 20]
+
+
+def test_counts_below_a_full_pipeline_are_simulated():
+    scenario = load_scenario(gpus=32, pp=4, ep=8, seq_len=1024, schedule="1f1b")
+    sim = scenario.simulator()
+    steps = steps_for(sim, [1, 2, 3, 8, 10, 12, 14, 16])
+    assert sorted(m for m, _ in sim._cache) == [1, 2, 3, 8, 12, 16]  # 1-3 below pp = 4; 8, 16 ends, 12 the check
+    assert steps[1].step_time == sim.step(1).step_time
+
+
+def test_the_check_catches_a_pipeline_still_filling():
+    """1F1B on PP4 with a heavier last stage: the step grows by a constant per micro-batch only from 5 on, so the
+    line through 4 and 8 misses 6 and every count is simulated."""
+    sim = load_scenario(gpus=32, pp=4, ep=8, seq_len=1024, schedule="1f1b").simulator()
+    steps_for(sim, [4, 5, 6, 7, 8])
+    assert sorted(m for m, _ in sim._cache) == [4, 5, 6, 7, 8]
+
+
+def test_a_line_that_does_not_fit_falls_back_to_simulating(small):
+    sim = small.simulator()
+    a, b = sim.step(8), sim.step(16)
+    bent = replace(b, step_time=b.step_time * 1.01)  # a step that is not on the line
+    assert interpolate_step(a, bent, 12).step_time != pytest.approx(sim.step(12).step_time, rel=1e-9)
+    sim._cache[(16, False)] = bent
+    steps_for(sim, [8, 10, 12, 14, 16])
+    assert {m for m, _ in sim._cache} == {8, 10, 12, 14, 16}

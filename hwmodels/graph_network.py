@@ -101,6 +101,7 @@ class GraphNetwork:
         self._index_graph()
         self._routes: dict[tuple[int, int], Route] = {}
         self._fabric_routes: dict[tuple, tuple[list, list, float] | None] = {}
+        self._next_hops: dict[tuple, dict] = {}
         self._dist: dict[tuple, dict] = {}
         self._phases: dict[tuple, tuple[Phase, ...]] = {}
         self._by_shape: dict[tuple, object] = {}
@@ -130,6 +131,34 @@ class GraphNetwork:
             if nic in g:
                 self._leaf[i] = next((v for v in g.successors(nic) if v[0] == "leaf"), None)
         self._by_node_local = {(int(self._node_of[i]), int(self._local_of[i])): i for i in gpus}
+        self._index_gpu_edges(gpus)
+
+    def _index_gpu_edges(self, gpus: list[int]) -> None:
+        """Per-GPU edge ids of the links every route starts or ends with (-1 where a GPU has none), the leaf of
+        its NIC as an integer id, and the GPU at each (node, local index): what vectorised routing reads."""
+        n, eid = len(gpus), self._eid
+        self._e_up_nvs, self._e_down_nvs = np.full(n, -1), np.full(n, -1)
+        self._e_gpu_nic, self._e_nic_leaf = np.full(n, -1), np.full(n, -1)
+        self._e_leaf_nic, self._e_nic_gpu = np.full(n, -1), np.full(n, -1)
+        self._leaf_id = np.full(n, -1)
+        self._leaves: list = []
+        leaf_ids: dict = {}
+        for i in gpus:
+            gpu, nvs = ("gpu", i), self._nvswitch.get(i)
+            if nvs is not None:
+                self._e_up_nvs[i], self._e_down_nvs[i] = eid[(gpu, nvs)], eid[(nvs, gpu)]
+            leaf = self._leaf.get(i)
+            if leaf is not None:
+                nic = ("nic", i)
+                self._e_gpu_nic[i], self._e_nic_leaf[i] = eid[(gpu, nic)], eid[(nic, leaf)]
+                self._e_leaf_nic[i], self._e_nic_gpu[i] = eid[(leaf, nic)], eid[(nic, gpu)]
+                if leaf not in leaf_ids:
+                    leaf_ids[leaf] = len(self._leaves)
+                    self._leaves.append(leaf)
+                self._leaf_id[i] = leaf_ids[leaf]
+        self._gpu_grid = np.full((self.num_nodes, max(self._by_node_local, key=lambda k: k[1])[1] + 1), -1)
+        for (node, local), i in self._by_node_local.items():
+            self._gpu_grid[node, local] = i
 
     def gpu_at(self, node: int, local: int) -> int:
         try:
@@ -138,23 +167,39 @@ class GraphNetwork:
             raise ValueError(f"no GPU at node {node}, local index {local}") from None
 
     # ------------------------------------------------------------------------------------------ routing
-    def _dist_to(self, target) -> dict:
-        """Hop distance of every switch to ``target`` over switch-to-switch links (BFS on predecessors)."""
-        d = self._dist.get(target)
-        if d is None:
-            d = {target: 0}
-            frontier = [target]
-            pred = self.graph._pred
+    def _toward(self, target) -> tuple[frozenset, dict, dict]:
+        """Shortest switch paths toward leaf ``target``: (its switch neighbours N, distance D of every switch to
+        N, each switch's next hops toward N). Every path into ``target`` ends with a hop from N, so its distance
+        is 1 + D and its next hops are those toward N; leaves under the same switches (a plane of a leaf/spine
+        fabric, a pod of a three-tier one) share one search."""
+        anchors = frozenset(w for w in self.graph._pred[target] if w[0] in SWITCH_KINDS)
+        hit = self._dist.get(anchors)
+        if hit is None:
+            dist = {a: 0 for a in anchors}
+            hops: dict = {}
+            frontier = sorted(anchors)
+            pred, eid = self.graph._pred, self._eid
             while frontier:
                 nxt = []
                 for u in frontier:
                     for w in pred[u]:
-                        if w[0] in SWITCH_KINDS and w not in d:
-                            d[w] = d[u] + 1
+                        if w[0] not in SWITCH_KINDS:
+                            continue
+                        if w not in dist:
+                            dist[w] = dist[u] + 1
                             nxt.append(w)
+                        if dist[w] == dist[u] + 1:
+                            hops.setdefault(w, []).append((u, eid[(w, u)]))
                 frontier = nxt
-            self._dist[target] = d
-        return d
+            hit = self._dist[anchors] = (dist, hops)
+        return (anchors,) + hit
+
+    def _hops_toward(self, u, target) -> list[tuple]:
+        """(next switch, edge id) of every shortest-path hop from switch u toward leaf ``target``."""
+        anchors, _, hops = self._toward(target)
+        if u in anchors:
+            return [(target, self._eid[(u, target)])]
+        return hops.get(u, [])
 
     def _fabric(self, src_leaf, dst_leaf):
         """ECMP split over all shortest switch paths src_leaf -> dst_leaf: (edge ids, fractions, latency)."""
@@ -164,11 +209,10 @@ class GraphNetwork:
         if src_leaf == dst_leaf:
             res = ([], [], 0.0)
         else:
-            dist = self._dist_to(dst_leaf)
-            if src_leaf not in dist:
+            anchors, dist, _ = self._toward(dst_leaf)
+            if src_leaf not in dist and src_leaf not in anchors:
                 res = None
             else:
-                succ = self.graph._succ
                 acc: dict[int, float] = {}
                 frontier = {src_leaf: 1.0}
                 while frontier:
@@ -176,10 +220,9 @@ class GraphNetwork:
                     for u, f in frontier.items():
                         if u == dst_leaf:
                             continue
-                        hops = [v for v in succ[u] if dist.get(v, -1) == dist[u] - 1]
+                        hops = self._hops_toward(u, dst_leaf)
                         share = f / len(hops)
-                        for v in hops:
-                            e = self._eid[(u, v)]
+                        for v, e in hops:
                             acc[e] = acc.get(e, 0.0) + share
                             nxt[v] = nxt.get(v, 0.0) + share
                     frontier = nxt
@@ -243,18 +286,81 @@ class GraphNetwork:
     # ------------------------------------------------------------------------------------------ flows
     def link_loads(self, flows: Sequence[tuple[int, int, float]]) -> np.ndarray:
         """Bytes carried by every edge (indexed like ``self.edges``) when all ``flows`` run together."""
-        ids, w = [], []
-        for s, d, b in flows:
-            if b < 0:
-                raise ValueError(f"flow bytes must be >= 0, got {b!r}")
-            if s == d or b == 0:
-                continue
-            r = self.route(s, d)
-            ids.append(r.links)
-            w.append(r.fractions * b)
-        if not ids:
-            return np.zeros(len(self._edges))
-        return np.bincount(np.concatenate(ids), weights=np.concatenate(w), minlength=len(self._edges))
+        return self._route_flows(flows)[0]
+
+    def _route_flows(self, flows) -> tuple[np.ndarray, np.ndarray]:
+        """(bytes per edge, latency per flow) of ``flows`` (src, dst, bytes), routed all at once as ``route``
+        routes one: NVLink inside a node; between nodes the sender's NIC, the fabric (ECMP, one cached split per
+        pair of leaves) and the receiver's NIC, where that rail connects them; else PXN, NVLink to the sending
+        node's GPU on the receiver's rail first. Flows with no bytes or to themselves carry nothing."""
+        f = np.asarray(flows, dtype=float).reshape(-1, 3)
+        if (f[:, 2] < 0).any() or np.isnan(f[:, 2]).any():
+            bad = f[:, 2][(f[:, 2] < 0) | np.isnan(f[:, 2])][0]
+            raise ValueError(f"flow bytes must be >= 0, got {bad!r}")
+        src, dst, nbytes = f[:, 0].astype(np.int64), f[:, 1].astype(np.int64), f[:, 2]
+        keep = (src != dst) & (nbytes > 0)
+        src, dst, nbytes = src[keep], dst[keep], nbytes[keep]
+        loads = np.zeros(len(self._edges))
+        if not len(src):
+            return loads, np.zeros(0)
+        for ids in (src, dst):
+            if ids.min() < 0 or ids.max() >= self.num_gpus:
+                raise ValueError(f"GPU ids must lie in [0, {self.num_gpus}), got {int(ids.min())}..{int(ids.max())}")
+        node, local, lat = self._node_of, self._local_of, self._lat
+        edges: list[np.ndarray] = []
+        weights: list[np.ndarray] = []
+        latency = np.zeros(len(src))
+
+        def nvlink(a, b, w):  # a -> NVSwitch -> b on a's node
+            edges.extend((self._e_up_nvs[a], self._e_down_nvs[b]))
+            weights.extend((w, w))
+            return lat[self._e_up_nvs[a]] + lat[self._e_down_nvs[b]]
+
+        intra = node[src] == node[dst]
+        latency[intra] = nvlink(src[intra], dst[intra], nbytes[intra])
+        inter = np.flatnonzero(~intra)
+        if len(inter):
+            a, b = src[inter], dst[inter]
+            fabric_ok = self._rails_connect(a, b)
+            if self.cross_rail == "pxn":
+                fabric_ok &= local[a] == local[b]
+            relay = np.where(fabric_ok, a, self._gpu_grid[node[a], local[b]])
+            hop = ~fabric_ok  # PXN: NVLink to the relay first
+            if hop.any() and not self._rails_connect(relay[hop], b[hop]).all():
+                bad = np.flatnonzero(hop)[~self._rails_connect(relay[hop], b[hop])][0]
+                raise ValueError(f"no network path from GPU {int(a[bad])} to GPU {int(b[bad])}")
+            first = np.zeros(len(a))
+            first[hop] = nvlink(a[hop], relay[hop], nbytes[inter][hop])
+            latency[inter] = 0.0 + first + self._rail(relay, b, nbytes[inter], edges, weights)
+        if edges:
+            loads += np.bincount(np.concatenate(edges), weights=np.concatenate(weights), minlength=len(self._edges))
+        return loads, latency
+
+    def _rails_connect(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Whether a's NIC reaches b's NIC through the fabric (both have NICs, their leaves are connected)."""
+        la, lb = self._leaf_id[a], self._leaf_id[b]
+        ok = (la >= 0) & (lb >= 0)
+        pairs, inverse = np.unique(np.stack([la, lb]), axis=1, return_inverse=True)
+        reach = np.array([x >= 0 and y >= 0 and self._fabric(self._leaves[x], self._leaves[y]) is not None
+                          for x, y in pairs.T], dtype=bool)
+        return ok & reach[inverse.reshape(-1)]
+
+    def _rail(self, a, b, w, edges: list, weights: list) -> np.ndarray:
+        """a's NIC -> its leaf -> fabric -> b's leaf -> b's NIC (rails known to connect); latency per flow."""
+        lat = self._lat
+        head, tail = (self._e_gpu_nic[a], self._e_nic_leaf[a]), (self._e_leaf_nic[b], self._e_nic_gpu[b])
+        edges.extend(head + tail)
+        weights.extend((w, w, w, w))
+        pairs, inverse = np.unique(np.stack([self._leaf_id[a], self._leaf_id[b]]), axis=1, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        pair_bytes = np.bincount(inverse, weights=w, minlength=pairs.shape[1])
+        mid_lat = np.zeros(pairs.shape[1])
+        for k, (x, y) in enumerate(pairs.T):
+            links, fractions, mid_lat[k] = self._fabric(self._leaves[x], self._leaves[y])
+            if links:
+                edges.append(np.asarray(links))
+                weights.append(np.asarray(fractions) * pair_bytes[k])
+        return (lat[head[0]] + lat[head[1]]) + (lat[tail[0]] + lat[tail[1]]) + mid_lat[inverse]
 
     @property
     def edges(self) -> list[tuple]:
@@ -262,11 +368,10 @@ class GraphNetwork:
 
     def price_flows(self, flows: Sequence[tuple[int, int, float]]) -> FlowCost:
         """All ``flows`` at once: max over links of bytes / capacity, plus the slowest path's latency."""
-        flows = list(flows)
-        loads = self.link_loads(flows)
+        loads, latency = self._route_flows(flows)
         t = loads / self._cap
         i = int(np.argmax(t))
-        lat = max((self.route(s, d).latency for s, d, b in flows if s != d and b > 0), default=0.0)
+        lat = float(latency.max()) if len(latency) else 0.0
         bw = float(t[i])
         return FlowCost(bw + lat, bw, lat, self._edges[i] if bw > 0 else None, loads)
 
@@ -278,10 +383,11 @@ class GraphNetwork:
     # ------------------------------------------------------------------------------------------ groups
     def groups_for(self, group: CommGroup) -> list[list[int]]:
         """GPU lists for a group shape: nodes 0..r-1, local indices 0..q-1; with ``concurrent`` every tile of
-        that shape over the cluster (q-blocks of local indices x r-blocks of nodes)."""
+        that shape over the cluster (q-blocks of local indices x r-blocks of nodes). A group inside one node
+        need not divide it (64 of an NVL72 rack's 72 GPUs): the node holds g // q such groups, the rest idle."""
         g, q, r = self.gpus_per_node, group.per_node, group.nodes
-        if q > g or g % q:
-            raise ValueError(f"group.per_node={q} must divide gpus_per_node={g}")
+        if q > g or (g % q and r > 1):
+            raise ValueError(f"group.per_node={q} must divide gpus_per_node={g} for a group across nodes")
         if r > self.num_nodes:
             raise ValueError(f"group spans {r} nodes but the cluster has {self.num_nodes}")
         node_blocks = self.num_nodes // r if self.concurrent else 1
@@ -491,7 +597,10 @@ class GraphNetwork:
         if ph is None:
             ib, nvl = self.ep_flows(groups, top_k, nodes_per_token)
             cost = self.price_flows(ib + nvl)
-            lat = sum(max((self.route(s, d).latency for s, d, _ in part), default=0.0) for part in (ib, nvl))
+            lat = 0.0
+            for part in (ib, nvl):
+                part_latency = self._route_flows(part)[1]
+                lat += float(part_latency.max()) if len(part_latency) else 0.0
             ph = (Phase(cost.bandwidth_s, lat, 1.0, 1, 1, cost.bottleneck),)
             self._phases[key] = ph
         if isinstance(group, CommGroup):

@@ -160,3 +160,82 @@ def test_report_busbw_convention(ds):
     rep = collective_report("all_gather", ds, group_size=8, nbytes=N)
     assert rep["busbw_GBps"] == pytest.approx(rep["algbw_GBps"] * 7 / 8)
     assert np.isfinite(rep["time_s"])
+
+
+def _loads_flow_by_flow(net, flows):
+    """The reference: each flow's own route (GraphNetwork.route), its bytes added link by link."""
+    loads = np.zeros(len(net.edges))
+    latency = 0.0
+    for s, d, b in flows:
+        if s != d and b > 0:
+            r = net.route(s, d)
+            np.add.at(loads, r.links, r.fractions * b)
+            latency = max(latency, r.latency)
+    return loads, latency
+
+
+@pytest.mark.parametrize("preset, overrides, cross_rail", [
+    ("deepseek-h800", {"gpus": 512}, "pxn"),                             # 8 planes: cross-rail flows relay
+    ("dgx-h100", {"gpus": 256, "oversubscription": 2.0}, "fabric"),      # one plane, climb to the spine
+    ("dgx-h100", {"gpus": 256}, "pxn"),
+])
+def test_flows_routed_together_load_the_links_as_flow_by_flow(preset, overrides, cross_rail):
+    """link_loads and price_flows route all flows at once; the per-flow routes must give the same bytes on every
+    link and the same slowest-path latency (random flows: inside nodes, same rail, across rails)."""
+    net = GraphNetwork(load_cluster_preset(preset, **overrides), cross_rail=cross_rail)
+    rng = np.random.default_rng(7)
+    n = net.num_gpus
+    flows = [(int(s), int(d), float(b)) for s, d, b in
+             zip(rng.integers(0, n, 600), rng.integers(0, n, 600), rng.uniform(0, 1e6, 600))]
+    flows += [(3, 3, 1e6), (5, 9, 0.0)]  # to itself, empty: carry nothing
+    expected, latency = _loads_flow_by_flow(net, flows)
+    assert net.link_loads(flows) == pytest.approx(expected, rel=1e-12, abs=1e-6)
+    assert net.price_flows(flows).latency_s == pytest.approx(latency, rel=1e-12)
+    assert expected.sum() > 0
+
+
+def test_routing_refuses_bad_flows(ds):
+    with pytest.raises(ValueError, match="flow bytes"):
+        ds.link_loads([(0, 9, -1.0)])
+    with pytest.raises(ValueError, match="GPU ids"):
+        ds.link_loads([(0, ds.num_gpus, 1.0)])
+
+
+def _ecmp_reference(net, a, b):
+    """ECMP split a -> b by the definition: networkx hop distances to b on the switch graph, every switch splitting
+    its share evenly over the neighbours one hop closer."""
+    import networkx as nx
+
+    switches = net.graph.subgraph(n for n, k in net.graph.nodes(data="kind") if k in ("leaf", "spine", "core"))
+    dist = nx.shortest_path_length(switches.reverse(copy=False), source=b)
+    loads, frontier = {}, {a: 1.0}
+    while frontier:
+        nxt = {}
+        for u, share in frontier.items():
+            if u == b:
+                continue
+            hops = [v for v in switches.successors(u) if dist.get(v, -1) == dist[u] - 1]
+            for v in hops:
+                loads[(u, v)] = loads.get((u, v), 0.0) + share / len(hops)
+                nxt[v] = nxt.get(v, 0.0) + share / len(hops)
+        frontier = nxt
+    return loads
+
+
+@pytest.mark.parametrize("preset, gpus, tiers", [("deepseek-h800", 2048, 2), ("dgx-h100", 4096, 3)])
+def test_fabric_routes_split_as_ecmp_by_definition(preset, gpus, tiers):
+    net = GraphNetwork(load_cluster_preset(preset, gpus=gpus, tiers=tiers))
+    leaves = sorted(n for n, k in net.graph.nodes(data="kind") if k == "leaf")
+    rng = np.random.default_rng(3)
+    checked = 0
+    for i, j in rng.integers(0, len(leaves), (40, 2)):
+        a, b = leaves[i], leaves[j]
+        got = net._fabric(a, b)
+        if got is None:  # different planes share no switch
+            assert a[1] != b[1]
+            continue
+        links, fractions, _ = got
+        mine = {net.edges[e]: f for e, f in zip(links, fractions)}
+        assert mine == pytest.approx(_ecmp_reference(net, a, b), rel=1e-12)
+        checked += 1
+    assert checked >= 5

@@ -167,7 +167,9 @@ SCENARIO_OPTIONS = dict(
     precision=typer.Option(None, "--precision", help="fp8 (DeepSeek-V3 recipe) or bf16"),
     batch=typer.Option(None, "--batch", help="Constant global batch in sequences (replaces the ramp)"),
     network=typer.Option(None, "--network", help="Network model: graph (fabric graph) or alpha-beta"),
-    cluster=typer.Option(None, "--cluster", help="Fabric preset for the graph model: deepseek-h800, dgx-h100"),
+    cluster=typer.Option(None, "--cluster", help="Fabric for the graph model: a preset (deepseek-h800, dgx-h100, "
+                                                 "dgx-h200, dgx-a100, roce-h100, gb200-nvl72) or a cluster .toml "
+                                                 "file with a preset's keys (hwmodels/data/clusters.toml)"),
     nic_gbps=typer.Option(None, "--nic-gbps", help="NIC bandwidth per GPU in Gb/s (e.g. 200)"),
     oversubscription=typer.Option(None, "--oversubscription", help="Leaf downlink:uplink ratio (e.g. 2)"),
     routing=typer.Option(None, "--routing", help="MoE routing: balanced, skew:<zipf s>, file:<loads.csv|npy>"),
@@ -602,12 +604,18 @@ def sweep(
 
 
 # ------------------------------------------------------------------------------------------------- network
+CLUSTER_HELP = ("Fabric preset (deepseek-h800, dgx-h100, dgx-h200, dgx-a100, roce-h100, gb200-nvl72) or a cluster "
+                ".toml file with a preset's keys (hwmodels/data/clusters.toml)")
+TIERS_HELP = "Force 2 (leaf/spine) or 3 (with a core tier) switch tiers; default: the preset's (auto: from the size)"
+
+
 @app.command()
 def collective(
     kind: str = typer.Argument(..., help="p2p, all_reduce, reduce_scatter, all_gather, all_to_all, ep_dispatch, "
                                          "ep_combine"),
-    cluster: str = typer.Option("deepseek-h800", "--cluster", help="Fabric preset: deepseek-h800, dgx-h100"),
+    cluster: str = typer.Option("deepseek-h800", "--cluster", help=CLUSTER_HELP),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="Resize the cluster to this many GPUs"),
+    tiers: Optional[int] = typer.Option(None, "--tiers", help=TIERS_HELP),
     group_size: Optional[int] = typer.Option(None, "--group-size", help="Ranks in the group"),
     per_node: Optional[int] = typer.Option(None, "--per-node", help="Ranks of the group per node"),
     nbytes: Optional[str] = typer.Option(None, "--bytes", help="Buffer size, e.g. 1G or 256M"),
@@ -634,6 +642,8 @@ def collective(
             overrides["nic_bw"] = nic_gbps / 8 * 1e9
         if oversubscription is not None:
             overrides["oversubscription"] = oversubscription
+        if tiers is not None:
+            overrides["tiers"] = tiers
         net = GraphNetwork(load_cluster_preset(cluster, **overrides))
         size = None if nbytes is None else parse_count(nbytes.upper().replace("B", "") or "0", "bytes")
         data = collective_report(kind, net, group_size=group_size, per_node=per_node, nbytes=size, tokens=tokens,
@@ -654,8 +664,9 @@ def collective(
 
 @app.command()
 def topology(
-    cluster: str = typer.Option("deepseek-h800", "--cluster", help="Fabric preset: deepseek-h800, dgx-h100"),
+    cluster: str = typer.Option("deepseek-h800", "--cluster", help=CLUSTER_HELP),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="Resize the cluster to this many GPUs"),
+    tiers: Optional[int] = typer.Option(None, "--tiers", help=TIERS_HELP),
     png: Optional[Path] = typer.Option(None, "--png", help="Draw a small cluster of the same kind (.png)"),
     as_json: bool = typer.Option(False, "--json"),
 ):
@@ -665,19 +676,22 @@ def topology(
     with user_errors():
         if png is not None:
             _output_path(png, (".png",), "--png")
-        spec = load_cluster_preset(cluster, **({"gpus": gpus} if gpus else {}))
+        spec = load_cluster_preset(cluster, **({"gpus": gpus} if gpus else {}),
+                                   **({"tiers": tiers} if tiers is not None else {}))
         info = describe(build_topology(spec))
         info["cluster"] = cluster
         if png is not None:
             from gpuhours.reports.topology_plot import draw_topology
 
-            small = spec.with_(gpus=min(spec.gpus, 4 * spec.gpus_per_node))
+            gpn = spec.gpus_per_node  # up to four nodes, at most 128 GPUs (one NVL72 rack)
+            small = spec.with_(gpus=min(spec.gpus, max(gpn, 128 // gpn * gpn) if gpn > 32 else 4 * gpn))
             draw_topology(small, png, title=f"{cluster}: {small.gpus} of {spec.gpus} GPUs drawn")
     if as_json:
         _echo_json(info)
         return
     sw = ", ".join(f"{n} {k}" for k, n in info["switches"].items() if n)
-    typer.echo(f"{cluster}: {info['gpus']} GPUs in {info['nodes']} nodes, {info['nics']} NICs; switches: {sw}")
+    typer.echo(f"{cluster}: {info['gpus']} GPUs in {info['nodes']} nodes, {info['nics']} NICs; {spec.tiers} switch "
+               f"tiers: {sw}")
     for tier, bw in info["tier_bandwidth_Bps"].items():
         if bw:
             typer.echo(f"  {tier:<11} {bw / 1e12:9.2f} TB/s (one direction, all links)")

@@ -230,6 +230,10 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
     if plan_fabric and load_gpu(c["gpu"]).key != gpu_spec.key:
         plan_fabric = None  # the plan's fabric belongs to its GPU; another GPU gets a generic fat-tree
     fabric = _fabric(cluster or plan_fabric, gpu_spec, cluster_spec, num_gpus, nic_gbps, oversubscription)
+    if cluster or plan_fabric:  # a named fabric sets the node size and the links of every network model
+        cluster_spec = replace(cluster_spec, gpus_per_node=fabric.gpus_per_node, nvlink_bw=fabric.nvlink_bw,
+                               ib_bw=fabric.nic_bw, nvlink_latency=fabric.nvlink_latency,
+                               ib_latency=fabric.ib_latency)
     if nic_gbps is not None:
         cluster_spec = replace(cluster_spec, ib_bw=nic_gbps / 8 * 1e9)
     dense = model_spec.moe is None
@@ -293,8 +297,11 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
 
 def _fabric(preset: str | None, gpu, cluster: ClusterSpec, num_gpus: int, nic_gbps: float | None,
             oversubscription: float | None) -> FabricSpec:
-    """The fabric for the graph model: a named preset (resized to the job's GPUs) or one built around the
-    cluster's achievable bandwidths; NIC speed and oversubscription may be overridden."""
+    """The fabric for the graph model: a named preset or a cluster file (``*.toml``, the keys of a preset; see
+    hwmodels/data/clusters.toml), resized to the job's GPUs with its tier count re-chosen when "auto", or one built
+    around the cluster's achievable bandwidths; NIC speed and oversubscription may be overridden."""
+    from gpuhours.hwmodels.topology import is_cluster_file
+
     overrides = {}
     if nic_gbps is not None:
         if not 0 < nic_gbps < float("inf"):
@@ -306,8 +313,9 @@ def _fabric(preset: str | None, gpu, cluster: ClusterSpec, num_gpus: int, nic_gb
         overrides["oversubscription"] = oversubscription
     if preset is None:
         return fabric_from_cluster(cluster, **overrides)
-    if preset not in list_cluster_presets():
-        raise ValueError(f"cluster must be one of {', '.join(list_cluster_presets())}; got {preset!r}")
+    if not is_cluster_file(preset) and preset not in list_cluster_presets():
+        raise ValueError(f"cluster must be one of {', '.join(list_cluster_presets())} or a cluster .toml file; "
+                         f"got {preset!r}")
     fabric = load_cluster_preset(preset, gpus=num_gpus, **overrides)
     if load_gpu(fabric.gpu).key != gpu.key:
         raise ValueError(f"cluster {preset!r} has {fabric.gpu} GPUs, not {gpu.key}; pick --gpu {fabric.gpu}")

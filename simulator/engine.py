@@ -117,33 +117,6 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
         done = env.timeout(base / (1.0 - rho / 2.0))
         done.callbacks.append(lambda _: (event.succeed(), next_on_nic(src)))
 
-    def outputs(src: int, instruction: Instruction) -> tuple[tuple[tuple[str, int, int], float], ...]:
-        """Where the outputs of an instruction's parts go: (arrival key, transfer seconds) per output. F's
-        activations go to the next stage (from the last stage, the loss lets its backward start); B's input
-        gradients go to the previous stage."""
-        out = []
-        for kind, microbatch, stage in instruction.parts():
-            if kind == "F":
-                target = ("F", microbatch, stage + 1) if stage + 1 < num_stages else ("B", microbatch, stage)
-            elif kind in ("B", "BW") and stage > 0:
-                target = ("B", microbatch, stage - 1)
-            else:
-                continue
-            dst = schedule.rank_of(microbatch, target[2])
-            sent = "F" if kind == "F" else "B"
-            out.append((target, 0.0 if dst == src else coster.transfer(src, dst, sent, microbatch, stage)))
-        return tuple(out)
-
-    def inputs(instruction: Instruction) -> tuple[tuple[str, int, int], ...]:
-        """The arrivals an instruction waits for: F(m, s) the activations of stage s-1, B/BW the gradients."""
-        keys = []
-        for kind, microbatch, stage in instruction.parts():
-            if kind == "F" and stage > 0:
-                keys.append(("F", microbatch, stage))
-            elif kind in ("B", "BW"):
-                keys.append(("B", microbatch, stage))
-        return tuple(keys)
-
     busy = [0.0] * pp
     comm_busy = [0.0] * pp
     executing = [0.0] * pp
@@ -154,23 +127,17 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
     counter = [0]
 
     def rank_process(rank: int, steps: list[tuple]):
-        live = 0
-        for instruction, prof, needs, forwards, weights, sends in steps:
-            pending = [event for event in map(arrival, needs) if not event.processed]
-            if len(pending) == 1:
-                yield pending[0]
-            elif pending:
-                yield simpy.AllOf(env, pending)
+        live, timeout, get = 0, env.timeout, arrived.get
+        for instruction, prof, needs, forwards, weights, sends, load in steps:
+            pending = [event for event in (get(key) or arrival(key) for key in needs) if event.callbacks is not None]
+            if pending:  # an input that has already arrived costs no event
+                yield pending[0] if len(pending) == 1 else simpy.AllOf(env, pending)
             start = env.now
             live += forwards
             if live > peak[rank]:
                 peak[rank] = live
-            nic_load[rank] = min(1.0, prof.nic_busy / prof.duration) if prof.duration > 0 else 0.0
-            nic_until[rank] = start + prof.duration
-            yield env.timeout(prof.duration)
-            busy[rank] += prof.compute_busy
-            comm_busy[rank] += prof.comm_busy
-            executing[rank] += prof.duration
+            nic_load[rank], nic_until[rank] = load, start + prof.duration
+            yield timeout(prof.duration)
             finish[rank] = env.now
             counter[0] += 1
             # Instruction spans sit on the compute stream; in detail mode they move to a "pipeline" lane and the
@@ -184,9 +151,9 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
             live -= weights
             for key, delay in sends:
                 if delay <= 0.0:
-                    arrival(key).succeed()
+                    (get(key) or arrival(key)).succeed()
                 else:  # queued on the interface now, so the send keeps its place ahead of what the rank does next
-                    submit(rank, (delay, arrival(key)))
+                    submit(rank, (delay, get(key) or arrival(key)))
         if tail is not None:
             slot = env.event()
             submit(rank, (None, slot))
@@ -198,13 +165,20 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
                                   "tail"))
         end[rank] = env.now
 
-    # Schedules are pure: every instruction's cost, inputs and outputs are known before the run starts.
-    for rank, program in enumerate(schedule.programs):
+    # Schedules are pure: every instruction's cost, inputs and outputs are known before the run starts, and so are
+    # each rank's busy totals (the run decides only when things happen).
+    transfer = coster.transfer
+    for rank, program in enumerate(_structure(schedule)):
         steps = []
-        for instruction in program:
-            parts = [kind for kind, _, _ in instruction.parts()]
-            steps.append((instruction, coster.profile(rank, instruction), inputs(instruction), parts.count("F"),
-                          sum(kind in ("W", "BW") for kind in parts), outputs(rank, instruction)))
+        for instruction, needs, forwards, weights, outs in program:
+            prof = coster.profile(rank, instruction)
+            load = min(1.0, prof.nic_busy / prof.duration) if prof.duration > 0 else 0.0
+            sends = tuple((key, 0.0 if dst == rank else transfer(rank, dst, sent, microbatch, stage))
+                          for key, dst, sent, microbatch, stage in outs)
+            steps.append((instruction, prof, needs, forwards, weights, sends, load))
+            busy[rank] += prof.compute_busy
+            comm_busy[rank] += prof.comm_busy
+            executing[rank] += prof.duration
         shares[rank] = any(step[1].nic_busy > 0 for step in steps)
         env.process(rank_process(rank, steps))
     env.run()
@@ -224,6 +198,47 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
         instructions_run=counter[0],
         spans=tuple(spans),
     )
+
+
+_STRUCTURES: dict[tuple, tuple] = {}
+
+
+def _structure(schedule: Schedule) -> tuple:
+    """Per rank, per instruction: (instruction, the arrivals it waits for, chunks it allocates, chunks it frees,
+    its outputs as (arrival key, destination rank, "F" or "B", micro-batch, stage)). F(m, s) waits for the
+    activations of stage s-1, B/BW(m, s) for the gradients; F's activations go to the next stage (from the last
+    stage the loss lets its backward start), B's input gradients to the previous stage. Cached per schedule
+    shape: schedules are pure."""
+    cache_key = (schedule.name, schedule.pp, schedule.num_microbatches, schedule.num_stages, id(schedule.placement))
+    hit = _STRUCTURES.get(cache_key)
+    if hit is not None and hit[0] is schedule.placement and hit[1] is schedule.programs:
+        return hit[2]
+    last = schedule.num_stages - 1
+    ranks = []
+    for program in schedule.programs:
+        rows = []
+        for instruction in program:
+            needs, outs, forwards, weights = [], [], 0, 0
+            for kind, microbatch, stage in instruction.parts():
+                if kind == "F":
+                    forwards += 1
+                    if stage > 0:
+                        needs.append(("F", microbatch, stage))
+                    target = ("F", microbatch, stage + 1) if stage < last else ("B", microbatch, stage)
+                    outs.append((target, schedule.rank_of(microbatch, target[2]), "F", microbatch, stage))
+                elif kind in ("B", "BW"):
+                    needs.append(("B", microbatch, stage))
+                    if stage > 0:
+                        target = ("B", microbatch, stage - 1)
+                        outs.append((target, schedule.rank_of(microbatch, stage - 1), "B", microbatch, stage))
+                if kind in ("W", "BW"):
+                    weights += 1
+            rows.append((instruction, tuple(needs), forwards, weights, tuple(outs)))
+        ranks.append(tuple(rows))
+    if len(_STRUCTURES) >= 16:
+        _STRUCTURES.pop(next(iter(_STRUCTURES)))
+    _STRUCTURES[cache_key] = (schedule.placement, schedule.programs, tuple(ranks))
+    return tuple(ranks)
 
 
 _AFTER_STARTS = 2  # an event priority after simpy's URGENT (0) and NORMAL (1)

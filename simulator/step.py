@@ -254,12 +254,19 @@ def rank_params(model: ModelSpec, p: ParallelSpec, stage_layers: tuple[int, ...]
 
 
 def _stages_per_rank(schedule) -> list[set[int]]:
+    """The stages each rank runs (from its program; remembered for the schedule last asked about)."""
+    if _LAST_STAGES and _LAST_STAGES[0] is schedule.programs:
+        return [set(x) for x in _LAST_STAGES[1]]
     stages: list[set[int]] = [set() for _ in range(schedule.pp)]
     for rank, program in enumerate(schedule.programs):
         for ins in program:
             for kind, _, stage in ins.parts():
                 stages[rank].add(stage)
+    _LAST_STAGES[:] = [schedule.programs, [frozenset(x) for x in stages]]
     return stages
+
+
+_LAST_STAGES: list = []
 
 
 def partition_layers(layer_cost: list[float], num_stages: int, first_extra: float = 0.0,

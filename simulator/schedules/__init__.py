@@ -14,6 +14,8 @@ a rank's parameter bytes are ``params_per_rank[r] / num_stages`` of the model's.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from gpuhours.simulator.instructions import Schedule
 from gpuhours.simulator.schedules.dualpipe import build_dualpipe
 from gpuhours.simulator.schedules.dualpipev import build_dualpipev
@@ -41,10 +43,16 @@ def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1) -> S
         raise ValueError(f"microbatches: {num_microbatches} micro-batches x {vpp} virtual stages x {pp} ranks is "
                          f"more than {MAX_CHUNKS:,} chunks a step; allowed: fewer micro-batches (a larger "
                          f"micro-batch size or more data-parallel replicas)")
+    if name != "interleaved-1f1b" and vpp != 1:
+        raise ValueError(f"vpp must be 1 for schedule {name!r} (only interleaved-1f1b has virtual stages), got {vpp!r}")
+    return _build(name, pp, num_microbatches, vpp)
+
+
+@lru_cache(maxsize=32)
+def _build(name: str, pp: int, num_microbatches: int, vpp: int) -> Schedule:
+    """Schedules are pure and immutable: one build serves every layout that shares (name, pp, m, vpp)."""
     if name == "interleaved-1f1b":
         return build_interleaved(pp, num_microbatches, vpp)
-    if vpp != 1:
-        raise ValueError(f"vpp must be 1 for schedule {name!r} (only interleaved-1f1b has virtual stages), got {vpp!r}")
     builder = {"1f1b": build_1f1b, "zb1p": build_zb1p, "dualpipe": build_dualpipe, "dualpipev": build_dualpipev}[name]
     return builder(pp, num_microbatches)
 

@@ -502,6 +502,32 @@ class GraphNetwork:
         self._phases[key] = res
         return res
 
+    def placed_phases(self, kind: str, layout, group: str) -> tuple[Phase, ...]:
+        """Phases of collective ``kind`` run by every group of kind ``group`` ("tp", "cp", "dp", "ep", "edp") of a
+        rank placement (``placement.RankLayout``), cached per (kind, layout, group)."""
+        key = ("placed", kind, layout, group)
+        hit = self._by_shape.get(key)
+        if hit is None:
+            hit = self._by_shape[key] = self.phases(kind, layout.groups(group))
+        return hit
+
+    def placed_ep_phase(self, layout, top_k: int, nodes_per_token) -> Phase:
+        """``ep_phase`` of every expert-parallel group of a rank placement, cached per layout."""
+        key = ("placed-ep", layout, top_k, tuple(sorted(_nodes_distribution(nodes_per_token, top_k).items())))
+        hit = self._by_shape.get(key)
+        if hit is None:
+            hit = self._by_shape[key] = self.ep_phase(layout.groups("ep"), top_k, nodes_per_token)
+        return hit
+
+    def placed_p2p(self, layout, src: int, dst: int) -> Phase:
+        """Pipeline sends from stage ``src`` to stage ``dst`` of a rank placement, every pipeline at once
+        (``RankLayout.pipeline_flows``): seconds per byte on the most loaded link and the slowest path's latency."""
+        key = ("placed-p2p", layout, src, dst)
+        hit = self._by_shape.get(key)
+        if hit is None:
+            hit = self._by_shape[key] = self._phase(layout.pipeline_flows(src, dst), 1.0, 1, 1)
+        return hit
+
     def collective_time(self, kind: str, nbytes: float, groups: Sequence[Sequence[int]],
                         algorithm: str = "auto") -> float:
         """Seconds for ``kind`` on ``nbytes`` (the full buffer per rank; all_to_all: bytes each rank sends in
@@ -569,17 +595,18 @@ class GraphNetwork:
         ib, nvl = [], []
         for grp in groups:
             per_node = self._by_node(grp)
-            r, g = len(per_node), len(per_node[0])
+            r = len(per_node)
             capped: dict[int, float] = {}
             for d, w in dist.items():
                 capped[min(d, r)] = capped.get(min(d, r), 0.0) + w
             mean_d = sum(d * w for d, w in capped.items())
-            w_fwd = sum(w * d * (1 - (1 - 1 / g) ** (top_k / d)) for d, w in capped.items())
             for n, src_node in enumerate(per_node):
+                g = len(src_node)  # a group straddling nodes unevenly (a stage across NVL72 racks) has several g
+                w_fwd = sum(w * d * (1 - (1 - 1 / g) ** (top_k / d)) for d, w in capped.items()) if g > 1 else 0.0
                 for i, a in enumerate(src_node):
                     for m, dst_node in enumerate(per_node):
                         if m != n:
-                            ib.append((a, dst_node[i], mean_d / r))
+                            ib.append((a, dst_node[i % len(dst_node)], mean_d / r))
                     nvl += [(a, b, w_fwd) for b in src_node if b != a]
         return ib, nvl
 

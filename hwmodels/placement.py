@@ -123,3 +123,95 @@ class Placement:
     def _check_rank(self, rank: int) -> None:
         if not (isinstance(rank, int) and 0 <= rank < self.world):
             raise ValueError(f"rank must be an integer in [0, {self.world}), got {rank!r}")
+
+
+@dataclass(frozen=True)
+class RankLayout:
+    """Which GPU every rank of a (tp, cp, dp, pp) layout runs on, and every communication group as GPU lists.
+
+    Ranks are numbered in mixed radix over ``order`` (innermost first) and rank r runs on GPU r, so the default
+    ("tp", "cp", "dp", "pp") keeps a tensor-parallel group inside a node, then context and data parallelism,
+    with pipeline stages outermost; ("tp", "pp", "cp", "dp") puts neighbouring stages on neighbouring nodes
+    instead. Expert-parallel groups take ``ep`` consecutive ranks of a stage in the stage's own numbering (the
+    order without pp), as Megatron-Core's tp-cp-ep-dp convention does; an expert shard's replicas ("edp") are
+    the stage's ranks ep apart in that numbering.
+    """
+
+    tp: int = 1
+    cp: int = 1
+    dp: int = 1
+    pp: int = 1
+    ep: int = 1
+    order: tuple[str, ...] = ("tp", "cp", "dp", "pp")
+
+    @classmethod
+    def of(cls, parallel) -> "RankLayout":
+        return cls(parallel.tp, parallel.cp, parallel.dp, parallel.pp, parallel.ep, tuple(parallel.order))
+
+    def __post_init__(self) -> None:
+        for axis in ("tp", "cp", "dp", "pp", "ep"):
+            v = getattr(self, axis)
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"RankLayout.{axis} must be an integer >= 1, got {v!r}")
+        if sorted(self.order) != ["cp", "dp", "pp", "tp"]:
+            raise ValueError(f"RankLayout.order must be a permutation of tp, cp, dp, pp, got {self.order!r}")
+        if self.stage_size % self.ep:
+            raise ValueError(f"ep ({self.ep}) must divide the {self.stage_size} ranks of a stage")
+
+    @property
+    def stage_size(self) -> int:
+        return self.tp * self.cp * self.dp
+
+    def stride(self, axis: str) -> int:
+        stride = 1
+        for a in self.order:
+            if a == axis:
+                return stride
+            stride *= getattr(self, a)
+        raise ValueError(f"axis must be one of {self.order}, got {axis!r}")
+
+    def gpu(self, tp: int = 0, cp: int = 0, dp: int = 0, pp: int = 0) -> int:
+        return tp * self.stride("tp") + cp * self.stride("cp") + dp * self.stride("dp") + pp * self.stride("pp")
+
+    def stage(self, pp: int) -> list[int]:
+        """GPUs of pipeline stage ``pp`` in the stage's own numbering (the order without pp)."""
+        inner = [a for a in self.order if a != "pp"]
+        out = []
+        for local in range(self.stage_size):
+            coords, rest = {"pp": pp}, local
+            for a in inner:
+                coords[a], rest = rest % getattr(self, a), rest // getattr(self, a)
+            out.append(self.gpu(**coords))
+        return out
+
+    def groups(self, name: str) -> list[list[int]]:
+        """Every group of kind ``name`` across the machine (they all run their collective at once): "tp", "cp",
+        "dp" (a dense shard's gradient group: dp x cp ranks), "ep", "edp" (an expert shard's replicas)."""
+        out = []
+        for pp in range(self.pp):
+            stage = self.stage(pp)
+            if name in ("ep", "edp"):
+                if name == "ep":
+                    out += [sorted(stage[i:i + self.ep]) for i in range(0, len(stage), self.ep)]
+                else:
+                    out += [sorted(stage[j::self.ep]) for j in range(self.ep)]
+                continue
+            axes = {"tp": ("tp",), "cp": ("cp",), "dp": ("dp", "cp")}.get(name)
+            if axes is None:
+                raise ValueError(f"group must be one of tp, cp, dp, ep, edp; got {name!r}")
+            seen: set[int] = set()
+            for g in stage:
+                if g in seen:
+                    continue
+                base = g - sum(((g // self.stride(a)) % getattr(self, a)) * self.stride(a) for a in axes)
+                members = [base]
+                for a in axes:
+                    members = [m + i * self.stride(a) for i in range(getattr(self, a)) for m in members]
+                seen.update(members)
+                out.append(sorted(members))
+        return out
+
+    def pipeline_flows(self, src: int, dst: int) -> list[tuple[int, int, float]]:
+        """One unit flow from every GPU of stage ``src`` to its counterpart in stage ``dst``: every pipeline
+        (data-parallel replica and shard) sends at once."""
+        return [(a, b, 1.0) for a, b in zip(self.stage(src), self.stage(dst))]

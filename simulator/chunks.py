@@ -38,6 +38,7 @@ from functools import lru_cache
 
 from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
 from gpuhours.hwmodels.compute import ComputeModel, elementwise_class
+from gpuhours.hwmodels.placement import RankLayout
 from gpuhours.simulator.engine import InstructionProfile
 from gpuhours.simulator.instructions import Instruction
 from gpuhours.simulator.overlap import exposed_streamed
@@ -101,14 +102,18 @@ class HardwareCoster:
         self.compute, self.network, self.seq_len, self.opts = compute, network, seq_len, opts
         sms = cluster.gpu.sms
         self.sm_fraction = parallel.compute_sm_fraction(sms)
-        self.nodes_per_token = (opts.nodes_per_token if opts.nodes_per_token is not None
-                                else expected_nodes_per_token(model, parallel.ep, cluster.gpus_per_node))
         self.stage_layers, self.recipe = tuple(stage_layers), recipe
         self._stages: tuple[tuple[LayerPasses, ...], ...] | None = None
         self._profile = lru_cache(maxsize=None)(self._build_profile)
         self._segment_time = lru_cache(maxsize=None)(self._price_segment)
         self._op_times: dict[tuple, float] = {}
-        self._transfer: float | None = None
+        self._transfers: dict[tuple[int, int], object] = {}
+        self.layout = RankLayout.of(parallel)
+        self.placed = hasattr(network, "placed_phases")  # the fabric graph prices the placement's own groups
+        self._groups: dict[str, list[list[int]]] = {}
+        ep_per_node = self.comm_group("ep").per_node  # the nodes an EP group spans under the placement
+        self.nodes_per_token = (opts.nodes_per_token if opts.nodes_per_token is not None
+                                else expected_nodes_per_token(model, parallel.ep, ep_per_node))
 
     @property
     def stages(self) -> tuple[tuple[LayerPasses, ...], ...]:
@@ -138,27 +143,49 @@ class HardwareCoster:
         if op.kind != "collective":
             return self.compute.duration(op, sm_fraction=self.sm_fraction)
         if op.group == "ep":
+            if self.placed:
+                if self.parallel.ep == 1:
+                    return 0.0
+                phase = self.network.placed_ep_phase(self.layout, self.model.moe.top_k, self.nodes_per_token)
+                return phase.time(op.tokens * op.bytes_per_token)
             return self.network.ep_all_to_all(op.tokens, op.bytes_per_token, self.model.moe.top_k,
                                               self.nodes_per_token, self.comm_group("ep"))
-        wire = getattr(self.network, op.collective)(op.comm_bytes, self.comm_group(op.group))
+        wire = self.collective(op.collective, op.comm_bytes, op.group)
         if op.overlaps is not None:  # tp_comm_overlap: pipelined with its GEMM in tp pieces
             return exposed_streamed(wire, self.parallel.tp, self.op_time(op.overlaps))
         return wire
 
+    def collective(self, kind: str, nbytes: float, group: str) -> float:
+        """Seconds of collective `kind` on `nbytes` run by every group of kind `group` at once. On the fabric
+        graph the groups are the placement's GPU lists (`RankLayout`); a network model without a graph takes
+        their shape."""
+        if not self.placed:
+            return getattr(self.network, kind)(nbytes, self.comm_group(group))
+        if not nbytes >= 0:
+            raise ValueError(f"nbytes must be >= 0, got {nbytes!r}")
+        return sum(ph.time(nbytes) for ph in self.network.placed_phases(kind, self.layout, group))
+
+    def groups(self, name: str) -> list[list[int]]:
+        """Every group of kind `name` ("tp", "cp", "dp", "ep", "edp") as GPU lists under the layout's order."""
+        if name not in self._groups:
+            self._groups[name] = self.layout.groups(name)
+        return self._groups[name]
+
     def comm_group(self, name: str) -> CommGroup:
-        """The ranks of a collective group. Placement: TP inside a node, then CP, then EP, then DP, PP outermost,
-        so a context-parallel group ("cp") is tp ranks apart, a dense shard's gradient group ("dp": the dp x cp
-        ranks that hold it) tp ranks apart and an expert shard's ("edp") ep apart."""
-        p, gpn = self.parallel, self.cluster.gpus_per_node
-        if name == "ep":
-            return CommGroup(p.ep, min(p.ep, gpn))
-        if name == "dp":
-            return CommGroup(p.grad_dp, max(1, min(gpn // p.tp, p.grad_dp)))
-        if name == "cp":
-            return CommGroup(p.cp, max(1, min(gpn // p.tp, p.cp)))
-        if name == "edp":
-            return CommGroup(p.expert_dp, max(1, min(gpn // p.ep, p.expert_dp)))
-        return CommGroup(p.tp, min(p.tp, gpn))
+        """The shape of a collective group under the placement (`RankLayout`; by default TP inside a node, then
+        CP, then DP with expert groups on consecutive ranks of a stage, PP outermost): its size and the most of
+        its ranks any node holds."""
+        if name not in ("tp", "cp", "dp", "ep", "edp"):
+            name = "tp"
+        first = self.groups(name)[0]
+        gpn = self.cluster.gpus_per_node
+        counts: dict[int, int] = {}
+        for gpu in first:
+            counts[gpu // gpn] = counts.get(gpu // gpn, 0) + 1
+        per_node = max(counts.values())
+        while len(first) % per_node:  # uneven placements: the largest even split under the densest node
+            per_node -= 1
+        return CommGroup(len(first), per_node)
 
     def _price_segment(self, segment: Segment) -> float:
         return sum(self.op_time(op) for op in segment.ops)
@@ -187,17 +214,25 @@ class HardwareCoster:
         return self._profile(instruction.kind, instruction.stage, instruction.b_stage)
 
     def transfer(self, src: int, dst: int, kind: str, microbatch: int, stage: int) -> float:
-        """Activations (forward) or their gradients (backward) of one micro-batch, BF16, between pipeline ranks.
-        Pipeline neighbours sit on different nodes unless a whole stage fits in less than a node. Each rank sends
-        its own tokens: micro_batch_size x seq_len / cp (/ tp under sequence parallelism)."""
-        if self._transfer is None:  # the same for every send of the step
-            tokens = self.parallel.micro_batch_size * self.seq_len // self.parallel.cp
-            if self.parallel.sequence_parallel:
-                tokens //= self.parallel.tp
-            nbytes = tokens * self.model.hidden * BF16
-            intra = self.parallel.num_gpus // self.parallel.pp < self.cluster.gpus_per_node
-            self._transfer = self.network.p2p(nbytes, intra_node=intra)
-        return self._transfer
+        """Activations (forward) or their gradients (backward) of one micro-batch, BF16, from pipeline rank src to
+        dst. Each rank sends its own tokens: micro_batch_size x seq_len / cp (/ tp under sequence parallelism).
+        On the fabric graph every pipeline sends at once, GPU to GPU as the placement puts stages
+        (`RankLayout.pipeline_flows`), so shared and oversubscribed links are charged for all of them; a network
+        model without a graph prices one send, inside a node when a whole stage fits in less than one."""
+        cost = self._transfers.get((src, dst))
+        if cost is None:
+            if self.placed:
+                cost = self.network.placed_p2p(self.layout, src, dst)
+            else:
+                cost = self.parallel.num_gpus // self.parallel.pp < self.cluster.gpus_per_node
+            self._transfers[(src, dst)] = cost
+        tokens = self.parallel.micro_batch_size * self.seq_len // self.parallel.cp
+        if self.parallel.sequence_parallel:
+            tokens //= self.parallel.tp
+        nbytes = tokens * self.model.hidden * BF16
+        if self.placed:
+            return cost.time(nbytes)
+        return self.network.p2p(nbytes, intra_node=cost)
 
     def _build_profile(self, kind: str, stage: int, b_stage: int | None) -> InstructionProfile:
         tasks: list[_Task] = []
@@ -267,10 +302,7 @@ class HardwareCoster:
         return len(tasks) - 1
 
     def _crosses_nodes(self, seg: Segment) -> bool:
-        size = {"ep": self.parallel.ep, "tp": self.parallel.tp}
-        return any(op.kind == "collective" and (self.comm_group(op.group).nodes > 1 if op.group in ("dp", "edp", "cp")
-                                                else size.get(op.group, 1) > self.cluster.gpus_per_node)
-                   for op in seg.ops)
+        return any(op.kind == "collective" and self.comm_group(op.group).nodes > 1 for op in seg.ops)
 
 
 def price_key(op: Op) -> tuple:

@@ -131,7 +131,7 @@ PLAN_TYPES = {
     "parallel": {"pp": int, "ep": int, "tp": int, "cp": int, "vpp": int, "schedule": str, "micro_batch_size": int,
                  "comm_sms": int, "zero_stage": int, "dp_bucket_params": int, "reshard_after_forward": bool,
                  "overlap_grad_reduce": bool, "overlap_param_gather": bool, "tp_comm_overlap": bool,
-                 "sequence_parallel": bool},
+                 "sequence_parallel": bool, "order": str},
     "run": {"tokens": _COUNT, "seq_len": int, "batch_start": int, "batch_end": int, "ramp_tokens": _COUNT,
             "price_per_gpu_hour": _NUMBER},
     "numerics": {"fp8": bool, "recompute": (str, bool), "attention_kernel": str},
@@ -200,7 +200,8 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
                   stage_layers: tuple[int, ...] | None = None, recompute: str | None = None,
                   overlap_grad_reduce: bool | None = None, overlap_param_gather: bool | None = None,
                   zero_stage: int | None = None, cp: int | None = None,
-                  attention_kernel: str | None = None, tp_comm_overlap: bool | None = None) -> Scenario:
+                  attention_kernel: str | None = None, tp_comm_overlap: bool | None = None,
+                  order: str | tuple[str, ...] | None = None) -> Scenario:
     """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field (a missing plan
     key too: "plan 'p.toml': missing key 'gpus'").
 
@@ -259,6 +260,7 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
         dp_bucket_params=par.get("dp_bucket_params", 0),
         tp_comm_overlap=par.get("tp_comm_overlap", False) if tp_comm_overlap is None else tp_comm_overlap,
         sequence_parallel=par.get("sequence_parallel", ParallelSpec.sequence_parallel),
+        order=order if order is not None else par.get("order", ParallelSpec.order),
     )
     parallel.check_model(model_spec)
     ramp = BatchRamp(run["batch_start"], run["batch_end"], parse_count(run.get("ramp_tokens", 0), "ramp_tokens"))

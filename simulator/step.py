@@ -16,7 +16,7 @@ import numpy as np
 
 from dataclasses import dataclass, field
 
-from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
+from gpuhours.hwmodels.cluster import ClusterSpec
 from gpuhours.hwmodels.compute import ComputeModel
 from gpuhours.simulator.overlap import exposed_streamed as exposed_streamed_gather  # noqa: F401 (re-exported)
 from gpuhours.simulator.chunks import HardwareCoster
@@ -176,23 +176,22 @@ class StepSimulator:
         gather of the step streams unit by unit under the first forward (`exposed_streamed_gather`; charged
         here, on the rank's tail, rather than before its first forward, so its delay is not carried down the
         pipeline)."""
-        p, net, gpn = self.parallel, self.network, self.cluster.gpus_per_node
+        p = self.parallel
         dense, expert = self.rank_params(stages)
-        # Placement (TP inside a node, then CP, then EP, then DP, PP outermost): a dense shard's dp x cp replicas
-        # (context-parallel ranks hold the same parameters) are tp ranks apart, an expert shard's replicas ep apart.
-        dense_group = CommGroup(p.grad_dp, max(1, min(gpn // p.tp, p.grad_dp)))
-        expert_group = CommGroup(p.expert_dp, max(1, min(gpn // p.ep, p.expert_dp)))
+        # The groups come from the placement (`RankLayout`): a dense shard's dp x cp replicas (context-parallel
+        # ranks hold the same parameters), an expert shard's replicas ("edp").
         reduce = gather = 0.0
-        for n_params, group in ((dense, dense_group), (expert, expert_group)):
-            if n_params == 0 or group.size == 1:
+        collective = self.coster.collective
+        for n_params, size, group in ((dense, p.grad_dp, "dp"), (expert, p.expert_dp, "edp")):
+            if n_params == 0 or size == 1:
                 continue
             if p.zero_stage == 3 and not p.fsdp_once_per_step:  # layer by layer inside the instructions
                 continue
             if p.zero_stage in (1, 2, 3):  # gradients reduced in their stored dtype, the working copy gathered
-                reduce += net.reduce_scatter(n_params * self.recipe.grad_bytes, group)
-                gather += net.all_gather(n_params * self.recipe.weight_bytes, group)
+                reduce += collective("reduce_scatter", n_params * self.recipe.grad_bytes, group)
+                gather += collective("all_gather", n_params * self.recipe.weight_bytes, group)
             else:
-                reduce += net.all_reduce(n_params * self.recipe.grad_bytes, group)
+                reduce += collective("all_reduce", n_params * self.recipe.grad_bytes, group)
         buckets = max(1, math.ceil((dense + expert) / p.bucket_params))
         if p.fsdp_once_per_step:
             units = sum(self.stage_layers[s] for s in stages)

@@ -278,12 +278,15 @@ def test_top_of_rack_leaves_may_split_a_node():
 
 
 def test_nvl72_estimate_keeps_expert_parallelism_inside_the_rack():
-    """1,152 GB200 at PP18: 64 GPUs per stage, so EP64 fits one 72-GPU NVLink domain; the scenario takes the
-    node size from the fabric and every token's experts are on its own node (1.00 nodes per token)."""
-    from gpuhours.simulator.scenario import load_scenario
+    """1,152 GB200 at PP18: 64 GPUs per stage on 72-GPU racks, so the scenario takes the node size from the
+    fabric; stage 0's EP64 group fills most of rack 0 (one NVLink domain, no NIC), while stage 1 straddles
+    racks 0 and 1 (8 + 56 GPUs) as the default rank order places it, and the estimate prices both."""
+    from gpuhours.simulator.scenario import estimate, load_scenario
 
-    scenario = load_scenario(gpu="gb200", gpus=1152, pp=18, cluster="gb200-nvl72")
+    scenario = load_scenario(gpu="gb200", gpus=1152, pp=18, cluster="gb200-nvl72", tokens=1e9)
     assert scenario.cluster.gpus_per_node == 72
     coster = scenario.simulator().coster
-    assert coster.nodes_per_token == 1.0
-    assert coster.comm_group("ep").nodes == 1
+    groups = coster.groups("ep")
+    assert {g // 72 for g in groups[0]} == {0}
+    assert sorted({g // 72 for g in groups[1]}) == [0, 1]
+    assert estimate(scenario).gpu_hours > 0

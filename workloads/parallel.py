@@ -70,6 +70,7 @@ class ParallelSpec:
     overlap_param_gather: bool = False
     dp_bucket_params: int = 0
     reshard_after_forward: bool = True
+    order: tuple[str, ...] = ("tp", "cp", "dp", "pp")  # rank placement, innermost first (`parse_order`)
 
     def __post_init__(self) -> None:
         for name in ("num_gpus", "pp", "ep", "tp", "cp", "micro_batch_size", "vpp"):
@@ -102,6 +103,7 @@ class ParallelSpec:
             raise ValueError(
                 f"ep ({self.ep}) must divide the {self.dp * self.tp * self.cp} ranks of a pipeline stage (dp x tp x cp)"
             )
+        object.__setattr__(self, "order", parse_order(self.order))
         if self.schedule in ("dualpipe", "dualpipev") and self.pp % 2:
             raise ValueError(f"pp must be even for {self.schedule}, got {self.pp}")
 
@@ -186,3 +188,25 @@ class ParallelSpec:
                 raise ValueError(
                     f"stage_layers must be non-negative and add up to the model's {model.n_layers} layers"
                 )
+
+
+ORDER_AXES = ("tp", "cp", "dp", "pp")
+
+
+def parse_order(value) -> tuple[str, ...]:
+    """A rank placement order, innermost (fastest-varying over GPU ids) first: a permutation of tp, cp, dp and
+    pp, as a tuple or a dash-joined string ("tp-cp-dp-pp", the default: tensor parallelism inside a node,
+    pipeline stages outermost). Megatron-Core's spelling with ep ("tp-cp-ep-dp-pp") is accepted where ep stands
+    right before dp: expert groups always take consecutive ranks of a stage (`hwmodels.placement.RankLayout`).
+    Raises ValueError naming `order` and the allowed values."""
+    axes = tuple(value.split("-")) if isinstance(value, str) else tuple(value)
+    if "ep" in axes:
+        i = axes.index("ep")
+        if axes.count("ep") == 1 and i + 1 < len(axes) and axes[i + 1] == "dp":
+            axes = axes[:i] + axes[i + 1:]
+        else:
+            axes = axes + ("?",)  # refused below
+    if sorted(axes) != sorted(ORDER_AXES) or not all(isinstance(a, str) for a in axes):
+        raise ValueError(f"order must be a permutation of tp, cp, dp, pp joined by '-' (ep allowed right before "
+                         f"dp), innermost first, e.g. tp-cp-dp-pp; got {value!r}")
+    return axes

@@ -1,0 +1,79 @@
+"""Rank placement order (issue 12, item 3): which links pipeline sends and data-parallel collectives use."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpuhours.hwmodels.placement import RankLayout
+from gpuhours.simulator.scenario import load_scenario
+from gpuhours.workloads.parallel import ParallelSpec, parse_order
+
+
+def test_default_order_keeps_tp_in_a_node_and_stages_outermost():
+    layout = RankLayout(tp=8, cp=1, dp=4, pp=2)
+    assert layout.groups("tp")[0] == list(range(8))
+    assert layout.groups("dp")[0] == [0, 8, 16, 24]          # tp ranks apart
+    assert layout.pipeline_flows(0, 1)[0] == (0, 32, 1.0)    # the next stage is a whole stage further
+    assert len(layout.groups("dp")) == 2 * 8                 # every stage's and every tp rank's group
+
+
+def test_stages_inside_data_parallelism():
+    layout = RankLayout(tp=8, cp=1, dp=4, pp=2, order=parse_order("tp-cp-pp-dp"))
+    assert layout.pipeline_flows(0, 1)[0] == (0, 8, 1.0)     # the next node
+    assert layout.groups("dp")[0] == [0, 16, 32, 48]         # tp x pp ranks apart
+
+
+def test_expert_groups_take_consecutive_ranks_of_a_stage():
+    layout = RankLayout(tp=1, cp=1, dp=128, pp=2, ep=64)
+    assert layout.groups("ep")[0] == list(range(64))
+    assert layout.groups("edp")[0] == [0, 64]
+    assert layout.groups("ep")[2] == list(range(128, 192))   # stage 1
+
+
+def test_order_is_checked():
+    assert parse_order("tp-cp-ep-dp-pp") == ("tp", "cp", "dp", "pp")   # Megatron-Core's spelling
+    with pytest.raises(ValueError, match="order must be a permutation"):
+        ParallelSpec(16, order="tp-dp-pp")
+    with pytest.raises(ValueError, match="order must be a permutation"):
+        parse_order("tp-ep-cp-dp-pp")
+
+
+def _coster(order: str, oversubscription: float):
+    """Llama-3-70B on 1,024 H100 of a DGX SuperPOD (four scalable units of 32 nodes), TP8 PP4 DP32."""
+    scenario = load_scenario(model="llama-3-70b", gpu="h100-sxm", gpus=1024, tp=8, pp=4, ep=1, schedule="1f1b",
+                             cluster="dgx-h100", oversubscription=oversubscription, order=order, batch=1024,
+                             tokens=1e9)
+    return scenario.simulator().coster
+
+
+def test_oversubscription_slows_what_crosses_the_spines_and_nothing_else():
+    """A 16:1 leaf gives its 32 NICs 2 ports' worth of uplink. Default order: a stage is exactly one scalable
+    unit (32 nodes under one leaf per rail), so all 32 pipeline sends of a leaf leave through the spines: each
+    gets 1/16 of its NIC; the data-parallel groups stay under their leaves (unchanged). Stages inside data
+    parallelism (tp-cp-pp-dp): neighbouring stages share a leaf (sends unchanged) while a data-parallel ring
+    visits every fourth node across all four units; a ring leaves each unit once per group, so 4 groups' flows
+    (one per stage) share each leaf's 2 ports of uplink: the ring's bandwidth term halves."""
+    nbytes = 1e12  # latency negligible
+    flat, over = _coster("tp-cp-dp-pp", 1.0), _coster("tp-cp-dp-pp", 16.0)
+    send = [c.network.placed_p2p(c.layout, 0, 1) for c in (flat, over)]  # seconds per byte, latency
+    assert send[1].coef / send[0].coef == pytest.approx(16.0, rel=1e-9)
+    assert send[1].latency == pytest.approx(send[0].latency)
+    dp = flat.collective("reduce_scatter", nbytes, "dp"), over.collective("reduce_scatter", nbytes, "dp")
+    assert dp[1] == pytest.approx(dp[0], rel=1e-9)
+
+    flat, over = _coster("tp-cp-pp-dp", 1.0), _coster("tp-cp-pp-dp", 16.0)
+    assert over.transfer(0, 1, "F", 0, 0) == pytest.approx(flat.transfer(0, 1, "F", 0, 0), rel=1e-9)
+    dp = flat.collective("reduce_scatter", nbytes, "dp"), over.collective("reduce_scatter", nbytes, "dp")
+    assert dp[1] / dp[0] == pytest.approx(2.0, rel=0.01)
+
+
+def test_stages_inside_a_node_send_over_nvlink():
+    """TP2 PP4 on 8-GPU nodes with pp inside dp: all four stages of a pipeline share a node, so a send is an
+    NVLink transfer (400 GB/s x 0.8 per direction on H100), not a 50 GB/s NIC one."""
+    scenario = load_scenario(model="llama-3-70b", gpu="h100-sxm", gpus=64, tp=2, pp=4, ep=1, schedule="1f1b",
+                             cluster="dgx-h100", order="tp-cp-pp-dp", batch=64, tokens=1e9)
+    coster = scenario.simulator().coster
+    spec = scenario.network().spec
+    nbytes = 4096 * 8192 * 2 // 2  # a micro-batch's activations, sequence-parallel over tp=2
+    t = coster.transfer(0, 1, "F", 0, 0)
+    assert t == pytest.approx(nbytes / spec.nvlink_bw + spec.nvlink_latency, rel=1e-6)

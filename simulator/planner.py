@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import lru_cache
 
+from gpuhours.simulator.plan_rows import Candidate, PlanResult, PlanRow, pct as _pct
 from gpuhours.simulator.run import estimate_run, microbatches_for
-from gpuhours.simulator.scenario import Scenario, load_scenario
+from gpuhours.simulator.scenario import Scenario, list_plans, load_scenario
 from gpuhours.simulator.step import rank_params, stage_ranks
 from gpuhours.workloads import params as P
 from gpuhours.workloads.flops import flops_per_token
@@ -54,101 +55,6 @@ _BUBBLE = {"1f1b": lambda pp, m: (pp - 1) / m, "interleaved-1f1b": lambda pp, m:
            "dualpipev": lambda pp, m: max(0, pp / 2 - 1) / m}
 
 
-@dataclass(frozen=True)
-class Candidate:
-    tp: int
-    pp: int
-    cp: int
-    ep: int
-    schedule: str
-    micro_batch_size: int
-    recompute: str = "none"
-    zero_stage: int = 1
-
-    @property
-    def label(self) -> str:
-        parts = [f"TP{self.tp}", f"PP{self.pp}"] + ([f"CP{self.cp}"] if self.cp > 1 else [])
-        parts += [f"EP{self.ep}"] if self.ep > 1 else []
-        return " ".join(parts + [self.schedule, f"mbs{self.micro_batch_size}", f"recompute={self.recompute}",
-                                 f"ZeRO-{self.zero_stage}"])
-
-
-@dataclass(frozen=True)
-class PlanRow:
-    candidate: Candidate
-    layout: str
-    dp: int
-    fits: bool
-    step_time_s: float
-    days: float
-    gpu_hours: float
-    cost_usd: float
-    memory_gib: float
-    capacity_gib: float
-    mfu: float
-    bubble_share: float
-    exposed_comm_share: float
-    microbatches: int
-    score_s: float            # the cheap ranking score (seconds per step)
-    seconds: float            # wall time of its simulation
-    reason: str = ""          # why it loses to the best (empty for the best)
-
-    def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "candidate"}
-        d["candidate"] = dict(self.candidate.__dict__)
-        return d
-
-
-@dataclass(frozen=True)
-class PlanResult:
-    model: str
-    gpu: str
-    gpus: int
-    seq_len: int
-    tokens: float
-    batch: int
-    batch_note: str
-    goal: str
-    max_days: float | None
-    precision: str
-    best: PlanRow | None
-    rows: tuple[PlanRow, ...]          # every simulated candidate, best first
-    enumerated: int
-    pruned: dict[str, int]
-    simulated: int
-    wall_s: float
-    notes: tuple[str, ...] = field(default=())
-
-    def top(self, n: int = 5) -> tuple[PlanRow, ...]:
-        return self.rows[:n]
-
-    def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("model", "gpu", "gpus", "seq_len", "tokens", "batch", "batch_note",
-                                              "goal", "max_days", "precision", "enumerated", "pruned",
-                                              "simulated", "wall_s")} | {
-            "best": self.best.to_dict() if self.best else None, "rows": [r.to_dict() for r in self.rows],
-            "notes": list(self.notes)}
-
-    def lines(self, n: int = 8) -> list[str]:
-        out = [f"plan        {self.model} on {self.gpus} x {self.gpu}, seq {self.seq_len}, {self.tokens:.3g} tokens, "
-               f"batch {self.batch} ({self.batch_note}), {self.precision}, goal {self.goal}"
-               + (f", max {self.max_days:g} days" if self.max_days else ""),
-               f"candidates  {self.enumerated} enumerated; pruned " +
-               ", ".join(f"{k} {v}" for k, v in self.pruned.items()) + f"; {self.simulated} simulated "
-               f"in {self.wall_s:.1f} s"]
-        if self.best is None:
-            out.append("best        none: no simulated layout fits" + (" within max_days" if self.max_days else ""))
-        head = f"{'#':>2}  {'layout':<62} {'step s':>7} {'days':>7} {'GPU-h':>9} {'cost $':>9} {'GiB':>11} " \
-               f"{'MFU':>6}  why not"
-        out += [head, "-" * len(head)]
-        for i, r in enumerate(self.rows[:n], 1):
-            out.append(f"{i:>2}  {r.layout:<62} {r.step_time_s:>7.3g} {r.days:>7.4g} {_human(r.gpu_hours):>9} "
-                       f"{_human(r.cost_usd):>9} {r.memory_gib:>5.1f}/{r.capacity_gib:<5.0f} {r.mfu:>6.1%}  "
-                       f"{r.reason or 'best'}")
-        return out + [f"note: {n}" for n in self.notes]
-
-
-# -- enumeration ---------------------------------------------------------------------------------------------------
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -330,6 +236,12 @@ def plan_layouts(model: str, gpu: str, gpus: int, *, seq_len: int, tokens: float
     errors: list[str] = []
     rows = _search(survivors, max_simulated, progress, errors)
     pruned["not simulated (cap)"] = len(survivors) - len(rows) - len(errors)
+    reference = _reference(spec.name, gpu, gpus, seq_len, float(tokens), batch)
+    if reference is not None:
+        same = next((r for r in rows if r.candidate == reference.candidate), None)
+        if same is not None:
+            rows.remove(same)
+        rows.append(reference)
     key = (lambda r: r.cost_usd) if goal == "cost" else (lambda r: r.days)
     ok = [r for r in rows if r.fits and (max_days is None or r.days <= max_days)]
     rest = [r for r in rows if r not in ok]
@@ -341,11 +253,30 @@ def plan_layouts(model: str, gpu: str, gpus: int, *, seq_len: int, tokens: float
              f"cp, ep) group, then more schedules / micro-batch sizes of the groups that simulated best"]
     notes += errors
     notes += ["on a fixed number of GPUs cost and days rank alike (cost = days x gpus x 24 x price)"]
+    if reference is not None:
+        rank = next(i for i, r in enumerate(ranked, 1) if r.layout == reference.layout)
+        notes.append(f"#{rank} is the layout of the built-in plan {spec.name!r} (its own layout, the published one "
+                     f"for DeepSeek-V3), simulated beside the search at the same batch")
     if base.fp8_fallback or not base.opts.fp8:
         notes.append("BF16: the GPU has no FP8 tensor cores")
     return PlanResult(spec.name, base.cluster.gpu.name, gpus, seq_len, float(tokens), batch, note, goal, max_days,
                       "fp8" if base.opts.fp8 else "bf16", best, ranked, enumerated, pruned, len(rows) + len(errors),
                       time.perf_counter() - t0, tuple(notes))
+
+
+def _reference(model: str, gpu: str, gpus: int, seq_len: int, tokens: float, batch: int) -> PlanRow | None:
+    """The layout of the built-in plan named like the model (DeepSeek-V3's published layout), simulated at the
+    search's batch; None when there is no such plan or its layout does not take these GPUs."""
+    if model not in list_plans():
+        return None
+    try:
+        sc = load_scenario(model, gpu=gpu, gpus=gpus, seq_len=seq_len, tokens=tokens, batch=batch)
+        p = sc.parallel
+        c = Candidate(p.tp, p.pp, p.cp, p.ep, p.schedule, p.micro_batch_size, sc.opts.recompute, p.zero_stage)
+        row = _simulate(sc, c, float("nan"))
+    except ValueError:
+        return None
+    return replace(row, layout=row.layout + f" [plan {model}]")
 
 
 def _groups(survivors) -> list[list]:
@@ -418,11 +349,3 @@ def _why(r: PlanRow, best: PlanRow | None, max_days) -> str:
     else:
         cause = f"slower compute (MFU {r.mfu:.1%} vs {best.mfu:.1%})"
     return f"{slower:.1%} slower: {cause}"
-
-
-def _pct(x: float) -> str:
-    return f"{max(0.0, x):.1%}"
-
-
-def _human(x: float) -> str:
-    return f"{x / 1e6:.3f}M" if x >= 1e6 else f"{x / 1e3:.1f}K" if x >= 1e3 else f"{x:.2f}"

@@ -177,3 +177,20 @@ def test_max_days_excludes_slower_layouts(small):
     assert r.best is None and r.rows
     assert all(row.reason.startswith("over max_days") for row in r.rows if row.fits)
     assert "no simulated layout fits within max_days" in "\n".join(r.lines())
+
+
+def test_the_models_own_plan_layout_is_simulated_beside_the_search():
+    """DeepSeek-V3 has a built-in plan: its published layout (PP16 EP64 TP1 DualPipe) is ranked with the search's
+    layouts at the same batch, marked, and named in a note."""
+    result = plan_layouts("deepseek-v3", "h800", 1024, seq_len=4096, tokens=1e12, batch=4096, max_simulated=2)
+    mine = [r for r in result.rows if r.layout.endswith("[plan deepseek-v3]")]
+    assert len(mine) == 1
+    c = mine[0].candidate
+    assert (c.tp, c.pp, c.ep, c.schedule) == (1, 16, 64, "dualpipe")
+    assert any("built-in plan 'deepseek-v3'" in n for n in result.notes)
+    assert any("[plan deepseek-v3]" in line for line in result.lines(1))  # shown even outside the top rows
+
+
+def test_a_model_without_a_plan_gets_no_reference_row():
+    result = plan_layouts("llama-3-70b", "h100-sxm", 64, seq_len=4096, tokens=1e12, max_simulated=2)
+    assert not any("[plan " in r.layout for r in result.rows)

@@ -10,6 +10,9 @@ group of the dense (non-expert) weights is the combined ("dp", "ep") group.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
 
 AXES = ("pp", "dp", "ep", "tp")
 DEFAULT_ORDER = ("tp", "ep", "dp", "pp")
@@ -175,14 +178,7 @@ class RankLayout:
 
     def stage(self, pp: int) -> list[int]:
         """GPUs of pipeline stage ``pp`` in the stage's own numbering (the order without pp)."""
-        inner = [a for a in self.order if a != "pp"]
-        out = []
-        for local in range(self.stage_size):
-            coords, rest = {"pp": pp}, local
-            for a in inner:
-                coords[a], rest = rest % getattr(self, a), rest // getattr(self, a)
-            out.append(self.gpu(**coords))
-        return out
+        return list(_stage_gpus(self, pp))
 
     def groups(self, name: str) -> list[list[int]]:
         """Every group of kind ``name`` across the machine (they all run their collective at once): "tp", "cp",
@@ -215,3 +211,15 @@ class RankLayout:
         """One unit flow from every GPU of stage ``src`` to its counterpart in stage ``dst``: every pipeline
         (data-parallel replica and shard) sends at once."""
         return [(a, b, 1.0) for a, b in zip(self.stage(src), self.stage(dst))]
+
+
+@lru_cache(maxsize=4096)
+def _stage_gpus(layout: RankLayout, pp: int) -> tuple[int, ...]:
+    """Stage ``pp``'s GPUs in stage-local numbering: mixed radix over the order without pp, as arrays."""
+    local = np.arange(layout.stage_size)
+    gpus = np.full(layout.stage_size, pp * layout.stride("pp"))
+    for axis in (a for a in layout.order if a != "pp"):
+        size = getattr(layout, axis)
+        gpus += (local % size) * layout.stride(axis)
+        local //= size
+    return tuple(int(g) for g in gpus)

@@ -349,3 +349,25 @@ def _why(r: PlanRow, best: PlanRow | None, max_days) -> str:
     else:
         cause = f"slower compute (MFU {r.mfu:.1%} vs {best.mfu:.1%})"
     return f"{slower:.1%} slower: {cause}"
+
+
+def planned_layout(model: str, gpu: str | None, gpus: int | None, seq_len: int | None, tokens, batch: int | None,
+                   progress=None) -> tuple[dict, str]:
+    """The layout `gpuhours estimate --model M` uses when no layout option is given: the search's best on the
+    estimate's GPUs (the default plan's where not given), as scenario overrides, and a line saying so."""
+    defaults = load_scenario(model=model, gpu=gpu, gpus=gpus, seq_len=seq_len, tokens=tokens, pp=1, ep=1, tp=1,
+                             cp=1, schedule="1f1b")
+    gpu, gpus = defaults.cluster.gpu.key, defaults.parallel.num_gpus
+    result = plan_layouts(model, gpu, gpus, seq_len=defaults.plan.seq_len, tokens=defaults.plan.tokens, batch=batch,
+                          progress=progress)
+    if result.best is None:
+        raise ValueError(f"model: no layout of {result.model} on {gpus} x {result.gpu} fits in memory; give more "
+                         f"--gpus or a layout (--pp, --tp, --ep, ...)")
+    c = result.best.candidate
+    overrides = dict(pp=c.pp, tp=c.tp, ep=c.ep, cp=c.cp, schedule=c.schedule, micro_batch_size=c.micro_batch_size,
+                     recompute=c.recompute, zero_stage=c.zero_stage, batch=result.batch,
+                     vpp=2 if c.schedule == "interleaved-1f1b" else 1, tp_comm_overlap=c.tp > 1)
+    note = (f"layout chosen by gpuhours plan: {result.best.layout}, the best of {result.simulated} simulated "
+            f"({result.wall_s:.0f} s) at a constant batch of {result.batch} ({result.batch_note}); give --pp, --tp, "
+            f"--ep, ... to set your own")
+    return overrides, note

@@ -178,7 +178,7 @@ class RankLayout:
 
     def stage(self, pp: int) -> list[int]:
         """GPUs of pipeline stage ``pp`` in the stage's own numbering (the order without pp)."""
-        return list(_stage_gpus(self, pp))
+        return _stage_gpus(self, pp).tolist()
 
     def groups(self, name: str) -> list[list[int]]:
         """Every group of kind ``name`` across the machine (they all run their collective at once): "tp", "cp",
@@ -213,8 +213,8 @@ class RankLayout:
         return [(a, b, 1.0) for a, b in zip(self.stage(src), self.stage(dst))]
 
 
-@lru_cache(maxsize=4096)
-def _stage_gpus(layout: RankLayout, pp: int) -> tuple[int, ...]:
+@lru_cache(maxsize=256)
+def _stage_gpus(layout: RankLayout, pp: int) -> np.ndarray:
     """Stage ``pp``'s GPUs in stage-local numbering: mixed radix over the order without pp, as arrays."""
     local = np.arange(layout.stage_size)
     gpus = np.full(layout.stage_size, pp * layout.stride("pp"))
@@ -222,4 +222,5 @@ def _stage_gpus(layout: RankLayout, pp: int) -> tuple[int, ...]:
         size = getattr(layout, axis)
         gpus += (local % size) * layout.stride(axis)
         local //= size
-    return tuple(int(g) for g in gpus)
+    gpus.flags.writeable = False
+    return gpus

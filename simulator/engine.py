@@ -235,7 +235,7 @@ def _structure(schedule: Schedule) -> tuple:
                     weights += 1
             rows.append((instruction, tuple(needs), forwards, weights, tuple(outs)))
         ranks.append(tuple(rows))
-    if len(_STRUCTURES) >= 16:
+    if len(_STRUCTURES) >= 8:
         _STRUCTURES.pop(next(iter(_STRUCTURES)))
     _STRUCTURES[cache_key] = (schedule.placement, schedule.programs, tuple(ranks))
     return tuple(ranks)

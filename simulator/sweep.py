@@ -207,7 +207,10 @@ def simulator_key(base: str, fixed: dict, point: dict) -> str:
 
 
 _SIMULATORS: dict[str, object] = {}   # per process: simulator key -> StepSimulator (memoises its steps)
-_MEMO_LIMIT = 256
+# Least recently used simulators are dropped beyond this many: points that share a simulator (they differ only in
+# RUN_KEYS: price, tokens, ramp) come next to each other in grid order, and each simulator holds its model's ops
+# (megabytes for a 61-layer MoE), so a few suffice and a worker stays small.
+_MEMO_LIMIT = 16
 
 
 def evaluate_point(base: str, fixed: dict, point: dict) -> dict:
@@ -220,7 +223,9 @@ def evaluate_point(base: str, fixed: dict, point: dict) -> dict:
         row["reason"] = f"layout: {exc}"
         return row
     key = simulator_key(base, fixed, point)
-    sim = _SIMULATORS.get(key)
+    sim = _SIMULATORS.pop(key, None)
+    if sim is not None:
+        _SIMULATORS[key] = sim  # most recently used last
     try:
         if sim is None:
             if len(_SIMULATORS) >= _MEMO_LIMIT:

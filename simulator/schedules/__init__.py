@@ -48,7 +48,7 @@ def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1) -> S
     return _build(name, pp, num_microbatches, vpp)
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=16)
 def _build(name: str, pp: int, num_microbatches: int, vpp: int) -> Schedule:
     """Schedules are pure and immutable: one build serves every layout that shares (name, pp, m, vpp)."""
     if name == "interleaved-1f1b":

@@ -8,30 +8,42 @@ as expected GPU-hours, days and dollars with P10/P50/P90 over Monte Carlo runs (
 - Interval: Daly 2006's higher-order optimum (default) or Young 1974's sqrt(2 C M), with C the training stall per
   checkpoint and M the job's mean time between failures; async checkpoints use at least the background write.
 - Stragglers: each step ends at the slowest of the job's GPUs, each drawn step x exp(sigma Z).
+- Evaluation: `eval_every_steps` N and `eval_seconds` E (a measured or planned figure; off by default, as no
+  source gives the published runs' cadence): floor(steps / N) pauses of E, rolled back and redone like work.
+- Step-time uncertainty: each Monte Carlo run's steps take f times the simulated step, f = exp(sigma Z) with sigma
+  the accuracy suite's spread (hwmodels/data/step_uncertainty.toml; `step_time_sigma`). The expected figure, the
+  goodput and the lost-time breakdown are at the simulated step time (f = 1); the P10/P50/P90 `band_*` figures
+  take both failures and f; `*_pct` are over failures alone (the same draws: common random numbers).
 """
 
 from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from importlib import resources
 
 import numpy as np
 
+from gpuhours.simulator.goodput_format import PCTS, result_lines
 from gpuhours.simulator.goodput_sim import COMPONENTS, SimParams, simulate_runs
 from gpuhours.simulator.run import RunEstimate
 from gpuhours.workloads.params import param_breakdown
 from gpuhours.workloads.recipe import load_recipe
 
 INTERVAL_RULES = ("daly", "young")
-_LABEL = 18
 
 
 @lru_cache(maxsize=1)
 def failure_data() -> dict:
     return tomllib.loads(resources.files("gpuhours.hwmodels").joinpath("data", "failures.toml").read_text())
+
+
+@lru_cache(maxsize=1)
+def step_uncertainty() -> dict:
+    """The simulator's measured step-time spread and its provenance (hwmodels/data/step_uncertainty.toml)."""
+    return tomllib.loads(resources.files("gpuhours.hwmodels").joinpath("data", "step_uncertainty.toml").read_text())
 
 
 def rate_sets() -> list[str]:
@@ -57,6 +69,9 @@ class GoodputConfig:
     spare_nodes: int | None = None
     straggler_sigma: float | None = None     # per-rank lognormal sigma of step time (0: no stragglers)
     rate_uncertainty: bool = True            # scale each run's rates by Gamma(n, 1/n), n = interruptions logged
+    eval_every_steps: int = 0                # an evaluation pause every N steps (0: none)
+    eval_seconds: float = 0.0                # wall-clock seconds of one evaluation pause
+    step_time_sigma: float | None = None     # per-run lognormal sigma of the step time (None: step_uncertainty.toml)
     runs: int = 1000
     seed: int = 0
 
@@ -70,14 +85,15 @@ class GoodputConfig:
         for name in ("async_checkpoint", "rate_uncertainty"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "true or false")
-        for name in ("runs", "seed", "spare_nodes"):
+        for name in ("runs", "seed", "spare_nodes", "eval_every_steps"):
             v = getattr(self, name)
             if v is None and name == "spare_nodes":
                 continue
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "runs" else 0):
                 bad(name, "an integer >= 1" if name == "runs" else "an integer >= 0")
         positive = ("checkpoint_interval_s", "write_bw_per_gpu", "read_bw_per_gpu", "d2h_bw_per_gpu")
-        non_negative = ("failure_rate_scale", "detection_s", "reschedule_s", "init_s", "repair_s", "straggler_sigma")
+        non_negative = ("failure_rate_scale", "detection_s", "reschedule_s", "init_s", "repair_s", "straggler_sigma",
+                        "eval_seconds", "step_time_sigma")
         for name in positive + non_negative:
             v = getattr(self, name)
             if v is None and name != "failure_rate_scale":
@@ -87,6 +103,8 @@ class GoodputConfig:
                     or (math.isinf(v) and name not in ("write_bw_per_gpu", "read_bw_per_gpu", "d2h_bw_per_gpu",
                                                        "checkpoint_interval_s")):
                 bad(name, "a number > 0" if name in positive else "a finite number >= 0")
+        if self.eval_seconds > 0 and not self.eval_every_steps:
+            bad("eval_every_steps", "an integer >= 1 when eval_seconds is given")
 
 
 def goodput_from_plan(doc: dict) -> GoodputConfig | None:
@@ -111,7 +129,8 @@ class FailureRate:
     replace_node: bool
 
 
-def job_failure_rates(config: GoodputConfig, num_gpus: int, gpus_per_node: int) -> tuple[tuple[FailureRate, ...], str, int]:
+def job_failure_rates(config: GoodputConfig, num_gpus: int,
+                      gpus_per_node: int) -> tuple[tuple[FailureRate, ...], str, int]:
     """Per-cause rates of a job on num_gpus GPUs, the set's source and its number of logged interruptions."""
     data = failure_data()
     rs = data["rates"][config.failures or data["default"]]
@@ -163,15 +182,19 @@ def straggler_moments(sigma: float, ranks: int) -> tuple[float, float]:
     return mean, float(np.trapezoid(w * (m - mean) ** 2, z))
 
 
+def _pct(values) -> tuple[float, float, float]:
+    return tuple(float(v) for v in np.percentile(values, PCTS))
+
+
 @dataclass(frozen=True)
 class GoodputResult:
     ideal_gpu_hours: float
     ideal_days: float
     ideal_cost_usd: float
-    expected_gpu_hours: float
+    expected_gpu_hours: float                   # at the simulated step time
     expected_days: float
     expected_cost_usd: float
-    gpu_hours_pct: tuple[float, float, float]   # P10, P50, P90
+    gpu_hours_pct: tuple[float, float, float]   # P10, P50, P90 over failures (the simulated step time)
     days_pct: tuple[float, float, float]
     cost_pct: tuple[float, float, float]
     effective_training_time_ratio: float        # ideal / expected wall clock
@@ -191,51 +214,47 @@ class GoodputResult:
     seed: int
     num_gpus: int
     price_per_gpu_hour: float
-    wall_s: tuple[float, ...] = field(default=(), repr=False)  # per run, for charts
+    band_gpu_hours_pct: tuple[float, float, float] = (0.0, 0.0, 0.0)  # P10, P50, P90 over failures and step time
+    band_days_pct: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    band_cost_pct: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    step_time_sigma: float = 0.0
+    step_time_source: str = ""
+    eval_every_steps: int = 0
+    eval_seconds: float = 0.0
+    evaluations: int = 0                        # pauses over the run, once each
+    wall_s: tuple[float, ...] = field(default=(), repr=False)  # per run, failures and step time (the band's runs)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("wall_s")
         d["rates"] = [asdict(r) for r in self.rates]
-        for k in ("gpu_hours_pct", "days_pct", "cost_pct"):
+        for k in ("gpu_hours_pct", "days_pct", "cost_pct", "band_gpu_hours_pct", "band_days_pct", "band_cost_pct"):
             d[k] = dict(zip(("p10", "p50", "p90"), d[k]))
         if math.isinf(self.checkpoint_interval_s):
             d["checkpoint_interval_s"] = None
         return d
 
+    def gpu_hours_runs(self) -> np.ndarray:
+        """GPU-hours of each Monte Carlo run (failures and step time)."""
+        return np.array(self.wall_s) * self.num_gpus / 3600
+
     def lines(self) -> list[str]:
-        def band(pct, fmt):
-            return "  ".join(f"P{p} {fmt(v)}" for p, v in zip((10, 50, 90), pct))
-        m = lambda v: f"{v / 1e6:.3f}M"  # noqa: E731
-        days = lambda v: f"{v / 86400:.1f}"  # noqa: E731
-        tau = self.checkpoint_interval_s
-        every = "never (no failures)" if math.isinf(tau) else f"every {tau / 60:.1f} min ({self.interval_rule})"
-        mode = "asynchronous" if self.async_checkpoint else "synchronous"
-        comps: dict[str, float] = {}
-        for r in self.rates:
-            comps[r.component] = comps.get(r.component, 0.0) + r.per_day
-        mtbf = 24 / self.failure_rate_per_day if self.failure_rate_per_day else math.inf
-        rows = [
-            ("goodput", f"{self.effective_training_time_ratio:.1%} effective training time ({self.runs} Monte Carlo "
-                        f"runs, seed {self.seed}, {self.mean_failures:.1f} failures per run)"),
-            ("GPU-hours", f"{m(self.ideal_gpu_hours)} ideal, {m(self.expected_gpu_hours)} expected  "
-                          f"({band(self.gpu_hours_pct, m)})"),
-            ("wall clock", f"{self.ideal_days:.1f} days ideal, {self.expected_days:.1f} expected  "
-                           f"({band(self.days_pct, lambda v: f'{v:.1f}')})"),
-            ("cost", f"${m(self.ideal_cost_usd)} ideal, ${m(self.expected_cost_usd)} expected  "
-                     f"({band(self.cost_pct, lambda v: '$' + m(v))})"),
-            ("lost time (days)", f"failures' lost work {days(self.lost_s['lost_work_s'])}, restarts "
-                                 f"{days(self.lost_s['restart_s'])}, checkpoint stalls "
-                                 f"{days(self.lost_s['checkpoint_s'])}, stragglers {days(self.lost_s['straggler_s'])}"),
-            ("checkpoint", f"{self.checkpoint_bytes / 1e12:.2f} TB {every}, {mode}: write "
-                           f"{self.checkpoint_write_s:.1f} s, stall {self.checkpoint_stall_s:.2f} s"),
-            ("failures", "none" if not self.failure_rate_per_day else
-                         f"{self.failure_rate_per_day:.2f}/day, MTBF {mtbf:.1f} h ("
-                         + ", ".join(f"{k} {v:.2f}" for k, v in sorted(comps.items(), key=lambda kv: -kv[1]))
-                         + f"); restart {self.restart_s / 60:.1f} min + spare wait"),
-            ("rates from", self.rates_source),
-        ]
-        return [f"{k:<{_LABEL}}{v}" for k, v in rows]
+        return result_lines(self)
+
+def step_time_sigma(config: GoodputConfig) -> tuple[float, str]:
+    """The sigma the config asks for and where it comes from."""
+    if config.step_time_sigma is not None:
+        return float(config.step_time_sigma), "step_time_sigma as given"
+    d = step_uncertainty()
+    return float(d["sigma"]), (f"s.d. of ln(predicted/measured) over the accuracy suite's {d['rows']} fully expressed "
+                               f"predictions (hwmodels/data/step_uncertainty.toml)")
+
+
+def evaluations(run: RunEstimate, config: GoodputConfig) -> int:
+    """Evaluation pauses over the run: one after every eval_every_steps steps, floor(steps / N)."""
+    if not config.eval_every_steps or not config.eval_seconds:
+        return 0
+    return math.floor(sum(seg.steps for seg in run.segments) / config.eval_every_steps + 1e-9)
 
 
 def goodput_params(run: RunEstimate, scenario, config: GoodputConfig) -> tuple[SimParams, dict]:
@@ -266,36 +285,53 @@ def goodput_params(run: RunEstimate, scenario, config: GoodputConfig) -> tuple[S
     mean, var = straggler_moments(sigma, gpus)
     s_mean = sum(seg.steps * seg.step.step_time * mean for seg in run.segments)
     s_sd = math.sqrt(sum(seg.steps * seg.step.step_time ** 2 * var for seg in run.segments))
+    n_eval = evaluations(run, config)
+    step_sigma, step_source = step_time_sigma(config)
     params = SimParams(work_s=run.wall_clock_s, interval_s=tau, stall_s=stall, lag_s=lag, restart_s=restart,
                        repair_s=pick(config.repair_s, rs["repair_s"]),
                        spare_nodes=pick(config.spare_nodes, rs["spare_nodes"]),
                        category_rates=tuple(r.per_day / 86400 for r in rates),
                        replace_node=tuple(r.replace_node for r in rates),
                        rate_shape=float(logged) if config.rate_uncertainty else 0.0,
-                       straggle_mean_s=s_mean, straggle_sd_s=s_sd)
-    info = dict(rates=rates, source=source, size=size, write_s=write_s, rule=rule)
+                       straggle_mean_s=s_mean, straggle_sd_s=s_sd,
+                       eval_s=n_eval * config.eval_seconds, step_sigma=step_sigma)
+    info = dict(rates=rates, source=source, size=size, write_s=write_s, rule=rule, evaluations=n_eval,
+                step_source=step_source)
     return params, info
 
 
-def goodput_estimate(run: RunEstimate, scenario, config: GoodputConfig = GoodputConfig()) -> GoodputResult:
-    """Expected and P10/P50/P90 GPU-hours, days and dollars of the run under failures, checkpoints, restarts and
-    stragglers, over config.runs Monte Carlo runs (deterministic per config.seed)."""
-    p, info = goodput_params(run, scenario, config)
-    sims = simulate_runs(p, config.seed, config.runs)
-    extra = sims["wall_s"] - p.work_s
-    wall = p.work_s + float(np.mean(extra))  # exactly the ideal wall clock when nothing is lost
-    to_gh = run.num_gpus / 3600
-    pct = tuple(float(v) for v in np.percentile(sims["wall_s"], (10, 50, 90)))
-    price = run.price_per_gpu_hour
+def summarise(run: RunEstimate, p: SimParams, info: dict, config: GoodputConfig, exact: dict, band: dict
+              ) -> GoodputResult:
+    """A GoodputResult from the runs at the simulated step time (`exact`) and with the step-time factor (`band`),
+    arrays as simulate_runs returns them (the same failure draws)."""
+    wall = p.work_s + float(np.mean(exact["wall_s"] - p.work_s))  # exactly the ideal wall clock when nothing is lost
+    gpus, price = run.num_gpus, run.price_per_gpu_hour
+    gh = lambda w: w * gpus / 3600  # noqa: E731  (as RunEstimate.gpu_hours)
+    pct, band_pct = _pct(exact["wall_s"]), _pct(band["wall_s"])
     return GoodputResult(
         ideal_gpu_hours=run.gpu_hours, ideal_days=run.wall_clock_days, ideal_cost_usd=run.cost_usd,
-        expected_gpu_hours=wall * to_gh, expected_days=wall / 86400, expected_cost_usd=wall * to_gh * price,
-        gpu_hours_pct=tuple(v * to_gh for v in pct), days_pct=tuple(v / 86400 for v in pct),
-        cost_pct=tuple(v * to_gh * price for v in pct),
+        expected_gpu_hours=gh(wall), expected_days=wall / 86400, expected_cost_usd=gh(wall) * price,
+        gpu_hours_pct=tuple(gh(v) for v in pct), days_pct=tuple(v / 86400 for v in pct),
+        cost_pct=tuple(gh(v) * price for v in pct),
         effective_training_time_ratio=p.work_s / wall if wall > 0 else 1.0,
-        lost_s={k: float(np.mean(sims[k])) for k in COMPONENTS},
+        lost_s={k: float(np.mean(exact[k])) for k in COMPONENTS},
         checkpoint_interval_s=p.interval_s, interval_rule=info["rule"], checkpoint_bytes=info["size"],
         checkpoint_write_s=info["write_s"], checkpoint_stall_s=p.stall_s, async_checkpoint=config.async_checkpoint,
-        restart_s=p.restart_s, failure_rate_per_day=p.rate * 86400, mean_failures=float(np.mean(sims["failures"])),
+        restart_s=p.restart_s, failure_rate_per_day=p.rate * 86400, mean_failures=float(np.mean(exact["failures"])),
         rates=info["rates"], rates_source=info["source"], runs=config.runs, seed=config.seed,
-        num_gpus=run.num_gpus, price_per_gpu_hour=price, wall_s=tuple(float(v) for v in sims["wall_s"]))
+        num_gpus=gpus, price_per_gpu_hour=price,
+        band_gpu_hours_pct=tuple(gh(v) for v in band_pct), band_days_pct=tuple(v / 86400 for v in band_pct),
+        band_cost_pct=tuple(gh(v) * price for v in band_pct), step_time_sigma=p.step_sigma,
+        step_time_source=info["step_source"], eval_every_steps=config.eval_every_steps,
+        eval_seconds=config.eval_seconds, evaluations=info["evaluations"],
+        wall_s=tuple(float(v) for v in band["wall_s"]))
+
+
+def goodput_estimate(run: RunEstimate, scenario, config: GoodputConfig = GoodputConfig()) -> GoodputResult:
+    """Expected and P10/P50/P90 GPU-hours, days and dollars of the run under failures, checkpoints, restarts,
+    evaluation and stragglers, over config.runs Monte Carlo runs (deterministic per config.seed); the band_*
+    figures add the step time's uncertainty."""
+    p, info = goodput_params(run, scenario, config)
+    exact = simulate_runs(replace(p, step_sigma=0.0), config.seed, config.runs)
+    band = simulate_runs(p, config.seed, config.runs) if p.step_sigma > 0 else exact
+    return summarise(run, p, info, config, exact, band)

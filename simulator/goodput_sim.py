@@ -2,7 +2,10 @@
 
 Model (all times in seconds):
 - The run is `work_s` seconds of training (the RunEstimate's ideal wall clock) plus this run's straggler time
-  (`straggle_s`: the slow-down from per-step jitter; it is work like any other and is redone when lost).
+  (`straggle_s`: the slow-down from per-step jitter; it is work like any other and is redone when lost), both
+  times the run's step-time factor `factor` (the calibration's uncertainty: exp(step_sigma Z), drawn per run by
+  `step_factors`; 1 when step_sigma is 0), plus `eval_s` of evaluation pauses (every N steps; spread through
+  the work, redone like work when a failure rolls them back: a trainer re-reaching step kN evaluates again).
 - A checkpoint is taken after every `interval_s` of work (never after the last piece). Taking it stalls training
   `stall_s`; it becomes durable `lag_s` after the stall ends (0 for a synchronous write; the background write's
   duration for an asynchronous one, which must fit in one interval).
@@ -13,7 +16,8 @@ Model (all times in seconds):
   category that needs a node swapped out, the wait for a spare: with `spare_nodes` spares a failed node goes to
   repair for `repair_s` and returns to the spare pool; with none free the job waits for the earliest repair
   (with no spares at all, for the failed node's own repair).
-- Wall clock = work + straggle + lost work + restarts + checkpoint stalls, exactly, per run.
+- Wall clock = work + straggle + evaluation + lost work + restarts + checkpoint stalls + the step-time factor's
+  share ((factor - 1) x work, `step_time_s`), exactly, per run.
 
 `simulate_runs` steps from one failure to the next in closed form (how far a stretch of x running seconds gets
 is arithmetic on the checkpoint cycle), so 1,000 runs of a two-month job take a fraction of a second.
@@ -31,7 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
-COMPONENTS = ("lost_work_s", "restart_s", "checkpoint_s", "straggler_s")
+COMPONENTS = ("lost_work_s", "restart_s", "checkpoint_s", "straggler_s", "eval_s")  # lost time, per run
+STEP_TIME = "step_time_s"  # (factor - 1) x work: not lost time, the calibration's error in this run
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,8 @@ class SimParams:
     rate_shape: float = 0.0           # > 0: the run's rates are scaled by Gamma(shape, 1/shape) (count uncertainty)
     straggle_mean_s: float = 0.0      # mean and s.d. of the run's total straggler time
     straggle_sd_s: float = 0.0
+    eval_s: float = 0.0               # evaluation pauses over the run (once each)
+    step_sigma: float = 0.0           # lognormal sigma of the run's step-time factor (0: the step time is exact)
 
     @property
     def rate(self) -> float:
@@ -59,9 +66,24 @@ def run_seeds(seed: int, runs: int) -> list[np.random.Generator]:
     return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(runs)]
 
 
-def _run_draws(p: SimParams, rng: np.random.Generator) -> tuple[float, float]:
-    """The run's rate scale and straggler time, drawn first and in this order by both engines."""
-    scale = float(rng.gamma(p.rate_shape, 1.0 / p.rate_shape)) if p.rate_shape > 0 and p.rate > 0 else 1.0
+def step_factors(sigma: float, seed: int, runs: int) -> np.ndarray:
+    """Per run, its step-time factor exp(sigma Z_i), Z_i from a stream of its own (spawned from run i's seed, so
+    the failure draws are the same whatever sigma is: common random numbers). All ones when sigma is 0."""
+    if sigma == 0:
+        return np.ones(runs)
+    z = [np.random.default_rng(s.spawn(1)[0]).standard_normal() for s in np.random.SeedSequence(seed).spawn(runs)]
+    return np.exp(sigma * np.array(z))
+
+
+def rate_scale(p: SimParams, rng: np.random.Generator) -> float:
+    """The run's failure-rate scale, Gamma(shape, 1/shape) (1 without count uncertainty): the first draw."""
+    return float(rng.gamma(p.rate_shape, 1.0 / p.rate_shape)) if p.rate_shape > 0 and p.rate > 0 else 1.0
+
+
+def _run_draws(p: SimParams, rng: np.random.Generator, scale: float | None) -> tuple[float, float]:
+    """The run's rate scale (unless given: a phased plan shares one over its phases) and straggler time, drawn
+    first and in this order by both engines."""
+    scale = rate_scale(p, rng) if scale is None else (scale if p.rate_shape > 0 and p.rate > 0 else 1.0)
     straggle = p.straggle_mean_s
     if p.straggle_sd_s > 0:
         straggle = max(0.0, float(rng.normal(p.straggle_mean_s, p.straggle_sd_s)))
@@ -105,15 +127,19 @@ def _stretch(p: SimParams, remaining: float, x: float) -> tuple[bool, float, flo
     return False, x, durable * tau, stalls
 
 
-def simulate_run(p: SimParams, rng: np.random.Generator) -> dict[str, float]:
-    """One run, failure to failure in closed form: wall clock, its components and the number of failures."""
-    scale, straggle = _run_draws(p, rng)
+def simulate_run(p: SimParams, rng: np.random.Generator, factor: float = 1.0,
+                 scale: float | None = None) -> dict[str, float]:
+    """One run, failure to failure in closed form: wall clock, its components and the number of failures.
+    `factor`: the run's step-time factor; `scale`: its failure-rate scale when drawn outside (phased plans)."""
+    scale, straggle = _run_draws(p, rng, scale)
     rate = p.rate * scale
     cumulative = np.cumsum(p.category_rates)
     spares = _Spares(p.spare_nodes, p.repair_s)
     out = dict.fromkeys(COMPONENTS, 0.0)
-    out["straggler_s"] = straggle
-    failures, remaining, wall = 0, p.work_s + straggle, 0.0
+    out["straggler_s"] = straggle * factor
+    out["eval_s"] = p.eval_s
+    out[STEP_TIME] = p.work_s * factor - p.work_s
+    failures, remaining, wall = 0, p.work_s * factor + straggle * factor + p.eval_s, 0.0
     while True:
         x = float(rng.exponential(1.0 / rate)) if rate > 0 else math.inf
         finished, used, durable, stalls = _stretch(p, remaining, x)
@@ -128,14 +154,16 @@ def simulate_run(p: SimParams, rng: np.random.Generator) -> dict[str, float]:
         down = p.restart_s + (spares.wait(wall) if p.replace_node[cat] else 0.0)
         out["restart_s"] += down
         wall += down
-    out["wall_s"] = p.work_s + sum(out[k] for k in COMPONENTS)
+    out["wall_s"] = p.work_s + sum(out[k] for k in COMPONENTS) + out[STEP_TIME]
     out["failures"] = failures
     return out
 
 
-def simulate_runs(p: SimParams, seed: int, runs: int) -> dict[str, np.ndarray]:
-    """`runs` Monte Carlo runs: arrays of wall_s, each component of COMPONENTS and failures."""
-    rows = [simulate_run(p, rng) for rng in run_seeds(seed, runs)]
+def simulate_runs(p: SimParams, seed: int, runs: int, factors: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """`runs` Monte Carlo runs: arrays of wall_s, each component of COMPONENTS, step_time_s and failures.
+    `factors`: each run's step-time factor (default: step_factors(p.step_sigma, seed, runs))."""
+    factors = step_factors(p.step_sigma, seed, runs) if factors is None else factors
+    rows = [simulate_run(p, rng, float(f)) for rng, f in zip(run_seeds(seed, runs), factors)]
     return {k: np.array([r[k] for r in rows], dtype=float) for k in rows[0]}
 
 
@@ -147,18 +175,21 @@ class TimelineEvent:
     detail: str = ""
 
 
-def simulate_timeline(p: SimParams, rng: np.random.Generator) -> tuple[dict[str, float], list[TimelineEvent]]:
+def simulate_timeline(p: SimParams, rng: np.random.Generator, factor: float = 1.0,
+                      scale: float | None = None) -> tuple[dict[str, float], list[TimelineEvent]]:
     """One run as simpy processes: a trainer working through checkpoint intervals and a failure source that
     interrupts it (its clock paused while the job is down). Returns simulate_run's figures, with the wall clock
     read off the simpy clock, and the event list."""
     env = simpy.Environment()
-    scale, straggle = _run_draws(p, rng)
+    scale, straggle = _run_draws(p, rng, scale)
     rate = p.rate * scale
     cumulative = np.cumsum(p.category_rates)
     spares = _Spares(p.spare_nodes, p.repair_s)
-    total = p.work_s + straggle
+    total = p.work_s * factor + straggle * factor + p.eval_s
     tally = dict.fromkeys(COMPONENTS, 0.0)
-    tally["straggler_s"] = straggle
+    tally["straggler_s"] = straggle * factor
+    tally["eval_s"] = p.eval_s
+    tally[STEP_TIME] = p.work_s * factor - p.work_s
     events: list[TimelineEvent] = []
     state = {"durable": 0.0, "failures": 0}
     finished = env.event()

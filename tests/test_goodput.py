@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from gpuhours.simulator.goodput import (GoodputConfig, checkpoint_bytes, goodput_estimate, goodput_from_plan,
-                                        goodput_params, job_failure_rates, optimal_interval, straggler_moments)
-from gpuhours.simulator.goodput_sim import COMPONENTS, SimParams, run_seeds, simulate_run, simulate_runs, \
-    simulate_timeline
+                                        goodput_params, job_failure_rates, optimal_interval, step_uncertainty,
+                                        straggler_moments)
+from gpuhours.simulator.goodput_sim import COMPONENTS, STEP_TIME, SimParams, run_seeds, simulate_run, \
+    simulate_runs, simulate_timeline
 from gpuhours.simulator.run import RunEstimate, Segment
 from gpuhours.workloads.presets import load_preset
 
@@ -52,6 +53,7 @@ def test_no_failures_expected_equals_ideal_exactly(default_case):
         assert r.expected_days == est.wall_clock_days
         assert r.expected_cost_usd == est.cost_usd
         assert r.gpu_hours_pct == (est.gpu_hours,) * 3
+        assert r.band_gpu_hours_pct != r.gpu_hours_pct  # the step time's uncertainty is in the band only
         assert r.effective_training_time_ratio == 1.0
         assert all(v == 0.0 for v in r.lost_s.values()) and r.mean_failures == 0
 
@@ -129,19 +131,23 @@ def test_daly_interval_minimises_simulated_lost_time():
 
 
 # --------------------------------------------------------------------------------- conservation and both engines
-@pytest.mark.parametrize("lag,spares", [(0.0, 1), (250.0, 1), (0.0, 0)])
-def test_conservation_and_simpy_agrees_run_for_run(lag, spares):
+@pytest.mark.parametrize("lag,spares,factor,eval_s", [(0.0, 1, 1.0, 0.0), (250.0, 1, 1.0, 0.0), (0.0, 0, 1.0, 0.0),
+                                                     (0.0, 1, 1.13, 4000.0), (250.0, 1, 0.9, 7000.0)])
+def test_conservation_and_simpy_agrees_run_for_run(lag, spares, factor, eval_s):
     p = SimParams(work_s=200 * 3600.0, interval_s=1800.0, stall_s=60.0 if lag == 0 else 2.0, lag_s=lag,
                   restart_s=900.0, repair_s=20 * 3600.0, spare_nodes=spares,
                   category_rates=(1 / 30000, 1 / 60000), replace_node=(True, False), rate_shape=419.0,
-                  straggle_mean_s=5000.0, straggle_sd_s=800.0)
+                  straggle_mean_s=5000.0, straggle_sd_s=800.0, eval_s=eval_s)
     for seed in range(6):
-        fast = simulate_run(p, run_seeds(seed, 6)[seed])
-        des, events = simulate_timeline(p, run_seeds(seed, 6)[seed])
-        # wall clock from the simpy clock = ideal + every lost-time component, per run
-        assert des["wall_s"] == pytest.approx(p.work_s + sum(des[k] for k in COMPONENTS), rel=1e-9)
-        assert fast["wall_s"] == pytest.approx(p.work_s + sum(fast[k] for k in COMPONENTS), rel=1e-12)
-        for k in ("wall_s", "failures", *COMPONENTS):
+        fast = simulate_run(p, run_seeds(seed, 6)[seed], factor)
+        des, events = simulate_timeline(p, run_seeds(seed, 6)[seed], factor)
+        # wall clock from the simpy clock = ideal + every lost-time component + the step-time factor's share
+        for out, rel in ((des, 1e-9), (fast, 1e-12)):
+            assert out["wall_s"] == pytest.approx(p.work_s + sum(out[k] for k in COMPONENTS) + out[STEP_TIME],
+                                                  rel=rel)
+            assert out[STEP_TIME] == pytest.approx((factor - 1) * p.work_s, abs=1e-6)
+            assert out["eval_s"] == eval_s
+        for k in ("wall_s", "failures", STEP_TIME, *COMPONENTS):
             assert des[k] == pytest.approx(fast[k], rel=1e-6, abs=1e-6), k
         assert sum(e.kind == "failure" for e in events) == fast["failures"]
         assert events[-1].kind == "done"
@@ -198,7 +204,8 @@ def test_deterministic_per_seed(default_case):
     ("interval_rule", "guess"), ("write_bw_per_gpu", -5.0), ("read_bw_per_gpu", 0), ("async_checkpoint", "yes"),
     ("detection_s", -1.0), ("reschedule_s", math.inf), ("init_s", math.nan), ("repair_s", "1d"),
     ("spare_nodes", -1), ("spare_nodes", 1.5), ("straggler_sigma", -0.1), ("runs", 0), ("seed", -1),
-    ("rate_uncertainty", 1),
+    ("rate_uncertainty", 1), ("eval_every_steps", -5), ("eval_every_steps", 2.5), ("eval_seconds", -1.0),
+    ("eval_seconds", math.inf), ("step_time_sigma", -0.1), ("step_time_sigma", "0.1"),
 ])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -213,6 +220,10 @@ def test_plan_goodput_table():
         goodput_from_plan({"goodput": {"checkpoint_every": 10}})
     with pytest.raises(ValueError, match="interval_rule"):
         goodput_from_plan({"goodput": {"interval_rule": "never"}})
+    cfg = goodput_from_plan({"goodput": {"eval_every_steps": 1000, "eval_seconds": 300.0, "step_time_sigma": 0.05}})
+    assert (cfg.eval_every_steps, cfg.eval_seconds, cfg.step_time_sigma) == (1000, 300.0, 0.05)
+    with pytest.raises(ValueError, match="eval_every_steps"):  # a pause length with no cadence
+        goodput_from_plan({"goodput": {"eval_seconds": 300.0}})
 
 
 def test_charts_write_files(tmp_path):
@@ -222,3 +233,171 @@ def test_charts_write_files(tmp_path):
     r = goodput_estimate(run, sc, cfg)
     for path in (histogram(r, str(tmp_path / "h.png")), timeline(run, sc, cfg, str(tmp_path / "t.png"))):
         assert (tmp_path / path.rsplit("/", 1)[1]).stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------------------------------ evaluation
+def test_evaluation_adds_exactly_its_pauses_without_failures():
+    run, sc = synthetic(100 * 3600.0)  # 36,000 steps of 10 s
+    base = GoodputConfig(failure_rate_scale=0.0, runs=20)
+    for every, secs in ((7, 120.0), (1000, 300.0), (36000, 50.0), (50000, 50.0)):
+        r = goodput_estimate(run, sc, replace(base, eval_every_steps=every, eval_seconds=secs))
+        pauses = 36000 // every
+        assert r.evaluations == pauses
+        assert r.expected_days * 86400 == pytest.approx(run.wall_clock_s + pauses * secs, rel=1e-12)
+        assert r.lost_s["eval_s"] == pauses * secs
+        assert r.gpu_hours_pct[1] == pytest.approx((run.wall_clock_s + pauses * secs) * 2048 / 3600, rel=1e-12)
+    off = goodput_estimate(run, sc, replace(base, eval_every_steps=1000))  # no pause length: nothing
+    assert off.evaluations == 0 and off.expected_gpu_hours == run.gpu_hours
+
+
+def test_evaluation_pauses_are_redone_when_a_failure_rolls_them_back():
+    run, sc = synthetic(300 * 3600.0)
+    cfg = GoodputConfig(failure_rate_scale=8.0, runs=200, seed=2, step_time_sigma=0.0)
+    plain = goodput_estimate(run, sc, cfg)
+    evals = goodput_estimate(run, sc, replace(cfg, eval_every_steps=500, eval_seconds=600.0))
+    assert evals.lost_s["eval_s"] == 108000 // 500 * 600.0
+    # each pause once in the breakdown, and the share of it that failures roll back is redone as lost work
+    assert evals.expected_days * 86400 - plain.expected_days * 86400 > evals.lost_s["eval_s"]
+    assert evals.lost_s["lost_work_s"] > plain.lost_s["lost_work_s"]
+    assert any(line.startswith("evaluation") for line in evals.lines())
+
+
+# ------------------------------------------------------------------------------------------ step-time uncertainty
+# Figures of the synthetic case below from the goodput model before the step-time uncertainty and evaluation
+# existed (2026-12-01): with sigma 0 they must come back bit for bit.
+BEFORE = {
+    (4.0, 64, 11, None, False): (1303119.9482290337, (1226655.4644794946, 1302470.3162566465, 1379231.0901624737),
+                                 {"lost_work_s": 48255.94263022812, "restart_s": 397056.3764842315,
+                                  "checkpoint_s": 45328.21488188836, "straggler_s": 0.0}, 86.8125),
+    (4.0, 64, 11, 0.01, True): (1273890.2787520986, (1206179.9293607245, 1269930.3869006443, 1349765.7942851668),
+                                {"lost_work_s": 5167.693106228289, "restart_s": 368197.57216927747,
+                                 "checkpoint_s": 2855.39758571725, "straggler_s": 63039.592757700346}, 84.4375),
+}
+
+
+@pytest.mark.parametrize("key", list(BEFORE))
+def test_sigma_zero_reproduces_the_figures_exactly(key):
+    scale, runs, seed, straggler, asyn = key
+    run, sc = synthetic(500 * 3600.0)
+    cfg = GoodputConfig(failure_rate_scale=scale, runs=runs, seed=seed, straggler_sigma=straggler,
+                        async_checkpoint=asyn, step_time_sigma=0.0)
+    r = goodput_estimate(run, sc, cfg)
+    expected, pct, lost, failures = BEFORE[key]
+    assert r.expected_gpu_hours == expected and r.gpu_hours_pct == pct and r.mean_failures == failures
+    assert {k: v for k, v in r.lost_s.items() if k != "eval_s"} == lost and r.lost_s["eval_s"] == 0.0
+    assert r.band_gpu_hours_pct == r.gpu_hours_pct and r.step_time_sigma == 0.0
+    assert not any(line.startswith("with step error") for line in r.lines())
+    # with sigma the expected figure, its failures band and the breakdown stay (the same failure draws)
+    s = goodput_estimate(run, sc, replace(cfg, step_time_sigma=0.1))
+    assert (s.expected_gpu_hours, s.gpu_hours_pct, s.lost_s) == (r.expected_gpu_hours, r.gpu_hours_pct, r.lost_s)
+    assert s.band_gpu_hours_pct[0] < r.gpu_hours_pct[0] and s.band_gpu_hours_pct[2] > r.gpu_hours_pct[2]
+
+
+def test_step_time_band_is_the_lognormal_around_the_ideal_and_widens_with_sigma():
+    run, sc = synthetic(100 * 3600.0)
+    ideal = run.gpu_hours
+    widths = []
+    for sigma in (0.02, 0.05, 0.1, 0.2):
+        r = goodput_estimate(run, sc, GoodputConfig(failure_rate_scale=0.0, runs=2000, seed=4,
+                                                    step_time_sigma=sigma))
+        lo, mid, hi = r.band_gpu_hours_pct
+        # lognormal of median 1: P50 at the ideal, P10/P90 at exp(-+1.2816 sigma) (standard normal quantiles);
+        # the sample quantiles of 2,000 runs are within about 0.05 sigma of them
+        assert mid / ideal == pytest.approx(1.0, abs=0.06 * sigma)
+        assert math.log(lo / ideal) == pytest.approx(-1.2816 * sigma, abs=0.08 * sigma)
+        assert math.log(hi / ideal) == pytest.approx(1.2816 * sigma, abs=0.08 * sigma)
+        assert r.expected_gpu_hours == ideal  # at the simulated step time
+        widths.append(hi - lo)
+    assert widths == sorted(widths) and widths[-1] > 8 * widths[0]
+
+
+def test_default_band_includes_the_step_time_and_names_its_source(default_case):
+    sc, est = default_case
+    r = goodput_estimate(est, sc, GoodputConfig(runs=300))
+    assert r.step_time_sigma == step_uncertainty()["sigma"] > 0
+    lo, mid, hi = r.band_gpu_hours_pct
+    assert lo < r.gpu_hours_pct[0] and hi > r.gpu_hours_pct[2]
+    assert lo < est.gpu_hours < r.expected_gpu_hours < hi
+    assert "step_uncertainty.toml" in r.step_time_source
+    assert r.to_dict()["band_gpu_hours_pct"]["p90"] == hi
+
+
+def test_step_time_sigma_is_the_accuracy_suites_spread():
+    # s.d. of ln(predicted / measured) over the fully expressed predictions (no gap, not a calibration case),
+    # from the pinned accuracy figures (tests/golden/accuracy.json) and the cases' own measurements
+    import json
+    from pathlib import Path
+
+    from gpuhours.hwmodels.calibration import load_profile
+    from gpuhours.validation.cases import load_cases
+
+    golden = json.loads((Path(__file__).parent / "golden" / "accuracy.json").read_text())["predicted_time"]
+    cases = {c.name: c for c in load_cases()}
+    logs = []
+    for key, predicted in golden.items():
+        name, profile = key.split("@")
+        case = cases[name]
+        calibration_case = (load_profile(profile).calibrated_on or {}).get("model") == case.model.name
+        if predicted is None or case.gaps() or calibration_case:
+            continue
+        logs.append(math.log(predicted / case.measured_time()))
+    data = step_uncertainty()
+    assert len(logs) == data["rows"]
+    assert data["sigma"] == pytest.approx(float(np.std(logs, ddof=1)), abs=0.005)
+    assert float(np.mean(logs)) == pytest.approx(data["mean_log_error"], abs=0.005)
+
+
+# ---------------------------------------------------------------------------------------------------- phased plans
+@pytest.fixture(scope="module")
+def phased_case():
+    from gpuhours.simulator.phases import estimate_phases
+    return estimate_phases("deepseek-v3-full")
+
+
+def test_phased_plan_without_failures_is_the_ideal_phased_figure_exactly(phased_case):
+    from gpuhours.simulator.goodput_phases import phased_goodput_estimate
+    r = phased_goodput_estimate(phased_case, "deepseek-v3-full", GoodputConfig(failure_rate_scale=0.0, runs=40))
+    assert r.expected_gpu_hours == phased_case.gpu_hours == r.ideal_gpu_hours
+    assert r.expected_days == phased_case.wall_clock_days
+    assert r.expected_cost_usd == phased_case.cost_usd
+    assert r.gpu_hours_pct == (phased_case.gpu_hours,) * 3
+    assert r.effective_training_time_ratio == 1.0 and r.mean_failures == 0
+    assert [name for name, _ in r.phases] == [p.name for p in phased_case.phases]
+    for (_, g), p in zip(r.phases, phased_case.phases):
+        assert g.expected_gpu_hours == p.gpu_hours
+
+
+def test_phased_plan_with_failures_sums_its_phases(phased_case):
+    from gpuhours.simulator.goodput_phases import phased_goodput_estimate
+    cfg = GoodputConfig(runs=200, eval_every_steps=1000, eval_seconds=600.0)
+    r = phased_goodput_estimate(phased_case, "deepseek-v3-full", cfg)
+    assert r.ideal_gpu_hours < r.gpu_hours_pct[0] <= r.gpu_hours_pct[1] <= r.gpu_hours_pct[2]
+    assert r.expected_gpu_hours == pytest.approx(sum(g.expected_gpu_hours for _, g in r.phases), rel=1e-12)
+    assert r.mean_failures == pytest.approx(sum(g.mean_failures for _, g in r.phases))
+    # each phase evaluates on its own steps: the 1,000-step context phases once each
+    evals = {name: g.evaluations for name, g in r.phases}
+    assert evals["context-32k"] == evals["context-128k"] == 1
+    assert r.lost_s["eval_s"] == pytest.approx(sum(evals.values()) * 600.0)
+    # one step-time factor per run for every phase: the band's spread is the pre-training's, scaled up
+    lo, mid, hi = r.band_gpu_hours_pct
+    assert lo < r.gpu_hours_pct[0] and hi > r.gpu_hours_pct[2]
+    d = r.to_dict()
+    assert [p["name"] for p in d["phases"]] == [p.name for p in phased_case.phases]
+    assert all(len(line) > 18 and line[16:18] == "  " for line in r.lines())
+
+
+def test_cli_phased_plan_with_goodput(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from gpuhours.cli import app
+    runner = CliRunner()
+    chart = tmp_path / "gp.png"
+    r = runner.invoke(app, ["estimate", "--plan", "deepseek-v3-full", "--goodput-chart", str(chart), "--json"])
+    assert r.exit_code == 0, r.output
+    g = json.loads(r.stdout)["goodput"]
+    assert len(g["phases"]) == 4 and g["ideal_gpu_hours"] < g["expected_gpu_hours"]
+    assert chart.stat().st_size > 1000
+    r = runner.invoke(app, ["estimate", "--plan", "deepseek-v3-full", "--goodput-timeline", str(tmp_path / "t.png")])
+    assert r.exit_code == 2 and "--goodput-timeline" in r.stderr

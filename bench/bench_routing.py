@@ -1,8 +1,14 @@
 """Time the routing model at DeepSeek-V3 scale and draw the balancing dynamics.
 
-Run: .venv/bin/python bench/bench_routing.py [--out DIR (default: a temp folder)] [--steps N]
+Run: .venv/bin/python bench/bench_routing.py [--out DIR (default: a temp folder)] [--steps N (default 1000)]
+                                           [--balance-tokens T (default 256)] [--skip-single]
 Case: 256 routed experts, top-8, 8 groups / 4 per token, sigmoid; EP64 over 8 nodes of 8 GPUs,
 4,096 tokens per rank (262,144 tokens per micro-batch of the EP group).
+
+The balancing line times N steps of bias balancing (`simulate_balancing`, what `gpuhours routing --steps N`
+runs) at --balance-tokens tokens per rank and reports seconds in all and per step, the routing threads, and
+the gate scores drawn per second (tokens x experts per step).  Each step routes every token against every
+expert, so the time grows with tokens x experts x steps: `--balance-tokens 4096` is the CLI's default size.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from gpuhours.workloads.routing import (
     EPGroup,
     RoutingConfig,
     _ep_rank_loads_cached,
+    _threads,
     ep_rank_loads,
     route,
     simulate_balancing,
@@ -44,7 +51,9 @@ def best_of(fn, repeat: int = 3) -> tuple[float, object]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "gpuhours-bench-routing"))
-    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--balance-tokens", type=int, default=256, help="tokens per rank in the balancing run")
+    ap.add_argument("--skip-single", action="store_true", help="only the balancing run and EPLB")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -52,9 +61,10 @@ def main() -> None:
     moe = load_preset("deepseek-v3").moe
     group = EPGroup(64, 8)
     rows = []
-    for cfg in (RoutingConfig("balanced"), RoutingConfig("uniform"), RoutingConfig("zipf", 0.5),
-                RoutingConfig("zipf", 1.0), RoutingConfig("dirichlet", 1.0), RoutingConfig("zipf", 0.5, seq_sigma=0.5),
-                RoutingConfig("zipf", 1.0, capacity_factor=1.25)):
+    single = (RoutingConfig("balanced"), RoutingConfig("uniform"), RoutingConfig("zipf", 0.5),
+              RoutingConfig("zipf", 1.0), RoutingConfig("dirichlet", 1.0), RoutingConfig("zipf", 0.5, seq_sigma=0.5),
+              RoutingConfig("zipf", 1.0, capacity_factor=1.25))
+    for cfg in () if args.skip_single else single:
         dt, r = best_of(lambda: route(moe, group, 4096, cfg, bytes_per_token=DISPATCH_BYTES_PER_TOKEN))
         s = r.summary()
         rows.append({"config": f"{cfg.skew}:{cfg.value} seq_sigma={cfg.seq_sigma} cf={cfg.capacity_factor}",
@@ -66,7 +76,7 @@ def main() -> None:
     for r in rows:
         print(json.dumps(r))
 
-    for routing in ("balanced", "skew:0.5"):
+    for routing in () if args.skip_single else ("balanced", "skew:0.5"):
         _ep_rank_loads_cached.cache_clear()
         t = time.perf_counter()
         rl = ep_rank_loads(moe, 64, 8, 4096, routing)
@@ -77,15 +87,18 @@ def main() -> None:
         print(json.dumps({"ep_rank_loads": routing, "cold_s": round(cold, 3), "cached_s": round(warm, 6),
                           **{k: v for k, v in rl.summary().items() if k != "routing"}}))
 
-    # Balancing dynamics with DeepSeek-V3's update speed, on a smaller micro-batch (256 tokens per rank).
+    # Balancing dynamics with DeepSeek-V3's update speed (default: a smaller micro-batch, 256 tokens per rank).
     t = time.perf_counter()
-    stats = simulate_balancing(moe, group, 256, RoutingConfig("zipf", 0.5, seed=0), args.steps,
+    stats = simulate_balancing(moe, group, args.balance_tokens, RoutingConfig("zipf", 0.5, seed=0), args.steps,
                                gamma=DEEPSEEK_V3_BIAS_UPDATE_SPEED)
     dt = time.perf_counter() - t
     png = draw_balancing(stats, out / "balancing.png",
                          title=f"DeepSeek-V3 routing, EP64, Zipf 0.5, gamma {DEEPSEEK_V3_BIAS_UPDATE_SPEED}")
-    marks = [0, 100, 200, 300, 400, args.steps - 1]
-    print(json.dumps({"balancing_s": round(dt, 2), "steps": args.steps, "png": str(png),
+    marks = sorted({0, 100, 200, 300, 400, 500, 750, args.steps - 1})
+    scores = args.balance_tokens * group.ep * moe.n_routed_experts * args.steps
+    print(json.dumps({"balancing_s": round(dt, 2), "steps": args.steps, "tokens_per_rank": args.balance_tokens,
+                      "ms_per_step": round(1e3 * dt / args.steps, 1), "threads": _threads(),
+                      "gate_scores_per_s": f"{scores / dt:.3g}", "png": str(png),
                       "imbalance_at": {m: round(stats[m].imbalance, 3) for m in marks if m < len(stats)}}))
 
     # EPLB on the skewed loads of one micro-batch: 64 redundant slots (one per GPU)

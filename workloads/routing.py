@@ -27,9 +27,13 @@ source itself inside its own node).  Combine is the mirror image with the same c
 from __future__ import annotations
 
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -264,11 +268,11 @@ def _scale_by_sequence(x: np.ndarray, weight: np.ndarray, seq_of_token: np.ndarr
         op(x[a:b], weight[seq_of_token[a]], out=x[a:b])
 
 
-def _select_chunk(moe: MoESpec, weight: np.ndarray, bias: np.ndarray | None, rng: np.random.Generator,
-                  seq_of_token: np.ndarray) -> np.ndarray:
-    """Top-k experts of a chunk of tokens.  weight[s, e] = exp(log(E/k) - log(E p_e) - u[s, e])."""
-    C, E = seq_of_token.size, weight.shape[1]
-    x = rng.standard_exponential((C, E), dtype=np.float32)
+def _scores(moe: MoESpec, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+            seq_of_token: np.ndarray) -> None:
+    """In place: x (C, E) standard exponentials -> selection scores (gate score plus bias).
+
+    weight[s, e] = exp(log(E/k) - log(E p_e) - u[s, e]) (see the module docstring)."""
     if moe.score_func == "sigmoid":
         _scale_by_sequence(x, weight, seq_of_token, divide=False)
         x += 1.0
@@ -279,6 +283,12 @@ def _select_chunk(moe: MoESpec, weight: np.ndarray, bias: np.ndarray | None, rng
         x /= x.sum(axis=1, keepdims=True)
     if bias is not None:
         x += bias
+
+
+def _top_k_reference(moe: MoESpec, x: np.ndarray) -> np.ndarray:
+    """Top-k experts of each row of selection scores x (C, E), group limit honoured: the plain algorithm
+    (argmax / argpartition).  `_top_k` gives the same sets faster and falls back to this on rows with ties."""
+    C = x.shape[0]
     k, G, tg, epg = moe.top_k, moe.n_groups, moe.topk_groups, moe.experts_per_group
     if G > 1 and tg < G:
         xg = x.reshape(C, G, epg)
@@ -297,6 +307,53 @@ def _select_chunk(moe: MoESpec, weight: np.ndarray, bias: np.ndarray | None, rng
     if keep is not None:
         pick = np.take_along_axis(keep, pick // epg, axis=1) * epg + pick % epg
     return pick.astype(np.int16)
+
+
+def _top_k(moe: MoESpec, x: np.ndarray) -> np.ndarray:
+    """Top-k experts of each row of x (C, E), group limit honoured: (C, k) int16 (order within a row arbitrary).
+
+    Selects by value thresholds (a value partition is several times faster than an index partition): the
+    group score is the sum of each group's two largest scores (sigmoid) or its largest (softmax); the kept
+    groups are those at or above the tg-th largest group score; the experts those of kept groups at or above
+    the k-th largest score among them.  A row with a tie at either threshold is handed to
+    `_top_k_reference`, so every row gets exactly the set the reference algorithm picks.
+    """
+    C, E = x.shape
+    k, G, tg, epg = moe.top_k, moe.n_groups, moe.topk_groups, moe.experts_per_group
+    grouped = G > 1 and tg < G
+    if (grouped and tg * epg <= k) or (not grouped and E <= k):
+        return _top_k_reference(moe, x)
+    if grouped:
+        xg = x.reshape(C, G, epg)
+        sigmoid_pair = moe.score_func == "sigmoid" and epg > 1
+        kt = min(max(k, 2) if sigmoid_pair else k, epg)  # largest scores needed from each group
+        tops = np.partition(xg, epg - kt, axis=2)[..., epg - kt:] if kt < epg else xg
+        if sigmoid_pair:
+            two = tops if kt == 2 else np.partition(tops, kt - 2, axis=2)[..., kt - 2:]
+            gscore = two[..., 1] + two[..., 0]  # the two largest, as the reference sums them
+        else:
+            gscore = tops.max(axis=2)
+        gth = np.partition(gscore, G - tg, axis=1)[:, G - tg]
+        gkeep = gscore >= gth[:, None]
+        bad = np.count_nonzero(gkeep, axis=1) != tg
+        cand = np.where(gkeep[..., None], tops, -np.inf).reshape(C, G * kt)
+        th = np.partition(cand, G * kt - k, axis=1)[:, G * kt - k]
+        sel = xg >= th[:, None, None]
+        sel &= gkeep[..., None]
+        sel = sel.reshape(C, E)
+    else:
+        th = np.partition(x, E - k, axis=1)[:, E - k]
+        sel = x >= th[:, None]
+        bad = np.zeros(C, dtype=bool)
+    bad |= np.count_nonzero(sel, axis=1) != k
+    out = np.empty((C, k), dtype=np.int16)
+    if bad.any():
+        good = ~bad
+        out[good] = (np.flatnonzero(sel[good]) % E).reshape(-1, k)
+        out[bad] = _top_k_reference(moe, x[bad])
+    else:
+        out[:] = (np.flatnonzero(sel) % E).reshape(C, k)
+    return out
 
 
 def _drop_over_capacity(experts: np.ndarray, n_experts: int, capacity_factor: float) -> tuple[np.ndarray, int]:
@@ -323,7 +380,9 @@ def route(moe: MoESpec, group: EPGroup, tokens_per_rank: int, config: RoutingCon
     """Route one micro-batch of `tokens_per_rank` tokens on each of the group's ranks.
 
     `bias` (per expert, score units) overrides config.bias; `step` selects fresh per-token noise while the
-    popularity stays fixed by config.seed.  The score matrix is built `chunk_tokens` rows at a time.
+    popularity stays fixed by config.seed.  The score matrix is built `chunk_tokens` rows at a time: the noise
+    of each chunk is drawn in order from one generator (so the result does not depend on the thread count),
+    and the chunks are scored and selected on a pool of threads (numpy releases the GIL there).
     """
     if not isinstance(moe, MoESpec):
         raise ValueError(f"route: moe must be a MoESpec, got {type(moe).__name__}")
@@ -348,10 +407,22 @@ def route(moe: MoESpec, group: EPGroup, tokens_per_rank: int, config: RoutingCon
         u = rng.normal(0.0, config.seq_sigma, (n_seq, E)) if config.seq_sigma > 0 else np.zeros((1, E))
         weight = np.exp(math.log(E / k) - np.log(E * p)[None, :] - u).astype(np.float32)
         experts = np.empty((T, k), dtype=np.int16)
-        for start in range(0, T, chunk_tokens):
-            t = np.arange(start, min(T, start + chunk_tokens))
+
+        def select(start: int, x: np.ndarray) -> None:
+            t = np.arange(start, start + x.shape[0])
             seq = t // config.seq_len if config.seq_sigma > 0 else np.zeros(t.size, dtype=np.int64)
-            experts[t] = _select_chunk(moe, weight, b, rng, seq)
+            _scores(moe, x, weight, b, seq)
+            experts[start:start + x.shape[0]] = _top_k(moe, x)
+
+        starts = range(0, T, chunk_tokens)
+        draw = lambda start: rng.standard_exponential((min(T, start + chunk_tokens) - start, E),  # noqa: E731
+                                                      dtype=np.float32)
+        workers = min(len(starts), _threads())
+        if workers <= 1:
+            for start in starts:
+                select(start, draw(start))
+        else:
+            _run_chunks(starts, draw, select, workers)
 
     dropped = 0
     if config.capacity_factor is not None:
@@ -359,9 +430,43 @@ def route(moe: MoESpec, group: EPGroup, tokens_per_rank: int, config: RoutingCon
     return _tally(experts, group, tokens_per_rank, epr, E, float(bytes_per_token), dropped)
 
 
+MAX_THREADS = 16  # routing threads at most (one chunk of 8,192 tokens x 256 experts is 8 MB of float32)
+
+
+def _threads() -> int:
+    """Routing threads: the CPUs this process may use, at most MAX_THREADS; GPUHOURS_ROUTING_THREADS=N caps it
+    (e.g. 1 inside a pool of worker processes).  The result does not depend on it."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    cap = os.environ.get("GPUHOURS_ROUTING_THREADS", "")
+    if cap.strip().isdigit() and int(cap) >= 1:
+        n = min(n, int(cap))
+    return max(1, min(n, MAX_THREADS))
+
+
+def _run_chunks(starts, draw, select, workers: int) -> None:
+    """Draw each chunk's noise here, in order, and select it on a worker; at most 2 x workers chunks in flight."""
+    slots = threading.BoundedSemaphore(2 * workers)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="routing") as pool:
+        futures = []
+        for start in starts:
+            slots.acquire()
+            try:
+                fut = pool.submit(select, start, draw(start))
+            except BaseException:
+                slots.release()
+                raise
+            fut.add_done_callback(lambda _f: slots.release())
+            futures.append(fut)
+        for fut in futures:
+            fut.result()
+
+
 def _tally(experts: np.ndarray, group: EPGroup, tokens_per_rank: int, epr: int, E: int,
            bytes_per_token: float, dropped: int) -> RoutingResult:
-    ep, gpn = group.ep, group.gpus_per_node
+    ep, gpn, n_nodes = group.ep, group.gpus_per_node, group.n_nodes
     T, k = experts.shape
     kept = experts >= 0
     e = experts[kept].astype(np.int64)
@@ -382,18 +487,25 @@ def _tally(experts: np.ndarray, group: EPGroup, tokens_per_rank: int, epr: int, 
     new_node &= ranks < ep
     nodes_per_token = new_node.sum(axis=1).astype(np.int64)
 
-    src2 = np.broadcast_to(src[:, None], ranks.shape)
-    rank_tokens_received = np.bincount(ranks[new_rank], minlength=ep)
+    # Copy counts from two small histograms instead of per-copy index arrays:
+    # H[l, q] = tokens whose source has in-node index l reaching rank q (once per token);
+    # Cn[s, n] = tokens of source rank s reaching node n (once per token).
+    local = (src % gpn)[:, None]
+    H = np.bincount((local * ep + ranks)[new_rank], minlength=gpn * ep).reshape(gpn, ep)
+    Cn = np.bincount((src[:, None] * n_nodes + nodes)[new_node], minlength=ep * n_nodes).reshape(ep, n_nodes)
+    rank_tokens_received = H.sum(axis=0)
     # IB: one copy per distinct remote node, landing on the GPU with the source's in-node index
-    remote = new_node & (nodes != (src2 // gpn))
-    landing_remote = nodes[remote] * gpn + src2[remote] % gpn
-    ib_sent = np.bincount(src2[remote], minlength=ep)
-    ib_received = np.bincount(landing_remote, minlength=ep)
+    s = np.arange(ep)
+    Cn[s, s // gpn] = 0  # the source's own node is reached over NVLink only
+    ib_sent = Cn.sum(axis=1)
+    landing = np.arange(n_nodes)[None, :] * gpn + (s % gpn)[:, None]
+    ib_received = np.bincount(landing.ravel(), weights=Cn.ravel(), minlength=ep).astype(np.int64)
     # NVLink: every distinct target rank other than the landing GPU (the source itself in its own node)
-    fwd = new_rank & (ranks % gpn != src2 % gpn)
-    forwarder = nodes[fwd] * gpn + src2[fwd] % gpn
-    nvlink_sent = np.bincount(forwarder, minlength=ep)
-    nvlink_received = np.bincount(ranks[fwd], minlength=ep)
+    q = np.arange(ep)
+    fwd = H * ((q % gpn)[None, :] != np.arange(gpn)[:, None])
+    forwarder = (q // gpn)[None, :] * gpn + np.arange(gpn)[:, None]
+    nvlink_sent = np.bincount(forwarder.ravel(), weights=fwd.ravel(), minlength=ep).astype(np.int64)
+    nvlink_received = fwd.sum(axis=0)
     return RoutingResult(group=group, tokens_per_rank=tokens_per_rank, top_k=k, experts=experts,
                          expert_rows=expert_rows, rank_rows=rank_rows, rank_rows_sent=rank_rows_sent,
                          rank_tokens_received=rank_tokens_received, nodes_per_token=nodes_per_token,
@@ -418,13 +530,16 @@ class BalanceStep:
 
 
 def simulate_balancing(moe: MoESpec, group: EPGroup, tokens_per_rank: int, config: RoutingConfig, steps: int,
-                       gamma: float = DEEPSEEK_V3_BIAS_UPDATE_SPEED) -> list[BalanceStep]:
+                       gamma: float = DEEPSEEK_V3_BIAS_UPDATE_SPEED,
+                       progress: Callable[[int, int], None] | None = None) -> list[BalanceStep]:
     """Auxiliary-loss-free balancing under a stationary skew.
 
     After each step (one micro-batch of the EP group standing in for the global batch):
         bias_e += gamma * sign(mean_e(load) - load_e)
     The popularity is fixed by config.seed; each step draws fresh per-token noise.  Stats are taken with the
-    bias in force during that step (step 0: config.bias or zeros).
+    bias in force during that step (step 0: config.bias or zeros).  `progress(done, steps)` is called after
+    each step.  Every step routes all tokens_per_rank x ep tokens against all experts (see `route`), so the
+    cost grows with tokens x experts x steps.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"simulate_balancing: steps = {steps!r}: expected an integer >= 1")
@@ -442,6 +557,8 @@ def simulate_balancing(moe: MoESpec, group: EPGroup, tokens_per_rank: int, confi
                                r.mean_nodes_per_token))
         load = r.expert_rows
         bias += gamma * np.sign(load.mean() - load)
+        if progress is not None:
+            progress(s + 1, steps)
     return out
 
 

@@ -172,6 +172,9 @@ SCENARIO_OPTIONS = dict(
                                                  "file with a preset's keys (hwmodels/data/clusters.toml)"),
     nic_gbps=typer.Option(None, "--nic-gbps", help="NIC bandwidth per GPU in Gb/s (e.g. 200)"),
     oversubscription=typer.Option(None, "--oversubscription", help="Leaf downlink:uplink ratio (e.g. 2)"),
+    order=typer.Option(None, "--order", help="Rank placement, innermost first: a permutation of tp, cp, dp, pp "
+                                             "(default tp-cp-dp-pp; tp-cp-ep-dp-pp accepted); decides the links "
+                                             "every collective and pipeline send uses"),
     routing=typer.Option(None, "--routing", help="MoE routing: balanced, skew:<zipf s>, file:<loads.csv|npy>"),
     redundant_experts=typer.Option(0, "--redundant-experts", help="EPLB: extra expert replicas per EP group"),
     stage_layers=typer.Option(None, "--stage-layers", help="Layers per pipeline stage, e.g. 4,4,...,5,0 "
@@ -191,10 +194,32 @@ SCENARIO_OPTIONS = dict(
 
 
 
+def _count_progress(label: str, quiet: bool):
+    """A done/total counter on stderr: redrawn in place on a terminal, else one line at the end."""
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if quiet or not (tty or done == total):
+            return
+        typer.echo(f"\r  {label} {done}/{total}", err=True, nl=done == total)
+
+    return progress
+
+
+def _wants_planned_layout(plan, model, *layout) -> bool:
+    """`estimate --model M` with no plan and no layout option: the planner chooses the layout, unless the model
+    has a built-in plan of its own (DeepSeek-V3's plan carries its published layout)."""
+    from gpuhours.simulator.scenario import list_plans
+
+    return (model is not None and plan is None and all(v is None for v in layout)
+            and model not in list_plans())
+
+
 def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
               calibration, precision, batch, network=None, cluster=None, nic_gbps=None, oversubscription=None,
               routing=None, redundant_experts=0, stage_layers=None, recompute=None, overlap_grad_reduce=None,
-              overlap_param_gather=None, zero_stage=None, cp=None, attention_kernel=None, tp_comm_overlap=None):
+              overlap_param_gather=None, zero_stage=None, cp=None, attention_kernel=None, tp_comm_overlap=None,
+              order=None):
     from gpuhours.simulator.scenario import load_scenario
     from gpuhours.workloads.ops import RECOMPUTE_POLICIES
 
@@ -219,7 +244,7 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
                          redundant_experts=redundant_experts, stage_layers=stage_layers, recompute=recompute,
                          overlap_grad_reduce=overlap_grad_reduce, overlap_param_gather=overlap_param_gather,
                          zero_stage=zero_stage, cp=cp, attention_kernel=attention_kernel,
-                         tp_comm_overlap=tp_comm_overlap)
+                         tp_comm_overlap=tp_comm_overlap, order=order)
 
 
 @app.command()
@@ -246,6 +271,7 @@ def estimate(
     cluster: Optional[str] = SCENARIO_OPTIONS["cluster"],
     nic_gbps: Optional[float] = SCENARIO_OPTIONS["nic_gbps"],
     oversubscription: Optional[float] = SCENARIO_OPTIONS["oversubscription"],
+    order: Optional[str] = SCENARIO_OPTIONS["order"],
     routing: Optional[str] = SCENARIO_OPTIONS["routing"],
     redundant_experts: int = SCENARIO_OPTIONS["redundant_experts"],
     stage_layers: Optional[str] = SCENARIO_OPTIONS["stage_layers"],
@@ -282,21 +308,32 @@ def estimate(
                 _output_path(path, (".png", ".svg"), field)
                 goodput = True
         if plan is not None and is_phased(plan):
-            if goodput:
-                raise UsageError("--goodput: phased plans are not supported yet; estimate one phase's plan")
-            _estimate_phased(plan, allow_oom, as_json)
+            if goodput_timeline is not None:
+                raise UsageError("--goodput-timeline: one run's timeline is drawn for single-phase plans only")
+            _estimate_phased(plan, allow_oom, as_json, _goodput_config(plan) if goodput else None, goodput_chart)
             return
         goodput_config = _goodput_config(plan) if goodput else None
-        scenario = _scenario(plan,model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
+        layout_note = None
+        if _wants_planned_layout(plan, model, pp, ep, tp, cp, vpp, schedule, micro_batch_size, stage_layers,
+                                 recompute, zero_stage, tp_comm_overlap):
+            from gpuhours.simulator.planner import planned_layout
+
+            chosen, layout_note = planned_layout(model, gpu, gpus, seq_len, tokens, batch,
+                                                 _count_progress("choosing a layout: simulated", as_json))
+            pp, ep, tp, cp, vpp = chosen["pp"], chosen["ep"], chosen["tp"], chosen["cp"], chosen["vpp"]
+            schedule, micro_batch_size, batch = chosen["schedule"], chosen["micro_batch_size"], chosen["batch"]
+            recompute, zero_stage, tp_comm_overlap = chosen["recompute"], chosen["zero_stage"], chosen["tp_comm_overlap"]
+        scenario = _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
                              calibration, precision, batch, network, cluster, nic_gbps, oversubscription, routing,
                              redundant_experts, stage_layers, recompute, overlap_grad_reduce,
-                             overlap_param_gather, zero_stage, cp, attention_kernel, tp_comm_overlap)
+                             overlap_param_gather, zero_stage, cp, attention_kernel, tp_comm_overlap, order)
         result = run_estimate(scenario)
         memory = memory_breakdown(scenario, result.steady.step)
         if not memory.fits and not allow_oom:
             raise UsageError(f"{memory.reason()}; change the layout or pass --allow-oom")
         data = estimate_dict(scenario, result)
         data["memory"] = memory.to_dict()
+        data["layout_chosen_by_plan"] = layout_note
         if scenario.routing != "balanced" or scenario.redundant_experts:
             from dataclasses import replace
 
@@ -316,6 +353,8 @@ def estimate(
         _echo_json(data)
     else:
         typer.echo(render_estimate(data))
+        if layout_note:
+            typer.echo(f"note: {layout_note}")
         for line in gp.lines() if gp is not None else ():
             typer.echo(line)
     if gp is not None:
@@ -337,7 +376,7 @@ def _goodput_config(plan: Optional[str]):
     return goodput_from_plan(_read_plan(plan or DEFAULT_PLAN)) or GoodputConfig()
 
 
-def _estimate_phased(plan: str, allow_oom: bool, as_json: bool) -> None:
+def _estimate_phased(plan: str, allow_oom: bool, as_json: bool, goodput_config=None, goodput_chart=None) -> None:
     from gpuhours.reports.estimate_table import render_phases
     from gpuhours.simulator.comparisons import phased_calibration
     from gpuhours.simulator.phases import estimate_phases
@@ -349,6 +388,16 @@ def _estimate_phased(plan: str, allow_oom: bool, as_json: bool) -> None:
     result = estimate_phases(plan, allow_oom=allow_oom, progress=progress)
     data = result.to_dict()
     data.update(phased_calibration(plan))
+    gp = None
+    if goodput_config is not None:
+        from gpuhours.simulator.goodput_phases import phased_goodput_estimate
+
+        gp = phased_goodput_estimate(result, plan, goodput_config)
+        data["goodput"] = gp.to_dict()
+    if goodput_chart is not None:
+        from gpuhours.reports.goodput_chart import histogram
+
+        _write_atomically(goodput_chart, lambda path: histogram(gp, str(path)))
     if as_json:
         _echo_json(data)
         return
@@ -364,6 +413,10 @@ def _estimate_phased(plan: str, allow_oom: bool, as_json: bool) -> None:
     for name, lines in data["warnings"].items():
         for w in lines:
             typer.echo(f"warning ({name}): {w}")
+    for line in gp.lines() if gp is not None else ():
+        typer.echo(line)
+    if goodput_chart is not None:
+        typer.echo(f"wrote {goodput_chart}")
 
 
 @app.command("plan")
@@ -391,12 +444,9 @@ def plan_command(
         if chart is not None:
             _output_path(chart, (".png", ".svg"), "--chart")
 
-        def progress(done, total):
-            if not as_json:
-                typer.echo(f"\r  simulated {done}/{total} layouts", err=True, nl=done == total)
-
         result = plan_layouts(model, gpu, gpus, seq_len=seq_len, tokens=tokens, batch=batch, goal=goal,
-                              max_days=max_days, max_simulated=max_simulated, progress=progress)
+                              max_days=max_days, max_simulated=max_simulated,
+                              progress=_count_progress("simulated layouts", as_json))
     if as_json:
         _echo_json(result.to_dict())
     else:
@@ -508,8 +558,16 @@ def step(
     zero_stage: Optional[int] = SCENARIO_OPTIONS["zero_stage"],
     microbatches: Optional[int] = typer.Option(None, "--microbatches",
                                                help="Micro-batches per pipeline (default: the plan's final batch)"),
-    gantt: Optional[Path] = typer.Option(None, "--gantt", help="Write a Gantt chart of the step (.png or .svg)"),
-    trace: Optional[Path] = typer.Option(None, "--trace", help="Write a Chrome/Perfetto trace of the step (.json)"),
+    gantt: Optional[Path] = typer.Option(None, "--gantt", help="Write a Gantt chart of the step (.png or .svg): "
+                                         "the whole step with one lane of pipeline instructions per rank, over a "
+                                         "detail window with every rank's pipeline, compute and communication "
+                                         "lanes"),
+    gantt_window: Optional[str] = typer.Option(None, "--gantt-window",
+                                               help="Detail window of --gantt: N instructions of rank 0 from its "
+                                                    "first F&B pair or first instruction (default 4), or 'all': "
+                                                    "every span of every lane over the whole step in one wide chart"),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="Write a Chrome/Perfetto trace of the step (.json): "
+                                                               "every span, for ui.perfetto.dev"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Simulate one training step in detail: compute and communication streams of every pipeline rank."""
@@ -518,6 +576,14 @@ def step(
 
     with user_errors():
         _check_picture_paths(gantt, trace)
+        window = None
+        if gantt_window is not None:
+            if gantt is None:
+                raise UsageError("--gantt-window sets the window of --gantt: give --gantt F.png too")
+            text = gantt_window.strip().lower()
+            if text != "all" and not (text.isdigit() and 1 <= int(text) <= 10_000):
+                raise UsageError(f"--gantt-window: {gantt_window!r} is not 'all' or an integer from 1 to 10000")
+            window = "all" if text == "all" else int(text)
         scenario = _scenario(None, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, None, seq_len, None,
                              calibration, precision, None, network, cluster, None, None, routing,
                              recompute=recompute, overlap_grad_reduce=overlap_grad_reduce,
@@ -526,9 +592,17 @@ def step(
         m = microbatches or microbatches_for(scenario.plan.batch.end, scenario.parallel)[0]
         result = scenario.simulator().step(m, detail=gantt is not None or trace is not None)
     data = step_dict(result)
-    _write_pictures(result.pipeline.spans, gantt, trace,
-                    title=f"{scenario.model.name} step: {result.schedule}, pp={scenario.parallel.pp}, {m} micro-batches",
-                    streams=("pipeline", "compute", "comm"), unit="s", trace_unit_s=1.0)
+    title = f"{scenario.model.name} step: {result.schedule}, pp={scenario.parallel.pp}, {m} micro-batches"
+    _write_pictures(result.pipeline.spans, None, trace, title=title, streams=("pipeline", "compute", "comm"),
+                    unit="s", trace_unit_s=1.0)
+    if gantt is not None:  # drawn here, not by _write_pictures: the window and the note are the step's own
+        from gpuhours.reports.gantt import draw_gantt
+
+        note = (f"every span of every rank: {trace} (open it in ui.perfetto.dev)" if trace is not None else
+                "every span of every rank: add --trace F.json and open it in ui.perfetto.dev")
+        _write_atomically(gantt, lambda path: draw_gantt(result.pipeline.spans, path, title=title,
+                                                         streams=("pipeline", "compute", "comm"), unit="s",
+                                                         window=window, note=note))
     if as_json:
         _echo_json(data)
         return
@@ -734,8 +808,17 @@ def routing(
         loads = ep_rank_loads(spec.moe, ep, gpus_per_node, tokens, choice, seed=seed)
         data = {"model": spec.name, "ep": ep, "tokens_per_rank": tokens, **loads.summary()}
         if steps:
+            from rich.progress import Progress
+
             config = RoutingConfig(skew="zipf", value=skew, seed=seed)
-            stats = simulate_balancing(spec.moe, EPGroup(ep, gpus_per_node), tokens, config, steps, gamma)
+            with Progress(transient=True, console=_stderr_console()) as bar:
+                task = bar.add_task("bias balancing", total=steps)
+
+                def progress(done, total):
+                    bar.update(task, completed=done, total=total, description=f"bias balancing: step {done}")
+
+                stats = simulate_balancing(spec.moe, EPGroup(ep, gpus_per_node), tokens, config, steps, gamma,
+                                           progress=progress)
             data["balancing"] = [{"step": b.step, "imbalance": b.imbalance} for b in stats]
             if png is not None:
                 from gpuhours.reports.routing_plot import draw_balancing

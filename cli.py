@@ -568,6 +568,8 @@ def step(
                                                     "every span of every lane over the whole step in one wide chart"),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write a Chrome/Perfetto trace of the step (.json): "
                                                                "every span, for ui.perfetto.dev"),
+    order: Optional[str] = SCENARIO_OPTIONS["order"],
+    oversubscription: Optional[float] = SCENARIO_OPTIONS["oversubscription"],
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Simulate one training step in detail: compute and communication streams of every pipeline rank."""
@@ -585,13 +587,16 @@ def step(
                 raise UsageError(f"--gantt-window: {gantt_window!r} is not 'all' or an integer from 1 to 10000")
             window = "all" if text == "all" else int(text)
         scenario = _scenario(None, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, None, seq_len, None,
-                             calibration, precision, None, network, cluster, None, None, routing,
+                             calibration, precision, None, network, cluster, None, oversubscription, routing,
                              recompute=recompute, overlap_grad_reduce=overlap_grad_reduce,
                              overlap_param_gather=overlap_param_gather, zero_stage=zero_stage, cp=cp,
-                             attention_kernel=attention_kernel, tp_comm_overlap=tp_comm_overlap)
+                             attention_kernel=attention_kernel, tp_comm_overlap=tp_comm_overlap, order=order)
         m = microbatches or microbatches_for(scenario.plan.batch.end, scenario.parallel)[0]
         result = scenario.simulator().step(m, detail=gantt is not None or trace is not None)
     data = step_dict(result)
+    from gpuhours.reports.placement_table import placement_lines, placement_rows
+
+    data["groups"] = placement_rows(scenario.simulator().coster)
     title = f"{scenario.model.name} step: {result.schedule}, pp={scenario.parallel.pp}, {m} micro-batches"
     _write_pictures(result.pipeline.spans, None, trace, title=title, streams=("pipeline", "compute", "comm"),
                     unit="s", trace_unit_s=1.0)
@@ -615,6 +620,8 @@ def step(
     for r in range(len(result.busy_per_rank)):
         typer.echo(f"{r:>4} {result.busy_per_rank[r]:>10.3f} {result.comm_busy_per_rank[r]:>8.3f} "
                    f"{result.bubble_per_rank[r]:>8.3f} {result.peak_activations_per_rank[r]:>9}")
+    for line in placement_lines(data["groups"], scenario.parallel.order):
+        typer.echo(line)
     for path in (gantt, trace):
         if path is not None:
             typer.echo(f"wrote {path}")

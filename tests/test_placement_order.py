@@ -128,3 +128,29 @@ def test_estimate_of_a_model_without_a_layout_asks_the_planner(tmp_path):
     assert data["layout_chosen_by_plan"].startswith(f"layout chosen by gpuhours plan: {best.layout}")
     assert data["step_time_s"] == pytest.approx(best.step_time_s, rel=1e-9)
     assert data["layout"]["tp"] == best.candidate.tp and data["layout"]["pp"] == best.candidate.pp
+
+
+def test_step_reports_each_groups_nodes_switches_and_bottleneck():
+    """The 16:1 SuperPOD of the test above: under the default order the data-parallel group stays under one leaf
+    per rail (1 switch) while the pipeline send climbs to a spine (leaf, spine, leaf: 3) and is bottlenecked on a
+    leaf's uplink; stages inside data parallelism swap the two."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from gpuhours.cli import app
+
+    args = ["step", "--model", "llama-3-70b", "--gpu", "h100-sxm", "--gpus", "1024", "--tp", "8", "--pp", "4",
+            "--ep", "1", "--schedule", "1f1b", "--cluster", "dgx-h100", "--oversubscription", "16",
+            "--microbatches", "8", "--json"]
+    rows = {}
+    for order in ("tp-cp-dp-pp", "tp-cp-pp-dp"):
+        r = CliRunner().invoke(app, args + ["--order", order])
+        assert r.exit_code == 0, r.output
+        rows[order] = {g["group"]: g for g in json.loads(r.stdout)["groups"]}
+    default, inside = rows["tp-cp-dp-pp"], rows["tp-cp-pp-dp"]
+    assert (default["tp"]["nodes"], default["tp"]["switches"]) == (1, 0)
+    assert (default["dp"]["switches"], default["pp"]["switches"]) == (1, 3)
+    assert (inside["dp"]["switches"], inside["pp"]["switches"]) == (3, 1)
+    assert default["pp"]["bottleneck"][0][0] == "leaf" and default["pp"]["bottleneck"][1][0] == "spine"
+    assert default["dp"]["nodes"] == inside["dp"]["nodes"] == 32

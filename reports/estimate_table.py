@@ -44,7 +44,7 @@ def estimate_dict(scenario, est: RunEstimate) -> dict:
         "gpus": p.num_gpus,
         "layout": {"pp": p.pp, "ep": p.ep, "tp": p.tp, "dp": p.dp, "vpp": p.vpp, "schedule": p.schedule,
                    "zero_stage": p.zero_stage, "micro_batch_size": p.micro_batch_size, "comm_sms": p.comm_sms,
-                   "stage_layers": list(steady.stage_layers)},
+                   "stage_layers": list(steady.stage_layers), "cp": p.cp, "order": "-".join(p.order)},
         "precision": "fp8" if scenario.opts.fp8 else "bf16",
         "tokens": est.tokens,
         "seq_len": scenario.plan.seq_len,
@@ -199,7 +199,9 @@ def render_estimate(d: dict) -> str:
         ("cluster", f"{d['gpus']} x {d['gpu']}"),
         ("layout", f"PP{lay['pp']} EP{lay['ep']} TP{lay['tp']} DP{lay['dp']}, {lay['schedule']}"
                    f"{' v=' + str(lay['vpp']) if lay['schedule'] == 'interleaved-1f1b' else ''}, "
-                   f"ZeRO-{lay['zero_stage']}, {d['precision'].upper()}, {lay['comm_sms']} SMs for communication"),
+                   f"ZeRO-{lay['zero_stage']}, {d['precision'].upper()}, {lay['comm_sms']} SMs for communication"
+                   + (f", CP{lay['cp']}" if lay.get("cp", 1) > 1 else "")
+                   + (f", placement {lay['order']}" if lay.get("order", "tp-cp-dp-pp") != "tp-cp-dp-pp" else "")),
         ("layers per stage", " ".join(str(x) for x in lay["stage_layers"])),
         ("run", f"{_si(d['tokens'])} tokens at sequence length {d['seq_len']}, {len(d['segments'])} batch segments"),
         ("step time", f"{d['step_time_s']:.2f} s at batch {d['segments'][-1]['batch_simulated']}"),

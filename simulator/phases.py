@@ -29,7 +29,7 @@ from gpuhours.workloads.run import BatchRamp, parse_count
 _GIB = 2**30
 SCENARIO_KEYS = ("model", "gpu", "gpus", "pp", "ep", "tp", "vpp", "schedule", "micro_batch_size", "seq_len",
                  "price", "calibration", "fp8", "comm_sms", "network", "cluster", "nic_gbps", "oversubscription",
-                 "routing", "tokens", "batch", "cp", "attention_kernel", "tp_comm_overlap")
+                 "routing", "tokens", "batch", "cp", "attention_kernel", "tp_comm_overlap", "order")
 RAMP_KEYS = ("batch_start", "batch_end", "ramp_tokens")
 EXTRA_KEYS = ("steps", "zero_stage", "stage_layers", "recompute")
 BOOK_KEYS = ("name", "reference_gpu_hours", "note")
@@ -169,6 +169,7 @@ def layout_label(scenario: Scenario) -> str:
     p = scenario.parallel
     parts = [f"PP{p.pp} {p.schedule}", f"TP{p.tp}"] + ([f"CP{p.cp}"] if p.cp > 1 else [])
     parts += [f"EP{p.ep}", f"DP{p.dp}", f"ZeRO-{p.zero_stage}"]
+    parts += [f"placement {'-'.join(p.order)}"] if p.order != ("tp", "cp", "dp", "pp") else []
     return " ".join(parts)
 
 

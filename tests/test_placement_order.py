@@ -154,3 +154,17 @@ def test_step_reports_each_groups_nodes_switches_and_bottleneck():
     assert (inside["dp"]["switches"], inside["pp"]["switches"]) == (3, 1)
     assert default["pp"]["bottleneck"][0][0] == "leaf" and default["pp"]["bottleneck"][1][0] == "spine"
     assert default["dp"]["nodes"] == inside["dp"]["nodes"] == 32
+
+
+def test_order_is_a_sweep_key(tmp_path):
+    from gpuhours.simulator.sweep import parse_spec, run_sweep
+
+    spec = parse_spec({"sweep": {"base": "deepseek-v3"},
+                       "fixed": {"model": "llama-3-70b", "gpu": "h100-sxm", "gpus": 1024, "tp": 8, "pp": 4, "ep": 1,
+                                 "schedule": "1f1b", "cluster": "dgx-h100", "batch": 1024, "tokens": "1B",
+                                 "oversubscription": 16},
+                       "grid": [{"order": ["tp-cp-dp-pp", "tp-cp-pp-dp", "tp-dp-pp"]}]})
+    table = run_sweep(spec, str(tmp_path), workers=1, executor="serial").table.set_index("order")
+    assert table.loc["tp-cp-dp-pp", "step_time_s"] != table.loc["tp-cp-pp-dp", "step_time_s"]
+    assert "placement tp-cp-pp-dp" in table.loc["tp-cp-pp-dp", "layout"]
+    assert not table.loc["tp-dp-pp", "feasible"] and "order must be a permutation" in table.loc["tp-dp-pp", "reason"]

@@ -102,6 +102,8 @@ class GraphNetwork:
         self._routes: dict[tuple[int, int], Route] = {}
         self._fabric_routes: dict[tuple, tuple[list, list, float] | None] = {}
         self._next_hops: dict[tuple, dict] = {}
+        self._walks: dict[tuple, tuple] = {}
+        self._fabric_np: dict[tuple, tuple] = {}
         self._dist: dict[tuple, dict] = {}
         self._phases: dict[tuple, tuple[Phase, ...]] = {}
         self._by_shape: dict[tuple, object] = {}
@@ -109,27 +111,30 @@ class GraphNetwork:
     # ------------------------------------------------------------------------------------------ graph index
     def _index_graph(self) -> None:
         g = self.graph
-        self._edges = list(g.edges())
+        data = [(u, v, d) for u, nbrs in g._succ.items() for v, d in nbrs.items()]  # the order of g.edges()
+        self._edges = [(u, v) for u, v, _ in data]
         self._eid = {e: i for i, e in enumerate(self._edges)}
-        self._cap = np.array([g.edges[e]["capacity"] for e in self._edges], dtype=float)
-        self._lat = np.array([g.edges[e].get("latency", 0.0) for e in self._edges], dtype=float)
-        gpus = sorted(n[1] for n, k in g.nodes(data="kind") if k == "gpu")
+        self._cap = np.fromiter((d["capacity"] for _, _, d in data), dtype=float, count=len(data))
+        self._lat = np.fromiter((d.get("latency", 0.0) for _, _, d in data), dtype=float, count=len(data))
+        attrs = g._node  # node -> attribute dict, read directly: node views cost a call per node
+        gpus = sorted(n[1] for n, d in attrs.items() if d.get("kind") == "gpu")
         if gpus != list(range(len(gpus))) or not gpus:
             raise ValueError("graph must have GPU nodes ('gpu', 0..N-1)")
         self.num_gpus = len(gpus)
-        self._node_of = np.array([g.nodes[("gpu", i)]["node"] for i in gpus])
-        self._local_of = np.array([g.nodes[("gpu", i)]["local"] for i in gpus])
+        self._node_of = np.array([attrs[("gpu", i)]["node"] for i in gpus])
+        self._local_of = np.array([attrs[("gpu", i)]["local"] for i in gpus])
         self.num_nodes = int(self._node_of.max()) + 1
         self.gpus_per_node = self.num_gpus // self.num_nodes
         self._nvswitch = {}
         self._leaf = {}
+        succ = g._succ
         for i in gpus:
-            for v in g.successors(("gpu", i)):
+            for v in succ[("gpu", i)]:
                 if v[0] == "nvswitch":
                     self._nvswitch[i] = v
             nic = ("nic", i)
-            if nic in g:
-                self._leaf[i] = next((v for v in g.successors(nic) if v[0] == "leaf"), None)
+            if nic in succ:
+                self._leaf[i] = next((v for v in succ[nic] if v[0] == "leaf"), None)
         self._by_node_local = {(int(self._node_of[i]), int(self._local_of[i])): i for i in gpus}
         self._index_gpu_edges(gpus)
 
@@ -201,6 +206,42 @@ class GraphNetwork:
             return [(target, self._eid[(u, target)])]
         return hops.get(u, [])
 
+    def _walk(self, src_leaf, dst_leaf, anchors: frozenset):
+        """The ECMP split from ``src_leaf`` up to the switches under which ``dst_leaf`` hangs (its anchors):
+        (edge ids, fractions, latency, share arriving at each anchor). Every leaf under the same anchors shares it,
+        so a leaf pair costs only its last hops."""
+        key = (src_leaf, anchors)
+        hit = self._walks.get(key)
+        if hit is None:
+            acc: dict[int, float] = {}
+            arrive: dict = {}
+            frontier = {src_leaf: 1.0}
+            while frontier:
+                nxt: dict = {}
+                for u, f in frontier.items():
+                    if u in anchors:
+                        arrive[u] = arrive.get(u, 0.0) + f
+                        continue
+                    hops = self._hops_toward(u, dst_leaf)
+                    share = f / len(hops)
+                    for v, e in hops:
+                        acc[e] = acc.get(e, 0.0) + share
+                        nxt[v] = nxt.get(v, 0.0) + share
+                frontier = nxt
+            links = list(acc)
+            fr = [acc[e] for e in links]
+            hit = self._walks[key] = (links, fr, float(np.dot(self._lat[links], fr)) if links else 0.0, arrive)
+        return hit
+
+    def _fabric_arrays(self, src_leaf, dst_leaf):
+        """``_fabric`` as arrays (cached), for routing many flows at once."""
+        key = (src_leaf, dst_leaf)
+        hit = self._fabric_np.get(key)
+        if hit is None:
+            links, fractions, latency = self._fabric(src_leaf, dst_leaf)
+            hit = self._fabric_np[key] = (np.asarray(links, dtype=np.int64), np.asarray(fractions), latency)
+        return hit
+
     def _fabric(self, src_leaf, dst_leaf):
         """ECMP split over all shortest switch paths src_leaf -> dst_leaf: (edge ids, fractions, latency)."""
         key = (src_leaf, dst_leaf)
@@ -213,22 +254,11 @@ class GraphNetwork:
             if src_leaf not in dist and src_leaf not in anchors:
                 res = None
             else:
-                acc: dict[int, float] = {}
-                frontier = {src_leaf: 1.0}
-                while frontier:
-                    nxt: dict = {}
-                    for u, f in frontier.items():
-                        if u == dst_leaf:
-                            continue
-                        hops = self._hops_toward(u, dst_leaf)
-                        share = f / len(hops)
-                        for v, e in hops:
-                            acc[e] = acc.get(e, 0.0) + share
-                            nxt[v] = nxt.get(v, 0.0) + share
-                    frontier = nxt
-                links = list(acc)
-                fr = [acc[e] for e in links]
-                res = (links, fr, float(np.dot(self._lat[links], fr)) if links else 0.0)
+                walk_links, walk_fr, walk_lat, arrive = self._walk(src_leaf, dst_leaf, anchors)
+                eid = self._eid
+                last = [eid[(a, dst_leaf)] for a in arrive]
+                links, fr = walk_links + last, walk_fr + list(arrive.values())
+                res = (links, fr, walk_lat + float(np.dot(self._lat[last], list(arrive.values()))))
         self._fabric_routes[key] = res
         return res
 
@@ -340,10 +370,10 @@ class GraphNetwork:
         """Whether a's NIC reaches b's NIC through the fabric (both have NICs, their leaves are connected)."""
         la, lb = self._leaf_id[a], self._leaf_id[b]
         ok = (la >= 0) & (lb >= 0)
-        pairs, inverse = np.unique(np.stack([la, lb]), axis=1, return_inverse=True)
+        pairs, inverse = _leaf_pairs(la, lb)
         reach = np.array([x >= 0 and y >= 0 and self._fabric(self._leaves[x], self._leaves[y]) is not None
                           for x, y in pairs.T], dtype=bool)
-        return ok & reach[inverse.reshape(-1)]
+        return ok & reach[inverse]
 
     def _rail(self, a, b, w, edges: list, weights: list) -> np.ndarray:
         """a's NIC -> its leaf -> fabric -> b's leaf -> b's NIC (rails known to connect); latency per flow."""
@@ -351,15 +381,14 @@ class GraphNetwork:
         head, tail = (self._e_gpu_nic[a], self._e_nic_leaf[a]), (self._e_leaf_nic[b], self._e_nic_gpu[b])
         edges.extend(head + tail)
         weights.extend((w, w, w, w))
-        pairs, inverse = np.unique(np.stack([self._leaf_id[a], self._leaf_id[b]]), axis=1, return_inverse=True)
-        inverse = inverse.reshape(-1)
+        pairs, inverse = _leaf_pairs(self._leaf_id[a], self._leaf_id[b])
         pair_bytes = np.bincount(inverse, weights=w, minlength=pairs.shape[1])
         mid_lat = np.zeros(pairs.shape[1])
         for k, (x, y) in enumerate(pairs.T):
-            links, fractions, mid_lat[k] = self._fabric(self._leaves[x], self._leaves[y])
-            if links:
-                edges.append(np.asarray(links))
-                weights.append(np.asarray(fractions) * pair_bytes[k])
+            links, fractions, mid_lat[k] = self._fabric_arrays(self._leaves[x], self._leaves[y])
+            if len(links):
+                edges.append(links)
+                weights.append(fractions * pair_bytes[k])
         return (lat[head[0]] + lat[head[1]]) + (lat[tail[0]] + lat[tail[1]]) + mid_lat[inverse]
 
     @property
@@ -642,6 +671,14 @@ class GraphNetwork:
         if group.size == 1:
             return 0.0
         return self.ep_phase(group, top_k, nodes_per_token).time(tokens * bytes_per_token)
+
+
+def _leaf_pairs(la: np.ndarray, lb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (la, lb) pairs as a 2 x K array and each flow's index into them (leaf ids >= -1): a 1-D unique
+    of one combined key, much cheaper than a unique over columns."""
+    width = int(max(la.max(initial=0), lb.max(initial=0))) + 2
+    keys, inverse = np.unique((la + 1) * width + (lb + 1), return_inverse=True)
+    return np.stack([keys // width - 1, keys % width - 1]), inverse.reshape(-1)
 
 
 def _scaled(ph: Phase | None, factor: float) -> Phase | None:

@@ -1,0 +1,218 @@
+"""What every gpuhours command shares: the app and its one-line errors, JSON output, output paths and
+atomic writes, pictures, progress, and the scenario options."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from typer.core import TyperGroup
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """Click's exception protocol (typer vendors click in recent versions, so the classes are matched by what
+    they offer, not imported): a message to show and an exit status."""
+    return hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)
+
+
+def usage_line(exc) -> str:
+    """A command-line parsing error as one line naming the option: "--pp: 'abc' is not a valid integer."."""
+    param = getattr(exc, "param", None)
+    text = " ".join(exc.format_message().split())
+    if param is not None and getattr(exc, "message", ""):
+        name = param.opts[0] if getattr(param, "opts", None) else param.name
+        return f"{name}: {exc.message}"
+    return text
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (a bad option value, an unknown option, a missing argument) as one `error:` line and exit
+    status 2, like every other bad input of this CLI, instead of a boxed message."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        try:
+            rc = super().main(*args, standalone_mode=False, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - only the usage-error protocol is handled, the rest re-raised
+            if not standalone_mode or not (_is_usage_error(exc) or type(exc).__name__ == "Abort"):
+                raise
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as written
+                typer.echo(exc.format_message())
+                sys.exit(0)
+            if type(exc).__name__ == "Abort":
+                typer.echo("aborted", err=True)
+                sys.exit(1)
+            typer.echo(f"error: {usage_line(exc)}", err=True)
+            sys.exit(exc.exit_code)
+        if standalone_mode:
+            sys.exit(rc if isinstance(rc, int) else 0)
+        return rc
+
+
+# rich_markup_mode=None: help texts render as written (a plan's `[[phase]]` is not markup)
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Simulate LLM training steps on GPU clusters and price the whole run.")
+calibrate_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                            help="Write calibration profiles from microbenchmarks or measured traces.")
+app.add_typer(calibrate_app, name="calibrate")
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported in one line, exit status 2."""
+
+
+@contextmanager
+def user_errors():
+    try:
+        yield
+    except (ValueError, UsageError, OSError, KeyError) as exc:
+        typer.echo(f"error: {_one_line(exc)}", err=True)
+        raise typer.Exit(2)
+
+
+def _one_line(exc: Exception) -> str:
+    """What went wrong, naming the file or key (an OSError's args are an errno, a KeyError's a bare key)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return (f"an input file is not UTF-8 text: byte {exc.object[exc.start]:#04x} at offset {exc.start} "
+                f"({exc.reason})")
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    if isinstance(exc, KeyError):
+        return f"missing key {exc.args[0]!r}" if exc.args else "missing key"
+    return str(exc.args[0]) if exc.args else str(exc)
+
+
+def _echo_json(obj) -> None:
+    """Strict JSON: a non-finite number becomes null (JSON has no Infinity or NaN)."""
+    typer.echo(json.dumps(_finite(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False))
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and not hasattr(obj, "__len__"):  # numpy scalars
+        return _finite(obj.item())
+    return obj
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _output_path(path: Path, suffixes: tuple[str, ...], field: str) -> Path:
+    if path.suffix.lower() not in suffixes:
+        raise UsageError(f"{field} must end in {' or '.join(suffixes)}, got {str(path)!r}")
+    if not path.parent.exists():
+        raise UsageError(f"{field}: folder {str(path.parent)!r} does not exist")
+    return path
+
+
+def _check_picture_paths(gantt: Path | None, trace: Path | None) -> None:
+    """Refuse a bad --gantt / --trace path before any work is done."""
+    if gantt is not None:
+        _output_path(gantt, (".png", ".svg"), "--gantt")
+    if trace is not None:
+        _output_path(trace, (".json",), "--trace")
+
+
+def _write_pictures(spans, gantt: Path | None, trace: Path | None, *, title: str, streams: tuple[str, ...],
+                    unit: str, trace_unit_s: float) -> None:
+    """The Gantt chart and the Chrome/Perfetto trace of a timeline, where asked for."""
+    if gantt is not None:
+        from gpuhours.reports.gantt import draw_gantt
+
+        draw_gantt(spans, gantt, title=title, streams=streams, unit=unit)
+    if trace is not None:
+        from gpuhours.reports.chrome_trace import write_chrome_trace
+
+        write_chrome_trace(spans, trace, time_unit_s=trace_unit_s)
+
+
+# ------------------------------------------------------------------------------------------------- estimate
+SCENARIO_OPTIONS = dict(
+    model=typer.Option(None, "--model", "-m", help="Preset name (see `gpuhours presets`) or a TOML / HF config.json"),
+    gpu=typer.Option(None, "--gpu", help="GPU type (`gpuhours presets` lists them): H800, H100, H200, A100, "
+                                         "B200, GB200, MI300X, ..."),
+    gpus=typer.Option(None, "--gpus", help="Number of GPUs"),
+    pp=typer.Option(None, "--pp", help="Pipeline-parallel size"),
+    ep=typer.Option(None, "--ep", help="Expert-parallel size"),
+    tp=typer.Option(None, "--tp", help="Tensor-parallel size"),
+    cp=typer.Option(None, "--cp", help="Context-parallel size (all-gather K/V, causal load balancing); "
+                                       "GPUs = pp x tp x cp x dp"),
+    vpp=typer.Option(None, "--vpp", help="Virtual stages per rank (interleaved-1f1b)"),
+    attention_kernel=typer.Option(None, "--attention-kernel",
+                                  help="Price the attention core at a measured kernel (flash2, cudnn; "
+                                       "hwmodels/data/attention_kernels.toml) instead of the profile's"),
+    schedule=typer.Option(None, "--schedule", help="1f1b, interleaved-1f1b, zb1p, dualpipe, dualpipev"),
+    micro_batch_size=typer.Option(None, "--micro-batch-size", help="Sequences per micro-batch"),
+    tokens=typer.Option(None, "--tokens", help="Training tokens, e.g. 14.8T"),
+    seq_len=typer.Option(None, "--seq-len", help="Sequence length"),
+    price=typer.Option(None, "--price", help="Dollars per GPU-hour"),
+    calibration=typer.Option(None, "--calibration", help="Calibration profile name or JSON file"),
+    precision=typer.Option(None, "--precision", help="fp8 (DeepSeek-V3 recipe) or bf16"),
+    batch=typer.Option(None, "--batch", help="Constant global batch in sequences (replaces the ramp)"),
+    network=typer.Option(None, "--network", help="Network model: graph (fabric graph) or alpha-beta"),
+    cluster=typer.Option(None, "--cluster", help="Fabric for the graph model: a preset (deepseek-h800, dgx-h100, "
+                                                 "dgx-h200, dgx-a100, roce-h100, gb200-nvl72) or a cluster .toml "
+                                                 "file with a preset's keys (hwmodels/data/clusters.toml)"),
+    nic_gbps=typer.Option(None, "--nic-gbps", help="NIC bandwidth per GPU in Gb/s (e.g. 200)"),
+    oversubscription=typer.Option(None, "--oversubscription", help="Leaf downlink:uplink ratio (e.g. 2)"),
+    order=typer.Option(None, "--order", help="Rank placement, innermost first: a permutation of tp, cp, dp, pp "
+                                             "(default tp-cp-dp-pp; tp-cp-ep-dp-pp accepted); decides the links "
+                                             "every collective and pipeline send uses"),
+    routing=typer.Option(None, "--routing", help="MoE routing: balanced, skew:<zipf s>, file:<loads.csv|npy>"),
+    redundant_experts=typer.Option(0, "--redundant-experts", help="EPLB: extra expert replicas per EP group"),
+    stage_layers=typer.Option(None, "--stage-layers", help="Layers per pipeline stage, e.g. 4,4,...,5,0 "
+                                                            "(default: balanced by simulated cost)"),
+    recompute=typer.Option(None, "--recompute", help="Activation recomputation: none, deepseek (RMSNorm and MLA "
+                                                      "up-projections), selective (attention core), full (whole layer)"),
+    tp_comm_overlap=typer.Option(None, "--tp-comm-overlap/--no-tp-comm-overlap",
+                                 help="Pipeline tensor-parallel collectives with their GEMMs (Megatron "
+                                      "tp_comm_overlap, PyTorch AsyncTP)"),
+    overlap_grad_reduce=typer.Option(None, "--overlap-grad-reduce/--no-overlap-grad-reduce",
+                                     help="Reduce gradients in buckets during the last backward (Megatron-Core)"),
+    overlap_param_gather=typer.Option(None, "--overlap-param-gather/--no-overlap-param-gather",
+                                      help="Gather updated parameters bucket by bucket under the next forward"),
+    zero_stage=typer.Option(None, "--zero-stage", help="ZeRO stage over data parallelism: 0, 1 (distributed "
+                                                        "optimizer), 2 (+ gradients), 3 (FSDP: + weights)"),
+)
+
+
+
+def _count_progress(label: str, quiet: bool):
+    """A done/total counter on stderr: redrawn in place on a terminal, else one line at the end."""
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if quiet or not (tty or done == total):
+            return
+        typer.echo(f"\r  {label} {done}/{total}", err=True, nl=done == total)
+
+    return progress
+
+
+def _write_atomically(path: Path, save) -> None:
+    """Write through a temporary file beside `path`, so a failure leaves nothing half-written."""
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")  # the suffix kept: writers pick formats by it
+    try:
+        save(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)

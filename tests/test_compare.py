@@ -10,7 +10,9 @@ from gpuhours.reports.validation_page import largest_difference, write_validatio
 from gpuhours.validation.compare import compare_all
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "profile-data" / "train.json"
-pytestmark = pytest.mark.skipif(not TRACE.is_file(), reason="profile-data trace not available")
+# Without the trace beside the checkout the measured figures come from the trace-derived profile the repository
+# ships (trace-h800's trace.measured), so these run from a clean clone too.
+TRACE_PATH = TRACE if TRACE.is_file() else None
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,7 @@ def results(tmp_path_factory):
     d["attention"] = {"forward_efficiency": 0.3, "backward_efficiency": 0.2}
     path = tmp_path_factory.mktemp("bench") / "bench-test.json"
     path.write_text(json.dumps(d))
-    return compare_all(bench_profile=path, trace_path=TRACE)
+    return compare_all(bench_profile=path, trace_path=TRACE_PATH)
 
 
 def test_json_shape(results):
@@ -53,7 +55,7 @@ def test_sources_are_ordered_as_their_efficiencies(results):
 def test_bad_bench_profile_is_reported_not_raised(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"schema": "nope"}')
-    r = compare_all(bench_profile=bad, trace_path=TRACE, with_gpu_hours=False)
+    r = compare_all(bench_profile=bad, trace_path=TRACE_PATH, with_gpu_hours=False)
     assert "error" in r["sources"]["bad"] and r["sources"]["bad"]["simulated_span_ms"] is None
 
 

@@ -104,6 +104,12 @@ def estimate(
     goodput_timeline: Optional[Path] = typer.Option(None, "--goodput-timeline",
                                                     help="Progress, failures and restarts of the first goodput "
                                                          "run over the days (.png or .svg); implies --goodput"),
+    sensitivity: bool = typer.Option(False, "--sensitivity", help="Also re-estimate with each calibrated rate "
+                                                                  "(GEMM, attention, HBM, NIC, NVLink) 10% slower "
+                                                                  "and faster, one at a time (about 20 estimates)"),
+    sensitivity_chart: Optional[Path] = typer.Option(None, "--sensitivity-chart",
+                                                     help="Tornado chart of the sensitivity table (.png or .svg); "
+                                                          "implies --sensitivity"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
 ):
     """GPU-hours, days and dollars of a training run (default: DeepSeek-V3 pre-training on 2,048 H800)."""
@@ -118,6 +124,11 @@ def estimate(
             if path is not None:
                 _output_path(path, (".png", ".svg"), field)
                 goodput = True
+        if sensitivity_chart is not None:
+            _output_path(sensitivity_chart, (".png", ".svg"), "--sensitivity-chart")
+            sensitivity = True
+        if sensitivity and plan is not None and is_phased(plan):
+            raise UsageError("--sensitivity: a phased plan's phases are estimated one by one; run it on one phase")
         if plan is not None and is_phased(plan):
             if goodput_timeline is not None:
                 raise UsageError("--goodput-timeline: one run's timeline is drawn for single-phase plans only")
@@ -154,6 +165,13 @@ def estimate(
             data["schedules"] = comparisons.compare_schedules(scenario)
         data["hardware_only"] = comparisons.hardware_only(scenario, result) if data["calibration_case"] else None
         data["published"] = comparisons.published(plan, scenario)
+        rows = None
+        if sensitivity:
+            from gpuhours.simulator.sensitivity import sensitivity as run_sensitivity
+
+            rows = run_sensitivity(scenario, base_gpu_hours=result.gpu_hours,
+                                   progress=_count_progress("sensitivity: quantities", as_json))
+            data["sensitivity"] = [r.to_dict() for r in rows]
         gp = None
         if goodput_config is not None:
             from gpuhours.simulator.goodput import goodput_estimate
@@ -166,8 +184,21 @@ def estimate(
         typer.echo(render_estimate(data))
         if layout_note:
             typer.echo(f"note: {layout_note}")
+        if rows is not None:
+            from gpuhours.simulator.sensitivity import sensitivity_lines
+
+            for line in sensitivity_lines(rows):
+                typer.echo(line)
         for line in gp.lines() if gp is not None else ():
             typer.echo(line)
+    if sensitivity_chart is not None and rows:
+        from gpuhours.reports.sensitivity_chart import tornado
+
+        _write_atomically(sensitivity_chart, lambda path: tornado(rows, str(path),
+                                                                   title=f"{scenario.model.name}: sensitivity of "
+                                                                         f"GPU-hours, one rate at a time"))
+        if not as_json:
+            typer.echo(f"wrote {sensitivity_chart}")
     if gp is not None:
         from gpuhours.reports.goodput_chart import histogram, timeline
 

@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import heapq
 import math
+import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
 from gpuhours.hwmodels.compute import ComputeModel, elementwise_class
@@ -65,6 +67,22 @@ class _Task:
     layer: int | None
     kind: str
     uses_nic: bool = False  # a collective whose group spans nodes: it holds the GPU's network interface
+
+
+@lru_cache(maxsize=1)
+def _deepep() -> dict:
+    with (Path(__file__).resolve().parents[1] / "hwmodels" / "data" / "comm_kernels.toml").open("rb") as f:
+        return tomllib.load(f)["deepep"]
+
+
+def ep_sm_slowdown(parallel: ParallelSpec) -> float:
+    """How much longer EP all-to-alls take than the links allow, for the SMs reserved for them: under an
+    overlapping schedule DeepEP's kernels get `comm_sms` SMs and reach the links' rate from `saturating_sms` on
+    (hwmodels/data/comm_kernels.toml), proportionally below. Schedules that do not overlap (comm_sms 0) run
+    them on every SM: no slowdown."""
+    if not parallel.overlaps_comm or parallel.comm_sms <= 0:
+        return 1.0
+    return max(1.0, _deepep()["saturating_sms"] / parallel.comm_sms)
 
 
 def expected_nodes_per_token(model: ModelSpec, ep: int, gpus_per_node: int) -> float:
@@ -111,6 +129,7 @@ class HardwareCoster:
         self.layout = RankLayout.of(parallel)
         self.placed = hasattr(network, "placed_phases")  # the fabric graph prices the placement's own groups
         self._groups: dict[str, list[list[int]]] = {}
+        self.ep_sm_slowdown = ep_sm_slowdown(parallel)
         ep_per_node = self.comm_group("ep").per_node  # the nodes an EP group spans under the placement
         self.nodes_per_token = (opts.nodes_per_token if opts.nodes_per_token is not None
                                 else expected_nodes_per_token(model, parallel.ep, ep_per_node))
@@ -147,9 +166,11 @@ class HardwareCoster:
                 if self.parallel.ep == 1:
                     return 0.0
                 phase = self.network.placed_ep_phase(self.layout, self.model.moe.top_k, self.nodes_per_token)
-                return phase.time(op.tokens * op.bytes_per_token)
-            return self.network.ep_all_to_all(op.tokens, op.bytes_per_token, self.model.moe.top_k,
-                                              self.nodes_per_token, self.comm_group("ep"))
+                wire = phase.time(op.tokens * op.bytes_per_token)
+            else:
+                wire = self.network.ep_all_to_all(op.tokens, op.bytes_per_token, self.model.moe.top_k,
+                                                  self.nodes_per_token, self.comm_group("ep"))
+            return wire * self.ep_sm_slowdown
         wire = self.collective(op.collective, op.comm_bytes, op.group)
         if op.overlaps is not None:  # tp_comm_overlap: pipelined with its GEMM in tp pieces
             return exposed_streamed(wire, self.parallel.tp, self.op_time(op.overlaps))

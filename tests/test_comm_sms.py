@@ -1,0 +1,37 @@
+"""SMs reserved for DeepEP's kernels buy bandwidth up to saturation (issue 15, item 3): comm_sms has an interior
+optimum instead of 'as few as possible'."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from gpuhours.simulator.chunks import ep_sm_slowdown
+from gpuhours.simulator.scenario import estimate, load_scenario
+from gpuhours.workloads.parallel import ParallelSpec
+
+
+def test_slowdown_below_saturation_only():
+    dualpipe = ParallelSpec(2048, pp=16, ep=64, schedule="dualpipe", comm_sms=10)
+    assert ep_sm_slowdown(dualpipe) == pytest.approx(2.0)            # 20 saturating SMs / 10
+    assert ep_sm_slowdown(replace(dualpipe, comm_sms=20)) == 1.0
+    assert ep_sm_slowdown(replace(dualpipe, comm_sms=32)) == 1.0
+    assert ep_sm_slowdown(replace(dualpipe, comm_sms=0)) == 1.0      # no reservation: kernels take turns
+    assert ep_sm_slowdown(ParallelSpec(2048, pp=16, ep=64, schedule="1f1b", comm_sms=5)) == 1.0
+
+
+def test_an_ep_all_to_all_takes_saturation_over_sms_times_as_long():
+    base = load_scenario(gpus=256, pp=4, ep=64, seq_len=1024)
+    fast, slow = (replace(base, parallel=replace(base.parallel, comm_sms=k)).simulator().coster for k in (20, 5))
+    ops = [op for u in fast.stages[1] for seg in u.forward for op in seg.ops if op.group == "ep"]
+    assert ops
+    for op in ops:
+        assert slow.op_time(op) == pytest.approx(4.0 * fast.op_time(op), rel=1e-12)
+
+
+def test_comm_sms_has_an_interior_optimum_on_the_default_case():
+    """Too few SMs expose the all-to-alls; too many take compute away: 20 beats both 8 and 32."""
+    base = load_scenario()
+    hours = {k: estimate(replace(base, parallel=replace(base.parallel, comm_sms=k))).gpu_hours for k in (8, 20, 32)}
+    assert hours[20] < hours[8] and hours[20] < hours[32]

@@ -103,6 +103,7 @@ class GraphNetwork:
         self._fabric_routes: dict[tuple, tuple[list, list, float] | None] = {}
         self._next_hops: dict[tuple, dict] = {}
         self._walks: dict[tuple, tuple] = {}
+        self._anchors: dict = {}
         self._fabric_np: dict[tuple, tuple] = {}
         self._dist: dict[tuple, dict] = {}
         self._phases: dict[tuple, tuple[Phase, ...]] = {}
@@ -177,7 +178,9 @@ class GraphNetwork:
         N, each switch's next hops toward N). Every path into ``target`` ends with a hop from N, so its distance
         is 1 + D and its next hops are those toward N; leaves under the same switches (a plane of a leaf/spine
         fabric, a pod of a three-tier one) share one search."""
-        anchors = frozenset(w for w in self.graph._pred[target] if w[0] in SWITCH_KINDS)
+        anchors = self._anchors.get(target)
+        if anchors is None:
+            anchors = self._anchors[target] = frozenset(w for w in self.graph._pred[target] if w[0] in SWITCH_KINDS)
         hit = self._dist.get(anchors)
         if hit is None:
             dist = {a: 0 for a in anchors}

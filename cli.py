@@ -30,7 +30,7 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
               calibration, precision, batch, network=None, cluster=None, nic_gbps=None, oversubscription=None,
               routing=None, redundant_experts=0, stage_layers=None, recompute=None, overlap_grad_reduce=None,
               overlap_param_gather=None, zero_stage=None, cp=None, attention_kernel=None, tp_comm_overlap=None,
-              order=None):
+              order=None, capacity_factor=None):
     from gpuhours.simulator.scenario import load_scenario
     from gpuhours.workloads.ops import RECOMPUTE_POLICIES
 
@@ -55,7 +55,7 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
                          redundant_experts=redundant_experts, stage_layers=stage_layers, recompute=recompute,
                          overlap_grad_reduce=overlap_grad_reduce, overlap_param_gather=overlap_param_gather,
                          zero_stage=zero_stage, cp=cp, attention_kernel=attention_kernel,
-                         tp_comm_overlap=tp_comm_overlap, order=order)
+                         tp_comm_overlap=tp_comm_overlap, order=order, capacity_factor=capacity_factor)
 
 
 @app.command()
@@ -83,6 +83,7 @@ def estimate(
     nic_gbps: Optional[float] = SCENARIO_OPTIONS["nic_gbps"],
     oversubscription: Optional[float] = SCENARIO_OPTIONS["oversubscription"],
     order: Optional[str] = SCENARIO_OPTIONS["order"],
+    capacity_factor: Optional[float] = SCENARIO_OPTIONS["capacity_factor"],
     routing: Optional[str] = SCENARIO_OPTIONS["routing"],
     redundant_experts: int = SCENARIO_OPTIONS["redundant_experts"],
     stage_layers: Optional[str] = SCENARIO_OPTIONS["stage_layers"],
@@ -148,7 +149,8 @@ def estimate(
         scenario = _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
                              calibration, precision, batch, network, cluster, nic_gbps, oversubscription, routing,
                              redundant_experts, stage_layers, recompute, overlap_grad_reduce,
-                             overlap_param_gather, zero_stage, cp, attention_kernel, tp_comm_overlap, order)
+                             overlap_param_gather, zero_stage, cp, attention_kernel, tp_comm_overlap, order,
+                             capacity_factor)
         result = run_estimate(scenario)
         memory = memory_breakdown(scenario, result.steady.step)
         if not memory.fits and not allow_oom:

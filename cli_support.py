@@ -171,6 +171,9 @@ SCENARIO_OPTIONS = dict(
     order=typer.Option(None, "--order", help="Rank placement, innermost first: a permutation of tp, cp, dp, pp "
                                              "(default tp-cp-dp-pp; tp-cp-ep-dp-pp accepted); decides the links "
                                              "every collective and pipeline send uses"),
+    capacity_factor=typer.Option(None, "--capacity-factor", help="MoE: rows an EP rank keeps over its mean "
+                                                                 "(e.g. 1.25); the rest are dropped. Default: "
+                                                                 "dropless"),
     routing=typer.Option(None, "--routing", help="MoE routing: balanced, skew:<zipf s>, file:<loads.csv|npy>"),
     redundant_experts=typer.Option(0, "--redundant-experts", help="EPLB: extra expert replicas per EP group"),
     stage_layers=typer.Option(None, "--stage-layers", help="Layers per pipeline stage, e.g. 4,4,...,5,0 "

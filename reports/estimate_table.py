@@ -105,8 +105,22 @@ def _routing_dict(scenario) -> dict:
     loads = scenario.routing_loads()
     if loads is None:
         return {"model": "none (dense or ep = 1)"}
-    return {"model": loads.routing or scenario.routing, "imbalance": loads.imbalance,
-            "mean_nodes_per_token": loads.mean_nodes_per_token, "max_nodes_per_token": loads.max_nodes_per_token}
+    out = {"model": loads.routing or scenario.routing, "imbalance": loads.imbalance,
+           "mean_nodes_per_token": loads.mean_nodes_per_token, "max_nodes_per_token": loads.max_nodes_per_token}
+    c = scenario.opts.capacity_factor
+    if c is not None:
+        out |= {"capacity_factor": c, "dropped_share": dropped_share(loads.rows_per_rank, c)}
+    return out
+
+
+def dropped_share(rows_per_rank, capacity_factor: float) -> float:
+    """Share of routed rows an EP group drops when each rank keeps at most capacity_factor x the mean: counted per
+    rank, a lower bound on expert-level dropping (a rank's experts are not balanced among themselves)."""
+    import numpy as np
+
+    rows = np.asarray(rows_per_rank, dtype=float)
+    total = rows.sum()
+    return float(np.maximum(rows - capacity_factor * rows.mean(), 0.0).sum() / total) if total > 0 else 0.0
 
 
 def _si(x: float) -> str:
@@ -161,6 +175,9 @@ def _routing_line(r: dict) -> str:
         return r["model"]
     line = (f"{r['model']}: busiest EP rank {r['imbalance']:.2f}x the mean, "
             f"{r['mean_nodes_per_token']:.2f} nodes per token")
+    if "capacity_factor" in r:
+        line += (f"; capacity factor {r['capacity_factor']:g}: the busiest rank keeps "
+                 f"{min(r['imbalance'], r['capacity_factor']):.2f}x, {r['dropped_share']:.2%} of routed rows dropped")
     if "gpu_hours_balanced" in r:
         line += f"; balanced routing would take {r['gpu_hours_balanced'] / 1e6:.3f}M GPU-hours"
     return line

@@ -29,7 +29,8 @@ from gpuhours.workloads.run import BatchRamp, parse_count
 _GIB = 2**30
 SCENARIO_KEYS = ("model", "gpu", "gpus", "pp", "ep", "tp", "vpp", "schedule", "micro_batch_size", "seq_len",
                  "price", "calibration", "fp8", "comm_sms", "network", "cluster", "nic_gbps", "oversubscription",
-                 "routing", "tokens", "batch", "cp", "attention_kernel", "tp_comm_overlap", "order")
+                 "routing", "tokens", "batch", "cp", "attention_kernel", "tp_comm_overlap", "order",
+                 "capacity_factor")
 RAMP_KEYS = ("batch_start", "batch_end", "ramp_tokens")
 EXTRA_KEYS = ("steps", "zero_stage", "stage_layers", "recompute")
 BOOK_KEYS = ("name", "reference_gpu_hours", "note")

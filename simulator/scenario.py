@@ -134,7 +134,7 @@ PLAN_TYPES = {
                  "sequence_parallel": bool, "order": str},
     "run": {"tokens": _COUNT, "seq_len": int, "batch_start": int, "batch_end": int, "ramp_tokens": _COUNT,
             "price_per_gpu_hour": _NUMBER},
-    "numerics": {"fp8": bool, "recompute": (str, bool), "attention_kernel": str},
+    "numerics": {"fp8": bool, "recompute": (str, bool), "attention_kernel": str, "capacity_factor": _NUMBER},
     "network": {"model": str, "cluster": str},
     "routing": {"model": str},
 }
@@ -201,7 +201,7 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
                   overlap_grad_reduce: bool | None = None, overlap_param_gather: bool | None = None,
                   zero_stage: int | None = None, cp: int | None = None,
                   attention_kernel: str | None = None, tp_comm_overlap: bool | None = None,
-                  order: str | tuple[str, ...] | None = None) -> Scenario:
+                  order: str | tuple[str, ...] | None = None, capacity_factor: float | None = None) -> Scenario:
     """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field (a missing plan
     key too: "plan 'p.toml': missing key 'gpus'").
 
@@ -279,7 +279,8 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
     # [numerics] recompute: a policy name (workloads.ops.RECOMPUTE_POLICIES) or the legacy true ("deepseek") /
     # false ("none"); the `recompute` argument overrides it
     policy = recompute_policy(num.get("recompute", "deepseek") if recompute is None else recompute)
-    opts = OpOptions(fp8=num.get("fp8", True) if fp8 is None else fp8, recompute=policy)
+    opts = OpOptions(fp8=num.get("fp8", True) if fp8 is None else fp8, recompute=policy,
+                     capacity_factor=capacity_factor if capacity_factor is not None else num.get("capacity_factor"))
     fp8_fallback = False
     if opts.fp8 and not gpu_spec.fp8_flops:
         if fp8:  # asked for by the caller: refuse rather than price something else

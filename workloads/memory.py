@@ -314,7 +314,7 @@ def memory_breakdown(scenario, step_result, recipe: MemoryRecipe | None = None) 
     schedule = build_schedule(p.schedule, p.pp, step_result.num_microbatches, vpp=p.vpp)
     opts = scenario.effective_opts()
     per_stage = chunk_bytes(model, p, scenario.plan.seq_len, stage_layers, recipe, opts.fp8, opts.recompute,
-                            opts.imbalance)
+                            opts.kept_imbalance)
     act_bytes, act_chunks = peak_in_flight(schedule, per_stage)
     gathered_kv = cp_gathered_kv_bytes(model, p, scenario.plan.seq_len)
     act_bytes = tuple(b + gathered_kv for b in act_bytes)

@@ -100,17 +100,29 @@ def recompute_policy(value) -> str:
 @dataclass(frozen=True)
 class OpOptions:
     """Numerics and memory choices that change the ops: FP8 linear layers (DeepSeek-V3's recipe), the activation
-    recomputation policy (one of RECOMPUTE_POLICIES; see above), and MoE load imbalance (rows on the busiest EP
-    rank over the mean)."""
+    recomputation policy (one of RECOMPUTE_POLICIES; see above), MoE load imbalance (rows on the busiest EP
+    rank over the mean) and the MoE capacity factor (None: dropless, as DeepSeek-V3 trains; C: an EP rank keeps at
+    most C times its mean rows and drops the rest, GShard/Switch-style, so its work and its dispatch are
+    min(imbalance, C) times the mean)."""
 
     fp8: bool = True
     recompute: str = "deepseek"
     imbalance: float = 1.0
     nodes_per_token: float | None = None  # distinct target nodes per token for EP traffic (None: model's default)
+    capacity_factor: float | None = None
 
     def __post_init__(self):
         # legacy booleans are accepted and normalised (True: "deepseek", False: "none")
         object.__setattr__(self, "recompute", recompute_policy(self.recompute))
+        c = self.capacity_factor
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 1.0 <= c < math.inf):
+            raise ValueError(f"capacity_factor must be a number >= 1 (rows an EP rank keeps, over its mean) or "
+                             f"none for dropless; got {c!r}")
+
+    @property
+    def kept_imbalance(self) -> float:
+        """Rows the busiest EP rank processes over the mean: its imbalance, capped by the capacity factor."""
+        return self.imbalance if self.capacity_factor is None else min(self.imbalance, self.capacity_factor)
 
 
 def norm_tokens(tokens: int, p: ParallelSpec) -> int:
@@ -394,7 +406,7 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
         # DeepSeekMoE: router and shared experts on the local tokens, routed experts on the dispatched rows.
         local_tokens = tokens // tp if p.sequence_parallel else tokens
         local_experts = moe.n_routed_experts // p.ep
-        rows = local_tokens * moe.top_k * opts.imbalance  # rows the busiest rank of the EP group receives
+        rows = local_tokens * moe.top_k * opts.kept_imbalance  # rows the busiest rank of the EP group keeps
         rows_per_expert = max(1, round(rows / local_experts))
         if phase != "W":
             mlp.elementwise("router.topk", 2 * local_tokens * moe.n_routed_experts * FP32)
@@ -410,7 +422,7 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
             passes[phase] = [mlp.segment("mlp(W)", layer)] + [attn.segment("attn(W)", layer)]
             continue
         dispatch_bytes = fp8_bytes_per_token(h) if (opts.fp8 and phase == "F") else h * BF16
-        scaled_tokens = int(round(local_tokens * opts.imbalance))
+        scaled_tokens = int(round(local_tokens * opts.kept_imbalance))
         dispatch = _collective(f"{prefix}.moe.dispatch", phase, "moe", "ep_dispatch", "ep", scaled_tokens,
                                dispatch_bytes, layer)
         combine = _collective(f"{prefix}.moe.combine", phase, "moe", "ep_combine", "ep", scaled_tokens,

@@ -30,7 +30,7 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
               calibration, precision, batch, network=None, cluster=None, nic_gbps=None, oversubscription=None,
               routing=None, redundant_experts=0, stage_layers=None, recompute=None, overlap_grad_reduce=None,
               overlap_param_gather=None, zero_stage=None, cp=None, attention_kernel=None, tp_comm_overlap=None,
-              order=None, capacity_factor=None):
+              order=None, capacity_factor=None, tiers=None):
     from gpuhours.simulator.scenario import load_scenario
     from gpuhours.workloads.ops import RECOMPUTE_POLICIES
 
@@ -55,7 +55,8 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
                          redundant_experts=redundant_experts, stage_layers=stage_layers, recompute=recompute,
                          overlap_grad_reduce=overlap_grad_reduce, overlap_param_gather=overlap_param_gather,
                          zero_stage=zero_stage, cp=cp, attention_kernel=attention_kernel,
-                         tp_comm_overlap=tp_comm_overlap, order=order, capacity_factor=capacity_factor)
+                         tp_comm_overlap=tp_comm_overlap, order=order, capacity_factor=capacity_factor,
+                         tiers=tiers)
 
 
 @app.command()
@@ -83,6 +84,7 @@ def estimate(
     nic_gbps: Optional[float] = SCENARIO_OPTIONS["nic_gbps"],
     oversubscription: Optional[float] = SCENARIO_OPTIONS["oversubscription"],
     order: Optional[str] = SCENARIO_OPTIONS["order"],
+    tiers: Optional[int] = SCENARIO_OPTIONS["tiers"],
     capacity_factor: Optional[float] = SCENARIO_OPTIONS["capacity_factor"],
     routing: Optional[str] = SCENARIO_OPTIONS["routing"],
     redundant_experts: int = SCENARIO_OPTIONS["redundant_experts"],
@@ -150,7 +152,7 @@ def estimate(
                              calibration, precision, batch, network, cluster, nic_gbps, oversubscription, routing,
                              redundant_experts, stage_layers, recompute, overlap_grad_reduce,
                              overlap_param_gather, zero_stage, cp, attention_kernel, tp_comm_overlap, order,
-                             capacity_factor)
+                             capacity_factor, tiers)
         result = run_estimate(scenario)
         memory = memory_breakdown(scenario, result.steady.step)
         if not memory.fits and not allow_oom:

@@ -168,6 +168,8 @@ SCENARIO_OPTIONS = dict(
                                                  "file with a preset's keys (hwmodels/data/clusters.toml)"),
     nic_gbps=typer.Option(None, "--nic-gbps", help="NIC bandwidth per GPU in Gb/s (e.g. 200)"),
     oversubscription=typer.Option(None, "--oversubscription", help="Leaf downlink:uplink ratio (e.g. 2)"),
+    tiers=typer.Option(None, "--tiers", help="Switch tiers of the graph fabric: 2 (leaf/spine) or 3 (with a "
+                                             "core); default: chosen from the cluster's size"),
     order=typer.Option(None, "--order", help="Rank placement, innermost first: a permutation of tp, cp, dp, pp "
                                              "(default tp-cp-dp-pp; tp-cp-ep-dp-pp accepted); decides the links "
                                              "every collective and pipeline send uses"),

@@ -201,7 +201,8 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
                   overlap_grad_reduce: bool | None = None, overlap_param_gather: bool | None = None,
                   zero_stage: int | None = None, cp: int | None = None,
                   attention_kernel: str | None = None, tp_comm_overlap: bool | None = None,
-                  order: str | tuple[str, ...] | None = None, capacity_factor: float | None = None) -> Scenario:
+                  order: str | tuple[str, ...] | None = None, capacity_factor: float | None = None,
+                  tiers: int | None = None) -> Scenario:
     """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field (a missing plan
     key too: "plan 'p.toml': missing key 'gpus'").
 
@@ -230,7 +231,7 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
     plan_fabric = doc.get("network", {}).get("cluster")
     if plan_fabric and load_gpu(c["gpu"]).key != gpu_spec.key:
         plan_fabric = None  # the plan's fabric belongs to its GPU; another GPU gets a generic fat-tree
-    fabric = _fabric(cluster or plan_fabric, gpu_spec, cluster_spec, num_gpus, nic_gbps, oversubscription)
+    fabric = _fabric(cluster or plan_fabric, gpu_spec, cluster_spec, num_gpus, nic_gbps, oversubscription, tiers)
     if cluster or plan_fabric:  # a named fabric sets the node size and the links of every network model
         cluster_spec = replace(cluster_spec, gpus_per_node=fabric.gpus_per_node, nvlink_bw=fabric.nvlink_bw,
                                ib_bw=fabric.nic_bw, nvlink_latency=fabric.nvlink_latency,
@@ -299,7 +300,7 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
 
 
 def _fabric(preset: str | None, gpu, cluster: ClusterSpec, num_gpus: int, nic_gbps: float | None,
-            oversubscription: float | None) -> FabricSpec:
+            oversubscription: float | None, tiers: int | None = None) -> FabricSpec:
     """The fabric for the graph model: a named preset or a cluster file (``*.toml``, the keys of a preset; see
     hwmodels/data/clusters.toml), resized to the job's GPUs with its tier count re-chosen when "auto", or one built
     around the cluster's achievable bandwidths; NIC speed and oversubscription may be overridden."""
@@ -314,6 +315,8 @@ def _fabric(preset: str | None, gpu, cluster: ClusterSpec, num_gpus: int, nic_gb
         if not 1 <= oversubscription < float("inf"):
             raise ValueError(f"oversubscription must be a finite number >= 1 (downlink : uplink), got {oversubscription}")
         overrides["oversubscription"] = oversubscription
+    if tiers is not None:
+        overrides["tiers"] = tiers  # FabricSpec names the allowed values
     if preset is None:
         return fabric_from_cluster(cluster, **overrides)
     if not is_cluster_file(preset) and preset not in list_cluster_presets():

@@ -290,3 +290,19 @@ def test_nvl72_estimate_keeps_expert_parallelism_inside_the_rack():
     assert {g // 72 for g in groups[0]} == {0}
     assert sorted({g // 72 for g in groups[1]}) == [0, 1]
     assert estimate(scenario).gpu_hours > 0
+
+
+def test_estimate_takes_tiers():
+    """--tiers on estimate forces the fabric's tier count (2,048 H100 fit two tiers; three are asked for)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from gpuhours.cli import app
+
+    args = ["estimate", "--cluster", "dgx-h100", "--gpu", "h100-sxm", "--gpus", "2048", "--tokens", "1B", "--json"]
+    auto = json.loads(CliRunner().invoke(app, args).stdout)
+    forced = json.loads(CliRunner().invoke(app, args + ["--tiers", "3"]).stdout)
+    assert (auto["network"]["tiers"], forced["network"]["tiers"]) == (2, 3)
+    bad = CliRunner().invoke(app, args + ["--tiers", "4"])
+    assert bad.exit_code == 2 and "tiers must be one of (2, 3)" in bad.stderr

@@ -52,6 +52,7 @@ def estimate_dict(scenario, est: RunEstimate) -> dict:
         "wall_clock_days": est.wall_clock_days,
         "cost_usd": est.cost_usd,
         "price_per_gpu_hour": est.price_per_gpu_hour,
+        "price_source": scenario.plan.price_source or None,
         "energy": _energy_dict(c.gpu, est.gpu_hours),
         "step_time_s": steady.step_time,
         "tokens_per_s_per_gpu": est.tokens / (est.wall_clock_s * est.num_gpus),
@@ -230,7 +231,8 @@ def render_estimate(d: dict) -> str:
         ("memory per GPU", _memory_line(d.get("memory"))),
         ("wall clock", f"{d['wall_clock_days']:.1f} days"),
         *_gpu_hours_rows(d),
-        ("cost", f"${d['cost_usd'] / 1e6:.3f}M at ${d['price_per_gpu_hour']:g}/GPU-hour"),
+        ("cost", f"${d['cost_usd'] / 1e6:.3f}M at ${d['price_per_gpu_hour']:g}/GPU-hour"
+                 + (f"  ({d['price_source']})" if d.get("price_source") else "")),
         *([("energy", _energy_line(d["energy"]))] if "energy" in d else []),
         ("calibration", f"{cal['name']} ({cal['source']}, {cal['device']})"),
         ("network model", _network_line(d["network"])),

@@ -19,6 +19,7 @@ from gpuhours.hwmodels.collectives import AlphaBetaNetwork
 from gpuhours.hwmodels.compute import ComputeModel
 from gpuhours.hwmodels.gpus import load_gpu
 from gpuhours.hwmodels.graph_network import GraphNetwork
+from gpuhours.hwmodels.prices import listed_price
 from gpuhours.hwmodels.topology import FabricSpec, fabric_from_cluster, list_cluster_presets, load_cluster_preset
 from gpuhours.simulator.run import RunEstimate, estimate_run
 from gpuhours.simulator.step import StepSimulator
@@ -273,6 +274,14 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
         batch=ramp,
         price_per_gpu_hour=price if price is not None else run["price_per_gpu_hour"],
     )
+    if price is None and load_gpu(c["gpu"]).key != gpu_spec.key:  # the plan's price is for the plan's GPU
+        listed = listed_price(gpu_spec.key)
+        if listed is not None:
+            run_plan = replace(run_plan, price_per_gpu_hour=listed[0], price_source=listed[1])
+        else:
+            run_plan = replace(run_plan, price_source=f"the plan's price for {load_gpu(c['gpu']).name}: no price is "
+                                                      f"listed for {gpu_spec.name} (hwmodels/data/prices.toml); "
+                                                      f"give --price")
     profile = load_profile(calibration or DEFAULT_CALIBRATION)
     kernel = attention_kernel if attention_kernel is not None else num.get("attention_kernel")
     if kernel:

@@ -51,6 +51,7 @@ class RunPlan:
     batch: BatchRamp = BatchRamp(15360, 15360, 0.0)
     price_per_gpu_hour: float = 2.0
     ramp_segments: int = 8  # the ramp is simulated as this many constant-batch segments of equal tokens
+    price_source: str = ""  # where the price comes from ("": given, or the plan's own)
 
     def __post_init__(self) -> None:
         if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 1:

@@ -486,9 +486,7 @@ def sweep(
     """Estimate every point of a grid of layouts and clusters; resumes an interrupted sweep from its CSV."""
     from gpuhours.simulator.sweep import run_sweep
 
-    def progress(done, total):
-        if not as_json:
-            typer.echo(f"\r  {done}/{total} points", err=True, nl=done == total)
+    progress = _count_progress("points", as_json)
 
     with user_errors():
         if not spec.exists():

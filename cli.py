@@ -277,6 +277,9 @@ def plan_command(
     goal: str = typer.Option("cost", "--goal", help="cost or days (the same ranking on a fixed GPU count)"),
     max_days: Optional[float] = typer.Option(None, "--max-days", help="Refuse layouts slower than this"),
     max_simulated: int = typer.Option(48, "--max-simulated", help="Layouts simulated after pruning"),
+    workers: int = typer.Option(2, "--workers", help="Processes simulating layouts (the sweep's executors)"),
+    executor: str = typer.Option("process", "--executor", help="process, serial, or ray (a Ray cluster: pip "
+                                                                "install -e '.[ray]')"),
     top: int = typer.Option(8, "--top", help="Rows of the table"),
     chart: Optional[Path] = typer.Option(None, "--chart", help="Days against cost of the simulated layouts "
                                                               "(.png or .svg)"),
@@ -292,7 +295,8 @@ def plan_command(
 
         result = plan_layouts(model, gpu, gpus, seq_len=seq_len, tokens=tokens, batch=batch, goal=goal,
                               max_days=max_days, max_simulated=max_simulated,
-                              progress=_count_progress("simulated layouts", as_json))
+                              progress=_count_progress("simulated layouts", as_json), workers=workers,
+                              executor=executor)
     if as_json:
         _echo_json(result.to_dict())
     else:

@@ -30,6 +30,7 @@ from functools import lru_cache
 
 from gpuhours.simulator.plan_rows import Candidate, PlanResult, PlanRow, pct as _pct
 from gpuhours.simulator.run import estimate_run, microbatches_for
+from gpuhours.simulator.sweep import _EXECUTORS
 from gpuhours.simulator.scenario import Scenario, list_plans, load_scenario
 from gpuhours.simulator.step import rank_params, stage_ranks
 from gpuhours.workloads import params as P
@@ -191,8 +192,9 @@ def _check_inputs(goal, gpus, seq_len, tokens, batch, max_days, max_simulated) -
 
 def plan_layouts(model: str, gpu: str, gpus: int, *, seq_len: int, tokens: float, batch: int | None = None,
                  goal: str = "cost", max_days: float | None = None, max_simulated: int = 48,
-                 progress=None) -> PlanResult:
-    """Search the layouts of `model` on `gpus` x `gpu` (see the module docstring). ValueError names a bad field."""
+                 progress=None, workers: int = 1, executor: str = "serial") -> PlanResult:
+    """Search the layouts of `model` on `gpus` x `gpu` (see the module docstring). ValueError names a bad field.
+    The layouts are simulated by the sweep's executors (`workers` processes, or a Ray cluster with "ray")."""
     t0 = time.perf_counter()
     if isinstance(tokens, str):
         tokens = parse_count(tokens, "tokens")
@@ -234,7 +236,13 @@ def plan_layouts(model: str, gpu: str, gpus: int, *, seq_len: int, tokens: float
             continue
         survivors.append(chosen)
     errors: list[str] = []
-    rows = _search(survivors, max_simulated, progress, errors)
+    if executor not in _EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(_EXECUTORS)}; got {executor!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    run_tasks = _EXECUTORS["serial" if workers == 1 and executor == "process" else executor]
+    rows = _search(survivors, max_simulated, progress, errors, lambda tasks: run_tasks(_simulate_or_refusal, tasks,
+                                                                                         workers))
     pruned["not simulated (cap)"] = len(survivors) - len(rows) - len(errors)
     reference = _reference(spec.name, gpu, gpus, seq_len, float(tokens), batch)
     if reference is not None:
@@ -287,38 +295,45 @@ def _groups(survivors) -> list[list]:
     return list(groups.values())
 
 
-def _search(survivors, cap: int, progress, errors: list[str]) -> list[PlanRow]:
+def _search(survivors, cap: int, progress, errors: list[str], run_batch) -> list[PlanRow]:
     """Phase 1: the best-scored candidate of each (tp, pp, cp, ep) group, groups in score order, up to 2/3 of the
     cap (all of it when every group fits in it). Phase 2: the rest of the cap on the other candidates (schedule,
-    micro-batch) of the groups whose phase-1 candidate simulated best, best group first."""
+    micro-batch) of the groups whose phase-1 candidate simulated best, best group first. Each phase is one batch
+    for `run_batch` (the executor), whose results may come back in any order."""
     groups = _groups(survivors)
     total = min(cap, len(survivors))
     heads = groups[:cap if len(groups) <= cap else max(1, 2 * cap // 3)]
     rows: list[PlanRow] = []
-
     done = 0
 
-    def run(s):
+    def run(batch: list) -> dict:
         nonlocal done
-        done += 1
-        try:
-            rows.append(_simulate(s[2], s[1], s[0]))
-        except ValueError as exc:  # a layout the simulator refuses: listed in the notes, not ranked
-            errors.append(f"{s[1].label}: simulation refused: {exc}")
-            return None
-        finally:
+        out = {}
+        for label, row, refusal in run_batch([(s[2], s[1], s[0]) for s in batch]):
+            done += 1
+            if row is None:  # a layout the simulator refuses: listed in the notes, not ranked
+                errors.append(f"{label}: simulation refused: {refusal}")
+            else:
+                rows.append(row)
+                out[label] = row
             if progress:
                 progress(done, total)
-        return rows[-1]
+        return out
 
-    first = [(r, g) for r, g in ((run(g[0]), g) for g in heads) if r is not None]
-    first.sort(key=lambda x: (not x[0].fits, x[0].days))
-    for _, g in first:
-        for s in g[1:]:
-            if done >= total:
-                return rows
-            run(s)
+    first = run([g[0] for g in heads])
+    ranked = sorted(((first[g[0][1].label], g) for g in heads if g[0][1].label in first),
+                    key=lambda x: (not x[0].fits, x[0].days, x[0].layout))
+    rest = [s for _, g in ranked for s in g[1:]][:max(0, total - len(heads))]
+    run(rest)
     return rows
+
+
+def _simulate_or_refusal(sc: Scenario, c: Candidate, score: float) -> tuple[str, PlanRow | None, str]:
+    """One layout for an executor: (its label, its row or None, why the simulator refused it)."""
+    try:
+        return c.label, _simulate(sc, c, score), ""
+    except ValueError as exc:
+        return c.label, None, str(exc)
 
 
 def _simulate(sc: Scenario, c: Candidate, score: float) -> PlanRow:
@@ -359,7 +374,7 @@ def planned_layout(model: str, gpu: str | None, gpus: int | None, seq_len: int |
                              cp=1, schedule="1f1b")
     gpu, gpus = defaults.cluster.gpu.key, defaults.parallel.num_gpus
     result = plan_layouts(model, gpu, gpus, seq_len=defaults.plan.seq_len, tokens=defaults.plan.tokens, batch=batch,
-                          progress=progress)
+                          progress=progress, workers=2, executor="process")
     if result.best is None:
         raise ValueError(f"model: no layout of {result.model} on {gpus} x {result.gpu} fits in memory; give more "
                          f"--gpus or a layout (--pp, --tp, --ep, ...)")

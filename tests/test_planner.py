@@ -194,3 +194,13 @@ def test_the_models_own_plan_layout_is_simulated_beside_the_search():
 def test_a_model_without_a_plan_gets_no_reference_row():
     result = plan_layouts("llama-3-70b", "h100-sxm", 64, seq_len=4096, tokens=1e12, max_simulated=2)
     assert not any("[plan " in r.layout for r in result.rows)
+
+
+def test_a_process_pool_finds_the_same_plan():
+    """The search on two worker processes (the sweep's executor) simulates the same layouts and ranks them alike."""
+    serial = plan_layouts("llama-3-70b", "h100-sxm", 64, seq_len=4096, tokens=1e12, max_simulated=6)
+    pooled = plan_layouts("llama-3-70b", "h100-sxm", 64, seq_len=4096, tokens=1e12, max_simulated=6, workers=2,
+                          executor="process")
+    assert [(r.layout, r.step_time_s) for r in pooled.rows] == [(r.layout, r.step_time_s) for r in serial.rows]
+    with pytest.raises(ValueError, match="executor must be one of"):
+        plan_layouts("llama-3-70b", "h100-sxm", 64, seq_len=4096, tokens=1e12, executor="threads")

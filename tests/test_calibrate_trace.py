@@ -1,10 +1,10 @@
 """Trace-derived calibration profile of the DualPipe F&B pair (validation/calibrate_trace.py)."""
 
 import json
-from pathlib import Path
 
 import pytest
 
+from gpuhours.validation.external import TRACE_ABSENT, profile_trace
 from gpuhours.hwmodels.calibration import CalibrationProfile, load_profile
 from gpuhours.validation.calibrate_trace import (busy_shares, comm_streams, expected_class_work, measure,
                                                  profile_from_traced_case, traced_case)
@@ -12,8 +12,8 @@ from gpuhours.validation.compare import compare_traced_pair
 from gpuhours.validation.trace import interval_union, load_trace, summarise
 from gpuhours.workloads.presets import load_preset
 
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "profile-data" / "train.json"
-pytestmark = pytest.mark.skipif(not TRACE.is_file(), reason="profile-data trace not available")
+TRACE = profile_trace()
+pytestmark = pytest.mark.skipif(TRACE is None, reason=TRACE_ABSENT)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from gpuhours.validation.external import TRACE_ABSENT, profile_trace
 from gpuhours.cli import app
 
 runner = CliRunner()
@@ -156,13 +157,11 @@ def test_estimate_network_what_ifs_move_the_right_way():
 
 
 def test_calibrate_trace_writes_a_loadable_profile(tmp_path):
-    from pathlib import Path
-
     from gpuhours.hwmodels.calibration import load_profile
 
-    trace = Path(__file__).resolve().parents[2] / "shared" / "data" / "profile-data" / "train.json"
-    if not trace.exists():
-        pytest.skip("shared profile-data trace not beside the checkout")
+    trace = profile_trace()
+    if trace is None:
+        pytest.skip(TRACE_ABSENT)
     out = tmp_path / "p.json"
     r = runner.invoke(app, ["calibrate", "trace", str(trace), "-o", str(out)])
     assert r.exit_code == 0, r.output

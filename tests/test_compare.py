@@ -1,18 +1,17 @@
 """Simulated vs measured traced pair under each calibration source, and the validation page."""
 
 import json
-from pathlib import Path
 
 import pytest
 
+from gpuhours.validation.external import profile_trace
 from gpuhours.hwmodels.calibration import load_profile
 from gpuhours.reports.validation_page import largest_difference, write_validation_page
 from gpuhours.validation.compare import compare_all
 
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "profile-data" / "train.json"
-# Without the trace beside the checkout the measured figures come from the trace-derived profile the repository
+# Without the trace (GPUHOURS_PROFILE_TRACE) the measured figures come from the trace-derived profile the repository
 # ships (trace-h800's trace.measured), so these run from a clean clone too.
-TRACE_PATH = TRACE if TRACE.is_file() else None
+TRACE_PATH = profile_trace()
 
 
 @pytest.fixture(scope="module")

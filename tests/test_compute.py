@@ -1,16 +1,15 @@
 """ComputeModel: roofline durations against published kernel figures and closed forms."""
 
 import json
-from pathlib import Path
 
 import pytest
 
+from gpuhours.validation.external import TRACE_ABSENT, profile_trace
 from gpuhours.hwmodels.calibration import default_profile
 from gpuhours.hwmodels.compute import ComputeModel
 from gpuhours.hwmodels.gpus import load_gpu
 from gpuhours.workloads.ops import GemmShape, Op
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +103,9 @@ def test_rejects_collectives_and_unknown_kinds(h800):
 
 def test_mla_attention_within_a_loose_band_of_the_h800_trace(h800):
     """Sanity only: the assumed attention efficiencies against the FlashAttention kernels of the trace."""
-    trace = SHARED / "data" / "profile-data" / "train.json"
-    if not trace.is_file():
-        pytest.skip("shared profile-data trace absent")
+    trace = profile_trace()
+    if trace is None:
+        pytest.skip(TRACE_ABSENT)
     events = json.loads(trace.read_text())["traceEvents"]
     kernels = [e for e in events if e.get("cat") == "kernel"]
     fwd = [e["dur"] * 1e-6 for e in kernels if "flash::compute_attn" in e["name"]]

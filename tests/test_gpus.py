@@ -1,13 +1,12 @@
 """GPU spec sheets: SI units, datasheet relations, lookup rules."""
 
 import json
-from pathlib import Path
 
 import pytest
 
+from gpuhours.validation.external import TRACE_ABSENT, profile_trace
 from gpuhours.hwmodels.gpus import GPUSpec, list_gpus, load_gpu
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 HOPPER = ("h800", "h100-sxm", "h200-sxm")
 
 
@@ -78,9 +77,9 @@ def test_spec_validation():
 
 
 def test_h800_matches_trace_device_properties():
-    trace = SHARED / "data" / "profile-data" / "train.json"
-    if not trace.is_file():
-        pytest.skip("shared profile-data trace absent")
+    trace = profile_trace()
+    if trace is None:
+        pytest.skip(TRACE_ABSENT)
     dev = json.loads(trace.read_text())["deviceProperties"][0]
     g = load_gpu("h800")
     assert dev["name"] == "NVIDIA H800"

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from gpuhours.validation.external import REFERENCE_ABSENT, reference_sheet
 from gpuhours.workloads.hf_config import model_from_hf_config
 from gpuhours.workloads.model import AttentionSpec, MoESpec
 from gpuhours.workloads.presets import list_presets, load_model_file, load_preset
 
 PRESET_DIR = Path(str(resources.files("gpuhours.workloads") / "presets"))
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "deepseek-v3.md"
+REFERENCE = reference_sheet()
 
 # Field values as in DeepSeek-V3's Hugging Face config.json (subset that matters here).
 HF_V3 = {
@@ -68,8 +69,8 @@ def test_v3_preset_fields():
 
 
 def test_v3_preset_agrees_with_reference_sheet():
-    if not REFERENCE.exists():
-        pytest.skip("shared reference sheet absent")
+    if REFERENCE is None:
+        pytest.skip(REFERENCE_ABSENT)
     text = REFERENCE.read_text()
     m = load_preset("deepseek-v3")
     assert f"hidden size | {m.hidden}" in text

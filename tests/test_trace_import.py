@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 
 import pytest
 
+from gpuhours.validation.external import TRACE_ABSENT, profile_trace
 from gpuhours.validation.trace import (
     KNOWN_PHASES,
     OP_CLASSES,
@@ -19,14 +19,14 @@ from gpuhours.validation.trace import (
     summarise,
 )
 
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "profile-data" / "train.json"
+TRACE = profile_trace()
 DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 
 
 @pytest.fixture(scope="module")
 def measured():
-    if not TRACE.is_file():
-        pytest.skip(f"shared trace absent: {TRACE}")
+    if TRACE is None:
+        pytest.skip(TRACE_ABSENT)
     trace = load_trace(TRACE)
     raw = [e for e in json.loads(TRACE.read_text())["traceEvents"] if e.get("cat") in DEVICE_CATS]
     return trace, summarise(trace), raw

@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
+from gpuhours.validation.external import TRACE_ABSENT, profile_trace
 from gpuhours.hwmodels.calibration import CalibrationProfile, load_profile
 from gpuhours.hwmodels.cluster import ClusterSpec, deepseek_h800_cluster
 from gpuhours.hwmodels.collectives import AlphaBetaNetwork
@@ -51,7 +52,6 @@ from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import Op, OpOptions
 from gpuhours.workloads.parallel import ParallelSpec
 
-DEFAULT_TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "profile-data" / "train.json"
 BASE_PROFILE = "default-h800"
 PROFILE_NAME = "trace-h800"
 
@@ -374,13 +374,17 @@ def _check_case(trace: Trace, model: ModelSpec, parallel: ParallelSpec, seq_len:
             raise ValueError(f"trace: traceName says {field}={theirs}, the traced case has {ours}")
 
 
-def profile_from_traced_case(trace_path: str | Path = DEFAULT_TRACE,
+def profile_from_traced_case(trace_path: str | Path | None = None,
                              base_profile: CalibrationProfile | str = BASE_PROFILE,
                              model: ModelSpec | None = None, name: str = PROFILE_NAME,
                              date: str | None = None) -> CalibrationProfile:
     """The trace-derived CalibrationProfile (source "trace") of the traced F&B pair (see the module docstring)."""
     base = load_profile(base_profile) if isinstance(base_profile, (str, Path)) else base_profile
     model = _model(model)
+    if trace_path is None:
+        trace_path = profile_trace()
+        if trace_path is None:
+            raise ValueError(f"trace_path: give the trace file; {TRACE_ABSENT}")
     trace = load_trace(trace_path)
     measured = measure(trace)
     parallel, seq_len, _ = traced_case(model, measured.layers_per_chunk)
@@ -459,7 +463,7 @@ def work_ms(record: dict) -> float:
     return record["expected_work"]["memory"]["bytes"] / load_gpu("H800").hbm_bw * 1e3
 
 
-def write_trace_profile(out: str | Path, trace_path: str | Path = DEFAULT_TRACE,
+def write_trace_profile(out: str | Path, trace_path: str | Path | None = None,
                         base_profile: str | CalibrationProfile = BASE_PROFILE, date: str | None = None) -> Path:
     """Derive the profile from the trace and save it as JSON (what `gpuhours calibrate trace` runs)."""
     profile = profile_from_traced_case(trace_path, base_profile, date=date)
@@ -471,6 +475,6 @@ def write_trace_profile(out: str | Path, trace_path: str | Path = DEFAULT_TRACE,
 if __name__ == "__main__":  # python -m gpuhours.validation.calibrate_trace [TRACE.json] [OUT.json]
     import sys
     args = sys.argv[1:]
-    src = args[0] if args else DEFAULT_TRACE
+    src = args[0] if args else None
     dst = args[1] if len(args) > 1 else Path(__file__).resolve().parents[1] / "hwmodels" / "data" / f"{PROFILE_NAME}.json"
     print(write_trace_profile(dst, src))

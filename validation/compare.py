@@ -17,10 +17,11 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from gpuhours.validation.external import profile_trace
 from gpuhours.hwmodels.calibration import CalibrationProfile, load_profile
 from gpuhours.simulator.instructions import Instruction
 from gpuhours.simulator.scenario import plan_reference
-from gpuhours.validation.calibrate_trace import (BACKWARD_STAGE, BASE_PROFILE, DEFAULT_TRACE, FORWARD_STAGE,
+from gpuhours.validation.calibrate_trace import (BACKWARD_STAGE, BASE_PROFILE, FORWARD_STAGE,
                                                  PROFILE_NAME, measure, trace_class_of, traced_coster, traced_ops)
 from gpuhours.validation.trace import KNOWN_PHASES, load_trace
 
@@ -33,9 +34,10 @@ COMM_PHASES = tuple(p for p in KNOWN_PHASES if p not in COMPUTE_PHASES)
 
 
 def measured_figures(trace_path: str | Path | None = None) -> dict:
-    """The traced pair's figures (ms): from the trace file, else from the bundled trace-derived profile."""
-    path = Path(trace_path) if trace_path is not None else DEFAULT_TRACE
-    if path.is_file():
+    """The traced pair's figures (ms): from the trace file (given, or where GPUHOURS_PROFILE_TRACE points), else
+    from the bundled trace-derived profile."""
+    path = Path(trace_path) if trace_path is not None else profile_trace()
+    if path is not None and path.is_file():
         m = measure(load_trace(path)).to_dict()
         m["from"] = f"trace file {path.name}"
         return m

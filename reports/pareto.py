@@ -11,17 +11,33 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def pareto_front(df: pd.DataFrame, x: str = "wall_clock_days", y: str = "cost_usd") -> pd.DataFrame:
-    """Feasible rows no other feasible row dominates (<= on both axes, < on one), sorted by x.
-
-    Sort by (x, y) and keep a row when its y is below every y seen so far: O(n log n)."""
-    ok = df[df["feasible"]].dropna(subset=[x, y]).sort_values([x, y, "point_id"])
+def nondominated(items, key) -> list:
+    """Items no other item dominates on two minimised axes (<= on both, < on one), by the first: sort by
+    key(item) = (x, y, tie-breaks...) and keep an item when its y is below every y seen so far. O(n log n)."""
     keep, best_y = [], float("inf")
-    for idx, value in zip(ok.index, ok[y]):
-        if value < best_y:
-            keep.append(idx)
-            best_y = value
-    return ok.loc[keep]
+    for item in sorted(items, key=key):
+        y = key(item)[1]
+        if y < best_y:
+            keep.append(item)
+            best_y = y
+    return keep
+
+
+def pareto_front(df: pd.DataFrame, x: str = "wall_clock_days", y: str = "cost_usd") -> pd.DataFrame:
+    """Feasible rows no other feasible row dominates (<= on both axes, < on one), sorted by x."""
+    ok = df[df["feasible"]].dropna(subset=[x, y])
+    keys = dict(zip(ok.index, zip(ok[x], ok[y], ok["point_id"])))
+    return ok.loc[nondominated(ok.index, keys.__getitem__)]
+
+
+def finish(fig, ax, path: str | Path, legend: str) -> str:
+    """Grid, legend, tight layout, write to `path`, close; the path."""
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
 
 
 def plot_pareto(df: pd.DataFrame, path: str | Path, x: str = "wall_clock_days", y: str = "cost_usd",
@@ -42,12 +58,7 @@ def plot_pareto(df: pd.DataFrame, path: str | Path, x: str = "wall_clock_days", 
     ax.set_xlabel("wall-clock days" if x == "wall_clock_days" else x)
     ax.set_ylabel("cost (million USD)" if y == "cost_usd" else y)
     ax.set_title(f"{title}: {len(ok)} feasible of {len(df)} points, {len(front)} on the front")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return finish(fig, ax, path, "upper right")
 
 
 def _label(row: pd.Series, df: pd.DataFrame) -> str:

@@ -10,16 +10,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from gpuhours.reports.pareto import finish, nondominated  # noqa: E402
+
 
 def plan_front(rows) -> list:
     """Fitting rows no other fitting row dominates (<= days and cost, < on one), by days."""
-    ok = sorted((r for r in rows if r.fits), key=lambda r: (r.days, r.cost_usd))
-    front, best_cost = [], float("inf")
-    for r in ok:
-        if r.cost_usd < best_cost:
-            front.append(r)
-            best_cost = r.cost_usd
-    return front
+    return nondominated([r for r in rows if r.fits], lambda r: (r.days, r.cost_usd))
 
 
 def plot_plan(result, path: str | Path) -> str:
@@ -46,9 +42,4 @@ def plot_plan(result, path: str | Path) -> str:
     ax.set_ylabel("cost (million USD)" if k == 1e6 else "cost (USD)")
     ax.set_title(f"{result.model} on {result.gpus} x {result.gpu}: {result.simulated} simulated of "
                  f"{result.enumerated} enumerated", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return finish(fig, ax, path, "upper left")

@@ -75,6 +75,11 @@ def _deepep() -> dict:
         return tomllib.load(f)["deepep"]
 
 
+def deepep_saturating_sms() -> int:
+    """SMs from which DeepEP's kernels reach the links' rate (hwmodels/data/comm_kernels.toml)."""
+    return int(_deepep()["saturating_sms"])
+
+
 def ep_sm_slowdown(parallel: ParallelSpec) -> float:
     """How much longer EP all-to-alls take than the links allow, for the SMs reserved for them: under an
     overlapping schedule DeepEP's kernels get `comm_sms` SMs and reach the links' rate from `saturating_sms` on
@@ -82,7 +87,7 @@ def ep_sm_slowdown(parallel: ParallelSpec) -> float:
     them on every SM: no slowdown."""
     if not parallel.overlaps_comm or parallel.comm_sms <= 0:
         return 1.0
-    return max(1.0, _deepep()["saturating_sms"] / parallel.comm_sms)
+    return max(1.0, deepep_saturating_sms() / parallel.comm_sms)
 
 
 def expected_nodes_per_token(model: ModelSpec, ep: int, gpus_per_node: int) -> float:

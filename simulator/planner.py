@@ -5,7 +5,8 @@
    the stage's ranks, schedule 1f1b / interleaved-1f1b (vpp 2) / zb1p, plus dualpipe and dualpipev for MoE with
    EP > 1 (pp = 1: 1f1b only, the others add nothing there), micro-batch 1/2/4, recompute none / deepseek (MLA
    only) / selective / full, ZeRO 1/3. With tp > 1 sequence parallelism and tp_comm_overlap are on (assumed never
-   slower: they only cut memory or exposed time). Overlapping schedules with EP get DeepSeek's 20 comm SMs.
+   slower: they only cut memory or exposed time). Overlapping schedules with EP get DeepEP's saturating 20 comm SMs
+   (hwmodels/data/comm_kernels.toml, as DeepSeek reserves).
 2. Prune, in order, each rule counted in enumerated variants: "layout" (ParallelSpec / check_model ValueError),
    "batch" (the batch is not dp x micro-batch x m sequences with m a micro-batch count the schedule takes
    without padding), "memory" (the variant does not fit: first a closed-form test, weights + gradients +
@@ -28,6 +29,7 @@ import time
 from dataclasses import replace
 from functools import lru_cache
 
+from gpuhours.simulator.chunks import deepep_saturating_sms
 from gpuhours.simulator.plan_rows import Candidate, PlanResult, PlanRow, pct as _pct
 from gpuhours.simulator.run import estimate_run, microbatches_for
 from gpuhours.simulator.sweep import _EXECUTORS
@@ -46,7 +48,6 @@ TPS, MBS, CPS = (1, 2, 4, 8), (1, 2, 4), (1, 2)
 DENSE_SCHEDULES = ("1f1b", "interleaved-1f1b", "zb1p")
 MOE_SCHEDULES = DENSE_SCHEDULES + ("dualpipe", "dualpipev")
 CP_MIN_SEQ = 8192
-COMM_SMS = 20            # DeepSeek's figure for DualPipe's resident all-to-all kernels (plans/deepseek-v3.toml)
 DEFAULT_BATCH_TOKENS = 4 * 2**20
 RULES = ("layout", "batch", "memory", "dominated", "not simulated (cap)")
 _GIB = 2**30
@@ -82,11 +83,12 @@ def _variants(model) -> list[tuple[int, str]]:
 
 
 def _parallel(c: Candidate, gpus: int) -> ParallelSpec:
-    overlap = c.schedule in ("dualpipe", "dualpipev") and c.ep > 1
+    overlap = c.schedule in ("dualpipe", "dualpipev") and c.ep > 1  # reserve the SMs that saturate the links
     return ParallelSpec(num_gpus=gpus, pp=c.pp, ep=c.ep, tp=c.tp, cp=c.cp, zero_stage=c.zero_stage,
                         micro_batch_size=c.micro_batch_size, schedule=c.schedule,
-                        vpp=2 if c.schedule == "interleaved-1f1b" else 1, comm_sms=COMM_SMS if overlap else 0,
-                        tp_comm_overlap=c.tp > 1, sequence_parallel=True)
+                        vpp=2 if c.schedule == "interleaved-1f1b" else 1,
+                        comm_sms=deepep_saturating_sms() if overlap else 0, tp_comm_overlap=c.tp > 1,
+                        sequence_parallel=True)
 
 
 def _scenario(base: Scenario, c: Candidate) -> Scenario:

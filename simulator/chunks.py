@@ -46,7 +46,8 @@ from gpuhours.simulator.instructions import Instruction
 from gpuhours.simulator.overlap import exposed_streamed
 from gpuhours.simulator.timeline import Span
 from gpuhours.workloads.model import ModelSpec
-from gpuhours.workloads.ops import BF16, LayerPasses, Op, OpOptions, Segment, stage_units
+from gpuhours.workloads.ops import BF16, LayerPasses, Op, OpOptions, Segment
+from gpuhours.workloads.stage_ops import stage_units
 from gpuhours.workloads.zero import is_dp_collective
 from gpuhours.workloads.parallel import ParallelSpec
 

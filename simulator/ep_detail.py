@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from gpuhours.simulator.chunks import HardwareCoster
-from gpuhours.workloads.ops import layer_passes
+from gpuhours.workloads.layer_ops import layer_passes
 
 
 def ep_group_detail(scenario, layer: int | None = None) -> dict:

@@ -23,7 +23,8 @@ from gpuhours.hwmodels.compute import ComputeModel
 from gpuhours.simulator.run import RunEstimate
 from gpuhours.simulator.scenario import Scenario, _read_plan, estimate, list_plans, load_scenario
 from gpuhours.workloads.memory import MemoryBreakdown, memory_breakdown
-from gpuhours.workloads.ops import layer_passes, recompute_policy
+from gpuhours.workloads.ops import recompute_policy
+from gpuhours.workloads.layer_ops import layer_passes
 from gpuhours.workloads.run import BatchRamp, parse_count
 
 _GIB = 2**30

@@ -4,7 +4,7 @@ Data-parallel replicas behave alike, so one representative pipeline is simulated
 After a rank's last backward it reduces its gradients over its data-parallel group (ZeRO-1: reduce-scatter,
 then the optimizer updates its shard, then the updated BF16 parameters are all-gathered; ZeRO-2 alike; ZeRO-0:
 all-reduce and a full update). Under ZeRO-3 (FSDP) the parameters are gathered and the gradients reduce-scattered
-layer by layer inside every micro-batch's instructions (`workloads.ops.zero3_passes`), so the tail is the
+layer by layer inside every micro-batch's instructions (`workloads.zero.zero3_passes`), so the tail is the
 optimizer update of the shard alone. The step ends when the slowest rank has its new parameters.
 """
 
@@ -25,7 +25,9 @@ from gpuhours.simulator.schedules import build_schedule
 from gpuhours.workloads import params as P
 from gpuhours.workloads.flops import flops_per_token
 from gpuhours.workloads.model import ModelSpec
-from gpuhours.workloads.ops import Op, OpOptions, layer_passes, stage_units
+from gpuhours.workloads.ops import Op, OpOptions
+from gpuhours.workloads.layer_ops import layer_passes
+from gpuhours.workloads.stage_ops import stage_units
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.recipe import MemoryRecipe, load_recipe
 

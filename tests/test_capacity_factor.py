@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from gpuhours.cli import app
 from gpuhours.reports.estimate_table import dropped_share
 from gpuhours.workloads.presets import load_preset
-from gpuhours.workloads.ops import OpOptions, layer_passes
+from gpuhours.workloads.ops import OpOptions
+from gpuhours.workloads.layer_ops import layer_passes
 from gpuhours.workloads.parallel import ParallelSpec
 
 

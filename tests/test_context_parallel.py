@@ -14,7 +14,8 @@ from gpuhours.hwmodels.cluster import CommGroup
 from gpuhours.simulator.scenario import load_scenario
 from gpuhours.workloads.memory import MemoryRecipe, chunk_bytes, memory_breakdown
 from gpuhours.workloads.model import AttentionSpec, ModelSpec
-from gpuhours.workloads.ops import OpOptions, layer_passes
+from gpuhours.workloads.ops import OpOptions
+from gpuhours.workloads.layer_ops import layer_passes
 from gpuhours.workloads.parallel import ParallelSpec
 
 MID = ModelSpec("mid", hidden=1024, n_layers=4, vocab=32000, dense_intermediate=3584,

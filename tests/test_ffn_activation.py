@@ -12,7 +12,8 @@ from gpuhours.workloads.flops import flops_per_token
 from gpuhours.workloads.hf_config import model_from_hf_config
 from gpuhours.workloads.memory import layer_terms, load_recipe
 from gpuhours.workloads.model import FFN_ACTIVATIONS, AttentionSpec, ModelSpec, MoESpec
-from gpuhours.workloads.ops import OpOptions, layer_passes
+from gpuhours.workloads.ops import OpOptions
+from gpuhours.workloads.layer_ops import layer_passes
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.presets import load_preset, model_from_toml_text
 

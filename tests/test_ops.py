@@ -6,7 +6,8 @@ import pytest
 
 from gpuhours.workloads import params as P
 from gpuhours.workloads.flops import attention_core_flops
-from gpuhours.workloads.ops import OpOptions, fp8_bytes_per_token, layer_passes
+from gpuhours.workloads.ops import OpOptions, fp8_bytes_per_token
+from gpuhours.workloads.layer_ops import layer_passes
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.presets import load_preset
 

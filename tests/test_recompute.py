@@ -13,7 +13,8 @@ from gpuhours.cli import app
 from gpuhours.simulator.scenario import load_scenario
 from gpuhours.workloads.memory import MemoryRecipe, head_terms, memory_breakdown
 from gpuhours.workloads.model import AttentionSpec, ModelSpec
-from gpuhours.workloads.ops import RECOMPUTE_POLICIES, OpOptions, layer_passes
+from gpuhours.workloads.ops import RECOMPUTE_POLICIES, OpOptions
+from gpuhours.workloads.layer_ops import layer_passes
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.presets import load_preset
 

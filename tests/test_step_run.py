@@ -128,7 +128,7 @@ def test_ep_detail_slowest_rank_is_what_the_pipeline_prices():
     """The representative pipeline runs every MoE layer at the busiest rank's rows: its mlp(F) time must equal
     the slowest rank's in the per-rank detail."""
     from gpuhours.simulator.ep_detail import ep_group_detail
-    from gpuhours.workloads.ops import layer_passes
+    from gpuhours.workloads.layer_ops import layer_passes
 
     sc = load_scenario(routing="skew:0.3")
     d = ep_group_detail(sc)

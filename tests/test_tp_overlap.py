@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from gpuhours.cli import app
 from gpuhours.simulator.overlap import exposed_streamed
 from gpuhours.simulator.scenario import load_scenario
-from gpuhours.workloads.ops import OpOptions, layer_passes
+from gpuhours.workloads.ops import OpOptions
+from gpuhours.workloads.layer_ops import layer_passes
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.presets import load_preset
 

@@ -13,7 +13,8 @@ from gpuhours.cli import app
 from gpuhours.simulator.scenario import load_scenario
 from gpuhours.workloads.memory import MemoryRecipe, memory_breakdown
 from gpuhours.workloads.model import AttentionSpec, ModelSpec
-from gpuhours.workloads.ops import OpOptions, stage_units
+from gpuhours.workloads.ops import OpOptions
+from gpuhours.workloads.stage_ops import stage_units
 from gpuhours.workloads.parallel import ParallelSpec
 
 TINY = ModelSpec("tiny", hidden=64, n_layers=4, vocab=256, dense_intermediate=128,

@@ -49,7 +49,7 @@ b = 2 (BF16); o = attention-output bytes, E5M6 1.5; H heads, h hidden; terms nam
 - MTP module: its two norm inputs 2 b h, projection input c 2 h, one block (the last layer's kind), a head.
 Context parallelism (cp > 1): a chunk holds micro-batch x seq_len / cp tokens, so its bytes are divided by cp;
 the layer being computed also holds the K/V gathered from the other cp ranks, (cp-1)/cp x micro-batch x seq_len
-x `workloads.ops.cp_kv_bytes_per_token` (one layer's buffer, added once to the rank's activations; gathered K/V
+x `workloads.layer_ops.cp_kv_bytes_per_token` (one layer's buffer, added once to the rank's activations; gathered K/V
 kept for the backward of in-flight layers are not counted).
 All per-token terms are divided by tp: sequence parallelism splits the token-wise ones, tensor parallelism the
 head- and channel-wise ones (Korthikanti et al., arXiv 2205.05198, sec. 4.2-4.3).
@@ -175,7 +175,7 @@ def cp_gathered_kv_bytes(model: ModelSpec, parallel: ParallelSpec, seq_len: int)
     (cp-1)/cp x micro_batch_size x seq_len x kv bytes per token (0 without context parallelism)."""
     if parallel.cp == 1:
         return 0.0
-    from gpuhours.workloads.ops import cp_kv_bytes_per_token
+    from gpuhours.workloads.layer_ops import cp_kv_bytes_per_token
 
     return (parallel.cp - 1) / parallel.cp * parallel.micro_batch_size * seq_len * cp_kv_bytes_per_token(model,
                                                                                                          parallel)

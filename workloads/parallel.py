@@ -23,7 +23,8 @@ class ParallelSpec:
     cp group takes chunks i and 2cp-1-i, so each rank holds seq_len / cp tokens and an equal share of the causal
     attention work. Every op of a layer (GEMMs, norms, element-wise, MoE, TP collectives, head and loss) runs on
     the rank's micro_batch_size x seq_len / cp tokens; the attention core's queries are the rank's tokens, its keys
-    the whole sequence, and its causal FLOPs exactly 1/cp of the whole sequence's core (`workloads.ops`). Before
+    the whole sequence, and its causal FLOPs exactly 1/cp of the whole sequence's core
+    (`workloads.layer_ops`). Before
     the core the forward all-gathers K and V over the cp group; the backward reduce-scatters dK and dV
     (collectives on the "cp" group, placed after tp inside a node). CP ranks hold the same parameters, so the
     gradient (and ZeRO sharding) group is dp x cp (`grad_dp`); they share their sequences, so a step trains
@@ -50,7 +51,7 @@ class ParallelSpec:
     parameters all-gathered once per step); 2 also shards the gradients (same traffic as 1); 3 (FSDP) also shards
     the weights: every micro-batch gathers a layer's parameters before its forward (and, with
     `reshard_after_forward`, again before its backward) and reduce-scatters its gradients after its backward
-    (`workloads.ops.stage_units`, `workloads.zero`), the step's tail keeps only the optimizer update of the shard.
+    (`workloads.stage_ops.stage_units`, `workloads.zero`), the step's tail keeps only the optimizer update of the shard.
     """
 
     num_gpus: int

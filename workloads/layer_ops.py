@@ -1,0 +1,220 @@
+"""A transformer layer's forward, backward-for-input and backward-for-weight passes as ordered segments:
+attention (MLA or GQA, tensor- and context-parallel), the dense FFN or the MoE block (`workloads.moe_ops`), the
+tensor-parallel collectives around each, and the recomputation policy's extra work."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gpuhours.workloads.model import ModelSpec
+from gpuhours.workloads.moe_ops import moe_segments
+from gpuhours.workloads.ops import (
+    BF16,
+    GemmsOnly,
+    LayerPasses,
+    Op,
+    OpOptions,
+    PassBuilder,
+    Segment,
+    collective_segment,
+    dense_ffn_ops,
+    norm_tokens,
+    rank_tokens,
+)
+from gpuhours.workloads.parallel import ParallelSpec
+
+def cp_kv_bytes_per_token(model: ModelSpec, p: ParallelSpec) -> float:
+    """Bytes per token of what context parallelism all-gathers before the attention core (and reduce-scatters as
+    gradients after its backward). GQA / MHA: K and V of the rank's kv heads, 2 x kv_heads / tp x head_dim x BF16.
+    MLA: the compressed KV latent, (kv_lora_rank + qk_rope_head_dim) x BF16 (gathered before the up-projection;
+    the up-projection of the other ranks' latents is not counted, a small optimism)."""
+    a = model.attention
+    if a.kind == "mla":
+        return (a.kv_lora_rank + a.qk_rope_head_dim) * BF16
+    return 2 * max(1, a.n_kv_heads // p.tp) * a.head_dim * BF16
+
+
+def _cp_comm(phase: str, model: ModelSpec, p: ParallelSpec, tokens: int, layer, prefix: str) -> list[Segment]:
+    """Context parallelism's K/V exchange of one layer (all-gather variant): the forward all-gathers the K and V
+    of the whole sequence before the attention core, the backward reduce-scatters dK and dV after the core's
+    backward. comm_bytes is the gathered buffer (hwmodels.collectives' convention): the micro-batch's
+    tokens x cp = micro_batch_size x seq_len tokens x `cp_kv_bytes_per_token`; each rank sends (cp-1)/cp of it.
+    Not overlapped with compute (they sit in the pass's dependency chain)."""
+    if p.cp == 1 or phase == "W":
+        return []
+    kind = "all_gather" if phase == "F" else "reduce_scatter"
+    return [collective_segment(f"{prefix}.attn.cp_{kind}", phase, "attn", kind, "cp", tokens * p.cp,
+                        cp_kv_bytes_per_token(model, p), layer)]
+
+
+def _attention_ops(b: PassBuilder, model: ModelSpec, p: ParallelSpec, tokens: int, seq_len: int,
+                   recompute_only: bool = False, recompute_core: bool = False) -> None:
+    """Attention of one layer on `tokens` tokens (the rank's micro-batch x sequence / cp), tensor-parallel over
+    heads.
+
+    Causal attention core: each query attends to (L + 1) / 2 keys on average, so the forward core costs
+    2 * heads * (d_qk + d_v) * tokens * (L + 1) / 2 FLOPs (QK^T and PV); backward recomputes QK^T and computes
+    dV, dP, dQ, dK: 2.5x the forward. With `recompute_core` (selective recomputation) the backward first runs
+    the forward core again (op `attn.recompute.core`, priced as a forward attention op).
+
+    Context parallelism (cp > 1, `tokens` = b L / cp): the rank's queries attend to the keys of the whole sequence
+    under the causal mask. With the load-balanced split (chunks i and 2cp-1-i of 2 cp chunks of c = L / 2cp
+    tokens) the rank's causal pairs are c (i c) + c (c+1)/2 + c ((2cp-1-i) c) + c (c+1)/2 = c (L + 1)
+    = (L / cp) (L + 1) / 2, exactly 1/cp of the whole sequence's L (L + 1) / 2, so the same formula with the
+    rank's tokens holds: core = 2 heads (d_qk + d_v) (b L / cp) (L + 1) / 2. The core's HBM bytes count the rank's
+    own q, k, v, o (the gathered keys are not added).
+    """
+    a, h, tp = model.attention, model.hidden, p.tp
+    heads = a.n_heads // tp
+    act = norm_tokens(tokens, p) * h * BF16  # the norm's input: the sequence shard under sequence parallelism
+    if b.phase == "W":  # weight gradients: GEMMs only
+        b = GemmsOnly(b)
+    if a.kind == "mla":
+        b.elementwise("attn_norm", 2 * act)  # recomputed in backward too (DeepSeek-V3 recomputes every RMSNorm)
+        if a.q_lora_rank:
+            if not recompute_only:
+                b.gemm("wq_a", tokens, a.q_lora_rank, h)
+            b.elementwise("q_norm", 2 * tokens * a.q_lora_rank * BF16)
+            b.gemm("wq_b", tokens, heads * a.qk_head_dim, a.q_lora_rank)
+        elif not recompute_only:
+            b.gemm("wq", tokens, heads * a.qk_head_dim, h)
+        if not recompute_only:
+            b.gemm("wkv_a", tokens, a.kv_lora_rank + a.qk_rope_head_dim, h)
+        b.elementwise("kv_norm", 2 * tokens * a.kv_lora_rank * BF16)
+        b.gemm("wkv_b", tokens, heads * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank)
+        if recompute_only:
+            return
+        b.elementwise("rope", 2 * tokens * heads * a.qk_rope_head_dim * BF16)
+        o_in = heads * a.v_head_dim
+    else:
+        kv_heads = max(1, a.n_kv_heads // tp)
+        b.elementwise("attn_norm", 2 * act)
+        b.gemm("wqkv", tokens, (heads + 2 * kv_heads) * a.head_dim, h)
+        b.elementwise("rope", 2 * tokens * (heads + kv_heads) * a.head_dim * BF16)
+        o_in = heads * a.head_dim
+    core = 2.0 * heads * (a.qk_head_dim + a.out_head_dim) * tokens * (seq_len + 1) / 2
+    qkvo_bytes = tokens * heads * (2 * a.qk_head_dim + 2 * a.out_head_dim) * BF16
+    if b.phase == "F":
+        b.attention("core", core, qkvo_bytes)
+    elif b.phase == "B":
+        if recompute_core:
+            b.ops.append(Op(f"{b.prefix}.recompute.core", "attention", "F", b.module, core, qkvo_bytes, "bf16"))
+        b.attention("core_bwd", 2.5 * core, 2 * qkvo_bytes)
+    b.gemm("wo", tokens, h, o_in)
+
+
+def _tp_comm(phase: str, module: str, tokens: int, hidden: int, p: ParallelSpec, layer, where: str,
+             partner: Op | None = None):
+    """Tensor-parallel collectives around a block (Korthikanti et al. 2022, sec. 4.2): with sequence parallelism
+    an all-gather before and a reduce-scatter after (backward: the reverse); without, one all-reduce after
+    (backward: before). The weight-gradient pass has none, except under sequence parallelism the all-gather
+    before the block: Megatron-LM keeps only the sequence shard of a column-parallel layer's input and gathers
+    it again for the weight gradient (LinearWithGradAccumulationAndAsyncCommunication.backward).
+
+    With `ParallelSpec.tp_comm_overlap` each collective carries the GEMM it is pipelined with (`partner`: the
+    block's first GEMM for the collective before it, its last for the one after; `Op.overlaps`)."""
+    if p.tp == 1:
+        return []
+    segs = _tp_collectives(phase, module, tokens, hidden, p, layer, where)
+    if not (p.tp_comm_overlap and partner is not None):
+        return segs
+    return [replace(s, ops=tuple(replace(op, overlaps=partner) for op in s.ops)) for s in segs]
+
+
+def _tp_collectives(phase: str, module: str, tokens: int, hidden: int, p: ParallelSpec, layer, where: str):
+    per_token = hidden * BF16
+    if phase == "W":
+        if not (p.sequence_parallel and where == "before"):
+            return []
+        return [collective_segment(f"L{layer}.{module}.tp_all_gather", phase, module, "all_gather", "tp", tokens,
+                            per_token, layer)]
+    if p.sequence_parallel:
+        kind = "all_gather" if where == "before" else "reduce_scatter"
+        if phase == "B":
+            kind = "reduce_scatter" if kind == "all_gather" else "all_gather"
+        return [collective_segment(f"L{layer}.{module}.tp_{kind}", phase, module, kind, "tp", tokens, per_token, layer)]
+    if (where == "after") == (phase == "F"):
+        return [collective_segment(f"L{layer}.{module}.tp_all_reduce", phase, module, "all_reduce", "tp", tokens,
+                            per_token, layer)]
+    return []
+
+
+def _edge_gemms(ops: list[Op]) -> tuple[Op | None, Op | None]:
+    """The first and the last GEMM of a block's pass (recomputed forward GEMMs excluded): the column-parallel
+    input projection and the row-parallel output projection the block's TP collectives are pipelined with."""
+    gemms = [op for op in ops if op.kind == "gemm" and ".recompute." not in op.name]
+    return (gemms[0], gemms[-1]) if gemms else (None, None)
+
+
+def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, opts: OpOptions = OpOptions(),
+                 prefix: str | None = None) -> LayerPasses:
+    """The three passes of transformer layer `layer` for one micro-batch on one rank.
+
+    MoE layers: attn -> dispatch (FP8 payload) -> experts -> combine (BF16); backward runs combine(B) ->
+    mlp(B) -> dispatch(B) -> attn(B), both backward all-to-alls carrying BF16 gradients.
+
+    Context parallelism: every op runs on the rank's micro_batch_size x seq_len / cp tokens; the K/V all-gather
+    ("cp.all_gather(F)") precedes the attention segment, whose GEMMs and core run back to back, and the dK/dV
+    reduce-scatter ("cp.reduce_scatter(B)") follows the attention backward (`_cp_comm`). Each sits in the pass's
+    dependency chain, so its time adds as if it were between the QKV projection and the core. Under full
+    recomputation the forward's all-gather runs again before the backward; otherwise the gathered K/V are kept
+    for the core's backward.
+    """
+    tokens = rank_tokens(p, seq_len)
+    prefix = prefix or f"L{layer}"
+    h, tp = model.hidden, p.tp
+    passes: dict[str, list[Segment]] = {}
+    deepseek = opts.recompute == "deepseek" and model.attention.kind == "mla"
+    for phase in ("F", "B", "W"):
+        attn = PassBuilder(f"{prefix}.attn", "attn", phase, opts.fp8)
+        if phase == "B" and deepseek:
+            recompute = PassBuilder(f"{prefix}.attn.recompute", "attn", "F", opts.fp8)
+            _attention_ops(recompute, model, p, tokens, seq_len, recompute_only=True)
+            attn.ops.extend(recompute.ops)
+        _attention_ops(attn, model, p, tokens, seq_len, recompute_core=opts.recompute == "selective")
+        mlp = PassBuilder(f"{prefix}.mlp", "mlp", phase, opts.fp8)
+        if phase == "B" and deepseek:
+            mlp.elementwise("ffn_norm.recompute", 2 * norm_tokens(tokens, p) * h * BF16)
+        if phase != "W":
+            mlp.elementwise("ffn_norm", 2 * norm_tokens(tokens, p) * h * BF16)
+        moe = model.moe if model.is_moe_layer(layer) else None
+        attn_seg = attn.segment(f"attn({phase})", layer)
+        cp_comm = _cp_comm(phase, model, p, tokens, layer, prefix)
+        core = cp_comm + [attn_seg] if phase == "F" else [attn_seg] + cp_comm
+        first, last = _edge_gemms(attn.ops)
+        segs_attn = _tp_comm(phase, "attn", tokens, h, p, layer, "before", first) + core
+        segs_attn += _tp_comm(phase, "attn", tokens, h, p, layer, "after", last)
+        if moe is None:
+            dense_ffn_ops(mlp, model.dense_intermediate, h, tokens, tp, activation=model.ffn_activation)
+            first, last = _edge_gemms(mlp.ops)
+            segs_mlp = _tp_comm(phase, "mlp", tokens, h, p, layer, "before", first)
+            segs_mlp += [mlp.segment(f"mlp({phase})", layer)]
+            segs_mlp += _tp_comm(phase, "mlp", tokens, h, p, layer, "after", last)
+            order = segs_attn + segs_mlp if phase == "F" else segs_mlp + segs_attn
+            passes[phase] = order
+            continue
+        # DeepSeekMoE (workloads.moe_ops): router and shared experts on the local tokens, routed experts on the
+        # dispatched rows, between the dispatch and combine all-to-alls.
+        dispatch, mlp_seg, combine = moe_segments(mlp, model, moe, p, tokens, phase, opts, prefix, layer)
+        if phase == "W":
+            passes[phase] = [mlp_seg, attn.segment("attn(W)", layer)]
+        elif phase == "F":
+            passes[phase] = segs_attn + dispatch + [mlp_seg] + combine
+        else:
+            passes[phase] = combine + [mlp_seg] + dispatch + segs_attn
+    if opts.recompute == "full":
+        passes["B"] = [_recomputed(seg) for seg in passes["F"]] + passes["B"]
+    return LayerPasses(prefix, tuple(passes["F"]), tuple(passes["B"]), tuple(passes["W"]))
+
+
+def _recomputed(seg: Segment) -> Segment:
+    """A forward segment run again at the start of the layer's backward (full recomputation): the same ops, still
+    priced as forward ops (phase "F"), renamed "<prefix>.<module>.recompute.<op>" in a segment "<name>.recompute(B)"
+    of the backward pass."""
+    def rename(op: Op) -> Op:
+        parts = op.name.split(".")
+        i = next((k for k, part in enumerate(parts) if part in ("attn", "mlp", "moe")), len(parts) - 2)
+        return replace(op, name=".".join(parts[:i + 1] + ["recompute"] + parts[i + 1:]))
+
+    base = seg.name.rsplit("(", 1)[0]
+    return Segment(f"{base}.recompute(B)", seg.stream, tuple(rename(op) for op in seg.ops), seg.layer)

@@ -36,7 +36,8 @@ def collective(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Time and algorithm/bus bandwidth of one collective on a cluster's fabric graph."""
-    from gpuhours.hwmodels.graph_network import GraphNetwork, collective_report
+    from gpuhours.hwmodels.collective_report import collective_report
+    from gpuhours.hwmodels.graph_network import GraphNetwork
     from gpuhours.hwmodels.topology import load_cluster_preset
     from gpuhours.workloads.run import parse_count
 

@@ -23,15 +23,15 @@ flat all-to-all, and DeepEP's hierarchical EP all-to-all (see ``ep_all_to_all``)
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
 
 from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
-from gpuhours.hwmodels.collectives import bf16_bytes_per_token, check_ep_args, fp8_bytes_per_token
+from gpuhours.hwmodels.collective_flows import ep_flows, nodes_distribution, ring_flows, split, tree_flows
+from gpuhours.hwmodels.collectives import check_ep_args
 from gpuhours.hwmodels.topology import (SWITCH_KINDS, FabricSpec, build_topology, fabric_from_cluster,
                                         load_cluster_preset)
 
@@ -430,54 +430,12 @@ class GraphNetwork:
                 out.append([self.gpu_at(nb * r + n, lb * q + j) for n in range(r) for j in range(q)])
         return out
 
-    def _by_node(self, gpus: Sequence[int]) -> list[list[int]]:
-        nodes: dict[int, list[int]] = {}
-        for x in gpus:
-            nodes.setdefault(int(self._node_of[x]), []).append(x)
-        return [sorted(v) for _, v in sorted(nodes.items())]
-
     # ------------------------------------------------------------------------------------------ algorithms
-    def _ring_flows(self, groups: Sequence[Sequence[int]]) -> list[tuple[int, int, float]]:
-        """One step of NCCL-like rings: per group one ring per GPU a node holds (channel c starts every node at
-        its c-th GPU), each carrying 1/channels of the chunk."""
-        flows = []
-        for grp in groups:
-            per_node = self._by_node(grp)
-            ch = len(per_node[0])
-            for c in range(ch):
-                order = [n[(c + j) % len(n)] for n in per_node for j in range(len(n))]
-                flows += [(order[i], order[(i + 1) % len(order)], 1.0 / ch) for i in range(len(order))]
-        return flows
-
-    def _tree_flows(self, groups: Sequence[Sequence[int]]) -> tuple[list, int]:
-        """Double binary tree over each group: the bit-pattern tree on the ranks, and its mirror (p even) or its
-        shift by one (p odd), so a rank that is a leaf in one tree is interior in the other. Each tree reduces
-        half the data up and broadcasts it down, pipelined, so all flows run together."""
-        flows, depth = [], 0
-        for grp in groups:
-            p = len(grp)
-            edges, depth = _binary_tree(p)
-            second = (lambda r: p - 1 - r) if p % 2 == 0 else (lambda r: (r + 1) % p)
-            for relabel in (lambda r: r, second):
-                for parent, child in edges:
-                    a, b = grp[relabel(parent)], grp[relabel(child)]
-                    flows += [(b, a, 0.5), (a, b, 0.5)]
-        return flows, depth
-
     def _ring_phase(self, groups, steps_factor: int) -> Phase | None:
         p = len(groups[0])
         if p <= 1:
             return None
-        return self._phase(self._ring_flows(groups), 1.0 / p, steps_factor * (p - 1), steps_factor * (p - 1))
-
-    def _split(self, groups):
-        """Intra-node sub-groups (ranks of a group on one node) and per-rail inter-node sub-groups."""
-        intra, inter = [], []
-        for grp in groups:
-            per_node = self._by_node(grp)
-            intra += per_node
-            inter += [list(col) for col in zip(*per_node)]
-        return intra, inter
+        return self._phase(ring_flows(groups, self._node_of), 1.0 / p, steps_factor * (p - 1), steps_factor * (p - 1))
 
     def phases(self, kind: str, groups: Sequence[Sequence[int]], algorithm: str = "auto") -> tuple[Phase, ...]:
         """Cached phases of collective ``kind`` (all_reduce, reduce_scatter, all_gather, all_to_all) run by all
@@ -491,7 +449,7 @@ class GraphNetwork:
         if len({len(g) for g in groups}) != 1:
             raise ValueError("all groups of one collective must have the same size")
         p = len(groups[0])
-        intra, inter = self._split(groups)
+        intra, inter = split(groups, self._node_of)
         q, r = len(intra[0]), len(inter[0])
         if algorithm == "auto":
             algorithm = "hierarchical" if (kind == "all_reduce" and q > 1 and r > 1) else "ring"
@@ -516,14 +474,14 @@ class GraphNetwork:
                 out.append(self._ring_phase(groups, 2))
             elif algorithm in ("hierarchical", "tree"):
                 if algorithm == "tree" and (q == 1 or r == 1):
-                    flows, depth = self._tree_flows(groups)
+                    flows, depth = tree_flows(groups)
                     out.append(self._phase(flows, 1.0, 1, 2 * depth))
                 elif r == 1 or q == 1:
                     out.append(self._ring_phase(groups, 2))
                 else:
                     rs = self._ring_phase(intra, 1)
                     if algorithm == "tree":
-                        flows, depth = self._tree_flows(inter)
+                        flows, depth = tree_flows(inter)
                         mid = self._phase(flows, 1.0 / q, 1, 2 * depth)
                     else:
                         mid = _scaled(self._ring_phase(inter, 2), 1.0 / q)
@@ -545,7 +503,7 @@ class GraphNetwork:
 
     def placed_ep_phase(self, layout, top_k: int, nodes_per_token) -> Phase:
         """``ep_phase`` of every expert-parallel group of a rank placement, cached per layout."""
-        key = ("placed-ep", layout, top_k, tuple(sorted(_nodes_distribution(nodes_per_token, top_k).items())))
+        key = ("placed-ep", layout, top_k, tuple(sorted(nodes_distribution(nodes_per_token, top_k).items())))
         hit = self._by_shape.get(key)
         if hit is None:
             hit = self._by_shape[key] = self.ep_phase(layout.groups("ep"), top_k, nodes_per_token)
@@ -612,40 +570,14 @@ class GraphNetwork:
         return self._shape_time("all_to_all", nbytes, group, "auto")
 
     # ------------------------------------------------------------------------------------------ expert parallel
-    def ep_flows(self, groups: Sequence[Sequence[int]], top_k: int, nodes_per_token) -> tuple[list, list]:
-        """DeepEP dispatch flows per byte of one rank's tokens (tokens * bytes_per_token): (ib, nvlink).
-
-        A token goes to d distinct nodes of the group's r, uniformly (d drawn from ``nodes_per_token``, capped at
-        r): over IB once to each target node other than its own, to the GPU with its in-node index -- the flow
-        (n, i) -> (m, i) carries E[d] / r per byte. That GPU forwards it over NVLink to every other GPU of node m
-        holding one of its e = top_k / d experts there; a given GPU is hit with probability
-        h = 1 - (1 - 1/g)^e (independent uniform placement), and (m, i) receives E[d]/r per byte from each of
-        the r senders of its index, so (m, i) -> (m, j) carries sum_d P(d) * d * h(top_k / d).
-        Combine is the same flows reversed.
-        """
-        dist = _nodes_distribution(nodes_per_token, top_k)
-        ib, nvl = [], []
-        for grp in groups:
-            per_node = self._by_node(grp)
-            r = len(per_node)
-            capped: dict[int, float] = {}
-            for d, w in dist.items():
-                capped[min(d, r)] = capped.get(min(d, r), 0.0) + w
-            mean_d = sum(d * w for d, w in capped.items())
-            for n, src_node in enumerate(per_node):
-                g = len(src_node)  # a group straddling nodes unevenly (a stage across NVL72 racks) has several g
-                w_fwd = sum(w * d * (1 - (1 - 1 / g) ** (top_k / d)) for d, w in capped.items()) if g > 1 else 0.0
-                for i, a in enumerate(src_node):
-                    for m, dst_node in enumerate(per_node):
-                        if m != n:
-                            ib.append((a, dst_node[i % len(dst_node)], mean_d / r))
-                    nvl += [(a, b, w_fwd) for b in src_node if b != a]
-        return ib, nvl
+    def ep_flows(self, groups: Sequence[Sequence[int]], top_k: int, nodes_per_token) -> tuple[np.ndarray, np.ndarray]:
+        """DeepEP dispatch flows per byte of one rank's tokens: (ib, nvlink) (``collective_flows.ep_flows``)."""
+        return ep_flows(groups, self._node_of, top_k, nodes_per_token)
 
     def ep_phase(self, group: CommGroup | Sequence[Sequence[int]], top_k: int, nodes_per_token) -> Phase:
         """Cached phase of a hierarchical EP all-to-all; IB and NVLink stages overlap (DeepEP pipelines them),
         so all flows run together; latency = one network path + one NVLink hop."""
-        dist_key = tuple(sorted(_nodes_distribution(nodes_per_token, top_k).items()))
+        dist_key = tuple(sorted(nodes_distribution(nodes_per_token, top_k).items()))
         if isinstance(group, CommGroup):
             hit = self._by_shape.get(("ep", group, top_k, dist_key))
             if hit is not None:
@@ -655,7 +587,7 @@ class GraphNetwork:
         ph = self._phases.get(key)
         if ph is None:
             ib, nvl = self.ep_flows(groups, top_k, nodes_per_token)
-            cost = self.price_flows(ib + nvl)
+            cost = self.price_flows(np.concatenate([ib, nvl]))
             lat = 0.0
             for part in (ib, nvl):
                 part_latency = self._route_flows(part)[1]
@@ -688,133 +620,3 @@ def _scaled(ph: Phase | None, factor: float) -> Phase | None:
     if ph is None:
         return None
     return Phase(ph.coef, ph.latency, ph.share * factor, ph.bw_steps, ph.lat_steps, ph.bottleneck)
-
-
-def _binary_tree(p: int) -> tuple[list[tuple[int, int]], int]:
-    """(parent, child) edges and depth of the bit-pattern binary tree NCCL's double binary tree starts from:
-    rank r > 0 with lowest set bit b hangs under (r ^ b) | 2b, or under r ^ b when that is out of range;
-    rank 0 is the root and the odd ranks are the leaves."""
-    edges, parent = [], {0: None}
-    for r in range(1, p):
-        b = r & -r
-        up = (r ^ b) | (b << 1)
-        parent[r] = up if up < p else r ^ b
-        edges.append((parent[r], r))
-
-    def depth(r: int) -> int:
-        d = 0
-        while parent[r] is not None:
-            r, d = parent[r], d + 1
-        return d
-
-    return edges, max(depth(r) for r in range(p))
-
-
-def _nodes_distribution(nodes_per_token, top_k: int) -> dict[int, float]:
-    """{distinct target nodes: probability} from an int, a mean (split between floor and ceil) or a mapping."""
-    if isinstance(nodes_per_token, Mapping):
-        total = float(sum(nodes_per_token.values()))
-        if total <= 0 or any(w < 0 for w in nodes_per_token.values()):
-            raise ValueError("nodes_per_token distribution needs non-negative weights with a positive sum")
-        out = {int(d): w / total for d, w in nodes_per_token.items() if w > 0}
-    else:
-        x = float(nodes_per_token)
-        if not 1 <= x <= top_k:
-            raise ValueError(f"nodes_per_token must lie in [1, top_k={top_k}], got {nodes_per_token!r}")
-        lo = math.floor(x)
-        out = {lo: 1.0} if x == lo else {lo: lo + 1 - x, lo + 1: x - lo}
-    if any(not 1 <= d <= top_k for d in out):
-        raise ValueError(f"nodes_per_token values must lie in [1, top_k={top_k}], got {sorted(out)}")
-    return out
-
-
-def group_limited_nodes_distribution(num_nodes: int = 8, max_nodes: int = 4, top_k: int = 8,
-                                     experts_per_node: int = 32, samples: int = 4096,
-                                     seed: int = 0) -> dict[int, float]:
-    """Distribution of distinct target nodes per token under node-limited routing with random scores, as in
-    DeepEP's internode test: scores |N(0,1)| + 1, a node's score = its best expert, the best ``max_nodes``
-    nodes kept, top_k experts among them (Monte Carlo, ``samples`` tokens)."""
-    if not (1 <= max_nodes <= num_nodes and 1 <= top_k <= max_nodes * experts_per_node):
-        raise ValueError(f"need 1 <= max_nodes <= num_nodes and top_k <= max_nodes * experts_per_node, got "
-                         f"max_nodes={max_nodes}, num_nodes={num_nodes}, top_k={top_k}")
-    rng = np.random.default_rng(seed)
-    scores = np.abs(rng.standard_normal((samples, num_nodes, experts_per_node))) + 1
-    node_score = scores.max(axis=2)
-    keep = np.argsort(-node_score, axis=1)[:, :max_nodes]
-    mask = np.full((samples, num_nodes), -np.inf)
-    np.put_along_axis(mask, keep, 0.0, axis=1)
-    masked = (scores + mask[:, :, None]).reshape(samples, -1)
-    top = np.argpartition(-masked, top_k - 1, axis=1)[:, :top_k] // experts_per_node
-    distinct = np.array([len(set(row)) for row in top.tolist()])
-    vals, counts = np.unique(distinct, return_counts=True)
-    return {int(v): c / samples for v, c in zip(vals, counts)}
-
-
-# ---------------------------------------------------------------------------------------------- report
-def collective_report(kind: str, network: GraphNetwork | str = "deepseek-h800", *, group_size: int | None = None,
-                      per_node: int | None = None, nbytes: float | None = None, tokens: int | None = None,
-                      hidden: int | None = None, top_k: int = 8, max_nodes: int = 4, dtype: str | None = None,
-                      algorithm: str = "auto", nodes_per_token=None, num_experts: int = 256) -> dict:
-    """Time and bandwidths of one collective on a cluster (for ``gpuhours collective``).
-
-    algbw = data size / time (data = nbytes; EP: tokens * bytes_per_token per rank). busbw (NCCL-tests):
-    all_reduce algbw * 2(p-1)/p; reduce_scatter, all_gather, all_to_all algbw * (p-1)/p; p2p algbw.
-    EP kinds also give DeepEP's bottleneck figures: rdma_GBps = tokens * E[nodes per token] * bytes / time
-    (its count includes the token's own node) and nvl_GBps = tokens received per rank * bytes / time; their
-    busbw is the RDMA figure when the group spans nodes, else the NVLink one. Unless ``nodes_per_token`` is
-    given, EP kinds draw it from ``group_limited_nodes_distribution`` (random scores, at most ``max_nodes``
-    nodes, ``num_experts`` routed experts spread over the group's nodes; 256 = DeepSeek-V3).
-    """
-    if kind not in REPORT_KINDS:
-        raise ValueError(f"kind must be one of {REPORT_KINDS}, got {kind!r}")
-    net = network if isinstance(network, GraphNetwork) else GraphNetwork(network)
-    gpn = net.gpus_per_node
-    ep = kind.startswith("ep_")
-    p = group_size if group_size is not None else (min(64, net.num_gpus) if ep else gpn)
-    q = per_node if per_node is not None else min(p, gpn)
-    group = CommGroup(p, q)
-    out: dict = {"kind": kind, "cluster": net.spec.name if net.spec else "graph", "group_size": p,
-                 "per_node": q, "nodes": group.nodes}
-    if ep:
-        if tokens is None or hidden is None:
-            raise ValueError(f"{kind} needs tokens and hidden")
-        dtype = dtype or ("fp8" if kind == "ep_dispatch" else "bf16")
-        if dtype not in EP_DTYPES:
-            raise ValueError(f"dtype must be one of {EP_DTYPES}, got {dtype!r}")
-        bpt = fp8_bytes_per_token(hidden) if dtype == "fp8" else bf16_bytes_per_token(hidden)
-        if nodes_per_token is None:
-            nodes_per_token = group_limited_nodes_distribution(
-                num_nodes=group.nodes, max_nodes=min(max_nodes, group.nodes), top_k=top_k,
-                experts_per_node=max(1, num_experts // group.nodes))
-        t = net.ep_all_to_all(tokens, bpt, top_k, nodes_per_token, group)
-        dist = _nodes_distribution(nodes_per_token, top_k)
-        r, g = group.nodes, group.per_node
-        mean_d = sum(min(d, r) * w for d, w in dist.items())
-        recv_tokens = tokens * sum(w * min(d, r) * g * (1 - (1 - 1 / g) ** (top_k / min(d, r)))
-                                   for d, w in dist.items())
-        data = tokens * bpt
-        rdma = tokens * mean_d * bpt / t / 1e9 if t > 0 else 0.0
-        nvl = recv_tokens * bpt / t / 1e9 if t > 0 else 0.0
-        out.update({"algorithm": "deepep-hierarchical", "tokens": tokens, "hidden": hidden, "top_k": top_k,
-                    "dtype": dtype, "bytes_per_token": bpt, "mean_nodes_per_token": mean_d,
-                    "ib_bytes_per_rank": tokens * mean_d * (r - 1) / r * bpt, "rdma_GBps": rdma,
-                    "nvl_GBps": nvl, "busbw_GBps": rdma if r > 1 else nvl})
-        bottleneck = net.ep_phase(group, top_k, nodes_per_token).bottleneck
-    else:
-        if nbytes is None:
-            raise ValueError(f"{kind} needs nbytes")
-        data = float(nbytes)
-        if kind == "p2p":
-            t = net.p2p(data, intra_node=group.nodes == 1)
-            factor, bottleneck = 1.0, None
-        else:
-            groups = net.groups_for(group)
-            t = net.collective_time(kind, data, groups, algorithm)
-            phases = net.phases(kind, groups, algorithm)
-            bottleneck = max(phases, key=lambda ph: ph.time(data)).bottleneck if phases else None
-            factor = 2 * (p - 1) / p if kind == "all_reduce" else (p - 1) / p
-        out["algorithm"] = algorithm
-        out["busbw_GBps"] = data / t * factor / 1e9 if t > 0 else 0.0
-    out.update({"bytes": data, "time_s": t, "algbw_GBps": data / t / 1e9 if t > 0 else 0.0,
-                "bottleneck_link": [list(x) for x in bottleneck] if bottleneck else None})
-    return out

@@ -9,7 +9,9 @@ import pytest
 
 from gpuhours.hwmodels.cluster import CommGroup, deepseek_h800_cluster
 from gpuhours.hwmodels.collectives import AlphaBetaNetwork, NetworkModel, bf16_bytes_per_token, fp8_bytes_per_token
-from gpuhours.hwmodels.graph_network import (GraphNetwork, collective_report, group_limited_nodes_distribution)
+from gpuhours.hwmodels.collective_flows import group_limited_nodes_distribution
+from gpuhours.hwmodels.collective_report import collective_report
+from gpuhours.hwmodels.graph_network import GraphNetwork
 from gpuhours.hwmodels.topology import load_cluster_preset
 
 N = 1e9  # bytes
@@ -79,7 +81,7 @@ def _net_flow(net, loads):
 
 def test_bytes_sent_equal_bytes_received(ds):
     ib, nvl = ds.ep_flows(ds.groups_for(CommGroup(64, 8)), 8, {3: 0.3, 4: 0.7})
-    flows = [(a, b, w * 1e6) for a, b, w in ib + nvl]
+    flows = [(int(a), int(b), w * 1e6) for a, b, w in np.concatenate([ib, nvl])]
     loads = ds.link_loads(flows)
     flow = _net_flow(ds, loads)
     for node, net_in in flow.items():   # switches and NICs forward what they receive

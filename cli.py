@@ -22,6 +22,8 @@ def _wants_planned_layout(plan, model, *layout) -> bool:
     has a built-in plan of its own (DeepSeek-V3's plan carries its published layout)."""
     from gpuhours.simulator.scenario import list_plans
 
+    if model is not None and not model.strip():  # '' would plan the default model's layout, then run the default
+        raise UsageError("--model: empty; give a preset name (`gpuhours presets`) or a .toml / config.json file")
     return (model is not None and plan is None and all(v is None for v in layout)
             and model not in list_plans())
 
@@ -30,7 +32,8 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
               calibration, precision, batch, network=None, cluster=None, nic_gbps=None, oversubscription=None,
               routing=None, redundant_experts=0, stage_layers=None, recompute=None, overlap_grad_reduce=None,
               overlap_param_gather=None, zero_stage=None, cp=None, attention_kernel=None, tp_comm_overlap=None,
-              order=None, capacity_factor=None, tiers=None):
+              order=None, capacity_factor=None, tiers=None, etp=None, moe_dispatch=None, max_nodes_per_token=None,
+              grad_reduce_dtype=None, ramp_micro_batch_size=None, cp_comm=None, pipeline_layout=None):
     from gpuhours.simulator.scenario import load_scenario
     from gpuhours.workloads.ops import RECOMPUTE_POLICIES
 
@@ -56,7 +59,9 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
                          overlap_grad_reduce=overlap_grad_reduce, overlap_param_gather=overlap_param_gather,
                          zero_stage=zero_stage, cp=cp, attention_kernel=attention_kernel,
                          tp_comm_overlap=tp_comm_overlap, order=order, capacity_factor=capacity_factor,
-                         tiers=tiers)
+                         tiers=tiers, etp=etp, moe_dispatch=moe_dispatch, max_nodes_per_token=max_nodes_per_token,
+                         grad_reduce_dtype=grad_reduce_dtype, ramp_micro_batch_size=ramp_micro_batch_size,
+                         cp_comm=cp_comm, pipeline_layout=pipeline_layout)
 
 
 @app.command()
@@ -68,6 +73,7 @@ def estimate(
     ep: Optional[int] = SCENARIO_OPTIONS["ep"],
     tp: Optional[int] = SCENARIO_OPTIONS["tp"],
     cp: Optional[int] = SCENARIO_OPTIONS["cp"],
+    cp_comm: Optional[str] = SCENARIO_OPTIONS["cp_comm"],
     vpp: Optional[int] = SCENARIO_OPTIONS["vpp"],
     attention_kernel: Optional[str] = SCENARIO_OPTIONS["attention_kernel"],
     tp_comm_overlap: Optional[bool] = SCENARIO_OPTIONS["tp_comm_overlap"],
@@ -87,12 +93,18 @@ def estimate(
     tiers: Optional[int] = SCENARIO_OPTIONS["tiers"],
     capacity_factor: Optional[float] = SCENARIO_OPTIONS["capacity_factor"],
     routing: Optional[str] = SCENARIO_OPTIONS["routing"],
+    etp: Optional[int] = SCENARIO_OPTIONS["etp"],
+    moe_dispatch: Optional[str] = SCENARIO_OPTIONS["moe_dispatch"],
+    max_nodes_per_token: Optional[int] = SCENARIO_OPTIONS["max_nodes_per_token"],
     redundant_experts: int = SCENARIO_OPTIONS["redundant_experts"],
     stage_layers: Optional[str] = SCENARIO_OPTIONS["stage_layers"],
+    pipeline_layout: Optional[str] = SCENARIO_OPTIONS["pipeline_layout"],
     recompute: Optional[str] = SCENARIO_OPTIONS["recompute"],
     overlap_grad_reduce: Optional[bool] = SCENARIO_OPTIONS["overlap_grad_reduce"],
     overlap_param_gather: Optional[bool] = SCENARIO_OPTIONS["overlap_param_gather"],
     zero_stage: Optional[int] = SCENARIO_OPTIONS["zero_stage"],
+    grad_reduce_dtype: Optional[str] = SCENARIO_OPTIONS["grad_reduce_dtype"],
+    ramp_micro_batch_size: Optional[str] = SCENARIO_OPTIONS["ramp_micro_batch_size"],
     compare_schedules: bool = typer.Option(False, "--compare-schedules", help="Also estimate every other schedule"),
     plan: Optional[str] = typer.Option(None, "--plan", help="Run plan: a built-in name (see `gpuhours presets`) or "
                                                              "a TOML file; plans with [[phase]] tables are "
@@ -120,7 +132,6 @@ def estimate(
     from gpuhours.simulator import comparisons
     from gpuhours.simulator.scenario import estimate as run_estimate
     from gpuhours.simulator.scenario import is_phased
-    from gpuhours.workloads.memory import memory_breakdown
 
     with user_errors():
         for path, field in ((goodput_chart, "--goodput-chart"), (goodput_timeline, "--goodput-timeline")):
@@ -140,21 +151,28 @@ def estimate(
         goodput_config = _goodput_config(plan) if goodput else None
         layout_note = None
         if _wants_planned_layout(plan, model, pp, ep, tp, cp, vpp, schedule, micro_batch_size, stage_layers,
-                                 recompute, zero_stage, tp_comm_overlap):
+                                 pipeline_layout,
+                                 recompute, zero_stage, tp_comm_overlap, etp):
             from gpuhours.simulator.planner import planned_layout
 
             chosen, layout_note = planned_layout(model, gpu, gpus, seq_len, tokens, batch,
-                                                 _count_progress("choosing a layout: simulated", as_json))
+                                                 _count_progress("choosing a layout: simulated",
+                                                                 as_json or not sys.stderr.isatty()))
             pp, ep, tp, cp, vpp = chosen["pp"], chosen["ep"], chosen["tp"], chosen["cp"], chosen["vpp"]
             schedule, micro_batch_size, batch = chosen["schedule"], chosen["micro_batch_size"], chosen["batch"]
             recompute, zero_stage, tp_comm_overlap = chosen["recompute"], chosen["zero_stage"], chosen["tp_comm_overlap"]
+            etp = chosen.get("etp", etp)
         scenario = _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_size, tokens, seq_len, price,
                              calibration, precision, batch, network, cluster, nic_gbps, oversubscription, routing,
                              redundant_experts, stage_layers, recompute, overlap_grad_reduce,
                              overlap_param_gather, zero_stage, cp, attention_kernel, tp_comm_overlap, order,
-                             capacity_factor, tiers)
+                             capacity_factor, tiers, etp=etp, moe_dispatch=moe_dispatch,
+                             max_nodes_per_token=max_nodes_per_token, grad_reduce_dtype=grad_reduce_dtype,
+                             ramp_micro_batch_size=ramp_micro_batch_size, cp_comm=cp_comm,
+                             pipeline_layout=pipeline_layout)
         result = run_estimate(scenario)
-        memory = memory_breakdown(scenario, result.steady.step)
+        from gpuhours.simulator.micro_batch_ramp import run_memory
+        memory = run_memory(scenario, result)  # every micro-batch size the run uses must fit
         if not memory.fits and not allow_oom:
             raise UsageError(f"{memory.reason()}; change the layout or pass --allow-oom")
         data = estimate_dict(scenario, result)
@@ -227,10 +245,8 @@ def _estimate_phased(plan: str, allow_oom: bool, as_json: bool, goodput_config=N
     from gpuhours.simulator.comparisons import phased_calibration
     from gpuhours.simulator.phases import estimate_phases
 
-    def progress(done, total):
-        if not as_json:
-            typer.echo(f"  phase {done}/{total} done", err=True)
-
+    # redrawn in place on a terminal, else one line at the end: a later error stays the only line of a failure
+    progress = _count_progress("phases done", as_json)
     result = estimate_phases(plan, allow_oom=allow_oom, progress=progress)
     data = result.to_dict()
     data.update(phased_calibration(plan))
@@ -391,6 +407,7 @@ def step(
     ep: Optional[int] = SCENARIO_OPTIONS["ep"],
     tp: Optional[int] = SCENARIO_OPTIONS["tp"],
     cp: Optional[int] = SCENARIO_OPTIONS["cp"],
+    cp_comm: Optional[str] = SCENARIO_OPTIONS["cp_comm"],
     vpp: Optional[int] = SCENARIO_OPTIONS["vpp"],
     attention_kernel: Optional[str] = SCENARIO_OPTIONS["attention_kernel"],
     tp_comm_overlap: Optional[bool] = SCENARIO_OPTIONS["tp_comm_overlap"],
@@ -406,6 +423,7 @@ def step(
     overlap_grad_reduce: Optional[bool] = SCENARIO_OPTIONS["overlap_grad_reduce"],
     overlap_param_gather: Optional[bool] = SCENARIO_OPTIONS["overlap_param_gather"],
     zero_stage: Optional[int] = SCENARIO_OPTIONS["zero_stage"],
+    grad_reduce_dtype: Optional[str] = SCENARIO_OPTIONS["grad_reduce_dtype"],
     microbatches: Optional[int] = typer.Option(None, "--microbatches",
                                                help="Micro-batches per pipeline (default: the plan's final batch)"),
     gantt: Optional[Path] = typer.Option(None, "--gantt", help="Write a Gantt chart of the step (.png or .svg): "
@@ -420,6 +438,10 @@ def step(
                                                                "every span, for ui.perfetto.dev"),
     order: Optional[str] = SCENARIO_OPTIONS["order"],
     oversubscription: Optional[float] = SCENARIO_OPTIONS["oversubscription"],
+    etp: Optional[int] = SCENARIO_OPTIONS["etp"],
+    moe_dispatch: Optional[str] = SCENARIO_OPTIONS["moe_dispatch"],
+    max_nodes_per_token: Optional[int] = SCENARIO_OPTIONS["max_nodes_per_token"],
+    pipeline_layout: Optional[str] = SCENARIO_OPTIONS["pipeline_layout"],
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Simulate one training step in detail: compute and communication streams of every pipeline rank."""
@@ -440,7 +462,10 @@ def step(
                              calibration, precision, None, network, cluster, None, oversubscription, routing,
                              recompute=recompute, overlap_grad_reduce=overlap_grad_reduce,
                              overlap_param_gather=overlap_param_gather, zero_stage=zero_stage, cp=cp,
-                             attention_kernel=attention_kernel, tp_comm_overlap=tp_comm_overlap, order=order)
+                             attention_kernel=attention_kernel, tp_comm_overlap=tp_comm_overlap, order=order,
+                             etp=etp, moe_dispatch=moe_dispatch, max_nodes_per_token=max_nodes_per_token,
+                             grad_reduce_dtype=grad_reduce_dtype, cp_comm=cp_comm,
+                             pipeline_layout=pipeline_layout)
         m = microbatches or microbatches_for(scenario.plan.batch.end, scenario.parallel)[0]
         result = scenario.simulator().step(m, detail=gantt is not None or trace is not None)
     data = step_dict(result)
@@ -515,7 +540,7 @@ def sweep(
     if "reason" in table.columns:
         view["reason"] = table["reason"].fillna("").astype(str).str.slice(0, 48)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:,.2f}".format):
-        typer.echo(view.head(20).to_string(index=False))
+        typer.echo(view.head(20).to_string(index=False, na_rep="-"))  # an infeasible point has no figures
     for goal, row in result.best.items():
         if row:
             where = f"{row['layout']} on {row['gpus']} GPUs" if "gpus" in row else row["layout"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -55,6 +56,11 @@ def collective(
         size = None if nbytes is None else parse_count(nbytes.upper().replace("B", "") or "0", "bytes")
         data = collective_report(kind, net, group_size=group_size, per_node=per_node, nbytes=size, tokens=tokens,
                                  hidden=hidden, top_k=top_k, max_nodes=max_nodes, dtype=dtype, algorithm=algorithm)
+        overflowed = [k for k, v in data.items() if isinstance(v, float) and not math.isfinite(v)]
+        if overflowed:  # finite inputs (1e308 bytes, a 1e-300 Gb/s NIC) whose time overflows a float64
+            raise UsageError(f"--bytes/--tokens x --hidden/--nic-gbps: {overflowed[0]} overflows a float64 "
+                             f"({size if size is not None else f'{tokens} tokens x {hidden} hidden'} bytes over "
+                             f"{data.get('group_size')} ranks); allowed: sizes and bandwidths of a real cluster")
     if as_json:
         _echo_json(data)
         return
@@ -108,6 +114,29 @@ def topology(
 
 
 # ------------------------------------------------------------------------------------------------- routing
+# Assumption: bounds on what one `routing` run may route, so that no input runs for minutes or exhausts memory
+# (every token is scored against every expert; measured on this project's 2-core machine, DeepSeek-V3's 256
+# experts: `gpuhours routing --tokens 40000` = 2.56M tokens took 11.7 s of CPU, `--steps 10` at the default
+# size 3.5 s, so the bounds below stay near 10-20 s). One micro-batch: 8x the default (4,096 tokens x EP64);
+# balancing: steps x tokens x ep, e.g. 64 steps at the default size or 1,024 steps of 256 tokens per rank.
+# The "clt" balancing method (auto from 32,768 tokens) routes far fewer (routing_dynamics.balancing_work):
+# about 1,250 steps at the default size.
+MAX_ROUTED_TOKENS = 2**21
+MAX_BALANCING_TOKENS = 2**24
+
+
+def _check_routing_work(tokens: int, ep: int, steps: int, balancing_method: str = "exact") -> None:
+    if tokens * ep > MAX_ROUTED_TOKENS:
+        raise UsageError(f"--tokens x --ep: {tokens:,} x {ep:,} tokens is more than {MAX_ROUTED_TOKENS:,} routed "
+                         f"tokens a micro-batch; allowed: fewer tokens per rank or a smaller EP group")
+    from gpuhours.workloads.routing import RoutingConfig
+    from gpuhours.workloads.routing_dynamics import balancing_work  # the "clt" method routes a pool, not all
+
+    if steps > 0 and balancing_work(RoutingConfig(), tokens * ep, steps, balancing_method) > MAX_BALANCING_TOKENS:
+        raise UsageError(f"--steps: {steps:,} steps x {tokens:,} tokens x EP{ep} is more than "
+                         f"{MAX_BALANCING_TOKENS:,} routed tokens; allowed: fewer steps or fewer --tokens per rank")
+
+
 @app.command()
 def routing(
     model: str = typer.Option("deepseek-v3", "--model", "-m", help="MoE preset or model file"),
@@ -119,6 +148,10 @@ def routing(
                                                                   "(overrides --skew)"),
     steps: int = typer.Option(0, "--steps", help="Simulate this many steps of bias balancing"),
     gamma: float = typer.Option(0.001, "--gamma", help="Bias update speed (DeepSeek-V3: 0.001)"),
+    balancing_method: str = typer.Option("auto", "--balancing-method",
+                                         help="--steps: exact (route every token every step), clt (normal law "
+                                              "of a step's loads from a re-routed pool of tokens), auto (clt "
+                                              "from 32,768 tokens per micro-batch)"),
     redundant: int = typer.Option(0, "--redundant", help="EPLB: redundant expert slots to add"),
     seed: int = typer.Option(0, "--seed"),
     detail: bool = typer.Option(False, "--detail", help="Price every rank of one EP group: stragglers and waits"),
@@ -134,6 +167,7 @@ def routing(
             _output_path(png, (".png",), "--png")
             if steps < 1:
                 raise UsageError("--png plots the balancing steps: give --steps N (N >= 1)")
+        _check_routing_work(tokens, ep, steps, balancing_method)
         spec = resolve_model(model)
         if spec.moe is None:
             raise UsageError(f"model {spec.name!r} has no experts: routing needs an MoE model")
@@ -151,8 +185,11 @@ def routing(
                     bar.update(task, completed=done, total=total, description=f"bias balancing: step {done}")
 
                 stats = simulate_balancing(spec.moe, EPGroup(ep, gpus_per_node), tokens, config, steps, gamma,
-                                           progress=progress)
+                                           progress=progress, method=balancing_method)
             data["balancing"] = [{"step": b.step, "imbalance": b.imbalance} for b in stats]
+            from gpuhours.workloads.routing_dynamics import balancing_method as used_method
+
+            data["balancing_method"] = used_method(config, tokens * ep, balancing_method)
             if png is not None:
                 from gpuhours.reports.routing_plot import draw_balancing
 

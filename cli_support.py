@@ -177,11 +177,27 @@ SCENARIO_OPTIONS = dict(
                                                                  "(e.g. 1.25); the rest are dropped. Default: "
                                                                  "dropless"),
     routing=typer.Option(None, "--routing", help="MoE routing: balanced, skew:<zipf s>, file:<loads.csv|npy>"),
+    etp=typer.Option(None, "--etp", help="MoE: expert tensor parallelism, each expert's weights split over etp "
+                                         "ranks (Megatron-Core expert_tensor_parallel_size; ep x etp must divide "
+                                         "dp x tp x cp). Default 1"),
+    moe_dispatch=typer.Option(None, "--moe-dispatch", help="MoE token dispatcher: alltoall (default) or "
+                                                           "allgather (every rank gathers the ep x etp block's "
+                                                           "tokens, Megatron-Core's allgather dispatcher)"),
+    max_nodes_per_token=typer.Option(None, "--max-nodes-per-token",
+                                     help="MoE node-limited routing: nodes a token may be sent to (0: unlimited; "
+                                          "default: the model's rule, DeepSeek-V3 4)"),
     redundant_experts=typer.Option(0, "--redundant-experts", help="EPLB: extra expert replicas per EP group"),
     stage_layers=typer.Option(None, "--stage-layers", help="Layers per pipeline stage, e.g. 4,4,...,5,0 "
                                                             "(default: balanced by simulated cost)"),
+    pipeline_layout=typer.Option(None, "--pipeline-layout",
+                                 help="What each pipeline stage holds, Megatron-Core's layout notation: E embedding, "
+                                      "t layer, m MTP module, L head and loss, '|' between stages, x*n and (...)*n "
+                                      "repeats, e.g. 'E|t*3|t*4|t*4|t*3,L' (sets the layers per stage)"),
     recompute=typer.Option(None, "--recompute", help="Activation recomputation: none, deepseek (RMSNorm and MLA "
                                                       "up-projections), selective (attention core), full (whole layer)"),
+    cp_comm=typer.Option(None, "--cp-comm", help="Context-parallel K/V exchange: all_gather (default; gathered "
+                                                   "before the attention core) or ring (ring attention: P2P K/V "
+                                                   "blocks under the core's blocks)"),
     tp_comm_overlap=typer.Option(None, "--tp-comm-overlap/--no-tp-comm-overlap",
                                  help="Pipeline tensor-parallel collectives with their GEMMs (Megatron "
                                       "tp_comm_overlap, PyTorch AsyncTP)"),
@@ -191,6 +207,12 @@ SCENARIO_OPTIONS = dict(
                                       help="Gather updated parameters bucket by bucket under the next forward"),
     zero_stage=typer.Option(None, "--zero-stage", help="ZeRO stage over data parallelism: 0, 1 (distributed "
                                                         "optimizer), 2 (+ gradients), 3 (FSDP: + weights)"),
+    grad_reduce_dtype=typer.Option(None, "--grad-reduce-dtype",
+                                   help="Dtype of data-parallel gradient reduction and accumulation: fp32 or bf16 "
+                                        "(Megatron-Core grad_reduce_in_fp32; default: the memory recipe's, fp32)"),
+    ramp_micro_batch_size=typer.Option(None, "--ramp-micro-batch-size",
+                                       help="Micro-batch size switches along the run, TOKENS:SIZE pairs, e.g. "
+                                            "200B:2,1T:4 (each size simulated and memory-checked)"),
 )
 
 

@@ -40,7 +40,7 @@ def elementwise_class(op: Op) -> str | None:
     last = op.name.rsplit(".", 1)[-1]
     if last == "quant":
         return "cast"
-    if last in ("swiglu", "gelu"):
+    if last in ("swiglu", "gelu", "relu2"):
         return "activation"
     if last == "rope":
         return "rope"

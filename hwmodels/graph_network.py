@@ -112,7 +112,9 @@ class GraphNetwork:
     # ------------------------------------------------------------------------------------------ graph index
     def _index_graph(self) -> None:
         g = self.graph
-        data = [(u, v, d) for u, nbrs in g._succ.items() for v, d in nbrs.items()]  # the order of g.edges()
+        data = g.graph.get("edge_list")  # a bulk-built fabric's edges in insertion order (topology._bulk_add)
+        if data is None or len(data) != g.number_of_edges():
+            data = [(u, v, d) for u, nbrs in g._succ.items() for v, d in nbrs.items()]  # the order of g.edges()
         self._edges = [(u, v) for u, v, _ in data]
         self._eid = {e: i for i, e in enumerate(self._edges)}
         self._cap = np.fromiter((d["capacity"] for _, _, d in data), dtype=float, count=len(data))

@@ -15,6 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 AXES = ("pp", "dp", "ep", "tp")
+EXPERT_GROUPS = ("ep", "edp", "etp", "tp_ep")  # RankLayout's expert grid (etp-ep-edp, innermost first)
 DEFAULT_ORDER = ("tp", "ep", "dp", "pp")
 
 
@@ -135,9 +136,12 @@ class RankLayout:
     Ranks are numbered in mixed radix over ``order`` (innermost first) and rank r runs on GPU r, so the default
     ("tp", "cp", "dp", "pp") keeps a tensor-parallel group inside a node, then context and data parallelism,
     with pipeline stages outermost; ("tp", "pp", "cp", "dp") puts neighbouring stages on neighbouring nodes
-    instead. Expert-parallel groups take ``ep`` consecutive ranks of a stage in the stage's own numbering (the
-    order without pp), as Megatron-Core's tp-cp-ep-dp convention does; an expert shard's replicas ("edp") are
-    the stage's ranks ep apart in that numbering.
+    instead. Expert ranks follow Megatron-Core's expert grid etp-ep-edp (innermost first) over the stage's own
+    numbering (the order without pp): an expert-tensor-parallel group ("etp") is ``etp`` consecutive ranks of the
+    stage (inside a node by default), an expert-parallel group ("ep") the ``ep`` ranks ``etp`` apart within a block
+    of ep x etp consecutive ranks ("tp_ep", Megatron-Core's tp_ep_group, the all-gather dispatcher's group), and
+    an expert shard's replicas ("edp") the stage's ranks ep x etp apart. With etp = 1 an EP group is ``ep``
+    consecutive ranks, as Megatron-Core's tp-cp-ep-dp convention lays it.
     """
 
     tp: int = 1
@@ -146,20 +150,22 @@ class RankLayout:
     pp: int = 1
     ep: int = 1
     order: tuple[str, ...] = ("tp", "cp", "dp", "pp")
+    etp: int = 1
 
     @classmethod
     def of(cls, parallel) -> "RankLayout":
-        return cls(parallel.tp, parallel.cp, parallel.dp, parallel.pp, parallel.ep, tuple(parallel.order))
+        return cls(parallel.tp, parallel.cp, parallel.dp, parallel.pp, parallel.ep, tuple(parallel.order),
+                   getattr(parallel, "etp", 1))
 
     def __post_init__(self) -> None:
-        for axis in ("tp", "cp", "dp", "pp", "ep"):
+        for axis in ("tp", "cp", "dp", "pp", "ep", "etp"):
             v = getattr(self, axis)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"RankLayout.{axis} must be an integer >= 1, got {v!r}")
         if sorted(self.order) != ["cp", "dp", "pp", "tp"]:
             raise ValueError(f"RankLayout.order must be a permutation of tp, cp, dp, pp, got {self.order!r}")
-        if self.stage_size % self.ep:
-            raise ValueError(f"ep ({self.ep}) must divide the {self.stage_size} ranks of a stage")
+        if self.stage_size % (self.ep * self.etp):
+            raise ValueError(f"ep x etp ({self.ep} x {self.etp}) must divide the {self.stage_size} ranks of a stage")
 
     @property
     def stage_size(self) -> int:
@@ -182,19 +188,26 @@ class RankLayout:
 
     def groups(self, name: str) -> list[list[int]]:
         """Every group of kind ``name`` across the machine (they all run their collective at once): "tp", "cp",
-        "dp" (a dense shard's gradient group: dp x cp ranks), "ep", "edp" (an expert shard's replicas)."""
+        "dp" (a dense shard's gradient group: dp x cp ranks), "ep", "edp" (an expert shard's replicas), "etp" (an
+        expert's tensor-parallel ranks) and "tp_ep" (an ep x etp block: the all-gather dispatcher's group)."""
         out = []
+        block = self.ep * self.etp
         for pp in range(self.pp):
             stage = self.stage(pp)
-            if name in ("ep", "edp"):
+            if name in EXPERT_GROUPS:
                 if name == "ep":
-                    out += [sorted(stage[i:i + self.ep]) for i in range(0, len(stage), self.ep)]
+                    out += [sorted(stage[b + j:b + block:self.etp]) for b in range(0, len(stage), block)
+                            for j in range(self.etp)]
+                elif name == "etp":
+                    out += [sorted(stage[i:i + self.etp]) for i in range(0, len(stage), self.etp)]
+                elif name == "tp_ep":
+                    out += [sorted(stage[i:i + block]) for i in range(0, len(stage), block)]
                 else:
-                    out += [sorted(stage[j::self.ep]) for j in range(self.ep)]
+                    out += [sorted(stage[j::block]) for j in range(block)]
                 continue
             axes = {"tp": ("tp",), "cp": ("cp",), "dp": ("dp", "cp")}.get(name)
             if axes is None:
-                raise ValueError(f"group must be one of tp, cp, dp, ep, edp; got {name!r}")
+                raise ValueError(f"group must be one of tp, cp, dp, {', '.join(EXPERT_GROUPS)}; got {name!r}")
             seen: set[int] = set()
             for g in stage:
                 if g in seen:

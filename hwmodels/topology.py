@@ -75,6 +75,11 @@ class FabricSpec:
         for f in ("nvlink_latency", "ib_latency", "switch_hop_latency"):
             if not getattr(self, f) >= 0:
                 raise ValueError(f"FabricSpec.{f} must be >= 0 s, got {getattr(self, f)!r}")
+        from gpuhours.workloads.parallel import MAX_GPUS
+
+        if self.gpus > MAX_GPUS:  # the scenario's bound too: a graph of millions of GPUs exhausts memory
+            raise ValueError(f"FabricSpec.gpus must be at most {MAX_GPUS:,} (the largest cluster the fabric models "
+                             f"build), got {self.gpus:,}")
         if self.gpus % self.gpus_per_node:
             raise ValueError(f"FabricSpec.gpus={self.gpus} must be a multiple of gpus_per_node={self.gpus_per_node}")
         if self.gpus_per_node % self.planes:
@@ -455,6 +460,7 @@ def _bulk_add(g: nx.DiGraph, nodes: list, edges: list) -> None:
     for u, v, data in edges:
         succ[u][v] = data
         pred[v][u] = data
+    g.graph["edge_list"] = edges  # insertion order; GraphNetwork indexes it without walking the adjacency
     clear = getattr(nx, "_clear_cache", None)
     if clear is not None:
         clear(g)

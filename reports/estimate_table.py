@@ -71,7 +71,8 @@ def estimate_dict(scenario, est: RunEstimate) -> dict:
         "routing": _routing_dict(scenario),
         "segments": [
             {"tokens": s.tokens, "batch": s.batch_requested, "batch_simulated": s.batch_simulated,
-             "microbatches": s.num_microbatches, "steps": s.steps, "step_time_s": s.step.step_time,
+             "microbatches": s.num_microbatches, "micro_batch_size": s.micro_batch_size, "steps": s.steps,
+             "step_time_s": s.step.step_time,
              "days": s.seconds / 86400} for s in est.segments
         ],
         "notes": list(est.notes),

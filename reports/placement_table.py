@@ -6,7 +6,8 @@ from __future__ import annotations
 from gpuhours.hwmodels.topology import SWITCH_KINDS
 
 # The collective the simulator prices for each group (workloads.ops, simulator.step).
-_KINDS = {"tp": "reduce_scatter", "cp": "all_gather", "dp": "reduce_scatter", "edp": "reduce_scatter"}
+_KINDS = {"tp": "reduce_scatter", "cp": "all_gather", "dp": "reduce_scatter", "edp": "reduce_scatter",
+          "etp": "all_gather", "tp_ep": "all_gather"}
 
 
 def placement_rows(coster) -> list[dict]:
@@ -15,10 +16,12 @@ def placement_rows(coster) -> list[dict]:
     if not coster.placed:
         return []
     p, net, layout = coster.parallel, coster.network, coster.layout
-    sizes = {"tp": p.tp, "cp": p.cp, "dp": p.grad_dp, "ep": p.ep, "edp": p.expert_dp}
+    allgather = p.moe_dispatch == "allgather"  # workloads.moe_dispatch: its group is tp_ep, not ep
+    sizes = {"tp": p.tp, "cp": p.cp, "dp": p.grad_dp, "ep": 1 if allgather else p.ep, "edp": p.expert_dp,
+             "etp": p.etp, "tp_ep": p.ep * p.etp if allgather else 1}
     rows = []
     for name, size in sizes.items():
-        if size == 1 or (name == "edp" and p.ep == 1):
+        if size == 1 or (name == "edp" and p.ep * p.etp == 1):
             continue
         first = coster.groups(name)[0]
         if name == "ep":

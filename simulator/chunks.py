@@ -40,10 +40,11 @@ from pathlib import Path
 
 from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
 from gpuhours.hwmodels.compute import ComputeModel, elementwise_class
-from gpuhours.hwmodels.placement import RankLayout
+from gpuhours.hwmodels.placement import EXPERT_GROUPS, RankLayout
 from gpuhours.simulator.engine import InstructionProfile
 from gpuhours.simulator.instructions import Instruction
 from gpuhours.simulator.overlap import exposed_streamed
+from gpuhours.simulator.ring_overlap import ring_exposed
 from gpuhours.simulator.timeline import Span
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import BF16, LayerPasses, Op, OpOptions, Segment
@@ -91,13 +92,18 @@ def ep_sm_slowdown(parallel: ParallelSpec) -> float:
     return max(1.0, deepep_saturating_sms() / parallel.comm_sms)
 
 
-def expected_nodes_per_token(model: ModelSpec, ep: int, gpus_per_node: int) -> float:
+def expected_nodes_per_token(model: ModelSpec, ep: int, gpus_per_node: int,
+                             max_nodes: int | None = None) -> float:
     """Distinct nodes a token's top-k experts live on, under uniform routing.
 
-    The EP group spans N = ceil(ep / gpus_per_node) nodes holding E / N experts each. When the routing groups
-    coincide with the nodes (DeepSeek-V3: 8 groups, EP64 on 8 nodes) a token picks `topk_groups` groups and its
-    k experts uniformly among their experts, so each chosen group is missed with probability
-    C(E_g (g-1), k) / C(E_g g, k); otherwise the k experts fall uniformly over all N nodes.
+    The EP group spans N = ceil(ep / gpus_per_node) nodes holding E_n = E / N experts each. Node-limited routing
+    (DeepSeek-V2's device-limited and DeepSeek-V3's node-limited routing, at most M nodes per token) sends a token
+    to the m = min(M, N) nodes it picks and its k experts uniformly among their m E_n experts; each picked node is
+    then missed with probability C(E_n (m-1), k) / C(E_n m, k), so the expected distinct nodes are
+        m (1 - C(E_n (m-1), k) / C(E_n m, k))
+    (with m = N: the k experts uniformly over all nodes). `max_nodes` (`OpOptions.max_nodes_per_token`): None
+    takes the model's rule -- when its routing groups coincide with the nodes (DeepSeek-V3: 8 groups, EP64 on 8
+    nodes) M = topk_groups, otherwise unlimited; 0 is unlimited; M >= 1 caps a token at M nodes.
     """
     moe = model.moe
     if moe is None or ep == 1:
@@ -106,14 +112,17 @@ def expected_nodes_per_token(model: ModelSpec, ep: int, gpus_per_node: int) -> f
     if nodes == 1:
         return 1.0
     k = moe.top_k
-    if moe.n_groups == nodes and moe.topk_groups < nodes:
-        g = moe.topk_groups
-        per_group = moe.n_routed_experts // moe.n_groups
-        miss = math.comb(per_group * (g - 1), k) / math.comb(per_group * g, k)
-        return g * (1.0 - miss)
+    if max_nodes is None:
+        m = moe.topk_groups if moe.n_groups == nodes and moe.topk_groups < nodes else nodes
+    else:
+        m = nodes if max_nodes == 0 else min(max_nodes, nodes)
     per_node = moe.n_routed_experts // nodes
-    miss = math.comb(moe.n_routed_experts - per_node, k) / math.comb(moe.n_routed_experts, k)
-    return nodes * (1.0 - miss)
+    if k > m * per_node:
+        raise ValueError(f"max_nodes_per_token ({max_nodes}) leaves {m} nodes of {per_node} experts, fewer than "
+                         f"the model's top_k ({k}); allowed: at least {math.ceil(k / per_node)}, or 0 (unlimited)")
+    picked = moe.n_routed_experts if m == nodes else per_node * m  # experts on the picked nodes
+    miss = math.comb(picked - per_node, k) / math.comb(picked, k)
+    return m * (1.0 - miss)
 
 
 class HardwareCoster:
@@ -138,7 +147,8 @@ class HardwareCoster:
         self.ep_sm_slowdown = ep_sm_slowdown(parallel)
         ep_per_node = self.comm_group("ep").per_node  # the nodes an EP group spans under the placement
         self.nodes_per_token = (opts.nodes_per_token if opts.nodes_per_token is not None
-                                else expected_nodes_per_token(model, parallel.ep, ep_per_node))
+                                else expected_nodes_per_token(model, parallel.ep, ep_per_node,
+                                                              opts.max_nodes_per_token))
 
     @property
     def stages(self) -> tuple[tuple[LayerPasses, ...], ...]:
@@ -178,6 +188,8 @@ class HardwareCoster:
                                                   self.nodes_per_token, self.comm_group("ep"))
             return wire * self.ep_sm_slowdown
         wire = self.collective(op.collective, op.comm_bytes, op.group)
+        if op.overlaps is not None and op.group == "cp":  # ring attention: K/V blocks under the core's blocks
+            return ring_exposed(wire, self.parallel.cp, self.op_time(op.overlaps), op.phase)
         if op.overlaps is not None:  # tp_comm_overlap: pipelined with its GEMM in tp pieces
             return exposed_streamed(wire, self.parallel.tp, self.op_time(op.overlaps))
         return wire
@@ -193,7 +205,8 @@ class HardwareCoster:
         return sum(ph.time(nbytes) for ph in self.network.placed_phases(kind, self.layout, group))
 
     def groups(self, name: str) -> list[list[int]]:
-        """Every group of kind `name` ("tp", "cp", "dp", "ep", "edp") as GPU lists under the layout's order."""
+        """Every group of kind `name` ("tp", "cp", "dp", "ep", "edp", "etp", "tp_ep") as GPU lists under the
+        layout's order."""
         if name not in self._groups:
             self._groups[name] = self.layout.groups(name)
         return self._groups[name]
@@ -202,7 +215,7 @@ class HardwareCoster:
         """The shape of a collective group under the placement (`RankLayout`; by default TP inside a node, then
         CP, then DP with expert groups on consecutive ranks of a stage, PP outermost): its size and the most of
         its ranks any node holds."""
-        if name not in ("tp", "cp", "dp", "ep", "edp"):
+        if name not in ("tp", "cp", "dp") + EXPERT_GROUPS:
             name = "tp"
         first = self.groups(name)[0]
         gpn = self.cluster.gpus_per_node

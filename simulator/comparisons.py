@@ -61,7 +61,7 @@ def compare_schedules(scenario) -> dict:
     for name in SCHEDULES:
         vpp = 2 if name == "interleaved-1f1b" else 1
         try:
-            parallel = replace(scenario.parallel, schedule=name, vpp=vpp, stage_layers=None)
+            parallel = replace(scenario.parallel, schedule=name, vpp=vpp, stage_layers=None, pipeline_layout=None)
             parallel.check_model(scenario.model)
             est = estimate(replace(scenario, parallel=parallel))
         except ValueError as exc:

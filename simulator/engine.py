@@ -18,6 +18,8 @@ Activation memory: +1 chunk's activations when an F starts, -1 when that (microb
 
 from __future__ import annotations
 
+import math
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -25,6 +27,7 @@ from typing import Callable, Protocol
 import simpy
 
 from gpuhours.simulator.instructions import Instruction, Schedule
+from gpuhours.simulator.nic_share import SharedInterface
 from gpuhours.simulator.timeline import Span
 
 
@@ -58,15 +61,25 @@ class PipelineResult:
     end_per_rank: tuple[float, ...]           # when each rank finished its tail too (= finish without one)
     instructions_run: int
     spans: tuple[Span, ...] = field(default=(), repr=False)
+    nic_busy_per_rank: tuple[float, ...] = ()  # seconds each rank's interface carried sends and gradient buckets
+    nic_wait_per_rank: tuple[float, ...] = ()  # from the last instruction's end until the tail got the interface
 
 
 def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = False,
-                 tail: Callable[[int], float] | None = None, record: bool = True) -> PipelineResult:
+                 tail: Callable[[int], float] | None = None, record: bool = True,
+                 buckets: Callable[[int], tuple[tuple[float, float], ...]] | None = None) -> PipelineResult:
     """Simulate one pass of `schedule`; `detail` also returns op-level spans on both streams; `record=False`
     skips the instruction spans (an estimate needs only the totals).
 
     `tail(rank)`: seconds of work a rank does after its last instruction (gradient synchronisation and the
     optimizer); it holds the rank's network interface, so it waits for the rank's last sends to leave.
+
+    `buckets(rank)`: the data-parallel gradient buckets a rank reduces during its last instruction (Megatron's
+    overlap_grad_reduce), as (share of that instruction's duration after which the bucket is ready, 0 to 1;
+    seconds it would hold the interface alone). On such a rank the buckets queue one after another beside the
+    pipeline sends, and the two share the interface while both have something in flight
+    (`simulator.nic_share`), so a bucket slows the sends it overlaps and they slow it. The tail then waits for
+    the last bucket: what stays exposed is `nic_wait_per_rank` (with the wait for the rank's last sends).
 
     Events per instruction: one timeout for its duration, one arrival for each input that had not arrived when
     the rank reached it (an input already there costs nothing), and per send one completion (plus one decision,
@@ -89,7 +102,16 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
     nic_until = [0.0] * pp  # when that instruction ends
     shares: list[bool] = [False] * pp  # whether any instruction of the rank holds the interface
 
-    def submit(src: int, item: tuple[float | None, simpy.Event]) -> None:
+    def submit(src: int, item: tuple[float | None, simpy.Event], kind: str = "send") -> None:
+        if shared[src] is not None:  # a rank with gradient buckets: sends and buckets share the interface
+            base, event = item
+            if base is None:
+                shared[src].when_idle(event)
+            elif shares[src]:
+                _after_starts(env, lambda: shared[src].submit(kind, base, event))
+            else:
+                shared[src].submit(kind, base, event)
+            return
         queue[src].append(item)
         if not nic_active[src]:
             nic_active[src] = True
@@ -114,7 +136,9 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
         1 - rho of the time and half for rho, so it takes base / (1 - rho / 2). The instruction is the one the
         rank runs once every instruction starting at the send's instant has started (`_after_starts`)."""
         rho = nic_load[src] if env.now < nic_until[src] else 0.0
-        done = env.timeout(base / (1.0 - rho / 2.0))
+        held = base / (1.0 - rho / 2.0)
+        nic_busy[src] += held
+        done = env.timeout(held)
         done.callbacks.append(lambda _: (event.succeed(), next_on_nic(src)))
 
     busy = [0.0] * pp
@@ -122,13 +146,26 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
     executing = [0.0] * pp
     finish = [0.0] * pp
     end = [0.0] * pp
+    nic_busy = [0.0] * pp
+    nic_wait = [0.0] * pp
     peak = [0] * pp
     spans: list[Span] = []
     counter = [0]
 
+    def bucket_ready(rank: int, seconds: float) -> Callable:
+        return lambda _: submit(rank, (seconds, env.event()), "dp")
+
+    def stretch(rank: int) -> Callable[[], float]:
+        return lambda: 1.0 / (1.0 - (nic_load[rank] if env.now < nic_until[rank] else 0.0) / 2.0)
+
+    shared: list[SharedInterface | None] = [
+        SharedInterface(env, stretch(r)) if buckets is not None and buckets(r) else None for r in range(pp)]
+
     def rank_process(rank: int, steps: list[tuple]):
         live, timeout, get = 0, env.timeout, arrived.get
-        for instruction, prof, needs, forwards, weights, sends, load in steps:
+        last = len(steps) - 1
+        own_buckets = buckets(rank) if buckets is not None else ()
+        for index, (instruction, prof, needs, forwards, weights, sends, load) in enumerate(steps):
             pending = [event for event in (get(key) or arrival(key) for key in needs) if event.callbacks is not None]
             if pending:  # an input that has already arrived costs no event
                 yield pending[0] if len(pending) == 1 else simpy.AllOf(env, pending)
@@ -137,6 +174,12 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
             if live > peak[rank]:
                 peak[rank] = live
             nic_load[rank], nic_until[rank] = load, start + prof.duration
+            late = ()
+            if index == last and own_buckets:  # gradient buckets become ready during the last instruction
+                late = tuple(sec for share, sec in own_buckets if share >= 1.0)
+                for share, sec in own_buckets:
+                    if share < 1.0:
+                        timeout(share * prof.duration).callbacks.append(bucket_ready(rank, sec))
             yield timeout(prof.duration)
             finish[rank] = env.now
             counter[0] += 1
@@ -154,11 +197,14 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
                     (get(key) or arrival(key)).succeed()
                 else:  # queued on the interface now, so the send keeps its place ahead of what the rank does next
                     submit(rank, (delay, get(key) or arrival(key)))
+            for sec in late:
+                submit(rank, (sec, env.event()), "dp")
         if tail is not None:
             slot = env.event()
             submit(rank, (None, slot))
             yield slot
             start = env.now
+            nic_wait[rank] = start - finish[rank]
             yield env.timeout(tail(rank))
             if record or detail:
                 spans.append(Span(rank, "pipeline" if detail else "compute", start, env.now, "dp-sync+optimizer",
@@ -197,6 +243,8 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
         end_per_rank=tuple(end),
         instructions_run=counter[0],
         spans=tuple(spans),
+        nic_busy_per_rank=tuple(nic.busy if nic is not None else b for nic, b in zip(shared, nic_busy)),
+        nic_wait_per_rank=tuple(nic_wait),
     )
 
 
@@ -325,7 +373,11 @@ class _UnitCoster:
 
 def run_unit(schedule: Schedule, costs: UnitCosts | None = None) -> UnitResult:
     """Run `schedule` with uniform costs and free transfers."""
-    result = run_pipeline(schedule, _UnitCoster(costs or UnitCosts()))
+    costs = costs or UnitCosts()
+    result = run_pipeline(schedule, _UnitCoster(costs))
+    if not (math.isfinite(result.makespan) and all(math.isfinite(b) for b in result.bubble_per_rank)):
+        raise ValueError(f"unit costs f/b/w/fb: the makespan of {costs} overflows a float64 "
+                         f"({sys.float_info.max:.3g}); allowed: costs whose sum over a rank's chunks stays finite")
     return UnitResult(
         makespan=result.makespan,
         busy_per_rank=result.busy_per_rank,

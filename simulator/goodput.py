@@ -327,11 +327,26 @@ def summarise(run: RunEstimate, p: SimParams, info: dict, config: GoodputConfig,
         wall_s=tuple(float(v) for v in band["wall_s"]))
 
 
+# Assumption: at most 1e6 simulated failures (runs x expected failures per run) per estimate. Measured on this
+# project's 2-core machine: DeepSeek-V3's default run (51 failures a run, 1,000 runs, twice with the step-time
+# band) takes 1 s of CPU, so the bound is about 10 s; a 9,456-day run (`--seq-len 1`) asked for 19M (minutes).
+MAX_FAILURE_EVENTS = 1_000_000
+
+
+def check_failure_events(p: SimParams, runs: int) -> None:
+    expected = p.rate * p.work_s
+    if runs * expected > MAX_FAILURE_EVENTS:
+        raise ValueError(f"goodput: {runs:,} Monte Carlo runs x {expected:,.0f} expected failures per run "
+                         f"({p.work_s / 86400:,.0f} days of training) is more than {MAX_FAILURE_EVENTS:,} failures "
+                         f"to simulate; allowed: fewer runs ([goodput] runs) or a shorter training run")
+
+
 def goodput_estimate(run: RunEstimate, scenario, config: GoodputConfig = GoodputConfig()) -> GoodputResult:
     """Expected and P10/P50/P90 GPU-hours, days and dollars of the run under failures, checkpoints, restarts,
     evaluation and stragglers, over config.runs Monte Carlo runs (deterministic per config.seed); the band_*
     figures add the step time's uncertainty."""
     p, info = goodput_params(run, scenario, config)
+    check_failure_events(p, config.runs * (2 if p.step_sigma > 0 else 1))
     exact = simulate_runs(replace(p, step_sigma=0.0), config.seed, config.runs)
     band = simulate_runs(p, config.seed, config.runs) if p.step_sigma > 0 else exact
     return summarise(run, p, info, config, exact, band)

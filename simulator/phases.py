@@ -3,10 +3,11 @@
 A phased plan is a TOML file with `base = "<built-in plan>"` under `[plan]` and one `[[phase]]` table per phase.
 Every phase starts from the base plan (not from the phase before it) and overrides what it names:
 
-- run: `seq_len`; `batch` (constant) or `batch_start`/`batch_end`/`ramp_tokens`; `tokens` or `steps`
+- run: `seq_len`; `batch` (constant) or `batch_start`/`batch_end`/`ramp_tokens`; `ramp_micro_batch_size`
+  (micro-batch size switches, `RunPlan.micro_batch_switches`); `tokens` or `steps`
   (steps need a constant batch: tokens = steps x batch x seq_len); `price`.
 - layout: `gpus`, `gpu`, `pp`, `ep`, `tp`, `vpp`, `schedule`, `micro_batch_size`, `zero_stage`, `stage_layers`,
-  `comm_sms`; numerics `fp8`, `recompute`; `network`, `cluster`, `nic_gbps`, `oversubscription`, `routing`,
+  `comm_sms`, `grad_reduce_dtype`, `pipeline_layout`; numerics `fp8`, `recompute`; `network`, `cluster`, `nic_gbps`, `oversubscription`, `routing`,
   `calibration`, `model`.
 - bookkeeping: `name` (required), `reference_gpu_hours` (a published figure to compare with), `note`.
 
@@ -21,8 +22,9 @@ from pathlib import Path
 
 from gpuhours.hwmodels.compute import ComputeModel
 from gpuhours.simulator.run import RunEstimate
+from gpuhours.simulator.micro_batch_ramp import run_memory
 from gpuhours.simulator.scenario import Scenario, _read_plan, estimate, list_plans, load_scenario
-from gpuhours.workloads.memory import MemoryBreakdown, memory_breakdown
+from gpuhours.workloads.memory import MemoryBreakdown
 from gpuhours.workloads.ops import recompute_policy
 from gpuhours.workloads.layer_ops import layer_passes
 from gpuhours.workloads.run import BatchRamp, parse_count
@@ -31,7 +33,8 @@ _GIB = 2**30
 SCENARIO_KEYS = ("model", "gpu", "gpus", "pp", "ep", "tp", "vpp", "schedule", "micro_batch_size", "seq_len",
                  "price", "calibration", "fp8", "comm_sms", "network", "cluster", "nic_gbps", "oversubscription",
                  "routing", "tokens", "batch", "cp", "attention_kernel", "tp_comm_overlap", "order",
-                 "capacity_factor")
+                 "capacity_factor", "grad_reduce_dtype", "ramp_micro_batch_size", "etp", "moe_dispatch",
+                 "max_nodes_per_token", "cp_comm", "pipeline_layout")
 RAMP_KEYS = ("batch_start", "batch_end", "ramp_tokens")
 EXTRA_KEYS = ("steps", "zero_stage", "stage_layers", "recompute")
 BOOK_KEYS = ("name", "reference_gpu_hours", "note")
@@ -81,8 +84,10 @@ def parse_phase(table: dict, index: int) -> PhaseSpec:
         raise ValueError(f"phase {name!r}: give tokens or steps, not both")
     if "batch" in table and any(k in table for k in RAMP_KEYS):
         raise ValueError(f"phase {name!r}: give batch or batch_start/batch_end/ramp_tokens, not both")
-    if "steps" in table and (not isinstance(table["steps"], int) or table["steps"] < 1):
-        raise ValueError(f"phase {name!r}: steps must be a positive integer, got {table['steps']!r}")
+    for key in ("steps", "batch", "seq_len"):  # steps x batch x seq_len makes the phase's tokens
+        value = table.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"phase {name!r}: {key} must be a positive integer, got {value!r}")
     overrides = tuple((k, _freeze(v)) for k, v in table.items() if k not in BOOK_KEYS)
     ref = table.get("reference_gpu_hours")
     return PhaseSpec(name, overrides, float(parse_count(ref, "reference_gpu_hours")) if ref is not None else None,
@@ -245,7 +250,7 @@ def estimate_phase(scenario: Scenario, name: str = "run", reference_gpu_hours: f
     """One phase: the run estimate, its steady step's memory on the busiest rank, and the attention share."""
     run = estimate(scenario)
     steady = run.steady
-    mem = memory_breakdown(scenario, steady.step)
+    mem = run_memory(scenario, run)  # the steady step's, or the fullest micro-batch size the run switches to
     if not mem.fits and not allow_oom:
         raise ValueError(f"phase {name!r}: {mem.reason()} (allow_oom=True estimates it anyway)")
     notes = run.notes + (() if mem.fits else (mem.reason(),))

@@ -16,11 +16,13 @@ class Candidate:
     micro_batch_size: int
     recompute: str = "none"
     zero_stage: int = 1
+    etp: int = 1  # expert tensor parallelism (MoE only)
 
     @property
     def label(self) -> str:
         parts = [f"TP{self.tp}", f"PP{self.pp}"] + ([f"CP{self.cp}"] if self.cp > 1 else [])
         parts += [f"EP{self.ep}"] if self.ep > 1 else []
+        parts += [f"ETP{self.etp}"] if self.etp > 1 else []
         return " ".join(parts + [self.schedule, f"mbs{self.micro_batch_size}", f"recompute={self.recompute}",
                                  f"ZeRO-{self.zero_stage}"])
 

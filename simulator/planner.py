@@ -2,7 +2,7 @@
 
 1. Enumerate: TP in {1,2,4,8} (within a node, dividing the heads), PP any divisor of gpus / (tp x cp) with no
    more stages than layers, CP 2 only at seq_len >= 8192, EP (MoE) powers of two dividing the routed experts and
-   the stage's ranks, schedule 1f1b / interleaved-1f1b (vpp 2) / zb1p, plus dualpipe and dualpipev for MoE with
+   the stage's ranks (with tp > 1 also ETP = tp), schedule 1f1b / interleaved-1f1b (vpp 2) / zb1p, plus dualpipe and dualpipev for MoE with
    EP > 1 (pp = 1: 1f1b only, the others add nothing there), micro-batch 1/2/4, recompute none / deepseek (MLA
    only) / selective / full, ZeRO 1/3. With tp > 1 sequence parallelism and tp_comm_overlap are on (assumed never
    slower: they only cut memory or exposed time). Overlapping schedules with EP get DeepEP's saturating 20 comm SMs
@@ -61,6 +61,12 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def _etps(moe, tp: int) -> tuple[int, ...]:
+    """Expert tensor parallelism the search tries: 1, and for an MoE model with tp > 1 also etp = tp
+    (Megatron-Core's two usual settings: experts whole, or split like the dense layers)."""
+    return (1, tp) if moe is not None and tp > 1 else (1,)
+
+
 def _structures(model, gpus: int, gpn: int, seq_len: int):
     moe = model.moe
     eps = [1] if moe is None else [e for e in (2**i for i in range(0, 13)) if e <= moe.n_routed_experts]
@@ -72,9 +78,10 @@ def _structures(model, gpus: int, gpn: int, seq_len: int):
                 if pp > model.n_layers:
                     continue
                 for ep in eps:
-                    for sched in ("1f1b",) if pp == 1 else (MOE_SCHEDULES if ep > 1 else DENSE_SCHEDULES):
-                        for mbs in MBS:
-                            yield tp, pp, cp, ep, sched, mbs
+                    for etp in _etps(moe, tp):
+                        for sched in ("1f1b",) if pp == 1 else (MOE_SCHEDULES if ep > 1 else DENSE_SCHEDULES):
+                            for mbs in MBS:
+                                yield tp, pp, cp, ep, etp, sched, mbs
 
 
 def _variants(model) -> list[tuple[int, str]]:
@@ -84,7 +91,7 @@ def _variants(model) -> list[tuple[int, str]]:
 
 def _parallel(c: Candidate, gpus: int) -> ParallelSpec:
     overlap = c.schedule in ("dualpipe", "dualpipev") and c.ep > 1  # reserve the SMs that saturate the links
-    return ParallelSpec(num_gpus=gpus, pp=c.pp, ep=c.ep, tp=c.tp, cp=c.cp, zero_stage=c.zero_stage,
+    return ParallelSpec(num_gpus=gpus, pp=c.pp, ep=c.ep, tp=c.tp, cp=c.cp, zero_stage=c.zero_stage, etp=c.etp,
                         micro_batch_size=c.micro_batch_size, schedule=c.schedule,
                         vpp=2 if c.schedule == "interleaved-1f1b" else 1,
                         comm_sms=deepep_saturating_sms() if overlap else 0, tp_comm_overlap=c.tp > 1,
@@ -162,7 +169,10 @@ def cheap_score(sc: Scenario, m: int) -> float:
             remote = max(0.0, 1 - cl.gpus_per_node / p.ep)
             a2a = tokens_mb / p.tp * model.moe.top_k * model.hidden * 3 * 2 * remote / cl.ib_bw
             comm += model.n_moe_layers / p.pp * m * a2a * (0.1 if p.overlaps_comm else 1.0)
-    rank_params = (P.param_breakdown(model).total - routed) / (p.tp * p.pp) + routed / (p.ep * p.pp)
+        if p.etp > 1:  # ETP all-gather and reduce-scatter of the received rows, forward and backward, over NVLink
+            rows = tokens_mb / p.tp * model.moe.top_k * p.etp
+            comm += model.n_moe_layers / p.pp * m * 4 * rows * model.hidden * 2 * (p.etp - 1) / p.etp / cl.nvlink_bw
+    rank_params = (P.param_breakdown(model).total - routed) / (p.tp * p.pp) + routed / (p.ep * p.etp * p.pp)
     if p.grad_dp > 1:  # reduce-scatter FP32 grads + all-gather BF16 weights; NVLink when the group is in a node
         bw = cl.nvlink_bw if p.tp * p.grad_dp <= cl.gpus_per_node else cl.ib_bw
         comm += rank_params * 6 * (p.grad_dp - 1) / p.grad_dp / bw * (m * 0.5 if p.zero_stage == 3 else 1.0)
@@ -212,9 +222,9 @@ def plan_layouts(model: str, gpu: str, gpus: int, *, seq_len: int, tokens: float
     pruned = dict.fromkeys(RULES, 0)
     enumerated = 0
     survivors: list[tuple[float, Candidate, Scenario]] = []
-    for tp, pp, cp, ep, sched, mbs in _structures(spec, gpus, base.cluster.gpus_per_node, seq_len):
+    for tp, pp, cp, ep, etp, sched, mbs in _structures(spec, gpus, base.cluster.gpus_per_node, seq_len):
         enumerated += len(variants)
-        cands = [Candidate(tp, pp, cp, ep, sched, mbs, r, z) for z, r in variants]
+        cands = [Candidate(tp, pp, cp, ep, sched, mbs, r, z, etp) for z, r in variants]
         try:
             p = _parallel(cands[0], gpus)
             p.check_model(spec)
@@ -282,7 +292,8 @@ def _reference(model: str, gpu: str, gpus: int, seq_len: int, tokens: float, bat
     try:
         sc = load_scenario(model, gpu=gpu, gpus=gpus, seq_len=seq_len, tokens=tokens, batch=batch)
         p = sc.parallel
-        c = Candidate(p.tp, p.pp, p.cp, p.ep, p.schedule, p.micro_batch_size, sc.opts.recompute, p.zero_stage)
+        c = Candidate(p.tp, p.pp, p.cp, p.ep, p.schedule, p.micro_batch_size, sc.opts.recompute, p.zero_stage,
+                      p.etp)
         row = _simulate(sc, c, float("nan"))
     except ValueError:
         return None
@@ -383,7 +394,7 @@ def planned_layout(model: str, gpu: str | None, gpus: int | None, seq_len: int |
     c = result.best.candidate
     overrides = dict(pp=c.pp, tp=c.tp, ep=c.ep, cp=c.cp, schedule=c.schedule, micro_batch_size=c.micro_batch_size,
                      recompute=c.recompute, zero_stage=c.zero_stage, batch=result.batch,
-                     vpp=2 if c.schedule == "interleaved-1f1b" else 1, tp_comm_overlap=c.tp > 1)
+                     vpp=2 if c.schedule == "interleaved-1f1b" else 1, tp_comm_overlap=c.tp > 1, etp=c.etp)
     note = (f"layout chosen by gpuhours plan: {result.best.layout}, the best of {result.simulated} simulated "
             f"({result.wall_s:.0f} s) at a constant batch of {result.batch} ({result.batch_note}); give --pp, --tp, "
             f"--ep, ... to set your own")

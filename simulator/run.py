@@ -1,10 +1,13 @@
 """From steps to the whole run: the batch ramp as constant-batch segments, each distinct step shape simulated once
-or, once the pipeline is full, taken from the line its figures follow (`simulator.affine_steps`)."""
+or, once the pipeline is full, taken from the line its figures follow (`simulator.affine_steps`). A run that
+changes its micro-batch size along the way (`RunPlan.micro_batch_switches`) has its segments cut at the switches
+and each size simulated by a step simulator of its own (`run_pieces`, `estimate_run`)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Callable
 
 from gpuhours.simulator.affine_steps import steps_for
 from gpuhours.simulator.step import StepResult, StepSimulator
@@ -23,6 +26,7 @@ class Segment:
     steps: float
     step: StepResult
     note: str = ""
+    micro_batch_size: int = 1     # sequences per micro-batch in this segment
 
     @property
     def seconds(self) -> float:
@@ -82,6 +86,29 @@ def ramp_segments(plan: RunPlan) -> list[tuple[float, int]]:
     return out
 
 
+def run_pieces(plan: RunPlan, micro_batch_size: int) -> list[tuple[float, int, int]]:
+    """(tokens, batch, micro-batch size) of every constant segment: `ramp_segments`' pieces, each cut where the
+    plan switches its micro-batch size (`RunPlan.micro_batch_switches`; `micro_batch_size` before the first).
+    The tokens of the pieces add up to the plan's."""
+    cuts = [t for t, _ in plan.micro_batch_switches]
+    out: list[tuple[float, int, int]] = []
+    start = 0.0
+    for tokens, batch in ramp_segments(plan):
+        end = start + tokens
+        bounds = [start] + [c for c in cuts if start < c < end] + [end]
+        for lo, hi in zip(bounds, bounds[1:]):
+            out.append((hi - lo, batch, plan.micro_batch_size_at(lo, micro_batch_size)))
+        start = end
+    return out
+
+
+def with_micro_batch_size(simulator: StepSimulator, size: int) -> StepSimulator:
+    """The same model, layout (its layers per stage kept) and hardware at another micro-batch size."""
+    p = replace(simulator.parallel, micro_batch_size=size, stage_layers=simulator.stage_layers)
+    return StepSimulator(simulator.model, p, simulator.cluster, simulator.compute, simulator.network,
+                         simulator.seq_len, simulator.opts, simulator.recipe)
+
+
 def microbatches_for(batch: int, parallel: ParallelSpec) -> tuple[int, str]:
     """Micro-batches per pipeline for a global batch, and a note when the schedule forced a change.
 
@@ -104,16 +131,24 @@ def microbatches_for(batch: int, parallel: ParallelSpec) -> tuple[int, str]:
     return needed, note
 
 
-def estimate_run(simulator: StepSimulator, plan: RunPlan, progress=None) -> RunEstimate:
-    """Price every segment of the plan's batch ramp from its step; the steps come from `steps_for`."""
+def estimate_run(simulator: StepSimulator, plan: RunPlan, progress=None,
+                 simulator_for: Callable[[int], StepSimulator] | None = None) -> RunEstimate:
+    """Price every segment of the plan's batch ramp from its step; the steps come from `steps_for`, one set per
+    micro-batch size. `simulator_for(size)`: the step simulator at another micro-batch size (default
+    `with_micro_batch_size`; a scenario passes its own, which re-derives the routing of the larger micro-batch)."""
     p = simulator.parallel
-    pieces = ramp_segments(plan)
-    shapes = [microbatches_for(batch, p) for _, batch in pieces]
-    steps = steps_for(simulator, sorted({m for m, _ in shapes}))
+    pieces = run_pieces(plan, p.micro_batch_size)
+    sims = {p.micro_batch_size: simulator}
+    for size in dict.fromkeys(k for _, _, k in pieces):
+        if size not in sims:
+            sims[size] = (simulator_for or (lambda k: with_micro_batch_size(simulator, k)))(size)
+    shapes = [microbatches_for(batch, sims[k].parallel) for _, batch, k in pieces]
+    steps = {k: steps_for(sim, sorted({m for (m, _), (_, _, kk) in zip(shapes, pieces) if kk == k}))
+             for k, sim in sims.items()}
     segments = []
-    for index, ((tokens, batch), (m, note)) in enumerate(zip(pieces, shapes)):
-        step = steps[m]
-        segments.append(Segment(tokens, batch, m, m * p.dp * p.micro_batch_size, tokens / step.tokens, step, note))
+    for index, ((tokens, batch, k), (m, note)) in enumerate(zip(pieces, shapes)):
+        step = steps[k][m]
+        segments.append(Segment(tokens, batch, m, m * p.dp * k, tokens / step.tokens, step, note, k))
         if progress:
             progress(index + 1, len(pieces))
     return RunEstimate(tuple(segments), p.num_gpus, plan.price_per_gpu_hour)

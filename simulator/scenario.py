@@ -6,6 +6,7 @@ the command line can change any part of the reference case.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -61,10 +62,10 @@ class Scenario:
         if moe is None or p.ep == 1:
             return None
         tokens = p.micro_batch_size * self.plan.seq_len // p.cp // (p.tp if p.sequence_parallel else 1)
-        loads = ep_rank_loads(moe, p.ep, self.cluster.gpus_per_node, tokens, self.routing)
+        gpn = max(1, self.cluster.gpus_per_node // p.etp)  # EP ranks per node: an EP group's ranks are etp apart
+        loads = ep_rank_loads(moe, p.ep, gpn, tokens, self.routing)
         if self.redundant_experts:
-            return _with_eplb(loads, moe, p.ep, self.cluster.gpus_per_node, tokens, self.routing,
-                              self.redundant_experts)
+            return _with_eplb(loads, moe, p.ep, gpn, tokens, self.routing, self.redundant_experts)
         return loads
 
     def effective_opts(self) -> OpOptions:
@@ -72,6 +73,8 @@ class Scenario:
         loads = self.routing_loads()
         if loads is None:
             return self.opts
+        if self.opts.max_nodes_per_token is not None:  # node-limited routing given: its closed form
+            return replace(self.opts, imbalance=loads.imbalance)  # (`simulator.chunks.expected_nodes_per_token`)
         return replace(self.opts, imbalance=loads.imbalance, nodes_per_token=loads.mean_nodes_per_token)
 
     def simulator(self) -> StepSimulator:
@@ -132,15 +135,17 @@ PLAN_TYPES = {
     "parallel": {"pp": int, "ep": int, "tp": int, "cp": int, "vpp": int, "schedule": str, "micro_batch_size": int,
                  "comm_sms": int, "zero_stage": int, "dp_bucket_params": int, "reshard_after_forward": bool,
                  "overlap_grad_reduce": bool, "overlap_param_gather": bool, "tp_comm_overlap": bool,
-                 "sequence_parallel": bool, "order": str},
+                 "sequence_parallel": bool, "order": str, "etp": int, "moe_dispatch": str, "grad_reduce_dtype": str,
+                 "cp_comm": str, "pipeline_layout": str},
     "run": {"tokens": _COUNT, "seq_len": int, "batch_start": int, "batch_end": int, "ramp_tokens": _COUNT,
-            "price_per_gpu_hour": _NUMBER},
+            "price_per_gpu_hour": _NUMBER, "ramp_micro_batch_size": list},
     "numerics": {"fp8": bool, "recompute": (str, bool), "attention_kernel": str, "capacity_factor": _NUMBER},
     "network": {"model": str, "cluster": str},
-    "routing": {"model": str},
+    "routing": {"model": str, "max_nodes_per_token": int},
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", _NUMBER: "a number",
-               _COUNT: "a number or a count such as \"14.8T\"", (str, bool): "a policy name or true/false"}
+               _COUNT: "a number or a count such as \"14.8T\"", (str, bool): "a policy name or true/false",
+               list: "a list of [tokens, micro-batch size] pairs"}
 
 
 def _check_plan_types(doc: dict, name: str) -> None:
@@ -203,7 +208,10 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
                   zero_stage: int | None = None, cp: int | None = None,
                   attention_kernel: str | None = None, tp_comm_overlap: bool | None = None,
                   order: str | tuple[str, ...] | None = None, capacity_factor: float | None = None,
-                  tiers: int | None = None) -> Scenario:
+                  tiers: int | None = None, grad_reduce_dtype: str | None = None,
+                  ramp_micro_batch_size=None, etp: int | None = None, moe_dispatch: str | None = None,
+                  max_nodes_per_token: int | None = None, cp_comm: str | None = None,
+                  pipeline_layout: str | None = None) -> Scenario:
     """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field (a missing plan
     key too: "plan 'p.toml': missing key 'gpus'").
 
@@ -242,6 +250,7 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
     dense = model_spec.moe is None
     ep_value = ep if ep is not None else (1 if dense else par["ep"])
     comm_default = par.get("comm_sms", 0) if ep_value > 1 else 0
+    layout = pipeline_layout if pipeline_layout is not None else par.get("pipeline_layout")
     parallel = ParallelSpec(
         num_gpus=num_gpus,
         pp=pp if pp is not None else par["pp"],
@@ -250,11 +259,14 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
         cp=cp if cp is not None else par.get("cp", 1),
         zero_stage=zero_stage if zero_stage is not None else par.get("zero_stage", 1),
         reshard_after_forward=par.get("reshard_after_forward", True),
+        grad_reduce_dtype=grad_reduce_dtype or par.get("grad_reduce_dtype", ParallelSpec.grad_reduce_dtype),
         micro_batch_size=micro_batch_size if micro_batch_size is not None else par.get("micro_batch_size", 1),
         schedule=schedule or par["schedule"],
-        vpp=vpp if vpp is not None else par.get("vpp", 2 if (schedule or par["schedule"]) == "interleaved-1f1b" else 1),
+        vpp=vpp if vpp is not None else 1 if layout else par.get(
+            "vpp", 2 if (schedule or par["schedule"]) == "interleaved-1f1b" else 1),  # a layout implies vpp
         comm_sms=comm_sms if comm_sms is not None else comm_default,
         stage_layers=stage_layers,
+        pipeline_layout=layout,
         overlap_grad_reduce=par.get("overlap_grad_reduce", False) if overlap_grad_reduce is None
         else overlap_grad_reduce,
         overlap_param_gather=par.get("overlap_param_gather", False) if overlap_param_gather is None
@@ -263,6 +275,9 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
         tp_comm_overlap=par.get("tp_comm_overlap", False) if tp_comm_overlap is None else tp_comm_overlap,
         sequence_parallel=par.get("sequence_parallel", ParallelSpec.sequence_parallel),
         order=order if order is not None else par.get("order", ParallelSpec.order),
+        etp=etp if etp is not None else par.get("etp", 1),
+        moe_dispatch=moe_dispatch if moe_dispatch is not None else par.get("moe_dispatch", "alltoall"),
+        cp_comm=cp_comm if cp_comm is not None else par.get("cp_comm", ParallelSpec.cp_comm),
     )
     parallel.check_model(model_spec)
     ramp = BatchRamp(run["batch_start"], run["batch_end"], parse_count(run.get("ramp_tokens", 0), "ramp_tokens"))
@@ -273,6 +288,8 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
         seq_len=seq_len if seq_len is not None else run["seq_len"],
         batch=ramp,
         price_per_gpu_hour=price if price is not None else run["price_per_gpu_hour"],
+        micro_batch_switches=ramp_micro_batch_size if ramp_micro_batch_size is not None
+        else run.get("ramp_micro_batch_size", ()),
     )
     if price is None and load_gpu(c["gpu"]).key != gpu_spec.key:  # the plan's price is for the plan's GPU
         listed = listed_price(gpu_spec.key)
@@ -290,7 +307,9 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
     # false ("none"); the `recompute` argument overrides it
     policy = recompute_policy(num.get("recompute", "deepseek") if recompute is None else recompute)
     opts = OpOptions(fp8=num.get("fp8", True) if fp8 is None else fp8, recompute=policy,
-                     capacity_factor=capacity_factor if capacity_factor is not None else num.get("capacity_factor"))
+                     capacity_factor=capacity_factor if capacity_factor is not None else num.get("capacity_factor"),
+                     max_nodes_per_token=max_nodes_per_token if max_nodes_per_token is not None
+                     else doc.get("routing", {}).get("max_nodes_per_token"))
     fp8_fallback = False
     if opts.fp8 and not gpu_spec.fp8_flops:
         if fp8:  # asked for by the caller: refuse rather than price something else
@@ -338,7 +357,28 @@ def _fabric(preset: str | None, gpu, cluster: ClusterSpec, num_gpus: int, nic_gb
 
 
 def estimate(scenario: Scenario, progress=None) -> RunEstimate:
-    return estimate_run(scenario.simulator(), scenario.plan, progress)
+    from gpuhours.simulator.micro_batch_ramp import scenario_at_micro_batch_size
+
+    base = scenario.simulator()
+    result = estimate_run(base, scenario.plan, progress, lambda size: scenario_at_micro_batch_size(
+        scenario, size, base.stage_layers).simulator())
+    _check_finite_estimate(result)
+    return result
+
+
+def _check_finite_estimate(result: RunEstimate) -> None:
+    """Finite inputs far outside any training run (1e300 tokens, a 1e-300 Gb/s NIC, a $1e308 GPU-hour) can
+    overflow the run's totals; refuse them rather than print inf days or a NaN cost. The 1e4 margin covers the
+    energy line (GPU-hours x kW x PUE)."""
+    steady = result.steady
+    figures = {"wall-clock seconds": result.wall_clock_s, "GPU-hours": result.gpu_hours * 1e4,
+               "cost": result.cost_usd}
+    bad = [name for name, value in figures.items() if not math.isfinite(value)]
+    if bad:
+        raise ValueError(f"estimate: the run's {bad[0]} overflow a float64 (step time {steady.step.step_time:.3g} s, "
+                         f"{sum(s.steps for s in result.segments):.3g} steps, {result.num_gpus} GPUs, "
+                         f"${result.price_per_gpu_hour:g}/GPU-hour); allowed: tokens, nic_gbps, oversubscription "
+                         f"and price within a real run's range")
 
 
 # ------------------------------------------------------------------------------------------- what the figures rest on

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from dataclasses import dataclass, field
 
 from gpuhours.hwmodels.cluster import ClusterSpec
@@ -28,8 +26,11 @@ from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import Op, OpOptions
 from gpuhours.workloads.layer_ops import layer_passes
 from gpuhours.workloads.stage_ops import stage_units
+from gpuhours.workloads.pipeline_layout import stage_holds
+from gpuhours.simulator.balance import fit_memory, partition_layers, rebalance_for_ranks, split_memory, stage_ranks
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.recipe import MemoryRecipe, load_recipe
+from gpuhours.workloads.zero import grad_reduce_bytes, with_grad_reduce_dtype
 
 
 
@@ -94,13 +95,15 @@ class StepSimulator:
         self.recipe = recipe or load_recipe()
         self.stage_layers = parallel.stage_layers or self._balanced_stage_layers()
         self.coster = HardwareCoster(model, parallel, cluster, compute, network, seq_len, self.stage_layers, opts,
-                                     self.recipe)
+                                     with_grad_reduce_dtype(self.recipe, parallel))  # ZeRO-3's reduce bytes
         self._cache: dict[tuple[int, bool], StepResult] = {}
 
     # -- stage assignment ---------------------------------------------------------------------------------------
     def _balanced_stage_layers(self) -> tuple[int, ...]:
         """Contiguous layers per stage minimising the most expensive stage (embedding on the first stage, head and
-        MTP on the last), by dynamic programming over (stages, layers) with each unit's simulated solo cost."""
+        MTP on the last), by dynamic programming over (stages, layers) with each unit's simulated solo cost; then
+        the busiest rank's load (`simulator.balance`), and memory when that split does not fit the GPU while one
+        of similar time does (`balance.fit_memory`)."""
         model, p = self.model, self.parallel
         probe = HardwareCoster(model, p, self.cluster, self.compute, self.network, self.seq_len,
                                (model.n_layers,), self.opts)
@@ -116,7 +119,14 @@ class StepSimulator:
         first_extra = sum(probe.unit_time(u, overlapped) for u in units if u.name == "embed")
         last_extra = sum(probe.unit_time(u, overlapped) for u in units if u.name != "embed")
         sizes = partition_layers(layer_cost, p.num_stages, first_extra, last_extra)
-        return rebalance_for_ranks(sizes, layer_cost, stage_ranks(p), first_extra, last_extra)
+        holders = stage_ranks(p)
+        sizes = rebalance_for_ranks(sizes, layer_cost, holders, first_extra, last_extra)
+        return fit_memory(sizes, layer_cost, holders, self._split_memory, self.cluster.gpu.hbm_bytes, first_extra,
+                          last_extra)
+
+    def _split_memory(self, stage_layers: tuple[int, ...]) -> tuple[float, ...]:
+        """Every rank's memory of a split at a full pipeline (`balance.split_memory`)."""
+        return split_memory(self.model, self.parallel, self.seq_len, stage_layers, self.recipe, self.opts)
 
     # -- one step ----------------------------------------------------------------------------------------------
     def step(self, num_microbatches: int, detail: bool = False) -> StepResult:
@@ -128,10 +138,24 @@ class StepSimulator:
     def _simulate(self, num_microbatches: int, detail: bool) -> StepResult:
         p = self.parallel
         schedule = build_schedule(p.schedule, p.pp, num_microbatches, vpp=p.vpp)
-        tails = [self._dp_tail(stages, self._last_backward(schedule.programs[rank], rank),
-                               self._first_forward(schedule.programs[rank], rank))
-                 for rank, stages in enumerate(_stages_per_rank(schedule))]
-        result = run_pipeline(schedule, self.coster, detail=detail, tail=tails.__getitem__, record=detail)
+        windows = [self._last_backward(program, rank) for rank, program in enumerate(schedule.programs)]
+        # Overlapped gradient buckets run on the rank's interface in the engine (`run_pipeline(buckets=)`), where
+        # they contend with pipeline sends; the tail keeps the rest. Without overlap nothing changes.
+        buckets = [self._dp_buckets(stages, w) for stages, w in zip(_stages_per_rank(schedule), windows)]
+        tails = [self._dp_tail(stages, w, self._first_forward(schedule.programs[rank], rank), in_engine=bool(b))
+                 for rank, (stages, w, b) in enumerate(zip(_stages_per_rank(schedule), windows, buckets))]
+        coster = self.coster
+        if p.fsdp_deferred_reduce and p.reshard_after_forward:  # gathers only where parameters are sharded
+            from gpuhours.simulator.fsdp_pipeline import FsdpPipelineCoster, gathering_instructions, plain_coster
+
+            if getattr(self, "_plain_coster", None) is None:
+                self._plain_coster = plain_coster(self.coster)
+            coster = FsdpPipelineCoster(self.coster, self._plain_coster, gathering_instructions(schedule))
+        result = run_pipeline(schedule, coster, detail=detail, tail=tails.__getitem__, record=detail,
+                              buckets=buckets.__getitem__ if any(buckets) else None)
+        if any(buckets):  # what the engine left exposed of the buckets (and of the rank's last sends)
+            tails = [t + (result.nic_wait_per_rank[r] if b else 0.0)
+                     for r, (t, b) in enumerate(zip(tails, buckets))]
         step_time = max(result.end_per_rank)
         slowest = result.end_per_rank.index(step_time)
         executing = [result.makespan - b for b in result.bubble_per_rank]
@@ -169,35 +193,65 @@ class StepSimulator:
         first = next((ins for ins in program if ins.kind.startswith("F")), None)
         return self.coster.profile(rank, first).duration if first is not None else 0.0
 
-    def _dp_tail(self, stages: set[int], window: float = 0.0, first_forward: float = 0.0) -> float:
-        """What the rank does after its last instruction: the exposed part of its gradient reduction and of the
-        gathering of updated parameters (see `exposed_dp_comm`), and the optimizer update of its shard.
-
-        ZeRO-3 gathers and reduce-scatters inside the instructions, except under `fsdp_once_per_step`: then the
-        whole reduce-scatter follows the last backward (PyTorch's post-backward runs after it), and the one
-        gather of the step streams unit by unit under the first forward (`exposed_streamed_gather`; charged
-        here, on the rank's tail, rather than before its first forward, so its delay is not carried down the
-        pipeline)."""
+    def _dp_collectives(self, stages: set[int]) -> tuple[float, float, int]:
+        """Seconds of the rank's data-parallel gradient reduction and parameter gather when nothing else runs,
+        and the number of gradient buckets."""
         p = self.parallel
         dense, expert = self.rank_params(stages)
         # The groups come from the placement (`RankLayout`): a dense shard's dp x cp replicas (context-parallel
         # ranks hold the same parameters), an expert shard's replicas ("edp").
         reduce = gather = 0.0
         collective = self.coster.collective
+        grad_bytes = grad_reduce_bytes(p, self.recipe.grad_bytes)
         for n_params, size, group in ((dense, p.grad_dp, "dp"), (expert, p.expert_dp, "edp")):
             if n_params == 0 or size == 1:
                 continue
-            if p.zero_stage == 3 and not p.fsdp_once_per_step:  # layer by layer inside the instructions
+            if p.zero_stage == 3 and not p.fsdp_deferred_reduce:  # layer by layer inside the instructions
                 continue
-            if p.zero_stage in (1, 2, 3):  # gradients reduced in their stored dtype, the working copy gathered
-                reduce += collective("reduce_scatter", n_params * self.recipe.grad_bytes, group)
+            if p.zero_stage in (1, 2, 3):  # gradients reduced in grad_reduce_dtype, the working copy gathered
+                reduce += collective("reduce_scatter", n_params * grad_bytes, group)
                 gather += collective("all_gather", n_params * self.recipe.weight_bytes, group)
             else:
-                reduce += collective("all_reduce", n_params * self.recipe.grad_bytes, group)
-        buckets = max(1, math.ceil((dense + expert) / p.bucket_params))
+                reduce += collective("all_reduce", n_params * grad_bytes, group)
+        return reduce, gather, max(1, math.ceil((dense + expert) / p.bucket_params))
+
+    def _dp_buckets(self, stages: set[int], window: float) -> tuple[tuple[float, float], ...]:
+        """The gradient buckets the engine runs on the rank's interface during its last backward (`window` s;
+        `run_pipeline`'s `buckets`): K equal buckets of the reduction, bucket k ready after k/K of the backward,
+        as `exposed_dp_comm` assumes. Empty without `overlap_grad_reduce`, when the last instruction is not a
+        backward, and for ZeRO-3 (its reductions are inside the instructions or after the last backward)."""
+        p = self.parallel
+        if not p.overlap_grad_reduce or window <= 0.0 or p.zero_stage == 3:
+            return ()
+        reduce, _, k = self._dp_collectives(stages)
+        if reduce <= 0.0:
+            return ()
+        return tuple((i / k, reduce / k) for i in range(1, k + 1))
+
+    def _dp_tail(self, stages: set[int], window: float = 0.0, first_forward: float = 0.0,
+                 in_engine: bool = False) -> float:
+        """What the rank does after its last instruction: the exposed part of its gradient reduction and of the
+        gathering of updated parameters (see `exposed_dp_comm`), and the optimizer update of its shard.
+
+        ZeRO-3 gathers and reduce-scatters inside the instructions, except under pipeline parallelism
+        (`fsdp_deferred_reduce`): then the whole reduce-scatter follows the last backward (PyTorch's pipelining
+        runs FSDP's post-backward once, after it: `simulator.fsdp_pipeline`), and under `fsdp_once_per_step` the
+        one gather of the step streams unit by unit under the first forward (`exposed_streamed_gather`; charged
+        here, on the rank's tail, rather than before its first forward, so its delay is not carried down the
+        pipeline). Gradients travel in `grad_reduce_dtype` (`workloads.zero.grad_reduce_bytes`); the optimizer
+        reads an FP32 gradient shard either way (Assumption: Megatron's distributed optimizer casts a BF16
+        shard to FP32 before the update; the cast's traffic is not counted). `in_engine`: the gradient buckets run
+        in the engine (`_dp_buckets`), so the tail leaves the reduction out."""
+        p = self.parallel
+        dense, expert = self.rank_params(stages)
+        reduce, gather, buckets = self._dp_collectives(stages)
+        if in_engine:
+            reduce = 0.0
         if p.fsdp_once_per_step:
             units = sum(self.stage_layers[s] for s in stages)
             comm = reduce + exposed_streamed_gather(gather, units, first_forward)
+        elif p.fsdp_deferred_reduce:  # the gathers ran inside the instructions (`simulator.fsdp_pipeline`)
+            comm = reduce
         else:
             comm = exposed_dp_comm(reduce, gather, buckets, window, p.overlap_grad_reduce, p.overlap_param_gather)
         shard = (dense / p.grad_dp + expert / p.expert_dp) if p.zero_stage >= 1 else dense + expert
@@ -216,7 +270,8 @@ def exposed_dp_comm(reduce: float, gather: float, buckets: int, window: float, o
     another on the network interface; the reduction then ends at max_k(k w/K + (K - k + 1) r) with r = reduce/K,
     so what outlasts the backward is max(r, reduce + w/K - w). With `overlap_param_gather` the next step's
     forward waits only for the first bucket of updated parameters (gather/K); the rest arrives under it.
-    Contention of these transfers with pipeline sends during the window is not modelled."""
+    A step runs the buckets in the engine instead (`StepSimulator._dp_buckets`, on the rank's interface with its
+    pipeline sends); this closed form is what the engine gives when nothing else holds the interface."""
     k = max(1, buckets)
     exposed = reduce
     if overlap_grad_reduce:
@@ -227,7 +282,8 @@ def exposed_dp_comm(reduce: float, gather: float, buckets: int, window: float, o
 def rank_params(model: ModelSpec, p: ParallelSpec, stage_layers: tuple[int, ...], stages: set[int]
                 ) -> tuple[float, float]:
     """(dense, expert) parameters a rank holds for `stages`: dense ones are split by tp and replicated over dp x cp;
-    expert ones are split by ep and replicated over the stage's ep groups."""
+    expert ones are split by ep x etp (each expert's weights over its etp ranks, `workloads.moe_dispatch`) and
+    replicated over the stage's expert_dp grids."""
     starts = [0]
     for n in stage_layers:
         starts.append(starts[-1] + n)
@@ -239,18 +295,20 @@ def rank_params(model: ModelSpec, p: ParallelSpec, stage_layers: tuple[int, ...]
             if model.is_moe_layer(i):
                 routed = model.moe.n_routed_experts * P.expert_params(model)
                 dense += (full - routed) / p.tp
-                expert += routed / p.ep
+                expert += routed / (p.ep * p.etp)
             else:
                 dense += full / p.tp
-        if s == 0:
+        holds = stage_holds(p, range(starts[s], starts[s + 1]), s == 0, s == last)  # `pipeline_layout`
+        if holds.embedding:
             dense += P.embedding_params(model) / p.tp
-        if s == last:
+        if holds.head:
             dense += P.head_params(model) / p.tp
+        if holds.mtp_modules:
             if model.mtp_depth:
                 mtp = P.mtp_params(model)
                 routed = model.moe.n_routed_experts * P.expert_params(model) if model.moe else 0
                 dense += (mtp - routed * model.mtp_depth) / p.tp
-                expert += routed * model.mtp_depth / p.ep
+                expert += routed * model.mtp_depth / (p.ep * p.etp)
     return dense, expert
 
 
@@ -268,118 +326,3 @@ def _stages_per_rank(schedule) -> list[set[int]]:
 
 
 _LAST_STAGES: list = []
-
-
-def partition_layers(layer_cost: list[float], num_stages: int, first_extra: float = 0.0,
-                     last_extra: float = 0.0) -> tuple[int, ...]:
-    """Split layers into `num_stages` contiguous, non-empty runs minimising the largest stage cost.
-
-    The first stage also pays `first_extra` and the last `last_extra`; a stage with such extra work may hold no
-    layer at all (a last stage of just the head and MTP), every other stage holds at least one.
-    O(stages x layers^2) dynamic programming (one array operation per stage); ties go to the earliest split, so equal layers give the balanced
-    split with remainders toward the front.
-    """
-    n = len(layer_cost)
-    if not 1 <= num_stages <= n:
-        raise ValueError(f"stages ({num_stages}) must be between 1 and the number of layers ({n})")
-    min_layers = _min_layers(num_stages, first_extra, last_extra)
-    prefix = [0.0]
-    for c in layer_cost:
-        prefix.append(prefix[-1] + c)
-
-    # best[s][j]: the least largest stage cost of layers 0..j-1 on stages 0..s-1; cut[s][j] the first layer of
-    # stage s-1 in that split. Each row is one (j, i) array: stage s-1 holds layers i..j-1.
-    inf = float("inf")
-    pre = np.array(prefix)
-    j_idx, i_idx = np.arange(n + 1)[:, None], np.arange(n + 1)[None, :]
-    best = np.full((num_stages + 1, n + 1), inf)
-    cut = np.zeros((num_stages + 1, n + 1), dtype=int)
-    best[0, 0] = 0.0
-    for s in range(1, num_stages + 1):
-        extra = (first_extra if s == 1 else 0.0) + (last_extra if s == num_stages else 0.0)
-        value = np.maximum(best[s - 1][None, :], pre[:, None] - pre[None, :] + extra)
-        value[i_idx > j_idx - min_layers[s - 1]] = inf
-        low = value.min(axis=1)
-        # ties go to the earliest split: the first i within rounding (1e-12 of the total) of the minimum
-        tie = value <= (low + 1e-12 * max(pre[-1], 1e-300))[:, None]
-        best[s] = low
-        cut[s] = np.where(np.isfinite(low), tie.argmax(axis=1), 0)
-    if best[num_stages][n] == inf:
-        raise ValueError(f"cannot split {n} layers into {num_stages} stages")
-    sizes, j = [], n
-    for s in range(num_stages, 0, -1):
-        i = cut[s][j]
-        sizes.append(j - i)
-        j = i
-    return tuple(reversed(sizes))
-
-
-def stage_ranks(parallel: ParallelSpec) -> tuple[tuple[int, ...], ...]:
-    """The ranks that hold each stage: rank s (1F1B, ZB1P), s mod pp (interleaved), s and pp-1-s (DualPipe),
-    the V of DualPipeV (s for s < pp, 2pp-1-s after)."""
-    pp, n = parallel.pp, parallel.num_stages
-    if parallel.schedule == "dualpipe":
-        return tuple((s, pp - 1 - s) for s in range(n))
-    if parallel.schedule == "dualpipev":
-        return tuple((s if s < pp else 2 * pp - 1 - s,) for s in range(n))
-    return tuple((s % pp,) for s in range(n))
-
-
-def _min_layers(num_stages: int, first_extra: float, last_extra: float) -> list[int]:
-    """Layers each stage must hold: one, except an end stage that already carries embedding or head work."""
-    mins = [1] * num_stages
-    if num_stages > 1:
-        mins[0] = 0 if first_extra > 0 else 1
-        mins[-1] = 0 if last_extra > 0 else 1
-    return mins
-
-
-def rebalance_for_ranks(sizes: tuple[int, ...], layer_cost: list[float], holders: tuple[tuple[int, ...], ...],
-                        first_extra: float = 0.0, last_extra: float = 0.0) -> tuple[int, ...]:
-    """Move one layer at a time from one stage to another while that lowers the busiest rank's load.
-
-    A rank's load is the sum of the costs of the stages it holds (DualPipe's rank r holds stages r and PP-1-r,
-    so balancing stages alone leaves rank 0, with the embedding and the head, the busiest). Stages stay
-    contiguous: only their sizes change. Hill climbing on (max rank load, max stage cost); every stage keeps the
-    layers `partition_layers` requires of it.
-    """
-    num_ranks = 1 + max(r for rs in holders for r in rs)
-    scale = sum(layer_cost) + first_extra + last_extra or 1.0
-    run_sums: dict[tuple[int, int], float] = {}
-
-    def run_sum(start: int, n: int) -> float:
-        key = (start, n)
-        if key not in run_sums:
-            run_sums[key] = sum(layer_cost[start:start + n])
-        return run_sums[key]
-
-    def score(sz: tuple[int, ...]) -> tuple[float, float]:
-        stage_cost, start = [], 0
-        for s, n in enumerate(sz):
-            c = run_sum(start, n) + (first_extra if s == 0 else 0.0)
-            c += last_extra if s == len(sz) - 1 else 0.0
-            stage_cost.append(c)
-            start += n
-        load = [0.0] * num_ranks
-        for s, c in enumerate(stage_cost):
-            for r in holders[s]:
-                load[r] += c
-        # Rounded relative to the total, so sums of equal layers grouped differently tie exactly.
-        return round(max(load) / scale, 9), round(max(stage_cost) / scale, 9)
-
-    mins = _min_layers(len(sizes), first_extra, last_extra)
-    best, best_score = tuple(sizes), score(tuple(sizes))
-    improved = True
-    while improved:
-        improved = False
-        for a in range(len(best)):
-            for b in range(len(best)):
-                if a == b or best[a] == mins[a]:
-                    continue
-                sz = list(best)
-                sz[a] -= 1
-                sz[b] += 1
-                sc = score(tuple(sz))
-                if sc < best_score:
-                    best, best_score, improved = tuple(sz), sc, True
-    return best

@@ -46,7 +46,6 @@ from gpuhours.simulator.goodput import GoodputConfig, goodput_estimate
 from gpuhours.simulator.phases import BOOK_KEYS, PHASE_KEYS, PhaseSpec, layout_label, phase_scenario
 from gpuhours.simulator.run import estimate_run
 from gpuhours.simulator.scenario import list_plans
-from gpuhours.workloads.memory import memory_breakdown
 from gpuhours.workloads.parallel import SCHEDULES
 
 _GIB = 2**30
@@ -59,7 +58,8 @@ METRICS = ("step_time_s", "tokens_per_s_per_gpu", "gpu_hours", "wall_clock_days"
 GOALS = {"fastest": "wall_clock_days", "cheapest": "cost_usd", "fewest_gpu_hours": "gpu_hours",
          "cheapest_expected": "expected_cost_usd"}  # the last only when the sweep runs the goodput model
 EXECUTORS = ("process", "serial", "ray")
-_POSITIVE_INT = ("gpus", "pp", "ep", "tp", "cp", "vpp", "micro_batch_size", "seq_len", "batch", "steps", "comm_sms")
+_POSITIVE_INT = ("gpus", "pp", "ep", "tp", "cp", "vpp", "micro_batch_size", "seq_len", "batch", "steps", "comm_sms",
+                 "etp")
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,8 @@ class SweepSpec:
 
 
 def _check_value(key: str, value, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value) and not key.startswith("goodput_"):
+        raise ValueError(f"{where}.{key} must be a finite number, got {value!r}")  # TOML has inf and nan
     if isinstance(value, dict) or (isinstance(value, list) and key != "stage_layers"):
         raise ValueError(f"{where}.{key} must be a single value, got {value!r}")
     if key == "goodput" and not isinstance(value, bool):
@@ -231,12 +233,15 @@ def evaluate_point(base: str, fixed: dict, point: dict) -> dict:
             if len(_SIMULATORS) >= _MEMO_LIMIT:
                 _SIMULATORS.pop(next(iter(_SIMULATORS)))
             sim = _SIMULATORS[key] = scenario.simulator()
-        run = estimate_run(sim, scenario.plan)
+        from gpuhours.simulator.micro_batch_ramp import scenario_at_micro_batch_size
+        run = estimate_run(sim, scenario.plan, simulator_for=lambda k: scenario_at_micro_batch_size(
+            scenario, k, sim.stage_layers).simulator())
     except ValueError as exc:
         row["reason"] = f"layout: {exc}"
         return row
     steady = run.steady
-    mem = memory_breakdown(scenario, steady.step)
+    from gpuhours.simulator.micro_batch_ramp import run_memory
+    mem = run_memory(scenario, run)
     row.update(
         feasible=mem.fits, reason=mem.reason(), layout=layout_label(scenario), note=" | ".join(run.notes),
         step_time_s=steady.step.step_time, tokens_per_s_per_gpu=run.tokens / run.wall_clock_s / run.num_gpus,

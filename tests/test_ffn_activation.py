@@ -42,7 +42,7 @@ def _gemm_flops(seg):
 
 # -- the field ---------------------------------------------------------------------------------------------------
 def test_default_is_swiglu_and_matrix_counts():
-    assert FFN_ACTIVATIONS == ("swiglu", "gelu")
+    assert FFN_ACTIVATIONS == ("swiglu", "gelu", "relu2")
     assert dataclasses.replace(SMALL, ffn_activation="swiglu").ffn_matrices == 3
     assert SMALL.ffn_matrices == 2
     assert load_preset("llama-3-70b").ffn_activation == "swiglu"

@@ -1,6 +1,9 @@
 """Property-based fuzzing of the input edges: whatever a model file, HF config.json, calibration profile, plan or
-sweep spec holds, loading it either works or raises ValueError (which the CLI prints as one line, exit 2); never
-another exception. Values are drawn from every JSON/TOML type, in the places where the real keys live.
+sweep spec, profiler trace or expert-load CSV/NPY holds, loading it either works or raises ValueError (which the
+CLI prints as one line, exit 2); never another exception. Values are drawn from every JSON/TOML type, in the places
+where the real keys live. A trace that loads has finite times and non-negative durations; expert loads that load
+are finite, non-negative, with finite positive layer totals; an NPY holding a pickle is refused unread.
+The whole command line, 10,000 inputs at a time, is bench/fuzz_cli.py's job (outside CI).
 
 CI runs 120 examples per edge (60 plans), derandomized, in a few seconds. A heavier run (1,500 per edge, 400 plans,
 random seeds: about 7,900 inputs in 16 s) is this file with those numbers changed; on 2026-12-01 it found one
@@ -9,9 +12,11 @@ traceback (an unhashable value in a sweep grid, fixed) and then none."""
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -187,3 +192,122 @@ def test_schedule_command_with_any_numbers(name, pp, m, vpp, f, b, w):
 def test_collective_command_with_any_numbers(kind, gpus, size, per_node, nbytes, nic):
     _cli_ok(["collective", kind, "--gpus", gpus, "--group-size", size, "--per-node", per_node, "--bytes", nbytes,
              "--nic-gbps", nic, "--json"])
+
+
+# -- profiler traces and expert loads: any value in any field, any cell, any dtype, any truncation ---------------
+from gpuhours.validation.trace import load_trace, summarise  # noqa: E402
+from gpuhours.workloads.routing_loads import load_expert_loads  # noqa: E402
+
+TRACE_EVENTS = [
+    {"ph": "X", "cat": "kernel", "name": "nvjet_gemm", "pid": 0, "tid": 7, "ts": 1000, "dur": 50,
+     "args": {"device": 0, "correlation": 1}},
+    {"ph": "X", "cat": "kernel", "name": "ncclKernel_AllReduce", "pid": 0, "tid": 29, "ts": 1020, "dur": 40,
+     "args": {"device": 0, "correlation": 2}},
+    {"ph": "X", "cat": "user_annotation", "name": "forward_chunk", "pid": 1, "tid": 1, "ts": 990, "dur": 100,
+     "args": {"External id": 9}},
+    {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": 995, "dur": 2,
+     "args": {"correlation": 1}},
+]
+TRACE_FIELDS = ["ph", "cat", "name", "pid", "tid", "ts", "dur", "args", "args.device", "args.correlation",
+                "args.External id"]
+
+
+def _sound_trace(trace) -> None:
+    for e in (*trace.events, *trace.annotations):
+        assert math.isfinite(e.start) and math.isfinite(e.duration) and e.duration >= 0, e
+
+
+@SETTINGS
+@given(index=st.integers(0, len(TRACE_EVENTS) - 1), field=st.sampled_from(TRACE_FIELDS), value=values,
+       gz=st.booleans(), cut=st.one_of(st.none(), st.integers(0, 600)))
+def test_trace_with_any_value_in_any_event(tmp_path_factory, index, field, value, gz, cut):
+    import gzip
+
+    events = json.loads(json.dumps(TRACE_EVENTS))
+    event = events[index]
+    if field.startswith("args."):
+        event["args"][field[5:]] = value
+    else:
+        event[field] = value
+    raw = json.dumps({"traceEvents": events}).encode()
+    raw = gzip.compress(raw) if gz else raw
+    path = tmp_path_factory.mktemp("trace") / "t.json"
+    path.write_bytes(raw if cut is None else raw[:cut])
+    try:
+        trace = load_trace(path)
+    except ValueError:
+        return
+    _sound_trace(trace)
+    summary = summarise(trace)
+    assert math.isfinite(summary.span) and summary.span >= 0
+
+
+cells = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                  st.sampled_from(["", " ", "x", "1e400", "-0", "nan", "inf", "1,2", "\ufeff1", "1_0", "0x10"]),
+                  st.text(max_size=6))
+
+
+@SETTINGS
+@given(rows=st.integers(1, 3), experts=st.integers(1, 5), header=st.sampled_from([None, "layer", "step,layer"]),
+       at=st.tuples(st.integers(0, 3), st.integers(0, 6)), cell=cells, extra=st.sampled_from(["", ",1", ",", "\n,"]))
+def test_expert_load_csv_with_any_cell(tmp_path_factory, rows, experts, header, at, cell, extra):
+    grid = [[f"{1 + r + e}.0" for e in range(experts)] for r in range(rows)]
+    r, e = at
+    if r < rows and e < experts:
+        grid[r][e] = cell
+    lines = [",".join(row) for row in grid]
+    if header == "layer":
+        lines = ["layer," + ",".join(f"e{i}" for i in range(experts))] + [f"{i},{x}" for i, x in enumerate(lines)]
+    elif header == "step,layer":
+        lines = (["step,layer," + ",".join(f"e{i}" for i in range(experts))]
+                 + [f"{i % 2},{i},{x}" for i, x in enumerate(lines)])
+    lines[-1] += extra
+    path = tmp_path_factory.mktemp("loads") / "l.csv"
+    path.write_text("\n".join(lines) + "\n")
+    try:
+        m = load_expert_loads(path)
+    except ValueError:
+        return
+    assert np.all(np.isfinite(m.loads)) and np.all(m.loads >= 0) and np.all(m.loads.sum(axis=2) > 0)
+    assert np.all(np.isfinite(m.loads.sum(axis=2)))
+
+
+NPY_ARRAYS = {
+    "float": np.array([[1.0, 2.0], [3.0, 4.0]]), "int": np.array([[1, 2], [3, 4]]), "bool": np.ones((2, 2), bool),
+    "complex": np.ones((2, 2), complex), "object": np.array([{"a": 1}, [1, 2]], dtype=object),
+    "structured": np.zeros(2, dtype=[("x", "f8")]), "string": np.array(["a", "b"]), "scalar": np.float64(3.0),
+    "empty": np.zeros((0, 4)), "4d": np.ones((1, 1, 2, 2)), "nan": np.array([[np.nan, 1.0]]),
+    "huge": np.array([[1e308, 1e308]]), "negative": np.array([[-1.0, 2.0]]), "zeros": np.zeros((2, 3)),
+    "float16": np.ones((2, 2), np.float16), "uint64": np.array([[2**64 - 1, 1]], np.uint64),
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(kind=st.sampled_from(sorted(NPY_ARRAYS)), cut=st.one_of(st.none(), st.integers(0, 200)),
+       fortran=st.booleans())
+def test_expert_load_npy_of_any_dtype_shape_or_truncation(tmp_path_factory, kind, cut, fortran):
+    import io
+
+    a = NPY_ARRAYS[kind]
+    buf = io.BytesIO()
+    np.save(buf, np.asfortranarray(a) if fortran and a.ndim >= 2 else a, allow_pickle=True)
+    raw = buf.getvalue()
+    path = tmp_path_factory.mktemp("npy") / "l.npy"
+    path.write_bytes(raw if cut is None else raw[:cut])
+    try:
+        m = load_expert_loads(path)
+    except ValueError:
+        return
+    assert kind in ("float", "int", "float16", "uint64"), kind  # every other kind is refused
+    assert np.all(np.isfinite(m.loads.sum(axis=2))) and m.loads.ndim == 3
+
+
+def test_a_pickled_npy_is_refused_without_running_the_pickle(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('unpickled')",))
+
+    path = tmp_path / "p.npy"
+    np.save(path, np.array([Boom()], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="not a readable .npy"):
+        load_expert_loads(path)

@@ -126,7 +126,7 @@ def test_dualpipe_follows_reference_steps():
 def test_constraint_errors_are_one_line_value_errors():
     bad = [
         ("nope", 4, 8, 1), ("1f1b", 0, 8, 1), ("1f1b", 4, 0, 1), ("1f1b", 4, 8, 2),
-        ("interleaved-1f1b", 4, 6, 2), ("interleaved-1f1b", 4, 8, 0),
+        ("interleaved-1f1b", 4, 3, 2), ("interleaved-1f1b", 4, 8, 0),
         ("dualpipe", 3, 12, 1), ("dualpipe", 4, 7, 1), ("dualpipe", 4, 6, 1), ("dualpipev", 4, 7, 1),
     ]
     for name, pp, m, v in bad:

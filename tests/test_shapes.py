@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from gpuhours.simulator.chunks import price_key
-from gpuhours.simulator.affine_steps import full_pipeline, interpolate_step, line_counts, steps_for
+from gpuhours.simulator.affine_steps import full_pipeline, interpolate_step, steps_for
 from gpuhours.simulator.scenario import load_scenario
 from gpuhours.workloads.ops import Op
 
@@ -25,10 +25,9 @@ def small():
     return load_scenario(gpus=32, pp=4, ep=8, seq_len=1024)
 
 
-def test_steps_from_the_line_equal_simulated_ones(small):
-    """Every count of a full pipeline: the step taken from the line is the simulated one (a fresh simulator) to
-    1e-9, including counts far past the three simulated ones (extrapolated)."""
-    counts = [8, 10, 12, 14, 16, 20, 40]
+def test_interpolated_steps_equal_simulated_ones(small):
+    """Every count of a full pipeline: the interpolated step is the simulated one (a fresh simulator) to 1e-9."""
+    counts = [8, 10, 12, 14, 16, 20]
     assert min(counts) >= full_pipeline(small.parallel)
     fast = steps_for(small.simulator(), counts)
     slow = small.simulator()
@@ -37,49 +36,56 @@ def test_steps_from_the_line_equal_simulated_ones(small):
         assert fast[m].step_time == pytest.approx(simulated.step_time, rel=1e-9)
         assert fast[m].bubble_per_rank == pytest.approx(simulated.bubble_per_rank, rel=1e-9, abs=1e-9)
         assert fast[m].tokens == simulated.tokens and fast[m].model_flops == pytest.approx(simulated.model_flops)
-    assert fast[40].pipeline.spans == ()  # from the line: no timeline of its own
+        assert fast[m].pipeline.nic_busy_per_rank == pytest.approx(simulated.pipeline.nic_busy_per_rank, rel=1e-9)
+    assert fast[10].pipeline.spans == ()  # interpolated: no timeline of its own
 
 
-def test_three_small_counts_are_simulated_whatever_the_largest(small):
-    """DualPipe on PP4: a full pipeline is 8 micro-batches, the increment 2; the line goes through 10 and 16 and
-    12 checks it. 8 lies before the line and is simulated; 14, 20 and 200 come from the line."""
-    assert line_counts(small.parallel) == (10, 12, 16)
+def test_only_the_ends_and_the_check_are_simulated(small):
     sim = small.simulator()
-    steps_for(sim, [8, 10, 12, 14, 16, 20, 200])
-    assert sorted(m for m, _ in sim._cache) == [8, 10, 12, 16]
+    steps_for(sim, [8, 10, 12, 14, 16, 20])
+    assert sorted(m for m, _ in sim._cache) == [8, 14, 20]
 
 
 def test_counts_below_a_full_pipeline_are_simulated():
     scenario = load_scenario(gpus=32, pp=4, ep=8, seq_len=1024, schedule="1f1b")
     sim = scenario.simulator()
     steps = steps_for(sim, [1, 2, 3, 8, 10, 12, 14, 16])
-    # 1F1B on PP4: the line through 5 and 8, checked at 6; 1-3 lie below a full pipeline
-    assert sorted(m for m, _ in sim._cache) == [1, 2, 3, 5, 6, 8]
+    assert sorted(m for m, _ in sim._cache) == [1, 2, 3, 8, 12, 16]  # 1-3 below pp = 4; 8, 16 ends, 12 the check
     assert steps[1].step_time == sim.step(1).step_time
 
 
-def test_the_line_starts_past_a_pipeline_still_filling():
+def test_the_check_catches_a_pipeline_still_filling():
     """1F1B on PP4 with a heavier last stage: the step grows by a constant per micro-batch only from 5 on, so the
-    line through 4 and 8 would miss 6; the line starts one increment past a full pipeline, at 5."""
-    scenario = load_scenario(gpus=32, pp=4, ep=8, seq_len=1024, schedule="1f1b")
-    sim = scenario.simulator()
-    s4, s6, s8 = sim.step(4), sim.step(6), sim.step(8)
-    assert interpolate_step(s4, s8, 6).step_time != pytest.approx(s6.step_time, rel=1e-9)
-    fast = steps_for(scenario.simulator(), [5, 6, 7, 8, 30])
-    assert fast[30].step_time == pytest.approx(sim.step(30).step_time, rel=1e-9)
+    line through 4 and 8 misses 6 and every count is simulated."""
+    sim = load_scenario(gpus=32, pp=4, ep=8, seq_len=1024, schedule="1f1b").simulator()
+    steps_for(sim, [4, 5, 6, 7, 8])
+    assert sorted(m for m, _ in sim._cache) == [4, 5, 6, 7, 8]
 
 
 def test_a_line_that_does_not_fit_falls_back_to_simulating(small):
     sim = small.simulator()
-    a, c = sim.step(10), sim.step(16)
-    bent = replace(c, step_time=c.step_time * 1.01)  # a step that is not on the line
+    a, b = sim.step(8), sim.step(16)
+    bent = replace(b, step_time=b.step_time * 1.01)  # a step that is not on the line
     assert interpolate_step(a, bent, 12).step_time != pytest.approx(sim.step(12).step_time, rel=1e-9)
     sim._cache[(16, False)] = bent
-    steps_for(sim, [8, 14, 18, 20, 40])
-    assert {m for m, _ in sim._cache} == {8, 10, 12, 14, 16, 18, 20, 40}
+    steps_for(sim, [8, 10, 12, 14, 16])
+    assert {m for m, _ in sim._cache} == {8, 10, 12, 14, 16}
 
 
-def test_the_line_is_not_used_where_it_costs_more_than_the_counts(small):
-    sim = small.simulator()
-    steps_for(sim, [8, 14])  # 14 micro-batches to simulate against 10 + 12 + 16 for the line
-    assert sorted(m for m, _ in sim._cache) == [8, 14]
+def test_a_steady_phase_that_settles_late_is_why_the_line_is_not_extrapolated():
+    """1F1B on PP8 (the zero-bubble 6.2B case): the step grows by one amount per micro-batch from 9 to 14, by a
+    smaller one from 14 to 15 (the steady phase settles), and by the first again after, so a line through small
+    counts would miss 64 micro-batches by that step; `steps_for` simulates a single count itself."""
+    from gpuhours.validation.accuracy import _scenario
+    from gpuhours.validation.cases import load_cases
+
+    case = next(c for c in load_cases() if c.name == "zerobubble-6.2b-1f1b-m64")
+    sim = _scenario(case, (case.calibrations or ("default-h800",))[0]).simulator()
+    s = {m: sim.step(m).step_time for m in (9, 10, 14, 15, 16)}
+    early = s[10] - s[9]
+    assert (s[14] - s[10]) / 4 == pytest.approx(early, rel=1e-9)   # one period from 9 to 14 ...
+    assert abs((s[15] - s[14]) / early - 1) > 1e-3                   # ... a step off the line at 15 ...
+    assert s[16] - s[15] == pytest.approx(early, rel=1e-9)          # ... and the same period after
+    fresh = _scenario(case, (case.calibrations or ("default-h800",))[0]).simulator()
+    steps_for(fresh, [64])
+    assert [m for m, _ in fresh._cache] == [64]

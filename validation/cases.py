@@ -9,7 +9,8 @@ silently drop part of a layout.
 Layout keys and what the simulator can express today (anything else is reported as a gap, see `gaps`):
 
     gpu, gpus, gpus_per_node, nic_gbps, cluster     the machine
-    tp, pp, vpp, ep, etp (expert tensor parallelism), cp, dp (optional: checked against gpus / (tp pp cp)),
+    tp, pp, vpp, ep, etp (expert tensor parallelism: ParallelSpec.etp), cp,
+    dp (optional: checked against gpus / (tp pp cp)),
     schedule, micro_batch_size, batch, seq_len
     sequence_parallel     true/false
     zero_stage            0, 1, 2 or 3;  fsdp: true means ZeRO-3 (parameters resharded after the forward)
@@ -129,13 +130,8 @@ class Case:
     def gaps(self) -> list[str]:
         """What the simulator cannot express about this run, each with what it simulates instead."""
         lay, out = self.layout, []
-        if lay.get("etp", 1) > 1:
-            out.append(f"expert tensor parallelism ETP{lay['etp']}: not modelled, experts simulated whole per EP rank")
-        if (lay.get("fsdp") or lay.get("zero_stage", 0) == 3) and lay.get("pp", 1) > 1 \
-                and lay.get("reshard_after_forward", True):
-            out.append("FSDP under pipeline parallelism with reshard_after_forward: simulated gathering every "
-                       "micro-batch's forward and backward and reduce-scattering after every backward (PyTorch's "
-                       "pipelining defers the reduce-scatter to the last backward)")
+        # FSDP under pipeline parallelism is simulated as PyTorch's pipelining runs it, either reshard_after_forward
+        # (one reduce-scatter after the last backward, gathers where parameters are sharded): simulator.fsdp_pipeline
         if lay.get("torch_compile"):
             out.append("torch.compile: compiler-fused kernels not modelled, simulated as the eager run")
         if lay.get("precision") == "fp8" and lay.get("fp8_recipe", "blockwise") != "blockwise":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import gzip
 import json
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -251,8 +252,19 @@ def _read_json(path: Path) -> tuple[Any, int]:
 def _int_or_str(value: Any) -> int | str:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return str(value)
+
+
+def _args(event: dict) -> dict:
+    """An event's args object ({} when absent); anything else is a damaged trace."""
+    args = event.get("args")
+    if args is None:
+        return {}
+    if not isinstance(args, dict):
+        raise ValueError(f"traceEvents: event {str(event.get('name'))[:60]!r} has args of type "
+                         f"{type(args).__name__}; expected an object")
+    return args
 
 
 def load_trace(path: str | Path, device: int | None = None) -> Trace:
@@ -282,12 +294,11 @@ def load_trace(path: str | Path, device: int | None = None) -> Trace:
         raise ValueError(f"traceEvents: {path.name!r} has no device events (cat {'/'.join(DEVICE_CATEGORIES)})")
 
     def device_of(e: dict) -> int:
-        args = e.get("args") or {}
-        return int(args.get("device", e.get("pid", 0)))
+        return int(_args(e).get("device", e.get("pid", 0)))
 
     try:
         devices = sorted({device_of(e) for e in device_raw})
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError("traceEvents: device events carry a non-integer device/pid") from None
     if device is None:
         if len(devices) > 1:
@@ -301,7 +312,7 @@ def load_trace(path: str | Path, device: int | None = None) -> Trace:
         origin = min(float(e["ts"]) for e in device_raw)
         launches: dict[int, tuple[Any, Any, float]] = {}
         for e in launches_raw:
-            corr = (e.get("args") or {}).get("correlation")
+            corr = _args(e).get("correlation")
             if corr is not None:
                 launches[int(corr)] = (_int_or_str(e.get("pid")), _int_or_str(e.get("tid")),
                                        (float(e["ts"]) - origin) * 1e-6)
@@ -312,7 +323,7 @@ def load_trace(path: str | Path, device: int | None = None) -> Trace:
             op_class = names.get((name, cat))
             if op_class is None:
                 op_class = names[(name, cat)] = classify(name, cat)
-            corr = (e.get("args") or {}).get("correlation")
+            corr = _args(e).get("correlation")
             events.append(DeviceEvent(
                 name=name, cat=cat, device=device, stream=int(e.get("tid", 0)),
                 start=(float(e["ts"]) - origin) * 1e-6, duration=float(e.get("dur", 0.0)) * 1e-6,
@@ -325,13 +336,16 @@ def load_trace(path: str | Path, device: int | None = None) -> Trace:
             on_gpu = e["cat"] == GPU_ANNOTATION
             if on_gpu and _int_or_str(e.get("pid")) != device:
                 continue
-            ext = (e.get("args") or {}).get("External id")
+            ext = _args(e).get("External id")
             annotations.append(Annotation(
                 name=name, on_gpu=on_gpu, pid=_int_or_str(e.get("pid")), tid=_int_or_str(e.get("tid")),
                 start=(float(e["ts"]) - origin) * 1e-6, duration=float(e.get("dur", 0.0)) * 1e-6,
                 external_id=None if ext is None else int(ext)))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         raise ValueError(f"traceEvents: {path.name!r} has X events without numeric ts/dur/tid") from None
+    _check_times(path, events, "device event")
+    _check_times(path, annotations, "annotation")
+    _check_times(path, [_Timed(t) for _, _, t in launches.values()], "launch call")
 
     props_list = doc.get("deviceProperties") or []
     props = next((p for p in props_list if isinstance(p, dict) and p.get("id") == device),
@@ -343,6 +357,23 @@ def load_trace(path: str | Path, device: int | None = None) -> Trace:
         schema_version=doc.get("schemaVersion"), origin_us=origin,
         device=device, events=tuple(events), annotations=tuple(annotations), launches=launches,
         device_properties=dict(props), distributed_info=dict(doc.get("distributedInfo") or {}))
+
+
+@dataclass(frozen=True)
+class _Timed:
+    start: float
+    duration: float = 0.0
+    name: str = ""
+
+
+def _check_times(path: Path, items, what: str) -> None:
+    """ts and dur must be finite and dur >= 0 (Kineto writes microseconds; NaN, inf or a negative duration is a
+    damaged file, and would turn every span and efficiency derived from it into NaN or nonsense)."""
+    for item in items:
+        if not (math.isfinite(item.start) and math.isfinite(item.duration)) or item.duration < 0:
+            raise ValueError(f"traceEvents: {path.name!r}: {what} {item.name[:60]!r} has ts/dur "
+                             f"{item.start * 1e6:g}/{item.duration * 1e6:g} us relative to the first device event; "
+                             f"ts must be finite, dur finite and >= 0")
 
 
 # ------------------------------------------------------------------------------------------- arithmetic

@@ -5,9 +5,15 @@ Two families are read:
   (`n_routed_experts` present and not null);
 - Llama-style dense models (`model_type` llama / mistral): grouped-query attention with `num_key_value_heads`
   and `head_dim` (or hidden_size / num_attention_heads when absent);
-- GPT-NeoX (`model_type` gpt_neox): multi-head attention and a two-matrix GELU FFN (`ffn_activation = "gelu"`).
-  Read with the same keys as Llama; its biases, LayerNorms, parallel residual and partial rotary embedding are
-  outside ModelSpec and ignored (a fraction of a percent of the parameters).
+- GPT-NeoX (`model_type` gpt_neox): multi-head attention and a two-matrix FFN (`hidden_act`: a GELU variant or
+  relu2). Read with the same keys as Llama, plus LayerNorm (`norm = "layernorm"`), `use_parallel_residual`
+  (GPTNeoXConfig default true: `parallel_block`) and `rotary_pct` (default 0.25: `rotary_pct`); its linear
+  biases are outside ModelSpec and ignored (a fraction of a percent of the parameters).
+- Nemotron (`model_type` nemotron, NemotronConfig; Nemotron-4, arXiv 2402.16819): grouped-query attention read as
+  for Llama, a two-matrix squared-ReLU FFN (`hidden_act` default "relu2"), LayerNorm1P (a LayerNorm whose gain is
+  stored as gain - 1: a gain and a bias, `norm = "layernorm"`) and partial rotary embeddings
+  (`partial_rotary_factor`, default 0.5). Sequential blocks.
+- Any GQA family: `partial_rotary_factor` (transformers' partial RoPE) is read as `rotary_pct` where present.
 - Qwen2 / Qwen3 dense (`model_type` qwen2 / qwen3): grouped-query attention read as for Llama; Qwen3's `head_dim`
   defaults to 128 (Qwen3Config), Qwen2's to hidden_size / num_attention_heads. Qwen2's q/k/v biases and Qwen3's
   q/k RMSNorms are outside ModelSpec (well under 0.1 % of the parameters).
@@ -22,8 +28,8 @@ Two families are read:
   `num_key_value_heads`, `head_dim`, `decoder_sparse_step` and `mlp_only_layers` default as in transformers.
 Sliding-window attention (`sliding_window`, `use_sliding_window`) is outside ModelSpec and ignored.
 FFN: the gated families (deepseek, llama, mistral, mixtral, qwen*) have a SwiGLU FFN (`hidden_act` is not checked: a gated FFN
-with another activation has the same matrices); gpt_neox reads `hidden_act` (or `activation_function`), which must
-be one of GELU_ACTS. A missing `model_type` is inferred from the fields. Anything else raises ValueError.
+with another activation has the same matrices); gpt_neox and nemotron read `hidden_act` (or `activation_function`),
+which must be one of GELU_ACTS or RELU2_ACTS. A missing `model_type` is inferred from the fields. Anything else raises ValueError.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import Any, Mapping
 
 from gpuhours.workloads.model import AttentionSpec, ModelSpec, MoESpec
 
-SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "llama", "mistral", "gpt_neox",
+SUPPORTED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "llama", "mistral", "gpt_neox", "nemotron",
                          "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe")
 GATED_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "llama", "mistral",
                      "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe")  # FFN: w2 (act(w1 x) * w3 x)
@@ -41,6 +47,9 @@ MOE_MODEL_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")  # every layer MoE, no d
 _KV_HEADS_DEFAULT = {"mixtral": 8, "qwen2": 32, "qwen3": 32, "qwen2_moe": 16, "qwen3_moe": 4}
 _HEAD_DIM_DEFAULT = {"qwen3": 128}  # Qwen3Config.head_dim; the others fall back to hidden_size / num_attention_heads
 GELU_ACTS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh")  # transformers' names of GELU variants
+RELU2_ACTS = ("relu2",)  # transformers' ACT2FN name of squared ReLU (ReLUSquaredActivation)
+LAYERNORM_MODEL_TYPES = ("gpt_neox", "nemotron")  # nn.LayerNorm (gpt_neox) / NemotronLayerNorm1P (gain and bias)
+_ROTARY_DEFAULT = {"gpt_neox": 0.25, "nemotron": 0.5}  # GPTNeoXConfig.rotary_pct, NemotronConfig.partial_rotary_factor
 
 
 def _get(cfg: Mapping[str, Any], key: str, default: Any = ...) -> Any:
@@ -102,6 +111,7 @@ def model_from_hf_config(cfg: Mapping[str, Any], name: str | None = None) -> Mod
         mtp_depth = 0
 
     ffn_activation = _ffn_activation(cfg, model_type)
+    shape = _dense_shape(cfg, model_type)
     tie = _get(cfg, "tie_word_embeddings", False)
     if not isinstance(tie, bool):
         raise ValueError(f"config.json: field 'tie_word_embeddings' = {tie!r}: allowed values are true, false")
@@ -117,17 +127,40 @@ def model_from_hf_config(cfg: Mapping[str, Any], name: str | None = None) -> Mod
         mtp_depth=mtp_depth,
         tie_embeddings=tie,
         ffn_activation=ffn_activation,
+        **shape,
     )
 
 
+def _dense_shape(cfg: Mapping[str, Any], model_type: str) -> dict[str, Any]:
+    """ModelSpec's norm, parallel_block and rotary_pct from the config: LayerNorm for LAYERNORM_MODEL_TYPES (else
+    RMSNorm); gpt_neox's `use_parallel_residual` (default true); `rotary_pct` (gpt_neox) or
+    `partial_rotary_factor` (others), defaults per family (_ROTARY_DEFAULT, else 1). MLA families keep theirs."""
+    if model_type.startswith("deepseek"):
+        return {}
+    parallel = _get(cfg, "use_parallel_residual", True) if model_type == "gpt_neox" else False
+    if not isinstance(parallel, bool):
+        raise ValueError(f"config.json: field 'use_parallel_residual' = {parallel!r}: allowed values are true, false")
+    key = "rotary_pct" if model_type == "gpt_neox" else "partial_rotary_factor"
+    pct = _get(cfg, key, _ROTARY_DEFAULT.get(model_type, 1.0))
+    if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 < pct <= 1:
+        raise ValueError(f"config.json: field {key!r} = {pct!r}: expected a number in (0, 1]")
+    return {"norm": "layernorm" if model_type in LAYERNORM_MODEL_TYPES else "rmsnorm",
+            "parallel_block": parallel,
+            "rotary_pct": float(pct)}
+
+
 def _ffn_activation(cfg: Mapping[str, Any], model_type: str) -> str:
-    """ModelSpec.ffn_activation: "swiglu" for the gated families, "gelu" for an ungated FFN with a GELU variant."""
+    """ModelSpec.ffn_activation: "swiglu" for the gated families; for an ungated FFN "gelu" (a GELU variant) or
+    "relu2" (squared ReLU)."""
     if model_type in GATED_MODEL_TYPES:
         return "swiglu"
     key = "hidden_act" if cfg.get("hidden_act") is not None else "activation_function"
-    act = _get(cfg, key, "gelu")  # GPTNeoXConfig's default
+    act = _get(cfg, key, "relu2" if model_type == "nemotron" else "gelu")  # NemotronConfig's / GPTNeoXConfig's default
+    if act in RELU2_ACTS:
+        return "relu2"
     if act not in GELU_ACTS:
-        raise ValueError(f"config.json: field {key!r} = {act!r}: allowed values are {', '.join(GELU_ACTS)}")
+        raise ValueError(f"config.json: field {key!r} = {act!r}: allowed values are "
+                         f"{', '.join(GELU_ACTS + RELU2_ACTS)}")
     return "gelu"
 
 

@@ -22,16 +22,14 @@ from gpuhours.workloads.ops import (
     rank_tokens,
 )
 from gpuhours.workloads.parallel import ParallelSpec
+from gpuhours.workloads.ring_cp import kv_block_bytes_per_token, ring_segments, with_ring_partner
 
 def cp_kv_bytes_per_token(model: ModelSpec, p: ParallelSpec) -> float:
     """Bytes per token of what context parallelism all-gathers before the attention core (and reduce-scatters as
     gradients after its backward). GQA / MHA: K and V of the rank's kv heads, 2 x kv_heads / tp x head_dim x BF16.
     MLA: the compressed KV latent, (kv_lora_rank + qk_rope_head_dim) x BF16 (gathered before the up-projection;
     the up-projection of the other ranks' latents is not counted, a small optimism)."""
-    a = model.attention
-    if a.kind == "mla":
-        return (a.kv_lora_rank + a.qk_rope_head_dim) * BF16
-    return 2 * max(1, a.n_kv_heads // p.tp) * a.head_dim * BF16
+    return kv_block_bytes_per_token(model, p)
 
 
 def _cp_comm(phase: str, model: ModelSpec, p: ParallelSpec, tokens: int, layer, prefix: str) -> list[Segment]:
@@ -42,6 +40,8 @@ def _cp_comm(phase: str, model: ModelSpec, p: ParallelSpec, tokens: int, layer, 
     Not overlapped with compute (they sit in the pass's dependency chain)."""
     if p.cp == 1 or phase == "W":
         return []
+    if p.cp_comm == "ring":
+        return ring_segments(phase, model, p, tokens, layer, prefix)
     kind = "all_gather" if phase == "F" else "reduce_scatter"
     return [collective_segment(f"{prefix}.attn.cp_{kind}", phase, "attn", kind, "cp", tokens * p.cp,
                         cp_kv_bytes_per_token(model, p), layer)]
@@ -63,6 +63,17 @@ def _attention_ops(b: PassBuilder, model: ModelSpec, p: ParallelSpec, tokens: in
     = (L / cp) (L + 1) / 2, exactly 1/cp of the whole sequence's L (L + 1) / 2, so the same formula with the
     rank's tokens holds: core = 2 heads (d_qk + d_v) (b L / cp) (L + 1) / 2. The core's HBM bytes count the rank's
     own q, k, v, o (the gathered keys are not added).
+
+    Norms (`ModelSpec.norm`): RMSNorm and LayerNorm move the same bytes, read x and write y (2 x tokens x h x BF16
+    forward; the backward reads x and dy and writes dx, charged the same here as before): LayerNorm's mean is one
+    more reduction over the row already in registers (Ba et al. 2016, arXiv 1607.06450; Zhang & Sennrich 2019,
+    arXiv 1910.07467, which drops it) and
+    its bias gradient one more column sum of dy, so a fused, memory-bound kernel (Apex / Transformer Engine
+    LayerNorm, one kernel each way like RMSNorm) takes the same time (Assumption: the extra arithmetic hides
+    under the memory traffic). Their difference is the bias: parameters, gradients, optimizer state.
+    Positions (`ModelSpec.positions`): RoPE reads and writes the rotated q and k dimensions, `rotary_pct` of each
+    head's (GPT-NeoX `rotary_pct`: the first rotary_ndims of a head pass through RoPE, the rest are untouched, so
+    the traffic scales with the fraction); learned positions have no op here (`stage_ops.embedding_passes`).
     """
     a, h, tp = model.attention, model.hidden, p.tp
     heads = a.n_heads // tp
@@ -90,7 +101,8 @@ def _attention_ops(b: PassBuilder, model: ModelSpec, p: ParallelSpec, tokens: in
         kv_heads = max(1, a.n_kv_heads // tp)
         b.elementwise("attn_norm", 2 * act)
         b.gemm("wqkv", tokens, (heads + 2 * kv_heads) * a.head_dim, h)
-        b.elementwise("rope", 2 * tokens * (heads + kv_heads) * a.head_dim * BF16)
+        if model.positions == "rotary":  # RoPE on rotary_pct of each q and k head's dimensions (read + write)
+            b.elementwise("rope", 2 * tokens * (heads + kv_heads) * a.head_dim * BF16 * model.rotary_pct)
         o_in = heads * a.head_dim
     core = 2.0 * heads * (a.qk_head_dim + a.out_head_dim) * tokens * (seq_len + 1) / 2
     qkvo_bytes = tokens * heads * (2 * a.qk_head_dim + 2 * a.out_head_dim) * BF16
@@ -180,10 +192,16 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
         moe = model.moe if model.is_moe_layer(layer) else None
         attn_seg = attn.segment(f"attn({phase})", layer)
         cp_comm = _cp_comm(phase, model, p, tokens, layer, prefix)
+        if p.cp_comm == "ring":  # the ring's K/V exchange runs under the attention core's blocks
+            cp_comm = with_ring_partner(cp_comm, attn.ops)
         core = cp_comm + [attn_seg] if phase == "F" else [attn_seg] + cp_comm
         first, last = _edge_gemms(attn.ops)
         segs_attn = _tp_comm(phase, "attn", tokens, h, p, layer, "before", first) + core
         segs_attn += _tp_comm(phase, "attn", tokens, h, p, layer, "after", last)
+        if moe is None and model.parallel_block:
+            dense_ffn_ops(mlp, model.dense_intermediate, h, tokens, tp, activation=model.ffn_activation)
+            passes[phase] = _parallel_block(phase, attn, mlp, core, tokens, h, p, layer)
+            continue
         if moe is None:
             dense_ffn_ops(mlp, model.dense_intermediate, h, tokens, tp, activation=model.ffn_activation)
             first, last = _edge_gemms(mlp.ops)
@@ -205,6 +223,35 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
     if opts.recompute == "full":
         passes["B"] = [_recomputed(seg) for seg in passes["F"]] + passes["B"]
     return LayerPasses(prefix, tuple(passes["F"]), tuple(passes["B"]), tuple(passes["W"]))
+
+
+def _parallel_block(phase: str, attn: PassBuilder, mlp: PassBuilder, core: list[Segment], tokens: int, h: int,
+                    p: ParallelSpec, layer: int) -> list[Segment]:
+    """A parallel attention + MLP block (`ModelSpec.parallel_block`, GPT-NeoX's two norms of the same input x):
+    y = x + attn(norm1(x)) + mlp(norm2(x)). Under tensor parallelism both branches' outputs are partial sums that
+    add before one reduction, so the block has one tensor-parallel collective where the sequential block has
+    one per branch (Wang & Komatsuzaki's GPT-J and GPT-NeoX's `gpt_j_residual` do one all-reduce of the sum):
+    - sequence parallelism: forward one all-gather of both normalised shards (2h per token, one buffer) before
+      the branches and one reduce-scatter of the summed outputs (h) after; backward one all-gather of the output
+      gradient (h) and one reduce-scatter of both branch-input gradients (2h); weight pass one all-gather (2h)
+      re-gathering the inputs. Sequential block: two of each, h per token.
+    - without: forward one all-reduce (h) of the sum; backward one all-reduce (h): both norms' backward is linear
+      in the incoming gradient, so the two branch gradients are summed locally before one all-reduce
+      (Assumption: the implementation does so; one per branch otherwise).
+    The two branches run one after the other on the compute stream (one segment each) and the collectives stay in
+    the pass's dependency chain: nothing more overlaps than in the sequential block (the fused input GEMM of
+    PaLM sec. 2 is not modelled: the two input GEMMs keep their own shapes)."""
+    before_width = 2 * h if p.sequence_parallel else h
+    first, _ = _edge_gemms(attn.ops)
+    _, last = _edge_gemms(mlp.ops)
+    before = _tp_comm(phase, "attn", tokens, before_width, p, layer, "before", first)
+    after = _tp_comm(phase, "mlp", tokens, h, p, layer, "after", last)
+    mlp_seg = mlp.segment(f"mlp({phase})", layer)
+    if phase == "F":
+        return before + core + [mlp_seg] + after
+    if phase == "B":
+        return after + [mlp_seg] + core + before
+    return [mlp_seg] + core + before
 
 
 def _recomputed(seg: Segment) -> Segment:

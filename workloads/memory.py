@@ -1,6 +1,6 @@
 """Per-GPU memory of a layout: weights, gradients, optimizer states, in-flight activations and headroom.
 
-Training state of a rank holding dense parameters P_d (split by tp) and expert parameters P_e (split by ep)
+Training state of a rank holding dense parameters P_d (split by tp) and expert parameters P_e (split by ep x etp)
 over the stages it holds (`simulator.step.rank_params`; DualPipe ranks hold two stages, `params_copies` = 2):
 
     weights    = w (P_d + P_e)                         w: working-weight bytes (BF16: 2)
@@ -13,6 +13,9 @@ adds the unsharded parameters of the units being gathered and their gradients be
 largest units the rank holds, G (the current and the prefetched one, `simulator.chunks`):
     weights = w (S + G),  gradients = g (S + G)
 (Rajbhandari et al. 2020, sec. 5: (2 + 2 + K) Psi / N_d per device, plus the working buffers.)
+Under pipeline parallelism (`ParallelSpec.fsdp_deferred_reduce`) gradients accumulate unsharded until the step's
+one reduce-scatter and a backward leaves its stage's parameters gathered: weights w P, gradients g P, as ZeRO-1.
+g is the gradient reduction's dtype (`ParallelSpec.grad_reduce_dtype`, default the recipe's).
 
 Activations: a rank's program runs in a fixed order, so the chunks alive on it follow from that order alone: a
 chunk (one micro-batch on one stage) is alive from the start of its F until the end of its W (or BW) -- the same
@@ -37,9 +40,11 @@ b = 2 (BF16); o = attention-output bytes, E5M6 1.5; H heads, h hidden; terms nam
 - attention (MLA): x_in b h (attention RMSNorm input), c_q b q_lora, c_kv b (kv_lora + rope) (inputs of the
   recomputed latent norms and up-projections), attn_out o H d_v (core backward and wo input), lse 4 H (softmax
   statistics). GQA: x_in, q/k/v b (H + 2 H_kv) d, attn_out o H d, lse 4 H.
-- FFN input: h_mid b h (FFN RMSNorm input).
+- FFN input: h_mid b h (FFN RMSNorm input; none in a parallel block, whose FFN norm reads the kept x_in).
 - dense FFN: SwiGLU input c 2 i, term ffn.swiglu_in (output recomputed in backward, DeepSeek-V3 sec. 3.3.4); a GELU
-  FFN (`ffn_activation = "gelu"`) keeps its activation input c i, term ffn.gelu_in (output recomputed likewise).
+  FFN (`ffn_activation = "gelu"`) keeps its activation input c i, term ffn.gelu_in (output recomputed likewise);
+  squared ReLU ("relu2") the same, term ffn.relu2_in. LayerNorm vs RMSNorm (`ModelSpec.norm`) keeps the same
+  norm input; its per-token statistics (mean and 1/std, 8 bytes, vs RMSNorm's 4) are not counted for either.
 - MoE: top-k choice k (4 + 4) (FP32 score, int32 index); shared experts' SwiGLU input c 2 n_s e; routed rows
   k x imbalance x (c h [received w13 input: the dispatch payload, on another rank, so not recomputable locally]
   + c 2 e [SwiGLU input] + gate_bytes).
@@ -67,8 +72,9 @@ from gpuhours.simulator.schedules import build_schedule
 from gpuhours.simulator.step import _stages_per_rank, rank_params
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import recompute_policy
-from gpuhours.workloads.zero import unit_params
+from gpuhours.workloads.zero import grad_reduce_bytes, unit_params
 from gpuhours.workloads.parallel import ParallelSpec
+from gpuhours.workloads.pipeline_layout import StageHolds, stage_holds
 from gpuhours.workloads.recipe import MemoryRecipe, load_recipe  # noqa: F401  (load_recipe re-exported)
 
 _GIB = 2**30
@@ -102,11 +108,13 @@ def _attention_terms(model: ModelSpec, recipe: MemoryRecipe, fp8: bool, policy: 
 
 
 def layer_terms(model: ModelSpec, layer: int, recipe: MemoryRecipe, fp8: bool = True,
-                recompute: str | bool = "deepseek", imbalance: float = 1.0, tp_replicas: int = 1
+                recompute: str | bool = "deepseek", imbalance: float = 1.0, tp_replicas: int = 1, etp: int = 1
                 ) -> dict[str, float]:
     """Bytes kept per token for the backward of transformer layer `layer` (before the division by tp).
     `tp_replicas`: copies of a token-wise tensor across the TP group (tp without sequence parallelism, else 1);
-    only the "full" policy's layer input uses it (the other terms keep the module's /tp convention)."""
+    only the "full" policy's layer input uses it (the other terms keep the module's /tp convention).
+    `etp`: expert tensor parallelism keeps etp x the routed rows (all-gathered over the etp group), each with
+    its e / etp slice of the SwiGLU input (`workloads.moe_dispatch`)."""
     policy = recompute_policy(recompute)
     h = model.hidden
     if policy == "full":
@@ -114,12 +122,13 @@ def layer_terms(model: ModelSpec, layer: int, recipe: MemoryRecipe, fp8: bool = 
     recompute = policy == "deepseek"
     c = recipe.cached_input_bytes(fp8)
     terms = _attention_terms(model, recipe, fp8, policy)
-    terms["ffn.h_mid"] = BF16 * h
+    if not model.parallel_block:  # a parallel block's FFN norm reads the layer input, kept as attn.x_in
+        terms["ffn.h_mid"] = BF16 * h
     if not recompute:
         terms["ffn.h_norm"] = c * h
     if not model.is_moe_layer(layer):
-        if model.ffn_activation == "gelu":
-            terms["ffn.gelu_in"] = c * model.dense_intermediate  # w1 output, the GELU input
+        if model.ffn_activation in ("gelu", "relu2"):  # w1 output, the activation's input
+            terms[f"ffn.{model.ffn_activation}_in"] = c * model.dense_intermediate
         else:
             terms["ffn.swiglu_in"] = c * 2 * model.dense_intermediate  # w1 and w3 outputs, the SwiGLU inputs
         return terms
@@ -130,7 +139,7 @@ def layer_terms(model: ModelSpec, layer: int, recipe: MemoryRecipe, fp8: bool = 
     terms["moe.topk"] = moe.top_k * (FP32 + INT32)
     if moe.n_shared_experts:
         terms["moe.shared_swiglu_in"] = c * 2 * moe.n_shared_experts * e
-    terms["moe.routed_rows"] = moe.top_k * imbalance * (c * h + c * 2 * e + recipe.gate_bytes)
+    terms["moe.routed_rows"] = moe.top_k * imbalance * etp * (c * h + c * 2 * e / etp + recipe.gate_bytes)
     return terms
 
 
@@ -142,15 +151,22 @@ def head_terms(model: ModelSpec, recipe: MemoryRecipe) -> dict[str, float]:
 
 def unit_bytes_per_token(model: ModelSpec, layers: range, first: bool, last: bool, recipe: MemoryRecipe,
                          fp8: bool = True, recompute: str | bool = "deepseek", imbalance: float = 1.0,
-                         tp_replicas: int = 1) -> float:
+                         tp_replicas: int = 1, etp: int = 1, holds: StageHolds | None = None) -> float:
     """Bytes per token a stage keeps for one micro-batch (before /tp): its layers, and on the last stage the head
-    and the MTP modules (norm inputs, projection input, block, head). The embedding keeps only token ids."""
-    total = sum(sum(layer_terms(model, i, recipe, fp8, recompute, imbalance, tp_replicas).values()) for i in layers)
-    if last:
+    and the MTP modules (norm inputs, projection input, block, head). The embedding keeps only token ids.
+    `holds` (`workloads.pipeline_layout.stage_holds`, default: head and MTP on the last stage) places the head
+    and the MTP modules' inputs and blocks, and their heads, where a pipeline layout puts them."""
+    total = sum(sum(layer_terms(model, i, recipe, fp8, recompute, imbalance, tp_replicas, etp).values())
+                for i in layers)
+    holds = holds or StageHolds(first, last, last, last)
+    if holds.head or holds.mtp_modules or holds.mtp_heads:
         head = sum(head_terms(model, recipe).values())
         c = recipe.cached_input_bytes(fp8)
-        block = sum(layer_terms(model, model.n_layers - 1, recipe, fp8, recompute, imbalance, tp_replicas).values())
-        total += head + model.mtp_depth * (2 * BF16 * model.hidden + c * 2 * model.hidden + block + head)
+        block = sum(layer_terms(model, model.n_layers - 1, recipe, fp8, recompute, imbalance, tp_replicas,
+                                etp).values())
+        module = (2 * BF16 * model.hidden + c * 2 * model.hidden + block if holds.mtp_modules else 0.0) + (
+            head if holds.mtp_heads else 0.0)
+        total += (head if holds.head else 0.0) + model.mtp_depth * module
     return total
 
 
@@ -164,7 +180,9 @@ def chunk_bytes(model: ModelSpec, parallel: ParallelSpec, seq_len: int, stage_la
     last = len(stage_layers) - 1
     for s, n in enumerate(stage_layers):
         per_token = unit_bytes_per_token(model, range(start, start + n), s == 0, s == last, recipe, fp8, recompute,
-                                         imbalance, 1 if parallel.sequence_parallel else parallel.tp)
+                                         imbalance, 1 if parallel.sequence_parallel else parallel.tp,
+                                         parallel.etp,
+                                         stage_holds(parallel, range(start, start + n), s == 0, s == last))
         out.append(tokens * per_token / parallel.tp)
         start += n
     return tuple(out)
@@ -172,9 +190,16 @@ def chunk_bytes(model: ModelSpec, parallel: ParallelSpec, seq_len: int, stage_la
 
 def cp_gathered_kv_bytes(model: ModelSpec, parallel: ParallelSpec, seq_len: int) -> float:
     """Context parallelism's transient buffer: the K/V of the other cp ranks' tokens that one layer gathers,
-    (cp-1)/cp x micro_batch_size x seq_len x kv bytes per token (0 without context parallelism)."""
+    (cp-1)/cp x micro_batch_size x seq_len x kv bytes per token (0 without context parallelism). Ring attention
+    (`cp_comm = "ring"`, `workloads.ring_cp`) holds at most two received K/V blocks at a time, the one being
+    computed and the one arriving: min(2, cp-1) x micro_batch_size x seq_len / cp x kv bytes per token."""
     if parallel.cp == 1:
         return 0.0
+    if getattr(parallel, "cp_comm", "all_gather") == "ring":
+        from gpuhours.workloads.ring_cp import kv_block_bytes_per_token
+
+        return (min(2, parallel.cp - 1) * parallel.micro_batch_size * seq_len / parallel.cp
+                * kv_block_bytes_per_token(model, parallel))
     from gpuhours.workloads.layer_ops import cp_kv_bytes_per_token
 
     return (parallel.cp - 1) / parallel.cp * parallel.micro_batch_size * seq_len * cp_kv_bytes_per_token(model,
@@ -284,17 +309,18 @@ def rank_state_bytes(dense: float, expert: float, parallel: ParallelSpec, recipe
     `gathered`: ZeRO-3's unsharded working set G, parameters of the units gathered at once."""
     held = dense + expert
     shard = dense / parallel.grad_dp + expert / parallel.expert_dp if parallel.zero_stage >= 1 else held
-    once = parallel.fsdp_once_per_step  # ZeRO-3 under PP keeping gathered weights and unsharded gradients
+    once = parallel.fsdp_deferred_reduce  # ZeRO-3 under PP: unsharded gradients, weights gathered after a backward
     weights = held if parallel.zero_stage < 3 or once else shard + gathered
     grads = held if parallel.zero_stage < 2 or once else shard + (gathered if parallel.zero_stage == 3 else 0.0)
-    return {"weights": recipe.weight_bytes * weights, "gradients": recipe.grad_bytes * grads,
+    grad_bytes = grad_reduce_bytes(parallel, recipe.grad_bytes)  # the buffer has the reduction's dtype
+    return {"weights": recipe.weight_bytes * weights, "gradients": grad_bytes * grads,
             "master_weights": recipe.master_bytes * shard, "optimizer_moments": 2 * recipe.moment_bytes * shard}
 
 
 def gathered_params(model: ModelSpec, parallel: ParallelSpec, stage_layers: tuple[int, ...], stages) -> float:
     """ZeRO-3's unsharded working set on a rank holding `stages`: the parameters of its two largest units (0
     below ZeRO-3 or without data parallelism)."""
-    if parallel.zero_stage < 3 or parallel.fsdp_once_per_step or (parallel.grad_dp == 1 and parallel.expert_dp == 1):
+    if parallel.zero_stage < 3 or parallel.fsdp_deferred_reduce or (parallel.grad_dp == 1 and parallel.expert_dp == 1):
         return 0.0
     starts = [0]
     for n in stage_layers:

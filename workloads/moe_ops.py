@@ -1,53 +1,52 @@
 """The MoE block of a layer (DeepSeekMoE and its relatives): the router, the routed experts as grouped GEMMs on the
-rows the busiest rank of the expert-parallel group keeps, the shared experts, and the dispatch and combine
-all-to-alls around them."""
+rows the busiest rank of the expert-parallel group keeps (each expert's intermediate dimension split over the etp
+ranks under expert tensor parallelism), the shared experts, and the token dispatcher's collectives around them
+(`workloads.moe_dispatch`: all-to-all or all-gather, with the ETP gather and reduce-scatter)."""
 
 from __future__ import annotations
 
 from gpuhours.workloads.model import ModelSpec, MoESpec
+from gpuhours.workloads.moe_dispatch import dispatch_segments, expert_rows
 from gpuhours.workloads.ops import (
     BF16,
     FP32,
     OpOptions,
     PassBuilder,
     Segment,
-    collective_segment,
     dense_ffn_ops,
-    fp8_bytes_per_token,
 )
 from gpuhours.workloads.parallel import ParallelSpec
 
 
 def moe_segments(mlp: PassBuilder, model: ModelSpec, moe: MoESpec, p: ParallelSpec, tokens: int, phase: str,
                  opts: OpOptions, prefix: str, layer: int) -> tuple[list[Segment], Segment, list[Segment]]:
-    """One pass of the MoE block on a rank holding `tokens` tokens of the micro-batch: (the dispatch all-to-all,
-    the block's compute segment, the combine all-to-all). The weight-gradient pass has no all-to-alls.
+    """One pass of the MoE block on a rank holding `tokens` tokens of the micro-batch: (the dispatch side, the
+    block's compute segment, the combine side), the sides as `workloads.moe_dispatch.dispatch_segments` gives
+    them (the all-to-all, with the ETP all-gather or reduce-scatter under expert tensor parallelism; or the
+    allgather dispatcher's collectives), each in the order it runs. The weight-gradient pass has no collectives.
 
     Forward: dispatch (FP8 payload under the FP8 recipe) -> experts -> combine (BF16); backward runs
     combine(B) -> experts(B) -> dispatch(B), both carrying BF16 gradients. The busiest EP rank keeps
-    `opts.kept_imbalance` times the mean rows (imbalance, capped by the capacity factor)."""
+    `opts.kept_imbalance` times the mean rows (imbalance, capped by the capacity factor); under ETP every rank of
+    an expert's etp group multiplies all of the group's rows by its e / etp slice of the weights."""
     h, tp = model.hidden, p.tp
     local_tokens = tokens // tp if p.sequence_parallel else tokens
     local_experts = moe.n_routed_experts // p.ep
-    rows = local_tokens * moe.top_k * opts.kept_imbalance  # rows the busiest rank of the EP group keeps
+    rows = expert_rows(local_tokens, moe, p, opts)  # rows the busiest rank of the EP group multiplies
     rows_per_expert = max(1, round(rows / local_experts))
     if phase != "W":
         mlp.elementwise("router.topk", 2 * local_tokens * moe.n_routed_experts * FP32)
     mlp.gemm("router", local_tokens, moe.n_routed_experts, h, low_precision=False)
-    e = moe.expert_intermediate
+    e = moe.expert_intermediate // p.etp  # w13 column-parallel, w2 row-parallel over the etp group
     mlp.gemm("experts.w13", rows_per_expert, 2 * e, h, groups=local_experts)
     if phase != "W":
         mlp.elementwise("experts.swiglu", 3 * rows_per_expert * local_experts * e * BF16 * (1 if phase == "F" else 2))
     mlp.gemm("experts.w2", rows_per_expert, h, e, groups=local_experts)
     if moe.n_shared_experts:
-        dense_ffn_ops(mlp, moe.n_shared_experts * e, h, local_tokens, 1, name="shared")  # experts: SwiGLU
+        dense_ffn_ops(mlp, moe.n_shared_experts * moe.expert_intermediate, h, local_tokens, 1,
+                      name="shared")  # experts: SwiGLU
     mlp_seg = mlp.segment(f"mlp({phase})", layer)
     if phase == "W":
         return [], mlp_seg, []
-    dispatch_bytes = fp8_bytes_per_token(h) if (opts.fp8 and phase == "F") else h * BF16
-    scaled_tokens = int(round(local_tokens * opts.kept_imbalance))
-    dispatch = collective_segment(f"{prefix}.moe.dispatch", phase, "moe", "ep_dispatch", "ep", scaled_tokens,
-                                  dispatch_bytes, layer)
-    combine = collective_segment(f"{prefix}.moe.combine", phase, "moe", "ep_combine", "ep", scaled_tokens,
-                                 h * BF16, layer)
-    return [dispatch], mlp_seg, [combine]
+    dispatch, combine = dispatch_segments(prefix, phase, h, moe, p, local_tokens, opts, layer)
+    return dispatch, mlp_seg, combine

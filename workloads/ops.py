@@ -111,6 +111,7 @@ class OpOptions:
     imbalance: float = 1.0
     nodes_per_token: float | None = None  # distinct target nodes per token for EP traffic (None: model's default)
     capacity_factor: float | None = None
+    max_nodes_per_token: int | None = None  # node-limited routing M (None: the model's rule; 0: unlimited)
 
     def __post_init__(self):
         # legacy booleans are accepted and normalised (True: "deepseek", False: "none")
@@ -119,6 +120,10 @@ class OpOptions:
         if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 1.0 <= c < math.inf):
             raise ValueError(f"capacity_factor must be a number >= 1 (rows an EP rank keeps, over its mean) or "
                              f"none for dropless; got {c!r}")
+        m = self.max_nodes_per_token
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 0):
+            raise ValueError(f"max_nodes_per_token must be a whole number >= 1 (nodes a token may be sent to), 0 for "
+                             f"unlimited, or none for the model's own routing rule; got {m!r}")
 
     @property
     def kept_imbalance(self) -> float:
@@ -221,12 +226,15 @@ def dense_ffn_ops(b: PassBuilder, inter: int, hidden: int, tokens: int, tp: int,
     2i inputs and the i output gradient, writes the 2i input gradients), w2 (i -> h).
     GELU: w1 (h -> i), the activation reads i and writes i in forward (backward reads the input and the output
     gradient, writes the input gradient: 3i), w2 (i -> h).
+    Squared ReLU ("relu2", Primer / Nemotron-4): relu(x)^2 is element-wise like GELU, with the same traffic: forward
+    reads i and writes i; backward (d/dx relu(x)^2 = 2 relu(x)) reads the input and the output gradient and writes
+    the input gradient, 3i. The op is named "<name>.relu2".
     """
     i = inter // tp
-    if activation == "gelu":
+    if activation in ("gelu", "relu2"):
         b.gemm(f"{name}.w1", tokens, i, hidden)
         if b.phase != "W":
-            b.elementwise(f"{name}.gelu", tokens * i * BF16 * (2 if b.phase == "F" else 3))
+            b.elementwise(f"{name}.{activation}", tokens * i * BF16 * (2 if b.phase == "F" else 3))
     else:
         b.gemm(f"{name}.w13", tokens, 2 * i, hidden)
         if b.phase != "W":

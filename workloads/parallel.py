@@ -9,6 +9,9 @@ from gpuhours.workloads.model import ModelSpec
 SCHEDULES = ("1f1b", "interleaved-1f1b", "zb1p", "dualpipe", "dualpipev")
 OVERLAPPING_SCHEDULES = ("dualpipe", "dualpipev")  # run one chunk's communication under another's compute
 ZERO_STAGES = (0, 1, 2, 3)
+CP_COMMS = ("all_gather", "ring")  # context parallelism's K/V exchange (`ParallelSpec.cp_comm`)
+GRAD_REDUCE_DTYPES = ("fp32", "bf16")  # data-parallel gradient reduction (workloads.zero.GRAD_REDUCE_BYTES)
+MOE_DISPATCHERS = ("alltoall", "allgather")  # Megatron-Core moe_token_dispatcher_type (`workloads.moe_dispatch`)
 MAX_GPUS = 131_072  # 8x the largest published training clusters of 2024 (16,384 H100)  # 3: FSDP
 
 
@@ -30,16 +33,30 @@ class ParallelSpec:
     gradient (and ZeRO sharding) group is dp x cp (`grad_dp`); they share their sequences, so a step trains
     micro-batches x micro_batch_size x seq_len x dp tokens.
 
+    `cp_comm` (CP_COMMS): "all_gather" (above) or "ring" (ring attention, Liu et al. 2023, arXiv 2310.01889;
+    Megatron-Core's p2p context parallelism): the K/V blocks travel around the cp ranks, cp-1 exchanges in the
+    forward (K/V + dK/dV in the backward), each under the attention block of the previous one, keeping two K/V
+    blocks in flight instead of the gathered sequence (`workloads.ring_cp`).
+
     `stage_layers`: transformer layers per pipeline stage, in order (None: balanced by simulated cost).
+    `pipeline_layout`: what each virtual stage holds, Megatron-Core's layout notation ("E|t*3|t*4|t*4|t*3,L";
+    grammar and rules in `workloads.pipeline_layout`); it sets `stage_layers` (and `vpp` under interleaved 1F1B
+    when left at 1) and where the embedding, head, loss and MTP modules run (`workloads.stage_ops.stage_units`).
     `comm_sms`: streaming multiprocessors communication kernels occupy. Schedules that overlap one chunk's
     all-to-all with another chunk's compute keep them resident for the whole step, so compute runs on the others
     (DeepSeek's trace: every GEMM launched on 112 of 132 SMs); in the others compute and communication take
     turns and compute uses every SM (see `compute_sm_fraction`).
     `vpp`: virtual stages per rank for interleaved 1F1B.
+    `etp` / `moe_dispatch`: expert tensor parallelism (each routed expert's w13 column- and w2 row-split over etp
+    ranks; ep x etp must divide dp x tp x cp) and the token dispatcher ("alltoall" or "allgather"), see
+    `workloads.moe_dispatch`.
     `overlap_grad_reduce` / `overlap_param_gather`: Megatron-Core's data-parallel options. Gradients are reduced
     in buckets of `dp_bucket_params` parameters (0: Megatron-Core's default, max(40M, 1M x dp)) as they become
     ready during the rank's last backward; the updated parameters are gathered bucket by bucket under the next
     step's forward (see `simulator.step.exposed_dp_comm`).
+    `grad_reduce_dtype`: the dtype data parallelism reduces gradients in and accumulates them in between
+    (Megatron-Core's grad_reduce_in_fp32, PyTorch FSDP's reduce_dtype): "fp32" or "bf16", None for the memory
+    recipe's gradient dtype (FP32 in DeepSeek-V3's recipe, so FP32 by default); see `workloads.zero`.
     `tp_comm_overlap`: tensor-parallel collectives decomposed into tp pieces and pipelined with the GEMM that
     consumes or produces them (Megatron-Core / Transformer Engine's userbuffers overlap, PyTorch's AsyncTP):
     all-gathers with the following column-parallel GEMM, reduce-scatters (all-reduces) with the preceding
@@ -64,6 +81,7 @@ class ParallelSpec:
     schedule: str = "1f1b"
     vpp: int = 1
     stage_layers: tuple[int, ...] | None = None
+    pipeline_layout: str | None = None  # "E|t*3|...|t*3,L": stage contents (`workloads.pipeline_layout`)
     comm_sms: int = 0
     sequence_parallel: bool = True
     tp_comm_overlap: bool = False
@@ -71,10 +89,14 @@ class ParallelSpec:
     overlap_param_gather: bool = False
     dp_bucket_params: int = 0
     reshard_after_forward: bool = True
+    grad_reduce_dtype: str | None = None  # "fp32" or "bf16"; None: the memory recipe's gradient dtype (FP32)
     order: tuple[str, ...] = ("tp", "cp", "dp", "pp")  # rank placement, innermost first (`parse_order`)
+    cp_comm: str = "all_gather"  # one of CP_COMMS
+    etp: int = 1  # expert tensor parallelism (Megatron-Core expert_tensor_parallel_size; `workloads.moe_dispatch`)
+    moe_dispatch: str = "alltoall"  # MOE_DISPATCHERS: how tokens reach the experts (`workloads.moe_dispatch`)
 
     def __post_init__(self) -> None:
-        for name in ("num_gpus", "pp", "ep", "tp", "cp", "micro_batch_size", "vpp"):
+        for name in ("num_gpus", "pp", "ep", "tp", "cp", "micro_batch_size", "vpp", "etp"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -89,10 +111,15 @@ class ParallelSpec:
                      "tp_comm_overlap"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.cp_comm not in CP_COMMS:
+            raise ValueError(f"cp_comm must be one of {', '.join(CP_COMMS)}; got {self.cp_comm!r}")
         if isinstance(self.dp_bucket_params, bool) or not isinstance(self.dp_bucket_params, int) \
                 or self.dp_bucket_params < 0:
             raise ValueError(f"dp_bucket_params must be a whole number >= 0 (0: Megatron-Core's default), "
                              f"got {self.dp_bucket_params!r}")
+        if self.grad_reduce_dtype is not None and self.grad_reduce_dtype not in GRAD_REDUCE_DTYPES:
+            raise ValueError(f"grad_reduce_dtype must be one of {', '.join(GRAD_REDUCE_DTYPES)}; "
+                             f"got {self.grad_reduce_dtype!r}")
         if self.comm_sms < 0:
             raise ValueError(f"comm_sms must be >= 0, got {self.comm_sms}")
         if self.num_gpus % (self.pp * self.tp * self.cp):
@@ -104,7 +131,14 @@ class ParallelSpec:
             raise ValueError(
                 f"ep ({self.ep}) must divide the {self.dp * self.tp * self.cp} ranks of a pipeline stage (dp x tp x cp)"
             )
+        if (self.dp * self.tp * self.cp) % (self.ep * self.etp):
+            raise ValueError(f"ep x etp ({self.ep} x {self.etp}) must divide the {self.dp * self.tp * self.cp} ranks "
+                             f"of a pipeline stage (dp x tp x cp), as Megatron-Core's expert-data-parallel rule")
+        if self.moe_dispatch not in MOE_DISPATCHERS:
+            raise ValueError(f"moe_dispatch must be one of {', '.join(MOE_DISPATCHERS)}; got {self.moe_dispatch!r}")
         object.__setattr__(self, "order", parse_order(self.order))
+        if self.pipeline_layout is not None:  # implies stage_layers, and vpp under interleaved 1F1B
+            _apply_pipeline_layout(self)
         if self.schedule in ("dualpipe", "dualpipev") and self.pp % 2:
             raise ValueError(f"pp must be even for {self.schedule}, got {self.pp}")
 
@@ -140,6 +174,15 @@ class ParallelSpec:
         return self.zero_stage == 3 and self.pp > 1 and not self.reshard_after_forward
 
     @property
+    def fsdp_deferred_reduce(self) -> bool:
+        """ZeRO-3 under pipeline parallelism, either `reshard_after_forward`: PyTorch's pipelining runs every
+        backward with gradient sync and reshard-after-backward off and reduce-scatters each stage's gradients
+        once, after the rank's last backward (its post-backward step), so the step's tail carries the whole
+        reduce-scatter and memory holds unsharded gradients. With `reshard_after_forward` the parameters are
+        still regathered whenever an instruction finds them sharded (`simulator.fsdp_pipeline`)."""
+        return self.zero_stage == 3 and self.pp > 1
+
+    @property
     def grad_dp(self) -> int:
         """Ranks that hold the same dense parameter shard and reduce its gradients (and share its ZeRO shards):
         dp x cp, since the cp ranks of a sequence hold the same parameters."""
@@ -147,8 +190,9 @@ class ParallelSpec:
 
     @property
     def expert_dp(self) -> int:
-        """Replicas of each expert shard: the stage's dp x tp x cp ranks divided into EP groups."""
-        return self.dp * self.tp * self.cp // self.ep
+        """Replicas of each expert shard: the stage's dp x tp x cp ranks divided into ep x etp expert grids
+        (Megatron-Core's expert-data-parallel size)."""
+        return self.dp * self.tp * self.cp // (self.ep * self.etp)
 
     @property
     def num_stages(self) -> int:
@@ -176,10 +220,17 @@ class ParallelSpec:
                 raise ValueError(f"ep must be 1 for a dense model ({model.name}), got {self.ep}")
         elif model.moe.n_routed_experts % self.ep:
             raise ValueError(f"ep ({self.ep}) must divide the routed experts ({model.moe.n_routed_experts})")
+        if self.etp != 1 and (model.moe is None or model.moe.expert_intermediate % self.etp):
+            raise ValueError(f"etp ({self.etp}) must be 1 for a dense model and divide an expert's intermediate "
+                             f"size otherwise ({model.name})")
         if self.num_stages > model.n_layers:
             raise ValueError(
                 f"pipeline stages ({self.num_stages}) must not exceed the model's layers ({model.n_layers})"
             )
+        if self.pipeline_layout is not None:
+            from gpuhours.workloads.pipeline_layout import check_layout_model
+
+            check_layout_model(self.pipeline_layout, model.n_layers, model.mtp_depth)
         if self.stage_layers is not None:
             if len(self.stage_layers) != self.num_stages:
                 raise ValueError(
@@ -189,6 +240,24 @@ class ParallelSpec:
                 raise ValueError(
                     f"stage_layers must be non-negative and add up to the model's {model.n_layers} layers"
                 )
+
+
+def _apply_pipeline_layout(p: ParallelSpec) -> None:
+    """Set `stage_layers` (and `vpp` left at 1 under interleaved 1F1B) from `pipeline_layout`; ValueError naming
+    `pipeline_layout` when its stage count does not match the schedule's or `stage_layers` disagrees."""
+    from gpuhours.workloads.pipeline_layout import layout_stage_layers
+
+    implied = layout_stage_layers(p.pipeline_layout)
+    if p.schedule == "interleaved-1f1b" and p.vpp == 1 and len(implied) % p.pp == 0:
+        object.__setattr__(p, "vpp", len(implied) // p.pp)
+    if len(implied) != p.num_stages:
+        raise ValueError(f"pipeline_layout has {len(implied)} stages; schedule {p.schedule} with pp={p.pp}"
+                         f"{f' and vpp={p.vpp}' if p.schedule == 'interleaved-1f1b' else ''} needs {p.num_stages} "
+                         f"(allowed: pp stages, pp x vpp for interleaved-1f1b, 2 pp for dualpipev)")
+    if p.stage_layers is not None and tuple(p.stage_layers) != implied:
+        raise ValueError(f"pipeline_layout implies stage_layers {','.join(map(str, implied))}, but stage_layers "
+                         f"{','.join(map(str, p.stage_layers))} was given; give one of them")
+    object.__setattr__(p, "stage_layers", implied)
 
 
 ORDER_AXES = ("tp", "cp", "dp", "pp")

@@ -48,8 +48,9 @@ class ParamBreakdown:
 
 
 def embedding_params(model: ModelSpec) -> int:
-    """Input embedding table: vocab x h."""
-    return model.vocab * model.hidden
+    """Input embedding table: vocab x h, plus the learned position table max_positions x h
+    (`positions = "learned"`; rotary positions have no parameters)."""
+    return model.vocab * model.hidden + model.position_params
 
 
 def head_params(model: ModelSpec) -> int:
@@ -77,9 +78,11 @@ def attention_matmul_params(model: ModelSpec) -> int:
 
 
 def attention_norm_params(model: ModelSpec) -> int:
-    """RMSNorms inside attention: MLA's q latent norm (when q is compressed) and kv latent norm; none for GQA."""
+    """Norms inside attention: MLA's q latent norm (when q is compressed) and kv latent norm; none for GQA.
+    A LayerNorm (`ModelSpec.norm`) holds a bias beside its gain: twice an RMSNorm's parameters."""
     a = model.attention
-    return a.q_lora_rank + a.kv_lora_rank if a.kind == "mla" else 0
+    per = 2 if model.norm == "layernorm" else 1
+    return per * (a.q_lora_rank + a.kv_lora_rank) if a.kind == "mla" else 0
 
 
 def attention_params(model: ModelSpec) -> int:
@@ -125,8 +128,9 @@ def moe_layer_active_params(model: ModelSpec) -> int:
 
 
 def block_norm_params(model: ModelSpec) -> int:
-    """The two pre-norms of a transformer block (attention, FFN)."""
-    return 2 * model.hidden
+    """The two pre-norms of a transformer block (attention, FFN; a parallel block keeps GPT-NeoX's two norms of
+    the same input): 2h for RMSNorm, 4h for LayerNorm (gain and bias, `ModelSpec.norm_params`)."""
+    return 2 * model.norm_params
 
 
 def layer_params(model: ModelSpec, layer_index: int) -> int:
@@ -154,7 +158,7 @@ def param_breakdown(model: ModelSpec) -> ParamBreakdown:
         "shared_experts": n_moe * m.n_shared_experts * expert if m else 0,
         "routed_experts": n_moe * m.n_routed_experts * expert if m else 0,
         "router": n_moe * router_params(model) if m else 0,
-        "norms": model.n_layers * block_norm_params(model) + model.hidden,  # + final norm
+        "norms": model.n_layers * block_norm_params(model) + model.norm_params,  # + final norm
     }
     active = dict(full, routed_experts=n_moe * m.top_k * expert if m else 0)
     mtp = mtp_params(model)
@@ -175,7 +179,7 @@ def _block_params(model: ModelSpec, moe: bool) -> int:
 
 def _mtp_extra_params(model: ModelSpec) -> int:
     """eh_proj (2h -> h) + enorm + hnorm + the norm before the shared head."""
-    return 2 * model.hidden * model.hidden + 3 * model.hidden
+    return 2 * model.hidden * model.hidden + 3 * model.norm_params
 
 
 def _require_moe(model: ModelSpec) -> None:

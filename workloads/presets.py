@@ -2,7 +2,9 @@
 
 Preset format: a `[source]` table (provenance: config file, report, published figures) and tables `[model]`,
 `[attention]`, `[moe]` (optional) whose keys are the fields of ModelSpec, AttentionSpec and MoESpec (every field
-passes through, e.g. `ffn_activation = "gelu"` in [model] for a GPT-style two-matrix FFN; default "swiglu").
+passes through, e.g. `ffn_activation = "gelu"` in [model] for a GPT-style two-matrix FFN; default "swiglu";
+the dense shape keys `norm = "layernorm"`, `parallel_block = true`, `positions = "learned"` with
+`max_positions = 2048`, `rotary_pct = 0.25`, `ffn_activation = "relu2"`, all in [model]).
 `load_model_file` also reads a Hugging Face `config.json` (see hf_config).
 """
 

@@ -32,12 +32,19 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from gpuhours.workloads.model import MoESpec
+from gpuhours.workloads.routing_loads import MeasuredLoads, load_expert_loads  # noqa: F401  (re-exported)
+from gpuhours.workloads.routing_select import (  # noqa: F401  (re-exported: tests and routing_dynamics use them)
+    _balanced_experts,
+    _drop_over_capacity,
+    _scale_by_sequence,
+    _scores,
+    _top_k,
+    _top_k_reference,
+)
 
 SKEW_KINDS = ("balanced", "uniform", "zipf", "dirichlet", "weights")
 
@@ -221,157 +228,6 @@ def popularity(config: RoutingConfig, n_experts: int) -> np.ndarray:
     return p / p.sum()
 
 
-# ----------------------------------------------------------------------------------------------- selection
-
-def _balanced_experts(moe: MoESpec, tokens: int, experts_per_rank: int) -> np.ndarray:
-    """Round-robin routing honouring the group limit: every expert gets the same rows when divisibility allows.
-
-    Visit v = t * topk_groups + j (j-th group slot of token t) goes to group v % n_groups and takes
-    n_j = ceil((top_k - j) / topk_groups) experts there, continuing that group's round-robin cursor.  Cursor
-    positions are dealt across the group's ranks first (position c -> rank c % R, local expert c // R), so the
-    picks of one visit land on different GPUs, as random routing mostly does.
-    """
-    G, tg, k, epg = moe.n_groups, moe.topk_groups, moe.top_k, moe.experts_per_group
-    tg = min(tg, k)  # a token cannot use more groups than experts
-    v = np.arange(tokens * tg, dtype=np.int64)
-    group = v % G
-    j = v % tg
-    n = (k - j + tg - 1) // tg  # picks made in this visit
-    order = np.argsort(group, kind="stable")
-    cum = np.cumsum(n[order]) - n[order]  # picks before this visit, over all groups in sorted order
-    starts = np.zeros(G, dtype=np.int64)
-    counts = np.bincount(group, weights=n, minlength=G).astype(np.int64)
-    starts[1:] = np.cumsum(counts)[:-1]
-    cursor = np.empty_like(cum)
-    cursor[order] = cum - starts[group[order]]
-    out = np.empty((tokens, k), dtype=np.int64)
-    # slot i of token t: visit j = i % tg, pick q = i // tg
-    for i in range(k):
-        jj, q = i % tg, i // tg
-        vis = np.arange(tokens, dtype=np.int64) * tg + jj
-        out[:, i] = group[vis] * epg + (cursor[vis] + q) % epg
-    R = epg // experts_per_rank if epg % experts_per_rank == 0 else 1  # ranks a group spans
-    if R > 1:
-        c = out % epg
-        out = (out - c) + (c % R) * experts_per_rank + c // R
-    return out.astype(np.int16)
-
-
-def _scale_by_sequence(x: np.ndarray, weight: np.ndarray, seq_of_token: np.ndarray, divide: bool) -> None:
-    """x[t] *= weight[seq(t)] (or /=) in place, one slice per run of equal sequence ids."""
-    op = np.divide if divide else np.multiply
-    cuts = np.flatnonzero(np.diff(seq_of_token)) + 1
-    if cuts.size > 64:  # short sequences: one gather is cheaper than many slices
-        op(x, weight[seq_of_token], out=x)
-        return
-    for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [seq_of_token.size]))):
-        op(x[a:b], weight[seq_of_token[a]], out=x[a:b])
-
-
-def _scores(moe: MoESpec, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-            seq_of_token: np.ndarray) -> None:
-    """In place: x (C, E) standard exponentials -> selection scores (gate score plus bias).
-
-    weight[s, e] = exp(log(E/k) - log(E p_e) - u[s, e]) (see the module docstring)."""
-    if moe.score_func == "sigmoid":
-        _scale_by_sequence(x, weight, seq_of_token, divide=False)
-        x += 1.0
-        np.reciprocal(x, out=x)  # sigmoid(z)
-    else:
-        np.reciprocal(x, out=x)
-        _scale_by_sequence(x, weight, seq_of_token, divide=True)  # exp(z) up to a per-token constant
-        x /= x.sum(axis=1, keepdims=True)
-    if bias is not None:
-        x += bias
-
-
-def _top_k_reference(moe: MoESpec, x: np.ndarray) -> np.ndarray:
-    """Top-k experts of each row of selection scores x (C, E), group limit honoured: the plain algorithm
-    (argmax / argpartition).  `_top_k` gives the same sets faster and falls back to this on rows with ties."""
-    C = x.shape[0]
-    k, G, tg, epg = moe.top_k, moe.n_groups, moe.topk_groups, moe.experts_per_group
-    if G > 1 and tg < G:
-        xg = x.reshape(C, G, epg)
-        best = xg.argmax(axis=2)
-        gscore = np.take_along_axis(xg, best[..., None], axis=2)[..., 0]
-        if moe.score_func == "sigmoid" and epg > 1:
-            y = xg.copy()
-            np.put_along_axis(y, best[..., None], -np.inf, axis=2)
-            gscore = gscore + y.max(axis=2)
-        keep = np.argpartition(gscore, G - tg, axis=1)[:, G - tg:]  # (C, tg) kept groups
-        cand = np.take_along_axis(xg, keep[..., None], axis=1).reshape(C, tg * epg)
-    else:
-        keep, cand = None, x
-    n = cand.shape[1]
-    pick = np.argpartition(cand, n - k, axis=1)[:, n - k:] if k < n else np.broadcast_to(np.arange(n), (C, n))
-    if keep is not None:
-        pick = np.take_along_axis(keep, pick // epg, axis=1) * epg + pick % epg
-    return pick.astype(np.int16)
-
-
-def _top_k(moe: MoESpec, x: np.ndarray) -> np.ndarray:
-    """Top-k experts of each row of x (C, E), group limit honoured: (C, k) int16 (order within a row arbitrary).
-
-    Selects by value thresholds (a value partition is several times faster than an index partition): the
-    group score is the sum of each group's two largest scores (sigmoid) or its largest (softmax); the kept
-    groups are those at or above the tg-th largest group score; the experts those of kept groups at or above
-    the k-th largest score among them.  A row with a tie at either threshold is handed to
-    `_top_k_reference`, so every row gets exactly the set the reference algorithm picks.
-    """
-    C, E = x.shape
-    k, G, tg, epg = moe.top_k, moe.n_groups, moe.topk_groups, moe.experts_per_group
-    grouped = G > 1 and tg < G
-    if (grouped and tg * epg <= k) or (not grouped and E <= k):
-        return _top_k_reference(moe, x)
-    if grouped:
-        xg = x.reshape(C, G, epg)
-        sigmoid_pair = moe.score_func == "sigmoid" and epg > 1
-        kt = min(max(k, 2) if sigmoid_pair else k, epg)  # largest scores needed from each group
-        tops = np.partition(xg, epg - kt, axis=2)[..., epg - kt:] if kt < epg else xg
-        if sigmoid_pair:
-            two = tops if kt == 2 else np.partition(tops, kt - 2, axis=2)[..., kt - 2:]
-            gscore = two[..., 1] + two[..., 0]  # the two largest, as the reference sums them
-        else:
-            gscore = tops.max(axis=2)
-        gth = np.partition(gscore, G - tg, axis=1)[:, G - tg]
-        gkeep = gscore >= gth[:, None]
-        bad = np.count_nonzero(gkeep, axis=1) != tg
-        cand = np.where(gkeep[..., None], tops, -np.inf).reshape(C, G * kt)
-        th = np.partition(cand, G * kt - k, axis=1)[:, G * kt - k]
-        sel = xg >= th[:, None, None]
-        sel &= gkeep[..., None]
-        sel = sel.reshape(C, E)
-    else:
-        th = np.partition(x, E - k, axis=1)[:, E - k]
-        sel = x >= th[:, None]
-        bad = np.zeros(C, dtype=bool)
-    bad |= np.count_nonzero(sel, axis=1) != k
-    out = np.empty((C, k), dtype=np.int16)
-    if bad.any():
-        good = ~bad
-        out[good] = (np.flatnonzero(sel[good]) % E).reshape(-1, k)
-        out[bad] = _top_k_reference(moe, x[bad])
-    else:
-        out[:] = (np.flatnonzero(sel) % E).reshape(C, k)
-    return out
-
-
-def _drop_over_capacity(experts: np.ndarray, n_experts: int, capacity_factor: float) -> tuple[np.ndarray, int]:
-    """Keep at most ceil(c * T * k / E) rows per expert, earlier tokens first; dropped entries become -1."""
-    T, k = experts.shape
-    cap = math.ceil(capacity_factor * T * k / n_experts)
-    flat = experts.reshape(-1).astype(np.int64)
-    order = np.argsort(flat, kind="stable")  # stable: token order inside each expert
-    counts = np.bincount(flat, minlength=n_experts)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    pos = np.empty_like(order)
-    pos[order] = np.arange(flat.size) - starts[flat[order]]
-    out = experts.copy().reshape(-1)
-    dropped = pos >= cap
-    out[dropped] = -1
-    return out.reshape(T, k), int(dropped.sum())
-
-
 # ----------------------------------------------------------------------------------------------- route
 
 def route(moe: MoESpec, group: EPGroup, tokens_per_rank: int, config: RoutingConfig = RoutingConfig(), *,
@@ -513,148 +369,6 @@ def _tally(experts: np.ndarray, group: EPGroup, tokens_per_rank: int, epr: int, 
                          nvlink_received=nvlink_received, bytes_per_token=bytes_per_token, dropped_rows=dropped)
 
 
-# ----------------------------------------------------------------------------------------------- balancing
-
-# DeepSeek-V3 technical report (arXiv 2412.19437), section 4.2: bias update speed 0.001 for the first 14.3T tokens.
-DEEPSEEK_V3_BIAS_UPDATE_SPEED = 0.001
-
-
-@dataclass(frozen=True)
-class BalanceStep:
-    step: int
-    imbalance: float          # max / mean rows per EP rank
-    expert_imbalance: float   # max / mean rows per expert
-    bias_min: float
-    bias_max: float
-    mean_nodes_per_token: float
-
-
-def simulate_balancing(moe: MoESpec, group: EPGroup, tokens_per_rank: int, config: RoutingConfig, steps: int,
-                       gamma: float = DEEPSEEK_V3_BIAS_UPDATE_SPEED,
-                       progress: Callable[[int, int], None] | None = None) -> list[BalanceStep]:
-    """Auxiliary-loss-free balancing under a stationary skew.
-
-    After each step (one micro-batch of the EP group standing in for the global batch):
-        bias_e += gamma * sign(mean_e(load) - load_e)
-    The popularity is fixed by config.seed; each step draws fresh per-token noise.  Stats are taken with the
-    bias in force during that step (step 0: config.bias or zeros).  `progress(done, steps)` is called after
-    each step.  Every step routes all tokens_per_rank x ep tokens against all experts (see `route`), so the
-    cost grows with tokens x experts x steps.
-    """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"simulate_balancing: steps = {steps!r}: expected an integer >= 1")
-    if not _is_number(gamma) or not gamma >= 0:
-        raise ValueError(f"simulate_balancing: gamma = {gamma!r}: expected a number >= 0")
-    if config.skew == "balanced":
-        raise ValueError("simulate_balancing: config.skew = 'balanced' has no scores to bias; "
-                         "allowed values are uniform, zipf, dirichlet, weights")
-    E = moe.n_routed_experts
-    bias = np.zeros(E) if config.bias is None else np.asarray(config.bias, dtype=float).copy()
-    out = []
-    for s in range(steps):
-        r = route(moe, group, tokens_per_rank, config, bias=bias, step=s)
-        out.append(BalanceStep(s, r.imbalance, r.expert_imbalance, float(bias.min()), float(bias.max()),
-                               r.mean_nodes_per_token))
-        load = r.expert_rows
-        bias += gamma * np.sign(load.mean() - load)
-        if progress is not None:
-            progress(s + 1, steps)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------- measured loads
-
-@dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
-class MeasuredLoads:
-    """Expert loads read from a file: array (steps, layers, experts) of rows (or fractions) per expert."""
-
-    loads: np.ndarray = field(repr=False)
-    source: str = ""
-
-    @property
-    def n_experts(self) -> int:
-        return int(self.loads.shape[2])
-
-    def rank_rows(self, ep: int) -> np.ndarray:
-        """(steps, layers, ep) rows per EP rank, experts placed contiguously."""
-        if isinstance(ep, bool) or not isinstance(ep, int) or ep < 1 or self.n_experts % ep:
-            raise ValueError(f"MeasuredLoads.rank_rows: ep = {ep!r}: must divide the {self.n_experts} experts")
-        s, l, e = self.loads.shape
-        return self.loads.reshape(s, l, ep, e // ep).sum(axis=3)
-
-    def imbalance(self, ep: int) -> np.ndarray:
-        """(steps, layers) max / mean rows per EP rank."""
-        r = self.rank_rows(ep)
-        return r.max(axis=2) / r.mean(axis=2)
-
-
-def load_expert_loads(path: str | Path) -> MeasuredLoads:
-    """Read expert loads from .npy ((layers, experts) or (steps, layers, experts)) or .csv.
-
-    CSV: one row per layer, one column per expert, numbers only; an optional header row whose columns
-    "step" and "layer" (if present) index the rows -- then rows are grouped by step (in order of appearance).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"load_expert_loads: path {str(path)!r} is not a file")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        try:
-            a = np.load(path, allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is a bad file
-            raise ValueError(f"load_expert_loads: {path.name} is not a readable .npy file ({exc})") from None
-        a = np.asarray(a, dtype=float) if a.dtype.kind in "iuf" else None
-        if a is None:
-            raise ValueError(f"load_expert_loads: {path.name}: expected a numeric array")
-    elif suffix == ".csv":
-        a = _read_csv(path)
-    else:
-        raise ValueError(f"load_expert_loads: {path.name}: allowed file types are .csv, .npy")
-    if a.ndim == 2:
-        a = a[None]
-    if a.ndim != 3 or min(a.shape) < 1:
-        raise ValueError(f"load_expert_loads: {path.name}: expected shape (layers, experts) or "
-                         f"(steps, layers, experts), got {a.shape}")
-    if not np.all(np.isfinite(a)) or np.any(a < 0):
-        raise ValueError(f"load_expert_loads: {path.name}: loads must be finite and >= 0")
-    if np.any(a.sum(axis=2) <= 0):
-        raise ValueError(f"load_expert_loads: {path.name}: a layer has zero total load")
-    return MeasuredLoads(loads=a, source=str(path))
-
-
-def _read_csv(path: Path) -> np.ndarray:
-    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-    if not lines:
-        raise ValueError(f"load_expert_loads: {path.name} is empty")
-    header = None
-    first = [c.strip() for c in lines[0].split(",")]
-    try:
-        [float(c) for c in first]
-    except ValueError:
-        header, lines = [c.lower() for c in first], lines[1:]
-    try:
-        rows = np.array([[float(c) for c in ln.split(",")] for ln in lines], dtype=float)
-    except ValueError:
-        raise ValueError(f"load_expert_loads: {path.name}: non-numeric value in the data rows") from None
-    if rows.ndim != 2 or rows.shape[0] == 0:
-        raise ValueError(f"load_expert_loads: {path.name}: expected rows of equal length")
-    if header is not None and len(header) != rows.shape[1]:
-        raise ValueError(f"load_expert_loads: {path.name}: header has {len(header)} columns, data {rows.shape[1]}")
-    step_col = header.index("step") if header and "step" in header else None
-    index_cols = [i for i, h in enumerate(header or []) if h in ("step", "layer")]
-    data = np.delete(rows, index_cols, axis=1)
-    if data.shape[1] == 0:
-        raise ValueError(f"load_expert_loads: {path.name}: no expert columns")
-    if step_col is None:
-        return data
-    steps = rows[:, step_col]
-    uniq = list(dict.fromkeys(steps.tolist()))
-    blocks = [data[steps == s] for s in uniq]
-    if len({b.shape[0] for b in blocks}) != 1:
-        raise ValueError(f"load_expert_loads: {path.name}: every step needs the same number of layers")
-    return np.stack(blocks)
-
-
 # ----------------------------------------------------------------------------------------------- simulator entry
 
 @dataclass(frozen=True, eq=False)  # holds arrays: compared by identity
@@ -743,3 +457,16 @@ def _rank_loads(rows: np.ndarray, r: RoutingResult, routing: str) -> RankLoads:
     return RankLoads(rows_per_rank=rows, imbalance=_max_over_mean(rows),
                      mean_nodes_per_token=r.mean_nodes_per_token, max_nodes_per_token=r.max_nodes_per_token,
                      routing=routing)
+
+
+# The balancing dynamics over steps live in routing_dynamics (which builds on route() above); their public names
+# stay importable from here, resolved on first use so that neither module needs the other half-built.
+_DYNAMICS_NAMES = ("DEEPSEEK_V3_BIAS_UPDATE_SPEED", "BalanceStep", "simulate_balancing")
+
+
+def __getattr__(name: str):
+    if name in _DYNAMICS_NAMES:
+        from gpuhours.workloads import routing_dynamics
+
+        return getattr(routing_dynamics, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

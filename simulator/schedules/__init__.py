@@ -2,7 +2,8 @@
 
 Names and constraints (each violation is a one-line ValueError):
 - ``1f1b``: any ``num_microbatches >= 1`` (closed-form bubble ``(pp-1)(f+b)``);
-- ``interleaved-1f1b``: ``vpp >= 1`` chunks per rank, ``num_microbatches`` a multiple of ``pp``;
+- ``interleaved-1f1b``: ``vpp >= 1`` chunks per rank, any ``num_microbatches >= pp`` (groups of micro-batches as
+  Megatron-Core's ``microbatch_group_size_per_vp_stage``, see ``interleaved``);
 - ``zb1p``: any ``num_microbatches >= 1`` (closed form promised for ``>= pp``);
 - ``dualpipe``: ``pp`` even, ``num_microbatches`` even and ``>= 2 pp``;
 - ``dualpipev``: ``pp`` devices, ``2 pp`` stages, ``num_microbatches >= 2 pp``.

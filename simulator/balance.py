@@ -1,0 +1,237 @@
+"""Pipeline stage balancing: layers per stage by simulated time, then by memory where time alone does not fit.
+
+`partition_layers` (dynamic programming over contiguous runs) and `rebalance_for_ranks` (hill climbing on the
+busiest rank's load) give the time-balanced split; `fit_memory` moves layers off the ranks over the GPU's memory
+when another split of nearly the same time fits (`MEMORY_TIME_SLACK`); `split_memory` is the busiest rank's memory
+of a split by `workloads.memory`'s formulas (the sum `memory_breakdown` reports).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from gpuhours.workloads.parallel import ParallelSpec
+
+# Assumption: a split up to 5% slower (busiest rank's simulated load) than the time-balanced one still counts as
+# "similar time". Past that, a layout that does not fit is the planner's problem (more stages, recomputation,
+# ZeRO), not a balancing choice, so the time-balanced split is kept and the memory report says it does not fit.
+MEMORY_TIME_SLACK = 0.05
+
+
+def partition_layers(layer_cost: list[float], num_stages: int, first_extra: float = 0.0,
+                     last_extra: float = 0.0) -> tuple[int, ...]:
+    """Split layers into `num_stages` contiguous, non-empty runs minimising the largest stage cost.
+
+    The first stage also pays `first_extra` and the last `last_extra`; a stage with such extra work may hold no
+    layer at all (a last stage of just the head and MTP), every other stage holds at least one.
+    O(stages x layers^2) dynamic programming (one array operation per stage); ties go to the earliest split, so equal layers give the balanced
+    split with remainders toward the front.
+    """
+    n = len(layer_cost)
+    if not 1 <= num_stages <= n:
+        raise ValueError(f"stages ({num_stages}) must be between 1 and the number of layers ({n})")
+    min_layers = _min_layers(num_stages, first_extra, last_extra)
+    prefix = [0.0]
+    for c in layer_cost:
+        prefix.append(prefix[-1] + c)
+
+    # best[s][j]: the least largest stage cost of layers 0..j-1 on stages 0..s-1; cut[s][j] the first layer of
+    # stage s-1 in that split. Each row is one (j, i) array: stage s-1 holds layers i..j-1.
+    inf = float("inf")
+    pre = np.array(prefix)
+    j_idx, i_idx = np.arange(n + 1)[:, None], np.arange(n + 1)[None, :]
+    best = np.full((num_stages + 1, n + 1), inf)
+    cut = np.zeros((num_stages + 1, n + 1), dtype=int)
+    best[0, 0] = 0.0
+    for s in range(1, num_stages + 1):
+        extra = (first_extra if s == 1 else 0.0) + (last_extra if s == num_stages else 0.0)
+        value = np.maximum(best[s - 1][None, :], pre[:, None] - pre[None, :] + extra)
+        value[i_idx > j_idx - min_layers[s - 1]] = inf
+        low = value.min(axis=1)
+        # ties go to the earliest split: the first i within rounding (1e-12 of the total) of the minimum
+        tie = value <= (low + 1e-12 * max(pre[-1], 1e-300))[:, None]
+        best[s] = low
+        cut[s] = np.where(np.isfinite(low), tie.argmax(axis=1), 0)
+    if best[num_stages][n] == inf:
+        raise ValueError(f"cannot split {n} layers into {num_stages} stages")
+    sizes, j = [], n
+    for s in range(num_stages, 0, -1):
+        i = cut[s][j]
+        sizes.append(j - i)
+        j = i
+    return tuple(reversed(sizes))
+
+
+def stage_ranks(parallel: ParallelSpec) -> tuple[tuple[int, ...], ...]:
+    """The ranks that hold each stage: rank s (1F1B, ZB1P), s mod pp (interleaved), s and pp-1-s (DualPipe),
+    the V of DualPipeV (s for s < pp, 2pp-1-s after)."""
+    pp, n = parallel.pp, parallel.num_stages
+    if parallel.schedule == "dualpipe":
+        return tuple((s, pp - 1 - s) for s in range(n))
+    if parallel.schedule == "dualpipev":
+        return tuple((s if s < pp else 2 * pp - 1 - s,) for s in range(n))
+    return tuple((s % pp,) for s in range(n))
+
+
+def _min_layers(num_stages: int, first_extra: float, last_extra: float) -> list[int]:
+    """Layers each stage must hold: one, except an end stage that already carries embedding or head work."""
+    mins = [1] * num_stages
+    if num_stages > 1:
+        mins[0] = 0 if first_extra > 0 else 1
+        mins[-1] = 0 if last_extra > 0 else 1
+    return mins
+
+
+def rebalance_for_ranks(sizes: tuple[int, ...], layer_cost: list[float], holders: tuple[tuple[int, ...], ...],
+                        first_extra: float = 0.0, last_extra: float = 0.0) -> tuple[int, ...]:
+    """Move one layer at a time from one stage to another while that lowers the busiest rank's load.
+
+    A rank's load is the sum of the costs of the stages it holds (DualPipe's rank r holds stages r and PP-1-r,
+    so balancing stages alone leaves rank 0, with the embedding and the head, the busiest). Stages stay
+    contiguous: only their sizes change. Hill climbing on (max rank load, max stage cost); every stage keeps the
+    layers `partition_layers` requires of it.
+    """
+    score = time_scorer(layer_cost, holders, first_extra, last_extra)
+    mins = _min_layers(len(sizes), first_extra, last_extra)
+    best, best_score = tuple(sizes), score(tuple(sizes))
+    improved = True
+    while improved:
+        improved = False
+        for a in range(len(best)):
+            for b in range(len(best)):
+                if a == b or best[a] == mins[a]:
+                    continue
+                sz = list(best)
+                sz[a] -= 1
+                sz[b] += 1
+                sc = score(tuple(sz))
+                if sc < best_score:
+                    best, best_score, improved = tuple(sz), sc, True
+    return best
+
+
+def _moves(sizes: tuple[int, ...], mins: list[int]):
+    """Every split one layer away from `sizes` (a layer taken from stage a, given to stage b), a then b ascending."""
+    for a in range(len(sizes)):
+        for b in range(len(sizes)):
+            if a == b or sizes[a] == mins[a]:
+                continue
+            sz = list(sizes)
+            sz[a] -= 1
+            sz[b] += 1
+            yield tuple(sz)
+
+
+def time_scorer(layer_cost: list[float], holders: tuple[tuple[int, ...], ...], first_extra: float = 0.0,
+                last_extra: float = 0.0):
+    """score(sizes) -> (busiest rank's load, most expensive stage), both over the total cost and rounded to 1e-9
+    so that sums of equal layers grouped differently tie exactly. A rank's load is the sum of its stages' costs
+    (`holders[s]`: the ranks holding stage s); stage costs are memoised per run of layers."""
+    num_ranks = 1 + max(r for rs in holders for r in rs)
+    scale = sum(layer_cost) + first_extra + last_extra or 1.0
+    run_sums: dict[tuple[int, int], float] = {}
+
+    def run_sum(start: int, n: int) -> float:
+        key = (start, n)
+        if key not in run_sums:
+            run_sums[key] = sum(layer_cost[start:start + n])
+        return run_sums[key]
+
+    def score(sz: tuple[int, ...]) -> tuple[float, float]:
+        stage_cost, start = [], 0
+        for s, n in enumerate(sz):
+            c = run_sum(start, n) + (first_extra if s == 0 else 0.0)
+            c += last_extra if s == len(sz) - 1 else 0.0
+            stage_cost.append(c)
+            start += n
+        load = [0.0] * num_ranks
+        for s, c in enumerate(stage_cost):
+            for r in holders[s]:
+                load[r] += c
+        return round(max(load) / scale, 9), round(max(stage_cost) / scale, 9)
+
+    return score
+
+
+def fit_memory(sizes: tuple[int, ...], layer_cost: list[float], holders: tuple[tuple[int, ...], ...],
+               memory: Callable[[tuple[int, ...]], tuple[float, ...]], capacity: float, first_extra: float = 0.0,
+               last_extra: float = 0.0, slack: float = MEMORY_TIME_SLACK) -> tuple[int, ...]:
+    """A split that fits in `capacity` bytes, if the time-balanced `sizes` do not and one of similar time does.
+
+    Rule: keep `sizes` when every rank's memory (`memory(split)`: bytes per rank) is within `capacity`.
+    Otherwise look for a fitting split one layer move at a time (stages stay contiguous and keep the layers
+    `partition_layers` requires). A split's slowdown is the larger of its busiest rank's load and its most
+    expensive stage over those of `sizes` (`time_scorer`; the rank load alone would let a DualPipe rank swap a
+    layer between its two stages and lengthen the pipeline's slowest stage). First, while some rank is over,
+    take the move that most lowers (busiest rank's memory over capacity, slowdown), among the moves of a layer
+    off a stage of a rank that is over (a rank's memory depends only on the stages it holds); then, while some
+    move lowers the slowdown and still fits, take the one lowering it most. Return that split when it fits with
+    a slowdown of at most 1 + `slack`; else return `sizes` (no split of similar time fits: the layout, not the
+    balance, must change)."""
+    sizes = tuple(sizes)
+    seen: dict[tuple[int, ...], tuple[float, ...]] = {}
+
+    def per_rank(sz: tuple[int, ...]) -> tuple[float, ...]:
+        if sz not in seen:
+            seen[sz] = tuple(memory(sz))
+        return seen[sz]
+
+    def over(sz: tuple[int, ...]) -> float:
+        return max(0.0, max(per_rank(sz)) - capacity)
+
+    if over(sizes) == 0:
+        return sizes
+    score = time_scorer(layer_cost, holders, first_extra, last_extra)
+    base = score(sizes)
+
+    def slowdown(sz: tuple[int, ...]) -> tuple[float, tuple[float, float]]:
+        sc = score(sz)
+        return round(max(sc[0] / base[0] if base[0] else 1.0, sc[1] / base[1] if base[1] else 1.0), 9), sc
+
+    mins = _min_layers(len(sizes), first_extra, last_extra)
+    best, best_key = sizes, (over(sizes), slowdown(sizes))
+    while best_key[0] > 0:  # phase 1: get under the capacity
+        full = {r for r, b in enumerate(per_rank(best)) if b > capacity}
+        donors = {s for s, rs in enumerate(holders) if full & set(rs)}
+        options = [(over(sz), slowdown(sz), sz) for sz in _moves(best, mins)
+                   if any(a in donors and sz[a] < best[a] for a in range(len(sz)))]
+        if not options or min(o[:2] for o in options) >= best_key:
+            return sizes
+        o, key, best = min(options, key=lambda x: x[:2])
+        best_key = (o, key)
+    improved = True
+    while improved:  # phase 2: the fastest fitting split nearby
+        improved = False
+        for key, sz in sorted((slowdown(sz), sz) for sz in _moves(best, mins)):
+            if key >= best_key[1]:
+                break
+            if over(sz) == 0:
+                best, best_key, improved = sz, (0.0, key), True
+                break
+    return best if best_key[1][0] <= 1 + slack else sizes
+
+
+def split_memory(model, p: ParallelSpec, seq_len: int, stage_layers: tuple[int, ...], recipe, opts,
+                 num_microbatches: int | None = None) -> tuple[float, ...]:
+    """Per-rank memory (bytes: state, peak in-flight activations, context-parallel K/V buffer and headroom) of
+    `stage_layers`, summed as `workloads.memory.memory_breakdown` does, at `num_microbatches` (default 2 pp: past
+    every schedule's warm-up, so in-flight activations have reached their peak)."""
+    from gpuhours.simulator.schedules import build_schedule
+    from gpuhours.simulator.step import _stages_per_rank, rank_params
+    from gpuhours.workloads.memory import (chunk_bytes, cp_gathered_kv_bytes, gathered_params, peak_in_flight,
+                                           rank_state_bytes)
+
+    m = num_microbatches or 2 * p.pp
+    schedule = build_schedule(p.schedule, p.pp, m, vpp=p.vpp)
+    per_stage = chunk_bytes(model, p, seq_len, stage_layers, recipe, opts.fp8, opts.recompute, opts.kept_imbalance)
+    act, _ = peak_in_flight(schedule, per_stage)
+    kv = cp_gathered_kv_bytes(model, p, seq_len)
+    out = []
+    for rank, stages in enumerate(_stages_per_rank(schedule)):
+        dense, expert = rank_params(model, p, stage_layers, stages)
+        state = rank_state_bytes(dense, expert, p, recipe, gathered_params(model, p, stage_layers, stages))
+        allocated = sum(state.values()) + act[rank] + kv
+        out.append(allocated + recipe.reserved_bytes + recipe.fragmentation * allocated)
+    return tuple(out)

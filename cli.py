@@ -33,7 +33,8 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
               routing=None, redundant_experts=0, stage_layers=None, recompute=None, overlap_grad_reduce=None,
               overlap_param_gather=None, zero_stage=None, cp=None, attention_kernel=None, tp_comm_overlap=None,
               order=None, capacity_factor=None, tiers=None, etp=None, moe_dispatch=None, max_nodes_per_token=None,
-              grad_reduce_dtype=None, ramp_micro_batch_size=None, cp_comm=None, pipeline_layout=None):
+              grad_reduce_dtype=None, ramp_micro_batch_size=None, cp_comm=None, pipeline_layout=None,
+              sequence_parallel=None, reshard_after_forward=None, dp_bucket_params=None):
     from gpuhours.simulator.scenario import load_scenario
     from gpuhours.workloads.ops import RECOMPUTE_POLICIES
 
@@ -61,7 +62,9 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
                          tp_comm_overlap=tp_comm_overlap, order=order, capacity_factor=capacity_factor,
                          tiers=tiers, etp=etp, moe_dispatch=moe_dispatch, max_nodes_per_token=max_nodes_per_token,
                          grad_reduce_dtype=grad_reduce_dtype, ramp_micro_batch_size=ramp_micro_batch_size,
-                         cp_comm=cp_comm, pipeline_layout=pipeline_layout)
+                         cp_comm=cp_comm, pipeline_layout=pipeline_layout,
+                         sequence_parallel=sequence_parallel, reshard_after_forward=reshard_after_forward,
+                         dp_bucket_params=dp_bucket_params)
 
 
 @app.command()
@@ -100,6 +103,9 @@ def estimate(
     stage_layers: Optional[str] = SCENARIO_OPTIONS["stage_layers"],
     pipeline_layout: Optional[str] = SCENARIO_OPTIONS["pipeline_layout"],
     recompute: Optional[str] = SCENARIO_OPTIONS["recompute"],
+    sequence_parallel: Optional[bool] = SCENARIO_OPTIONS["sequence_parallel"],
+    reshard_after_forward: Optional[bool] = SCENARIO_OPTIONS["reshard_after_forward"],
+    dp_bucket_params: Optional[int] = SCENARIO_OPTIONS["dp_bucket_params"],
     overlap_grad_reduce: Optional[bool] = SCENARIO_OPTIONS["overlap_grad_reduce"],
     overlap_param_gather: Optional[bool] = SCENARIO_OPTIONS["overlap_param_gather"],
     zero_stage: Optional[int] = SCENARIO_OPTIONS["zero_stage"],
@@ -169,7 +175,8 @@ def estimate(
                              capacity_factor, tiers, etp=etp, moe_dispatch=moe_dispatch,
                              max_nodes_per_token=max_nodes_per_token, grad_reduce_dtype=grad_reduce_dtype,
                              ramp_micro_batch_size=ramp_micro_batch_size, cp_comm=cp_comm,
-                             pipeline_layout=pipeline_layout)
+                             pipeline_layout=pipeline_layout, sequence_parallel=sequence_parallel,
+                             reshard_after_forward=reshard_after_forward, dp_bucket_params=dp_bucket_params)
         result = run_estimate(scenario)
         from gpuhours.simulator.micro_batch_ramp import run_memory
         memory = run_memory(scenario, result)  # every micro-batch size the run uses must fit
@@ -420,6 +427,9 @@ def step(
     cluster: Optional[str] = SCENARIO_OPTIONS["cluster"],
     routing: Optional[str] = SCENARIO_OPTIONS["routing"],
     recompute: Optional[str] = SCENARIO_OPTIONS["recompute"],
+    sequence_parallel: Optional[bool] = SCENARIO_OPTIONS["sequence_parallel"],
+    reshard_after_forward: Optional[bool] = SCENARIO_OPTIONS["reshard_after_forward"],
+    dp_bucket_params: Optional[int] = SCENARIO_OPTIONS["dp_bucket_params"],
     overlap_grad_reduce: Optional[bool] = SCENARIO_OPTIONS["overlap_grad_reduce"],
     overlap_param_gather: Optional[bool] = SCENARIO_OPTIONS["overlap_param_gather"],
     zero_stage: Optional[int] = SCENARIO_OPTIONS["zero_stage"],
@@ -465,7 +475,8 @@ def step(
                              attention_kernel=attention_kernel, tp_comm_overlap=tp_comm_overlap, order=order,
                              etp=etp, moe_dispatch=moe_dispatch, max_nodes_per_token=max_nodes_per_token,
                              grad_reduce_dtype=grad_reduce_dtype, cp_comm=cp_comm,
-                             pipeline_layout=pipeline_layout)
+                             pipeline_layout=pipeline_layout, sequence_parallel=sequence_parallel,
+                             reshard_after_forward=reshard_after_forward, dp_bucket_params=dp_bucket_params)
         m = microbatches or microbatches_for(scenario.plan.batch.end, scenario.parallel)[0]
         result = scenario.simulator().step(m, detail=gantt is not None or trace is not None)
     data = step_dict(result)

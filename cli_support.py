@@ -201,6 +201,16 @@ SCENARIO_OPTIONS = dict(
     tp_comm_overlap=typer.Option(None, "--tp-comm-overlap/--no-tp-comm-overlap",
                                  help="Pipeline tensor-parallel collectives with their GEMMs (Megatron "
                                       "tp_comm_overlap, PyTorch AsyncTP)"),
+    sequence_parallel=typer.Option(None, "--sequence-parallel/--no-sequence-parallel",
+                                   help="Tensor parallelism with sequence parallelism (norms and element-wise work "
+                                        "on 1/tp of the sequence, all-gather / reduce-scatter around each block) "
+                                        "or without (all-reduce after each block; the default is on)"),
+    reshard_after_forward=typer.Option(None, "--reshard-after-forward/--no-reshard-after-forward",
+                                       help="FSDP (--zero-stage 3): free the gathered parameters after the forward "
+                                            "and gather them again for the backward (default on)"),
+    dp_bucket_params=typer.Option(None, "--dp-bucket-params", help="Parameters per data-parallel bucket with "
+                                                                   "--overlap-grad-reduce / --overlap-param-gather "
+                                                                   "(0: Megatron-Core's default, max(40M, 1M x dp))"),
     overlap_grad_reduce=typer.Option(None, "--overlap-grad-reduce/--no-overlap-grad-reduce",
                                      help="Reduce gradients in buckets during the last backward (Megatron-Core)"),
     overlap_param_gather=typer.Option(None, "--overlap-param-gather/--no-overlap-param-gather",

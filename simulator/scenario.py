@@ -211,7 +211,8 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
                   tiers: int | None = None, grad_reduce_dtype: str | None = None,
                   ramp_micro_batch_size=None, etp: int | None = None, moe_dispatch: str | None = None,
                   max_nodes_per_token: int | None = None, cp_comm: str | None = None,
-                  pipeline_layout: str | None = None) -> Scenario:
+                  pipeline_layout: str | None = None, sequence_parallel: bool | None = None,
+                  reshard_after_forward: bool | None = None, dp_bucket_params: int | None = None) -> Scenario:
     """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field (a missing plan
     key too: "plan 'p.toml': missing key 'gpus'").
 
@@ -258,7 +259,8 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
         tp=tp if tp is not None else par.get("tp", 1),
         cp=cp if cp is not None else par.get("cp", 1),
         zero_stage=zero_stage if zero_stage is not None else par.get("zero_stage", 1),
-        reshard_after_forward=par.get("reshard_after_forward", True),
+        reshard_after_forward=par.get("reshard_after_forward", True) if reshard_after_forward is None
+        else reshard_after_forward,
         grad_reduce_dtype=grad_reduce_dtype or par.get("grad_reduce_dtype", ParallelSpec.grad_reduce_dtype),
         micro_batch_size=micro_batch_size if micro_batch_size is not None else par.get("micro_batch_size", 1),
         schedule=schedule or par["schedule"],
@@ -271,9 +273,10 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
         else overlap_grad_reduce,
         overlap_param_gather=par.get("overlap_param_gather", False) if overlap_param_gather is None
         else overlap_param_gather,
-        dp_bucket_params=par.get("dp_bucket_params", 0),
+        dp_bucket_params=par.get("dp_bucket_params", 0) if dp_bucket_params is None else dp_bucket_params,
         tp_comm_overlap=par.get("tp_comm_overlap", False) if tp_comm_overlap is None else tp_comm_overlap,
-        sequence_parallel=par.get("sequence_parallel", ParallelSpec.sequence_parallel),
+        sequence_parallel=par.get("sequence_parallel", ParallelSpec.sequence_parallel) if sequence_parallel is None
+        else sequence_parallel,
         order=order if order is not None else par.get("order", ParallelSpec.order),
         etp=etp if etp is not None else par.get("etp", 1),
         moe_dispatch=moe_dispatch if moe_dispatch is not None else par.get("moe_dispatch", "alltoall"),

@@ -23,6 +23,7 @@ flat all-to-all, and DeepEP's hierarchical EP all-to-all (see ``ep_all_to_all``)
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -98,7 +99,13 @@ class GraphNetwork:
         self.spec: FabricSpec | None = graph.graph.get("spec")
         self.concurrent = concurrent
         self.cross_rail = cross_rail
-        self._index_graph()
+        was_enabled = gc.isenabled()
+        gc.disable()  # the index allocates ~10^5 tuples and no cycles: collector passes would double its time
+        try:
+            self._index_graph()
+        finally:
+            if was_enabled:
+                gc.enable()
         self._routes: dict[tuple[int, int], Route] = {}
         self._fabric_routes: dict[tuple, tuple[list, list, float] | None] = {}
         self._next_hops: dict[tuple, dict] = {}

@@ -36,12 +36,15 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
               grad_reduce_dtype=None, ramp_micro_batch_size=None, cp_comm=None, pipeline_layout=None,
               sequence_parallel=None, reshard_after_forward=None, dp_bucket_params=None):
     from gpuhours.simulator.scenario import load_scenario
-    from gpuhours.workloads.ops import RECOMPUTE_POLICIES
+    from gpuhours.workloads.ops import recompute_policy
 
     if precision is not None and precision not in ("fp8", "bf16"):
         raise UsageError(f"precision must be fp8 or bf16, got {precision!r}")
-    if recompute is not None and recompute not in RECOMPUTE_POLICIES:
-        raise UsageError(f"recompute must be one of {', '.join(RECOMPUTE_POLICIES)}, got {recompute!r}")
+    if recompute is not None:  # names, selective:<modules>, full:N (workloads.recompute)
+        try:
+            recompute = recompute_policy(recompute)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     if zero_stage is not None and zero_stage not in (0, 1, 2, 3):
         raise UsageError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage!r}")
     if stage_layers is not None:

@@ -194,7 +194,11 @@ SCENARIO_OPTIONS = dict(
                                       "t layer, m MTP module, L head and loss, '|' between stages, x*n and (...)*n "
                                       "repeats, e.g. 'E|t*3|t*4|t*4|t*3,L' (sets the layers per stage)"),
     recompute=typer.Option(None, "--recompute", help="Activation recomputation: none, deepseek (RMSNorm and MLA "
-                                                      "up-projections), selective (attention core), full (whole layer)"),
+                                                      "up-projections), selective (attention core), full (whole layer), "
+                                                      "full:N (first N layers of every pipeline stage), or "
+                                                      "selective:<modules> from core_attn, layernorm, mla_up_proj, "
+                                                      "mlp, moe_act, moe, shared_experts (e.g. "
+                                                      "selective:core_attn,layernorm)"),
     cp_comm=typer.Option(None, "--cp-comm", help="Context-parallel K/V exchange: all_gather (default; gathered "
                                                    "before the attention core) or ring (ring attention: P2P K/V "
                                                    "blocks under the core's blocks)"),

@@ -21,13 +21,17 @@ MEMORY_TIME_SLACK = 0.05
 
 
 def partition_layers(layer_cost: list[float], num_stages: int, first_extra: float = 0.0,
-                     last_extra: float = 0.0) -> tuple[int, ...]:
+                     last_extra: float = 0.0, *, head_cost: list[float] | None = None,
+                     head_layers: int = 0) -> tuple[int, ...]:
     """Split layers into `num_stages` contiguous, non-empty runs minimising the largest stage cost.
 
     The first stage also pays `first_extra` and the last `last_extra`; a stage with such extra work may hold no
     layer at all (a last stage of just the head and MTP), every other stage holds at least one.
     O(stages x layers^2) dynamic programming (one array operation per stage); ties go to the earliest split, so equal layers give the balanced
     split with remainders toward the front.
+    `head_cost[i]`: what layer i costs more when it is among the first `head_layers` layers of its stage ("full:N"
+    recomputation, `workloads.recompute`: those layers run their forward again), so a stage of layers i..j-1 costs
+    sum(layer_cost[i:j]) + sum(head_cost[i:min(i + head_layers, j)]).
     """
     n = len(layer_cost)
     if not 1 <= num_stages <= n:
@@ -42,12 +46,14 @@ def partition_layers(layer_cost: list[float], num_stages: int, first_extra: floa
     inf = float("inf")
     pre = np.array(prefix)
     j_idx, i_idx = np.arange(n + 1)[:, None], np.arange(n + 1)[None, :]
+    head = _head_prefix(head_cost, n)
+    head_extra = head[np.minimum(i_idx + head_layers, j_idx).clip(min=0)] - head[i_idx] if head_layers else 0.0
     best = np.full((num_stages + 1, n + 1), inf)
     cut = np.zeros((num_stages + 1, n + 1), dtype=int)
     best[0, 0] = 0.0
     for s in range(1, num_stages + 1):
         extra = (first_extra if s == 1 else 0.0) + (last_extra if s == num_stages else 0.0)
-        value = np.maximum(best[s - 1][None, :], pre[:, None] - pre[None, :] + extra)
+        value = np.maximum(best[s - 1][None, :], pre[:, None] - pre[None, :] + head_extra + extra)
         value[i_idx > j_idx - min_layers[s - 1]] = inf
         low = value.min(axis=1)
         # ties go to the earliest split: the first i within rounding (1e-12 of the total) of the minimum
@@ -62,6 +68,11 @@ def partition_layers(layer_cost: list[float], num_stages: int, first_extra: floa
         sizes.append(j - i)
         j = i
     return tuple(reversed(sizes))
+
+
+def _head_prefix(head_cost: list[float] | None, n: int) -> np.ndarray:
+    """Prefix sums of `head_cost` (zeros without one), n + 1 entries."""
+    return np.concatenate(([0.0], np.cumsum(np.asarray(head_cost if head_cost is not None else [0.0] * n, float))))
 
 
 def stage_ranks(parallel: ParallelSpec) -> tuple[tuple[int, ...], ...]:
@@ -85,15 +96,16 @@ def _min_layers(num_stages: int, first_extra: float, last_extra: float) -> list[
 
 
 def rebalance_for_ranks(sizes: tuple[int, ...], layer_cost: list[float], holders: tuple[tuple[int, ...], ...],
-                        first_extra: float = 0.0, last_extra: float = 0.0) -> tuple[int, ...]:
+                        first_extra: float = 0.0, last_extra: float = 0.0, *, head_cost: list[float] | None = None,
+                        head_layers: int = 0) -> tuple[int, ...]:
     """Move one layer at a time from one stage to another while that lowers the busiest rank's load.
 
     A rank's load is the sum of the costs of the stages it holds (DualPipe's rank r holds stages r and PP-1-r,
     so balancing stages alone leaves rank 0, with the embedding and the head, the busiest). Stages stay
     contiguous: only their sizes change. Hill climbing on (max rank load, max stage cost); every stage keeps the
-    layers `partition_layers` requires of it.
+    layers `partition_layers` requires of it (`head_cost`, `head_layers`: as there).
     """
-    score = time_scorer(layer_cost, holders, first_extra, last_extra)
+    score = time_scorer(layer_cost, holders, first_extra, last_extra, head_cost=head_cost, head_layers=head_layers)
     mins = _min_layers(len(sizes), first_extra, last_extra)
     best, best_score = tuple(sizes), score(tuple(sizes))
     improved = True
@@ -125,18 +137,21 @@ def _moves(sizes: tuple[int, ...], mins: list[int]):
 
 
 def time_scorer(layer_cost: list[float], holders: tuple[tuple[int, ...], ...], first_extra: float = 0.0,
-                last_extra: float = 0.0):
+                last_extra: float = 0.0, *, head_cost: list[float] | None = None, head_layers: int = 0):
     """score(sizes) -> (busiest rank's load, most expensive stage), both over the total cost and rounded to 1e-9
     so that sums of equal layers grouped differently tie exactly. A rank's load is the sum of its stages' costs
-    (`holders[s]`: the ranks holding stage s); stage costs are memoised per run of layers."""
+    (`holders[s]`: the ranks holding stage s); stage costs are memoised per run of layers. A run's first
+    `head_layers` layers also cost their `head_cost` (`partition_layers`)."""
     num_ranks = 1 + max(r for rs in holders for r in rs)
     scale = sum(layer_cost) + first_extra + last_extra or 1.0
+    head = _head_prefix(head_cost, len(layer_cost))
     run_sums: dict[tuple[int, int], float] = {}
 
     def run_sum(start: int, n: int) -> float:
         key = (start, n)
         if key not in run_sums:
-            run_sums[key] = sum(layer_cost[start:start + n])
+            run_sums[key] = sum(layer_cost[start:start + n]) + (
+                float(head[start + min(n, head_layers)] - head[start]) if head_layers else 0.0)
         return run_sums[key]
 
     def score(sz: tuple[int, ...]) -> tuple[float, float]:
@@ -157,7 +172,8 @@ def time_scorer(layer_cost: list[float], holders: tuple[tuple[int, ...], ...], f
 
 def fit_memory(sizes: tuple[int, ...], layer_cost: list[float], holders: tuple[tuple[int, ...], ...],
                memory: Callable[[tuple[int, ...]], tuple[float, ...]], capacity: float, first_extra: float = 0.0,
-               last_extra: float = 0.0, slack: float = MEMORY_TIME_SLACK) -> tuple[int, ...]:
+               last_extra: float = 0.0, slack: float = MEMORY_TIME_SLACK, *, head_cost: list[float] | None = None,
+               head_layers: int = 0) -> tuple[int, ...]:
     """A split that fits in `capacity` bytes, if the time-balanced `sizes` do not and one of similar time does.
 
     Rule: keep `sizes` when every rank's memory (`memory(split)`: bytes per rank) is within `capacity`.
@@ -183,7 +199,7 @@ def fit_memory(sizes: tuple[int, ...], layer_cost: list[float], holders: tuple[t
 
     if over(sizes) == 0:
         return sizes
-    score = time_scorer(layer_cost, holders, first_extra, last_extra)
+    score = time_scorer(layer_cost, holders, first_extra, last_extra, head_cost=head_cost, head_layers=head_layers)
     base = score(sizes)
 
     def slowdown(sz: tuple[int, ...]) -> tuple[float, tuple[float, float]]:

@@ -142,6 +142,21 @@ def _memory_totals(sc: Scenario, m: int, stop_early: bool = True) -> tuple[float
 
 
 # -- the cheap score -----------------------------------------------------------------------------------------------
+def _recompute_factor(policy: str, fl, stages: int, layers: int) -> float:
+    """Compute over compute without recomputation, roughly (ranking only): the named policies as before; "full:N"
+    adds a forward (1/3 of F+B+W) for the share of layers recomputed; a module list adds the core's share when it
+    has core_attn, and the norms' 2% otherwise (as "deepseek")."""
+    from gpuhours.workloads.recompute import full_layers, modules
+
+    named = {"none": 1.0, "deepseek": 1.02, "selective": 1 + fl.attention_core / fl.forward / 3, "full": 4 / 3}
+    if policy in named:
+        return named[policy]
+    n = full_layers(policy)
+    if n is not None:
+        return 1 + min(1.0, n * stages / layers) / 3
+    return 1.02 + (fl.attention_core / fl.forward / 3 if "core_attn" in modules(policy) else 0.0)
+
+
 def cheap_score(sc: Scenario, m: int) -> float:
     """Seconds per step, roughly: compute at 45% of BF16 peak with the recompute factor and the schedule's bubble,
     plus exposed TP collectives (30% of them under tp_comm_overlap), EP all-to-all leaving the node (10% under
@@ -150,8 +165,7 @@ def cheap_score(sc: Scenario, m: int) -> float:
     model, p, cl = sc.model, sc.parallel, sc.cluster
     fl = flops_per_token(model, sc.plan.seq_len)
     seqs = m * p.micro_batch_size * p.dp
-    recompute = {"none": 1.0, "deepseek": 1.02, "selective": 1 + fl.attention_core / fl.forward / 3,
-                 "full": 4 / 3}[sc.opts.recompute]
+    recompute = _recompute_factor(sc.opts.recompute, fl, p.num_stages, model.n_layers)
     peak = p.num_gpus * cl.gpu.peak_flops("bf16") * 0.45
     compute = fl.training_per_token * seqs * sc.plan.seq_len * recompute / peak
     compute *= 1 + _BUBBLE[p.schedule](p.pp, m)

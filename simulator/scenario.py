@@ -139,12 +139,14 @@ PLAN_TYPES = {
                  "cp_comm": str, "pipeline_layout": str},
     "run": {"tokens": _COUNT, "seq_len": int, "batch_start": int, "batch_end": int, "ramp_tokens": _COUNT,
             "price_per_gpu_hour": _NUMBER, "ramp_micro_batch_size": list},
-    "numerics": {"fp8": bool, "recompute": (str, bool), "attention_kernel": str, "capacity_factor": _NUMBER},
+    "numerics": {"fp8": bool, "recompute": (str, bool, list), "attention_kernel": str, "capacity_factor": _NUMBER},
     "network": {"model": str, "cluster": str},
     "routing": {"model": str, "max_nodes_per_token": int},
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", _NUMBER: "a number",
-               _COUNT: "a number or a count such as \"14.8T\"", (str, bool): "a policy name or true/false",
+               _COUNT: "a number or a count such as \"14.8T\"",
+               (str, bool, list): "a policy (none, full, full:N, selective:<modules>, ...), a list of modules or "
+                                  "true/false",
                list: "a list of [tokens, micro-batch size] pairs"}
 
 
@@ -306,8 +308,8 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
     kernel = attention_kernel if attention_kernel is not None else num.get("attention_kernel")
     if kernel:
         profile = with_attention_kernel(profile, kernel, model_spec.attention.qk_head_dim, run_plan.seq_len)
-    # [numerics] recompute: a policy name (workloads.ops.RECOMPUTE_POLICIES) or the legacy true ("deepseek") /
-    # false ("none"); the `recompute` argument overrides it
+    # [numerics] recompute: a policy (workloads.recompute: a name, "selective:<modules>", "full:N"), a list of
+    # module names, or the legacy true ("deepseek") / false ("none"); the `recompute` argument overrides it
     policy = recompute_policy(num.get("recompute", "deepseek") if recompute is None else recompute)
     opts = OpOptions(fp8=num.get("fp8", True) if fp8 is None else fp8, recompute=policy,
                      capacity_factor=capacity_factor if capacity_factor is not None else num.get("capacity_factor"),

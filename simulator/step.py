@@ -25,6 +25,7 @@ from gpuhours.workloads.flops import flops_per_token
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import Op, OpOptions
 from gpuhours.workloads.layer_ops import layer_passes
+from gpuhours.workloads.recompute import full_layers
 from gpuhours.workloads.stage_ops import stage_units
 from gpuhours.workloads.pipeline_layout import stage_holds
 from gpuhours.simulator.balance import fit_memory, partition_layers, rebalance_for_ranks, split_memory, stage_ranks
@@ -103,26 +104,39 @@ class StepSimulator:
         """Contiguous layers per stage minimising the most expensive stage (embedding on the first stage, head and
         MTP on the last), by dynamic programming over (stages, layers) with each unit's simulated solo cost; then
         the busiest rank's load (`simulator.balance`), and memory when that split does not fit the GPU while one
-        of similar time does (`balance.fit_memory`)."""
+        of similar time does (`balance.fit_memory`).
+        Under "full:N" recomputation (`workloads.recompute`) a layer among the first N of its stage is another kind
+        (fully recomputed): each layer costs its non-recomputed price, and the first N of a stage also the
+        difference (`balance.partition_layers`' head_cost)."""
         model, p = self.model, self.parallel
         probe = HardwareCoster(model, p, self.cluster, self.compute, self.network, self.seq_len,
                                (model.n_layers,), self.opts)
         overlapped = p.overlaps_comm
-        # a layer's passes depend on its index only through its kind (dense or MoE): one price per kind
-        by_kind: dict[bool, float] = {}
-        for i in range(model.n_layers):
-            moe = model.is_moe_layer(i)
-            if moe not in by_kind:
-                by_kind[moe] = probe.unit_time(layer_passes(model, i, p, self.seq_len, self.opts), overlapped)
-        layer_cost = [by_kind[model.is_moe_layer(i)] for i in range(model.n_layers)]
+        head_layers = full_layers(self.opts.recompute) or 0
+        # a layer's passes depend on its index only through its kind (dense or MoE, recomputed or not): one price
+        # per kind
+        by_kind: dict[tuple[bool, int | None], float] = {}
+
+        def price(i: int, position: int | None) -> float:
+            key = (model.is_moe_layer(i), position)
+            if key not in by_kind:
+                by_kind[key] = probe.unit_time(layer_passes(model, i, p, self.seq_len, self.opts,
+                                                            stage_position=position), overlapped)
+            return by_kind[key]
+
+        # stage_position head_layers: past the recomputed head of a stage (for policies other than "full:N" the
+        # position is ignored)
+        layer_cost = [price(i, head_layers) for i in range(model.n_layers)]
+        head_cost = [price(i, 0) - price(i, head_layers) for i in range(model.n_layers)] if head_layers else None
+        head = dict(head_cost=head_cost, head_layers=head_layers)
         units = stage_units(model, p, self.seq_len, range(0), True, True, self.opts)
         first_extra = sum(probe.unit_time(u, overlapped) for u in units if u.name == "embed")
         last_extra = sum(probe.unit_time(u, overlapped) for u in units if u.name != "embed")
-        sizes = partition_layers(layer_cost, p.num_stages, first_extra, last_extra)
+        sizes = partition_layers(layer_cost, p.num_stages, first_extra, last_extra, **head)
         holders = stage_ranks(p)
-        sizes = rebalance_for_ranks(sizes, layer_cost, holders, first_extra, last_extra)
+        sizes = rebalance_for_ranks(sizes, layer_cost, holders, first_extra, last_extra, **head)
         return fit_memory(sizes, layer_cost, holders, self._split_memory, self.cluster.gpu.hbm_bytes, first_extra,
-                          last_extra)
+                          last_extra, **head)
 
     def _split_memory(self, stage_layers: tuple[int, ...]) -> tuple[float, ...]:
         """Every rank's memory of a split at a full pipeline (`balance.split_memory`)."""

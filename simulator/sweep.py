@@ -110,6 +110,13 @@ def _check_value(key: str, value, where: str) -> None:
             raise ValueError(f"{where}.{key}: {exc}") from None
     if key == "precision" and value not in PRECISIONS:
         raise ValueError(f"{where}.precision must be one of {', '.join(PRECISIONS)}; got {value!r}")
+    if key == "recompute":  # a policy: names, selective:<modules>, full:N (workloads.recompute)
+        from gpuhours.workloads.recompute import recompute_policy
+
+        try:
+            recompute_policy(value)
+        except ValueError as exc:
+            raise ValueError(f"{where}.{exc}") from None
     if key == "schedule" and value not in SCHEDULES:
         raise ValueError(f"{where}.schedule must be one of {', '.join(SCHEDULES)}; got {value!r}")
     if key in _POSITIVE_INT and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

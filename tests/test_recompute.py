@@ -137,8 +137,10 @@ def test_full_keeps_only_each_layer_input(sp):
     step = SimpleNamespace(num_microbatches=4, stage_layers=(2, 2))
     recipe = MemoryRecipe(reserved_bytes=0.0, fragmentation=0.0)
     mem = {pol: memory_breakdown(replace(base, opts=replace(base.opts, fp8=False, recompute=pol)), step, recipe)
-           for pol in ("none", "full")}
-    assert mem["full"].activations < mem["none"].activations
+           for pol in ("none", "full", "full:2", "full:0", "full:1")}
+    assert mem["full"].activations < mem["full:1"].activations < mem["none"].activations
+    # full:N counts layers per stage (2 here): N = 2 is full, N = 0 is none
+    assert mem["full:2"] == mem["full"] and mem["full:0"] == mem["none"]
     tokens = mbs * seq
     layer_in = 2 * H * (1 if sp else tp)  # bytes per token before the /tp
     head = sum(head_terms(GPT, recipe).values())

@@ -22,6 +22,7 @@ from gpuhours.workloads.ops import (
     rank_tokens,
 )
 from gpuhours.workloads.parallel import ParallelSpec
+from gpuhours.workloads.recompute import layer_policy, modules
 from gpuhours.workloads.ring_cp import kv_block_bytes_per_token, ring_segments, with_ring_partner
 
 def cp_kv_bytes_per_token(model: ModelSpec, p: ParallelSpec) -> float:
@@ -48,7 +49,8 @@ def _cp_comm(phase: str, model: ModelSpec, p: ParallelSpec, tokens: int, layer, 
 
 
 def _attention_ops(b: PassBuilder, model: ModelSpec, p: ParallelSpec, tokens: int, seq_len: int,
-                   recompute_only: bool = False, recompute_core: bool = False) -> None:
+                   recompute_only: bool = False, recompute_core: bool = False, norms: bool = True,
+                   up_proj: bool = True) -> None:
     """Attention of one layer on `tokens` tokens (the rank's micro-batch x sequence / cp), tensor-parallel over
     heads.
 
@@ -56,6 +58,9 @@ def _attention_ops(b: PassBuilder, model: ModelSpec, p: ParallelSpec, tokens: in
     2 * heads * (d_qk + d_v) * tokens * (L + 1) / 2 FLOPs (QK^T and PV); backward recomputes QK^T and computes
     dV, dP, dQ, dK: 2.5x the forward. With `recompute_core` (selective recomputation) the backward first runs
     the forward core again (op `attn.recompute.core`, priced as a forward attention op).
+    With `recompute_only` the builder gets only what the backward runs again of this block's forward: the attention
+    norm when `norms` ("layernorm" module) and, on MLA, the latent norms and the up-projections when `up_proj`
+    ("mla_up_proj"), in forward order.
 
     Context parallelism (cp > 1, `tokens` = b L / cp): the rank's queries attend to the keys of the whole sequence
     under the causal mask. With the load-balanced split (chunks i and 2cp-1-i of 2 cp chunks of c = L / 2cp
@@ -80,8 +85,14 @@ def _attention_ops(b: PassBuilder, model: ModelSpec, p: ParallelSpec, tokens: in
     act = norm_tokens(tokens, p) * h * BF16  # the norm's input: the sequence shard under sequence parallelism
     if b.phase == "W":  # weight gradients: GEMMs only
         b = GemmsOnly(b)
+    if recompute_only:
+        if norms:
+            b.elementwise("attn_norm", 2 * act)
+        if not (up_proj and a.kind == "mla"):
+            return
     if a.kind == "mla":
-        b.elementwise("attn_norm", 2 * act)  # recomputed in backward too (DeepSeek-V3 recomputes every RMSNorm)
+        if not recompute_only:
+            b.elementwise("attn_norm", 2 * act)
         if a.q_lora_rank:
             if not recompute_only:
                 b.gemm("wq_a", tokens, a.q_lora_rank, h)
@@ -159,7 +170,7 @@ def _edge_gemms(ops: list[Op]) -> tuple[Op | None, Op | None]:
 
 
 def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, opts: OpOptions = OpOptions(),
-                 prefix: str | None = None) -> LayerPasses:
+                 prefix: str | None = None, stage_position: int | None = None) -> LayerPasses:
     """The three passes of transformer layer `layer` for one micro-batch on one rank.
 
     MoE layers: attn -> dispatch (FP8 payload) -> experts -> combine (BF16); backward runs combine(B) ->
@@ -171,21 +182,30 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
     dependency chain, so its time adds as if it were between the QKV projection and the core. Under full
     recomputation the forward's all-gather runs again before the backward; otherwise the gathered K/V are kept
     for the core's backward.
+
+    Recomputation (`opts.recompute`, `workloads.recompute`; under "full:N" the layer's `stage_position`, its index
+    within its pipeline stage, decides, `recompute.layer_policy`): "core_attn" runs the core again just before its
+    backward; "layernorm" and "mla_up_proj" run their ops again at the start of the attention block's backward
+    (the FFN norm at the start of the FFN's); "mlp" (dense layers), "moe" and "shared_experts" (MoE layers) and
+    "full" put their forward ops again, in forward order and still priced as forward ops, at the start of the
+    layer's backward (`_recomputed`).
     """
     tokens = rank_tokens(p, seq_len)
     prefix = prefix or f"L{layer}"
     h, tp = model.hidden, p.tp
     passes: dict[str, list[Segment]] = {}
-    deepseek = opts.recompute == "deepseek" and model.attention.kind == "mla"
+    policy = layer_policy(opts.recompute, stage_position)
+    mods = modules(policy)
+    norms, up_proj = "layernorm" in mods, "mla_up_proj" in mods and model.attention.kind == "mla"
     for phase in ("F", "B", "W"):
         attn = PassBuilder(f"{prefix}.attn", "attn", phase, opts.fp8)
-        if phase == "B" and deepseek:
+        if phase == "B" and (norms or up_proj):
             recompute = PassBuilder(f"{prefix}.attn.recompute", "attn", "F", opts.fp8)
-            _attention_ops(recompute, model, p, tokens, seq_len, recompute_only=True)
+            _attention_ops(recompute, model, p, tokens, seq_len, recompute_only=True, norms=norms, up_proj=up_proj)
             attn.ops.extend(recompute.ops)
-        _attention_ops(attn, model, p, tokens, seq_len, recompute_core=opts.recompute == "selective")
+        _attention_ops(attn, model, p, tokens, seq_len, recompute_core="core_attn" in mods)
         mlp = PassBuilder(f"{prefix}.mlp", "mlp", phase, opts.fp8)
-        if phase == "B" and deepseek:
+        if phase == "B" and norms:
             mlp.elementwise("ffn_norm.recompute", 2 * norm_tokens(tokens, p) * h * BF16)
         if phase != "W":
             mlp.elementwise("ffn_norm", 2 * norm_tokens(tokens, p) * h * BF16)
@@ -220,8 +240,9 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
             passes[phase] = segs_attn + dispatch + [mlp_seg] + combine
         else:
             passes[phase] = combine + [mlp_seg] + dispatch + segs_attn
-    if opts.recompute == "full":
-        passes["B"] = [_recomputed(seg) for seg in passes["F"]] + passes["B"]
+    again = passes["F"] if policy == "full" else _block_forward(passes["F"], mods, model.is_moe_layer(layer))
+    if again:
+        passes["B"] = [_recomputed(seg) for seg in again] + passes["B"]
     return LayerPasses(prefix, tuple(passes["F"]), tuple(passes["B"]), tuple(passes["W"]))
 
 
@@ -252,6 +273,31 @@ def _parallel_block(phase: str, attn: PassBuilder, mlp: PassBuilder, core: list[
     if phase == "B":
         return after + [mlp_seg] + core + before
     return [mlp_seg] + core + before
+
+
+def _block_forward(forward: list[Segment], mods: frozenset[str], moe_layer: bool) -> list[Segment]:
+    """The forward ops a selective policy runs again as a whole block, segment by segment in forward order (empty
+    segments dropped): "mlp" on a dense layer, the FFN's ops ("<prefix>.mlp.ffn.*") and its tensor-parallel
+    collectives; "moe" on an MoE layer, the block's ops but the FFN norm (router, dispatch, experts, shared experts,
+    combine, the ETP collectives); "shared_experts" (without "moe"), the shared experts' ops ("<prefix>.mlp.shared.*").
+    The norms are the "layernorm" module's."""
+    if moe_layer and "moe" in mods:
+        def keep(op: Op) -> bool:
+            return op.module in ("mlp", "moe") and not op.name.endswith(".ffn_norm")
+    elif moe_layer and "shared_experts" in mods:
+        def keep(op: Op) -> bool:
+            return op.module == "mlp" and ".mlp.shared." in op.name
+    elif not moe_layer and "mlp" in mods:
+        def keep(op: Op) -> bool:
+            return op.module == "mlp" and (op.kind == "collective" or ".mlp.ffn." in op.name)
+    else:
+        return []
+    out = []
+    for seg in forward:
+        ops = tuple(op for op in seg.ops if keep(op))
+        if ops:
+            out.append(replace(seg, ops=ops))
+    return out
 
 
 def _recomputed(seg: Segment) -> Segment:

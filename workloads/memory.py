@@ -24,11 +24,14 @@ bytes gives the peak bytes; chunk bytes = tokens x sum over the stage's units of
 
 Per token, what the backward needs (c = cached-GEMM-input bytes: FP8 1 + 4/128 with 1x128 scales, or BF16 2;
 b = 2 (BF16); o = attention-output bytes, E5M6 1.5; H heads, h hidden; terms named in `layer_terms`):
-- Recomputation (`OpOptions.recompute`, a policy of `workloads.ops.RECOMPUTE_POLICIES`):
-  "deepseek" (the recipe, DeepSeek-V3 sec. 3.3.2): every RMSNorm output and the MLA up-projections are
-  recomputed in backward, so only their inputs are kept. Otherwise ("none", "selective") the norm outputs are
-  kept too: x_norm c h, h_norm c h, router_in b h, the latent norms c (q_lora + kv_lora), and the up-projected
-  q, k, v b H (2 d_qk + d_v).
+- Recomputation (`OpOptions.recompute`, a policy of `workloads.recompute`): each module of a selective policy
+  drops the terms it regenerates (`recompute.DROPS`): "layernorm" the norm outputs x_norm c h, h_norm c h and
+  router_in b h; "mla_up_proj" the latent norms c (q_lora + kv_lora) and the up-projected q, k, v
+  b H (2 d_qk + d_v); "core_attn" attn.lse (below); "mlp" the dense FFN's activation input; "moe" the top-k
+  choice, the routed rows and the shared experts' activation input; "shared_experts" the latter; "moe_act"
+  nothing (the activation output is never kept, see below). "deepseek" (the recipe, DeepSeek-V3 sec. 3.3.2) is
+  layernorm + mla_up_proj, "selective" is core_attn. Under "full:N" the first N layers of each stage follow
+  "full", the others "none" (an MTP block follows "full").
   "selective" (Korthikanti et al. 2022): the attention core is recomputed in backward. The core modelled here is
   FlashAttention-style: it keeps no L x L scores / softmax / dropout mask (the 5 a s / h terms Korthikanti drops),
   only its output and softmax statistics. Recomputing it regenerates the statistics, so attn.lse is dropped;
@@ -72,6 +75,7 @@ from gpuhours.simulator.schedules import build_schedule
 from gpuhours.simulator.step import _stages_per_rank, rank_params
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import recompute_policy
+from gpuhours.workloads.recompute import DROPS, layer_policy, modules
 from gpuhours.workloads.zero import grad_reduce_bytes, unit_params
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.pipeline_layout import StageHolds, stage_holds
@@ -84,26 +88,22 @@ INT32 = 4.0
 
 
 # -- activations per token ---------------------------------------------------------------------------------------
-def _attention_terms(model: ModelSpec, recipe: MemoryRecipe, fp8: bool, policy: str) -> dict[str, float]:
+def _attention_terms(model: ModelSpec, recipe: MemoryRecipe, fp8: bool) -> dict[str, float]:
+    """What the attention block keeps without recomputation."""
     a, h = model.attention, model.hidden
     c = recipe.cached_input_bytes(fp8)
     H = a.n_heads
-    recompute = policy == "deepseek"  # norms and MLA up-projections recomputed
-    terms = {"attn.x_in": BF16 * h}
-    if not recompute:
-        terms["attn.x_norm"] = c * h
+    terms = {"attn.x_in": BF16 * h, "attn.x_norm": c * h}
     if a.kind == "mla":
         if a.q_lora_rank:
             terms["attn.c_q"] = BF16 * a.q_lora_rank
         terms["attn.c_kv"] = BF16 * (a.kv_lora_rank + a.qk_rope_head_dim)
-        if not recompute:
-            terms["attn.latent_norms"] = c * (a.q_lora_rank + a.kv_lora_rank)
-            terms["attn.qkv"] = BF16 * H * (2 * a.qk_head_dim + a.v_head_dim)
+        terms["attn.latent_norms"] = c * (a.q_lora_rank + a.kv_lora_rank)
+        terms["attn.qkv"] = BF16 * H * (2 * a.qk_head_dim + a.v_head_dim)
     else:
         terms["attn.qkv"] = BF16 * (H + 2 * a.n_kv_heads) * a.head_dim
     terms["attn.out"] = recipe.attn_out_bytes * H * a.out_head_dim
-    if policy != "selective":  # selective recomputation regenerates the softmax statistics with the core
-        terms["attn.lse"] = FP32 * H
+    terms["attn.lse"] = FP32 * H
     return terms
 
 
@@ -114,18 +114,32 @@ def layer_terms(model: ModelSpec, layer: int, recipe: MemoryRecipe, fp8: bool = 
     `tp_replicas`: copies of a token-wise tensor across the TP group (tp without sequence parallelism, else 1);
     only the "full" policy's layer input uses it (the other terms keep the module's /tp convention).
     `etp`: expert tensor parallelism keeps etp x the routed rows (all-gathered over the etp group), each with
-    its e / etp slice of the SwiGLU input (`workloads.moe_dispatch`)."""
-    policy = recompute_policy(recompute)
+    its e / etp slice of the SwiGLU input (`workloads.moe_dispatch`).
+    A selective policy drops, from what the layer keeps without recomputation, the terms of each of its modules
+    (`workloads.recompute.DROPS`; "mla_up_proj" only on MLA, where q, k, v are up-projection outputs); a "full:N"
+    policy applies to layers already resolved by `recompute.layer_policy` (here, unresolved, as "full")."""
+    policy = layer_policy(recompute_policy(recompute), None)
     h = model.hidden
     if policy == "full":
         return {"layer.in": BF16 * h * tp_replicas}
-    recompute = policy == "deepseek"
+    terms = _keep_terms(model, layer, recipe, fp8, imbalance, etp)
+    for module in modules(policy):
+        if module == "mla_up_proj" and model.attention.kind != "mla":
+            continue
+        for name in DROPS[module]:
+            terms.pop(name, None)
+    return terms
+
+
+def _keep_terms(model: ModelSpec, layer: int, recipe: MemoryRecipe, fp8: bool, imbalance: float, etp: int
+                ) -> dict[str, float]:
+    """What layer `layer` keeps per token without recomputation (terms in the module docstring)."""
+    h = model.hidden
     c = recipe.cached_input_bytes(fp8)
-    terms = _attention_terms(model, recipe, fp8, policy)
+    terms = _attention_terms(model, recipe, fp8)
     if not model.parallel_block:  # a parallel block's FFN norm reads the layer input, kept as attn.x_in
         terms["ffn.h_mid"] = BF16 * h
-    if not recompute:
-        terms["ffn.h_norm"] = c * h
+    terms["ffn.h_norm"] = c * h
     if not model.is_moe_layer(layer):
         if model.ffn_activation in ("gelu", "relu2"):  # w1 output, the activation's input
             terms[f"ffn.{model.ffn_activation}_in"] = c * model.dense_intermediate
@@ -134,8 +148,7 @@ def layer_terms(model: ModelSpec, layer: int, recipe: MemoryRecipe, fp8: bool = 
         return terms
     moe = model.moe
     e = moe.expert_intermediate
-    if not recompute:
-        terms["moe.router_in"] = BF16 * h
+    terms["moe.router_in"] = BF16 * h
     terms["moe.topk"] = moe.top_k * (FP32 + INT32)
     if moe.n_shared_experts:
         terms["moe.shared_swiglu_in"] = c * 2 * moe.n_shared_experts * e
@@ -156,8 +169,10 @@ def unit_bytes_per_token(model: ModelSpec, layers: range, first: bool, last: boo
     and the MTP modules (norm inputs, projection input, block, head). The embedding keeps only token ids.
     `holds` (`workloads.pipeline_layout.stage_holds`, default: head and MTP on the last stage) places the head
     and the MTP modules' inputs and blocks, and their heads, where a pipeline layout puts them."""
-    total = sum(sum(layer_terms(model, i, recipe, fp8, recompute, imbalance, tp_replicas, etp).values())
-                for i in layers)
+    policy = recompute_policy(recompute)
+    # "full:N": the first N layers of the stage keep only their input, the others keep everything
+    total = sum(sum(layer_terms(model, i, recipe, fp8, layer_policy(policy, i - layers.start), imbalance,
+                                tp_replicas, etp).values()) for i in layers)
     holds = holds or StageHolds(first, last, last, last)
     if holds.head or holds.mtp_modules or holds.mtp_heads:
         head = sum(head_terms(model, recipe).values())

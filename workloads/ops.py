@@ -79,29 +79,29 @@ class LayerPasses:
     weight: tuple[Segment, ...]
 
 
-# Activation recomputation policies (`OpOptions.recompute`): what the backward pass recomputes.
+# Activation recomputation policies (`OpOptions.recompute`): what the backward pass recomputes
+# (`workloads.recompute`: the grammar, the module vocabulary and what each module means).
 #   "none"      nothing: every activation the backward needs is kept.
-#   "deepseek"  DeepSeek-V3 sec. 3.3.2: every RMSNorm and (MLA) the up-projections are recomputed in backward.
-#   "selective" Korthikanti et al. 2022 (arXiv 2205.05198): the attention core (QK^T, softmax, PV) is recomputed.
+#   "deepseek"  DeepSeek-V3 sec. 3.3.2: every RMSNorm and (MLA) the up-projections are recomputed in backward
+#               (= "selective:layernorm,mla_up_proj").
+#   "selective" Korthikanti et al. 2022 (arXiv 2205.05198): the attention core (QK^T, softmax, PV) is recomputed
+#               (= "selective:core_attn").
 #   "full"      the whole layer's forward (compute, TP collectives, MoE all-to-alls) runs again before its backward;
 #               only the layer's input is kept.
+# Besides these names: "selective:<modules>" (Megatron-Core's --recompute-modules) and "full:N" (the first N layers
+# of every pipeline stage fully recomputed, Megatron-Core's block method).
 RECOMPUTE_POLICIES = ("none", "deepseek", "selective", "full")
 
 
-def recompute_policy(value) -> str:
-    """A recompute policy from a plan value: a policy name, or the legacy booleans (true: "deepseek", false:
-    "none"). Raises ValueError naming `recompute` and the allowed values."""
-    if isinstance(value, bool):
-        return "deepseek" if value else "none"
-    if value not in RECOMPUTE_POLICIES:
-        raise ValueError(f"recompute must be one of {', '.join(RECOMPUTE_POLICIES)} (or true/false); got {value!r}")
-    return value
+# recompute_policy(value) -> the canonical policy string of a plan / CLI value (names, "selective:<modules>",
+# "full:N", a list of module names, legacy booleans); ValueError naming `recompute` and the allowed values.
+from gpuhours.workloads.recompute import recompute_policy  # noqa: E402,F401  (re-exported)
 
 
 @dataclass(frozen=True)
 class OpOptions:
     """Numerics and memory choices that change the ops: FP8 linear layers (DeepSeek-V3's recipe), the activation
-    recomputation policy (one of RECOMPUTE_POLICIES; see above), MoE load imbalance (rows on the busiest EP
+    recomputation policy (a canonical `workloads.recompute` policy string; see above), MoE load imbalance (rows on the busiest EP
     rank over the mean) and the MoE capacity factor (None: dropless, as DeepSeek-V3 trains; C: an EP rank keeps at
     most C times its mean rows and drops the rest, GShard/Switch-style, so its work and its dispatch are
     min(imbalance, C) times the mean)."""

@@ -91,7 +91,8 @@ def stage_units(model: ModelSpec, p: ParallelSpec, seq_len: int, layers: range, 
     units: list[LayerPasses] = []
     if holds.embedding:
         units.append(embedding_passes(model, p, seq_len))
-    units.extend(layer_passes(model, i, p, seq_len, opts) for i in layers)
+    # stage_position: a layer's index within its stage, for "full:N" recomputation (`workloads.recompute`)
+    units.extend(layer_passes(model, i, p, seq_len, opts, stage_position=i - layers.start) for i in layers)
     if holds.head:
         units.append(head_passes(model, p, seq_len, opts))
     if holds.mtp_modules or holds.mtp_heads:

@@ -106,6 +106,7 @@ class GraphNetwork:
         finally:
             if was_enabled:
                 gc.enable()
+        self._components: np.ndarray | None = None  # per leaf id: its connected part of the fabric
         self._routes: dict[tuple[int, int], Route] = {}
         self._fabric_routes: dict[tuple, tuple[list, list, float] | None] = {}
         self._next_hops: dict[tuple, dict] = {}
@@ -381,11 +382,25 @@ class GraphNetwork:
     def _rails_connect(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Whether a's NIC reaches b's NIC through the fabric (both have NICs, their leaves are connected)."""
         la, lb = self._leaf_id[a], self._leaf_id[b]
-        ok = (la >= 0) & (lb >= 0)
-        pairs, inverse = _leaf_pairs(la, lb)
-        reach = np.array([x >= 0 and y >= 0 and self._fabric(self._leaves[x], self._leaves[y]) is not None
-                          for x, y in pairs.T], dtype=bool)
-        return ok & reach[inverse]
+        comp = self._leaf_components()
+        return (la >= 0) & (lb >= 0) & (comp[np.maximum(la, 0)] == comp[np.maximum(lb, 0)])
+
+    def _leaf_components(self) -> np.ndarray:
+        """Per leaf id, the connected part of the switch fabric it belongs to (every link runs both ways, so two
+        leaves are connected exactly when a shortest switch path joins them: `_fabric` is not None). Computed
+        once."""
+        if self._components is None:
+            succ, part = self.graph._succ, {}
+            for start in self._leaves:
+                if start in part:
+                    continue
+                part[start], frontier = start, [start]
+                while frontier:  # every switch reachable from `start` over switch links
+                    frontier = [w for u in frontier for w in succ[u] if w[0] in SWITCH_KINDS and w not in part
+                                and part.setdefault(w, start) is start]
+            ids = {leaf: k for k, leaf in enumerate(dict.fromkeys(part[leaf] for leaf in self._leaves))}
+            self._components = np.array([ids[part[leaf]] for leaf in self._leaves], dtype=np.int64)
+        return self._components
 
     def _rail(self, a, b, w, edges: list, weights: list) -> np.ndarray:
         """a's NIC -> its leaf -> fabric -> b's leaf -> b's NIC (rails known to connect); latency per flow."""

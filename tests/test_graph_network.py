@@ -241,3 +241,12 @@ def test_fabric_routes_split_as_ecmp_by_definition(preset, gpus, tiers):
         assert mine == pytest.approx(_ecmp_reference(net, a, b), rel=1e-12)
         checked += 1
     assert checked >= 5
+
+
+def test_rails_connect_exactly_within_a_plane(ds):
+    """DeepSeek's fabric has 8 planes, GPU i of every node on plane i: a NIC reaches another through the
+    switches only on its own plane (cross-plane traffic needs PXN over NVLink first)."""
+    assert len(set(ds._leaf_components().tolist())) == 8
+    same = ds._rails_connect(np.array([0, 0, 3]), np.array([8, 16, 11]))    # GPU 0 of nodes 0, 1, 2; GPU 3
+    other = ds._rails_connect(np.array([0, 1, 3]), np.array([9, 8, 8]))      # planes 0->1, 1->0, 3->0
+    assert same.tolist() == [True, True, True] and other.tolist() == [False, False, False]

@@ -26,6 +26,8 @@ def collective(
     group_size: Optional[int] = typer.Option(None, "--group-size", help="Ranks in the group"),
     per_node: Optional[int] = typer.Option(None, "--per-node", help="Ranks of the group per node"),
     nbytes: Optional[str] = typer.Option(None, "--bytes", help="Buffer size, e.g. 1G or 256M"),
+    sizes: Optional[str] = typer.Option(None, "--sizes", help="Comma-separated buffer sizes (e.g. 1K,1M,1G): one "
+                                                              "row per size with NCCL's protocol, time, busbw"),
     tokens: Optional[int] = typer.Option(None, "--tokens", help="EP: tokens per rank"),
     hidden: Optional[int] = typer.Option(None, "--hidden", help="EP: hidden size"),
     top_k: int = typer.Option(8, "--top-k", help="EP: experts per token"),
@@ -54,6 +56,20 @@ def collective(
             overrides["tiers"] = tiers
         net = GraphNetwork(load_cluster_preset(cluster, **overrides))
         size = None if nbytes is None else parse_count(nbytes.upper().replace("B", "") or "0", "bytes")
+        if sizes is not None:
+            rows = [collective_report(kind, net, group_size=group_size, per_node=per_node, algorithm=algorithm,
+                                      nbytes=parse_count(x.strip().upper().replace("B", "") or "0", "sizes"))
+                    for x in sizes.split(",")]
+            if as_json:
+                _echo_json(rows)
+                return
+            typer.echo(f"{kind} on {rows[0]['cluster']}: {rows[0]['group_size']} ranks ({rows[0]['per_node']} per "
+                       f"node, {rows[0]['nodes']} nodes), algorithm {rows[0]['algorithm']}")
+            typer.echo(f"{'bytes':>14}  {'time_us':>10}  {'algbw GB/s':>10}  {'busbw GB/s':>10}  protocol")
+            for r in rows:
+                typer.echo(f"{r['bytes']:>14.0f}  {r['time_s'] * 1e6:>10.2f}  {r['algbw_GBps']:>10.2f}  "
+                           f"{r['busbw_GBps']:>10.2f}  {r.get('protocol', '-')}")
+            return
         data = collective_report(kind, net, group_size=group_size, per_node=per_node, nbytes=size, tokens=tokens,
                                  hidden=hidden, top_k=top_k, max_nodes=max_nodes, dtype=dtype, algorithm=algorithm)
         overflowed = [k for k, v in data.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -68,6 +84,8 @@ def collective(
                f"{data['nodes']} nodes), algorithm {data['algorithm']}")
     typer.echo(f"time {data['time_s'] * 1e3:.3f} ms  algbw {data['algbw_GBps']:.1f} GB/s  "
                f"busbw {data['busbw_GBps']:.1f} GB/s")
+    if data.get("protocol"):
+        typer.echo(f"NCCL protocol: {data['protocol']}")
     if "rdma_GBps" in data:
         typer.echo(f"DeepEP-style figures: RDMA {data['rdma_GBps']:.1f} GB/s, NVLink {data['nvl_GBps']:.1f} GB/s, "
                    f"{data['mean_nodes_per_token']:.2f} nodes per token")

@@ -161,6 +161,9 @@ SCENARIO_OPTIONS = dict(
     price=typer.Option(None, "--price", help="Dollars per GPU-hour"),
     calibration=typer.Option(None, "--calibration", help="Calibration profile name or JSON file"),
     precision=typer.Option(None, "--precision", help="fp8 (DeepSeek-V3 recipe) or bf16"),
+    fp8_recipe=typer.Option(None, "--fp8-recipe", help="FP8 scaling: blockwise (DeepSeek-V3, default), delayed "
+                                                       "or current (per-tensor, Transformer Engine / torchao, "
+                                                       "casts fused into their producers)"),
     batch=typer.Option(None, "--batch", help="Constant global batch in sequences (replaces the ramp)"),
     network=typer.Option(None, "--network", help="Network model: graph (fabric graph) or alpha-beta"),
     cluster=typer.Option(None, "--cluster", help="Fabric for the graph model: a preset (deepseek-h800, dgx-h100, "

@@ -18,7 +18,9 @@ def collective_report(kind: str, network: GraphNetwork | str = "deepseek-h800", 
     all_reduce algbw * 2(p-1)/p; reduce_scatter, all_gather, all_to_all algbw * (p-1)/p; p2p algbw.
     EP kinds also give DeepEP's bottleneck figures: rdma_GBps = tokens * E[nodes per token] * bytes / time
     (its count includes the token's own node) and nvl_GBps = tokens received per rank * bytes / time; their
-    busbw is the RDMA figure when the group spans nodes, else the NVLink one. Unless ``nodes_per_token`` is
+    busbw is the RDMA figure when the group spans nodes, else the NVLink one. NCCL collectives (all_reduce,
+    reduce_scatter, all_gather on an NVIDIA fabric) also give ``protocol``: the algorithm/protocol NCCL's tuner
+    runs for each phase at this size (``hwmodels/nccl.py``). Unless ``nodes_per_token`` is
     given, EP kinds draw it from ``group_limited_nodes_distribution`` (random scores, at most ``max_nodes``
     nodes, ``num_experts`` routed experts spread over the group's nodes; 256 = DeepSeek-V3).
     """
@@ -70,6 +72,9 @@ def collective_report(kind: str, network: GraphNetwork | str = "deepseek-h800", 
             phases = net.phases(kind, groups, algorithm)
             bottleneck = max(phases, key=lambda ph: ph.time(data)).bottleneck if phases else None
             factor = 2 * (p - 1) / p if kind == "all_reduce" else (p - 1) / p
+            chosen = [ph.protocol(data) for ph in phases]
+            if any(chosen):  # NCCL's algorithm/protocol per phase (hwmodels/nccl.py); "graph" where NCCL is not tuned
+                out["protocol"] = " + ".join(c or "graph" for c in chosen)
         out["algorithm"] = algorithm
         out["busbw_GBps"] = data / t * factor / 1e9 if t > 0 else 0.0
     out.update({"bytes": data, "time_s": t, "algbw_GBps": data / t / 1e9 if t > 0 else 0.0,

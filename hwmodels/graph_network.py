@@ -19,13 +19,18 @@ links (spines, oversubscribed uplinks) are charged for everyone's traffic.
 Algorithms: ring (NCCL-like, one ring per GPU of the group on a node, rotated so each uses another NIC),
 double binary tree, hierarchical (NVLink reduce-scatter / all-gather around an inter-node ring per rail),
 flat all-to-all, and DeepEP's hierarchical EP all-to-all (see ``ep_all_to_all``).
+
+NCCL (``nccl=True``, default, on NVIDIA GPUs): the phases of all-reduce, reduce-scatter and all-gather cost what
+NCCL's tuner would run -- the cheapest of LL, LL128 and Simple (and NVLS for an all-reduce in one Hopper/Blackwell
+NVSwitch node when the algorithm is auto; ``nvls=False`` leaves it out), with NCCL's base and per-hop latencies in
+place of the graph's (``hwmodels/nccl.py``). DeepEP, point-to-point sends and the flat all-to-all keep the graph's.
 """
 
 from __future__ import annotations
 
 import gc
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import networkx as nx
 import numpy as np
@@ -33,6 +38,7 @@ import numpy as np
 from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
 from gpuhours.hwmodels.collective_flows import ep_flows, nodes_distribution, ring_flows, split, tree_flows
 from gpuhours.hwmodels.collectives import check_ep_args
+from gpuhours.hwmodels.nccl import NcclTuning, Option, best
 from gpuhours.hwmodels.topology import (SWITCH_KINDS, FabricSpec, build_topology, fabric_from_cluster,
                                         load_cluster_preset)
 
@@ -62,7 +68,9 @@ class FlowCost:
 
 @dataclass(frozen=True)
 class Phase:
-    """``bw_steps * nbytes * share * coef + lat_steps * latency`` seconds for a collective of ``nbytes``."""
+    """``bw_steps * nbytes * share * coef + lat_steps * latency`` seconds for a collective of ``nbytes``; an NCCL
+    collective's phase lists NCCL's (algorithm, protocol) ``options`` instead and costs the cheapest
+    (``hwmodels/nccl.py``: same Simple bandwidth term, NCCL's latencies in place of the graph's)."""
 
     coef: float        # s per byte of chunk on the bottleneck link
     latency: float     # s per latency step
@@ -70,9 +78,16 @@ class Phase:
     bw_steps: int
     lat_steps: int
     bottleneck: tuple | None = None
+    options: tuple[Option, ...] = ()
 
     def time(self, nbytes: float) -> float:
+        if self.options:
+            return best(self.options, nbytes).time(nbytes)
         return self.bw_steps * nbytes * self.share * self.coef + self.lat_steps * self.latency
+
+    def protocol(self, nbytes: float) -> str | None:
+        """The (algorithm/protocol) NCCL runs for ``nbytes``, or None when the phase is not an NCCL collective."""
+        return best(self.options, nbytes).name if self.options else None
 
 
 class GraphNetwork:
@@ -81,7 +96,7 @@ class GraphNetwork:
     name = "graph"
 
     def __init__(self, fabric: FabricSpec | nx.DiGraph | ClusterSpec | str, *, concurrent: bool = True,
-                 cross_rail: str = "pxn") -> None:
+                 cross_rail: str = "pxn", nccl: bool = True, nvls: bool = True) -> None:
         if cross_rail not in CROSS_RAIL:
             raise ValueError(f"cross_rail must be one of {CROSS_RAIL}, got {cross_rail!r}")
         if isinstance(fabric, str):
@@ -99,6 +114,8 @@ class GraphNetwork:
         self.spec: FabricSpec | None = graph.graph.get("spec")
         self.concurrent = concurrent
         self.cross_rail = cross_rail
+        # NCCL's protocol choice for all-reduce / reduce-scatter / all-gather (None: the graph's own latencies)
+        self.nccl = NcclTuning.for_fabric(self.spec, nvls=nvls) if nccl else None
         was_enabled = gc.isenabled()
         gc.disable()  # the index allocates ~10^5 tuples and no cycles: collector passes would double its time
         try:
@@ -455,11 +472,26 @@ class GraphNetwork:
         return out
 
     # ------------------------------------------------------------------------------------------ algorithms
-    def _ring_phase(self, groups, steps_factor: int) -> Phase | None:
+    def _ring_phase(self, groups, steps_factor: int, nvls: bool = False) -> Phase | None:
         p = len(groups[0])
         if p <= 1:
             return None
-        return self._phase(ring_flows(groups, self._node_of), 1.0 / p, steps_factor * (p - 1), steps_factor * (p - 1))
+        ph = self._phase(ring_flows(groups, self._node_of), 1.0 / p, steps_factor * (p - 1), steps_factor * (p - 1))
+        return self._with_nccl(ph, groups, "ring", nvls)
+
+    def _with_nccl(self, ph: Phase, groups, algo: str, nvls: bool = False) -> Phase:
+        """``ph`` with NCCL's options (``nccl.NcclTuning``) when the fabric's GPUs run NCCL; ``nvls`` also offers
+        NVLS (an all-reduce inside one node)."""
+        if self.nccl is None or ph.coef <= 0:
+            return ph
+        p, nodes = len(groups[0]), len({int(self._node_of[g]) for g in groups[0]})
+        per_byte = ph.bw_steps * ph.share * ph.coef
+        if algo == "ring":
+            opts = self.nccl.ring(per_byte, ph.bw_steps // (p - 1), p, nodes, ph.latency)
+        else:
+            opts = self.nccl.tree(per_byte, p, nodes, ph.latency)
+        extra = self.nccl.nvls_all_reduce(ph.coef, p) if nvls and nodes == 1 else None
+        return replace(ph, options=opts + ((extra,) if extra is not None else ()))
 
     def phases(self, kind: str, groups: Sequence[Sequence[int]], algorithm: str = "auto") -> tuple[Phase, ...]:
         """Cached phases of collective ``kind`` (all_reduce, reduce_scatter, all_gather, all_to_all) run by all
@@ -475,6 +507,7 @@ class GraphNetwork:
         p = len(groups[0])
         intra, inter = split(groups, self._node_of)
         q, r = len(intra[0]), len(inter[0])
+        nvls = algorithm == "auto"  # NCCL's own choice may run NVLS (an all-reduce inside one NVSwitch node)
         if algorithm == "auto":
             algorithm = "hierarchical" if (kind == "all_reduce" and q > 1 and r > 1) else "ring"
         out: list[Phase | None] = []
@@ -495,18 +528,18 @@ class GraphNetwork:
                 raise ValueError(f"algorithm {algorithm!r} is not available for {kind}; use ring or hierarchical")
         elif kind == "all_reduce":
             if algorithm == "ring":
-                out.append(self._ring_phase(groups, 2))
+                out.append(self._ring_phase(groups, 2, nvls=nvls))
             elif algorithm in ("hierarchical", "tree"):
                 if algorithm == "tree" and (q == 1 or r == 1):
                     flows, depth = tree_flows(groups)
-                    out.append(self._phase(flows, 1.0, 1, 2 * depth))
+                    out.append(self._with_nccl(self._phase(flows, 1.0, 1, 2 * depth), groups, "tree"))
                 elif r == 1 or q == 1:
                     out.append(self._ring_phase(groups, 2))
                 else:
                     rs = self._ring_phase(intra, 1)
                     if algorithm == "tree":
                         flows, depth = tree_flows(inter)
-                        mid = self._phase(flows, 1.0 / q, 1, 2 * depth)
+                        mid = _scaled(self._with_nccl(self._phase(flows, 1.0, 1, 2 * depth), inter, "tree"), 1.0 / q)
                     else:
                         mid = _scaled(self._ring_phase(inter, 2), 1.0 / q)
                     out += [rs, mid, rs]
@@ -643,4 +676,5 @@ def _leaf_pairs(la: np.ndarray, lb: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 def _scaled(ph: Phase | None, factor: float) -> Phase | None:
     if ph is None:
         return None
-    return Phase(ph.coef, ph.latency, ph.share * factor, ph.bw_steps, ph.lat_steps, ph.bottleneck)
+    opts = tuple(replace(o, ranks=o.ranks / factor) for o in ph.options)
+    return Phase(ph.coef, ph.latency, ph.share * factor, ph.bw_steps, ph.lat_steps, ph.bottleneck, opts)

@@ -139,7 +139,8 @@ PLAN_TYPES = {
                  "cp_comm": str, "pipeline_layout": str},
     "run": {"tokens": _COUNT, "seq_len": int, "batch_start": int, "batch_end": int, "ramp_tokens": _COUNT,
             "price_per_gpu_hour": _NUMBER, "ramp_micro_batch_size": list},
-    "numerics": {"fp8": bool, "recompute": (str, bool, list), "attention_kernel": str, "capacity_factor": _NUMBER},
+    "numerics": {"fp8": bool, "recompute": (str, bool, list), "attention_kernel": str, "capacity_factor": _NUMBER,
+                 "fp8_recipe": str},
     "network": {"model": str, "cluster": str},
     "routing": {"model": str, "max_nodes_per_token": int},
 }
@@ -214,7 +215,8 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
                   ramp_micro_batch_size=None, etp: int | None = None, moe_dispatch: str | None = None,
                   max_nodes_per_token: int | None = None, cp_comm: str | None = None,
                   pipeline_layout: str | None = None, sequence_parallel: bool | None = None,
-                  reshard_after_forward: bool | None = None, dp_bucket_params: int | None = None) -> Scenario:
+                  reshard_after_forward: bool | None = None, dp_bucket_params: int | None = None,
+                  fp8_recipe: str | None = None) -> Scenario:
     """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field (a missing plan
     key too: "plan 'p.toml': missing key 'gpus'").
 
@@ -312,6 +314,7 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
     # module names, or the legacy true ("deepseek") / false ("none"); the `recompute` argument overrides it
     policy = recompute_policy(num.get("recompute", "deepseek") if recompute is None else recompute)
     opts = OpOptions(fp8=num.get("fp8", True) if fp8 is None else fp8, recompute=policy,
+                     fp8_recipe=fp8_recipe if fp8_recipe is not None else num.get("fp8_recipe", "blockwise"),
                      capacity_factor=capacity_factor if capacity_factor is not None else num.get("capacity_factor"),
                      max_nodes_per_token=max_nodes_per_token if max_nodes_per_token is not None
                      else doc.get("routing", {}).get("max_nodes_per_token"))
@@ -387,7 +390,7 @@ def _check_finite_estimate(result: RunEstimate) -> None:
 
 
 # ------------------------------------------------------------------------------------------- what the figures rest on
-FP8_RECIPE = "blockwise"  # the only FP8 recipe workloads/ops.py models: DeepSeek-V3's fine-grained scaling
+FP8_RECIPE = "blockwise"  # the default FP8 recipe (OpOptions.fp8_recipe): DeepSeek-V3's fine-grained scaling
 
 
 def is_calibration_case(scenario: Scenario) -> bool:
@@ -467,10 +470,11 @@ def scenario_warnings(scenario: Scenario) -> list[str]:
         out.append(f"precision: the run is {run_dtype.upper()} but profile {prof.name!r} was calibrated on "
                    f"{' and '.join(p.upper() for p in precisions)} only; its {run_dtype.upper()} kernel rates are "
                    f"not from that calibration")
-    recipe = on.get("fp8_recipe")
-    if scenario.opts.fp8 and recipe is not None and recipe != FP8_RECIPE:
-        out.append(f"FP8 recipe: profile {prof.name!r} was calibrated on {recipe} FP8, but the simulator models "
-                   f"only DeepSeek's {FP8_RECIPE} FP8 recipe (1x128 activation / 128x128 weight scaling)")
+    recipe, run_recipe = on.get("fp8_recipe"), scenario.opts.fp8_recipe
+    if scenario.opts.fp8 and recipe is not None and recipe != run_recipe:
+        out.append(f"FP8 recipe: the run uses {run_recipe} FP8 scaling but profile {prof.name!r} was calibrated on "
+                   f"{recipe} FP8; its FP8 GEMM rates are carried over as they are (only the casts follow the "
+                   f"run's recipe, workloads.ops.PassBuilder._quant_bytes)")
     trained = on.get("model") or "a model"
     attention = _calibration_model_trait(on, "attention")
     if scenario.attention_kernel:

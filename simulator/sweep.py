@@ -117,6 +117,11 @@ def _check_value(key: str, value, where: str) -> None:
             recompute_policy(value)
         except ValueError as exc:
             raise ValueError(f"{where}.{exc}") from None
+    if key == "fp8_recipe":
+        from gpuhours.workloads.ops import FP8_RECIPES
+
+        if value not in FP8_RECIPES:
+            raise ValueError(f"{where}.fp8_recipe must be one of {', '.join(FP8_RECIPES)}; got {value!r}")
     if key == "schedule" and value not in SCHEDULES:
         raise ValueError(f"{where}.schedule must be one of {', '.join(SCHEDULES)}; got {value!r}")
     if key in _POSITIVE_INT and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

@@ -107,12 +107,15 @@ def test_step_writes_gantt(tmp_path):
 
 
 def test_collective_json_matches_alpha_beta_ring_on_one_node():
-    """Ring all-reduce inside one node: 2 (p-1)/p n / B_nvlink plus 2 (p-1) latencies."""
-    r = runner.invoke(app, ["collective", "all_reduce", "--group-size", "8", "--bytes", "1G", "--json"])
+    """Ring all-reduce inside one node: 2 (p-1)/p n / B_nvlink plus 2 (p-1) latencies, and NCCL's Ring/Simple base
+    latency (8.4 us, hwmodels/data/nccl.toml); auto would run NVLS on this Hopper node (tests/test_nccl.py)."""
+    r = runner.invoke(app, ["collective", "all_reduce", "--group-size", "8", "--bytes", "1G", "--json",
+                            "--algorithm", "ring"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert {"time_s", "algbw_GBps", "busbw_GBps"} <= set(d)
-    expected = 2 * 7 / 8 * 1e9 / 160e9 + 2 * 7 * 3.4e-6
+    assert d["protocol"] == "ring/Simple"
+    expected = 2 * 7 / 8 * 1e9 / 160e9 + 2 * 7 * 3.4e-6 + 8.4e-6
     assert d["time_s"] == pytest.approx(expected, rel=1e-6)
     assert d["busbw_GBps"] == pytest.approx(d["algbw_GBps"] * 2 * 7 / 8)
 

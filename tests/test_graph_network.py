@@ -18,8 +18,8 @@ N = 1e9  # bytes
 
 
 @pytest.fixture(scope="module")
-def ds():
-    return GraphNetwork(load_cluster_preset("deepseek-h800"))
+def ds():  # the graph's own latency model; NCCL's protocol choice on top of it: tests/test_nccl.py
+    return GraphNetwork(load_cluster_preset("deepseek-h800"), nccl=False)
 
 
 def ring(p, steps, n, bw, alpha):

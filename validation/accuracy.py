@@ -119,7 +119,8 @@ def _scenario(case: Case, profile_name: str):
                        reshard_after_forward=lay.get("reshard_after_forward", True),
                        overlap_grad_reduce=lay.get("overlap_grad_reduce", False),
                        overlap_param_gather=lay.get("overlap_param_gather", False))
-    opts = replace(scenario.opts, recompute=lay.get("recompute", "none"))
+    opts = replace(scenario.opts, recompute=lay.get("recompute", "none"),
+                   fp8_recipe=lay.get("fp8_recipe", "blockwise"))
     return replace(scenario, parallel=parallel, opts=opts)
 
 

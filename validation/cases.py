@@ -20,6 +20,7 @@ Layout keys and what the simulator can express today (anything else is reported 
     tp_comm_overlap       TP collectives pipelined with their GEMMs (modelled: ParallelSpec.tp_comm_overlap)
     torch_compile         true is a gap (compiler-fused kernels; simulated as the eager run)
     precision             "bf16" | "fp8";  fp8_recipe "blockwise" (DeepSeek/DeepGEMM) | "delayed" | "current"
+                          (casts modelled: OpOptions.fp8_recipe; per-tensor GEMMs at blockwise rates: a gap)
     attention_kernel      a measured attention kernel the run's software used (hwmodels/data/attention_kernels.toml:
                           flash2, cudnn); absent: the calibration profile's attention efficiency
     calibrations          profiles to run the case under (default: the tool's default profile)
@@ -39,12 +40,11 @@ from pathlib import Path
 
 from gpuhours.workloads.hf_config import model_from_hf_config
 from gpuhours.workloads.model import AttentionSpec, ModelSpec
-from gpuhours.workloads.ops import RECOMPUTE_POLICIES
+from gpuhours.workloads.ops import FP8_RECIPES, RECOMPUTE_POLICIES
 from gpuhours.workloads.presets import list_presets, load_preset
 
 METRICS = ("step_time_s", "tflops_per_gpu", "tokens_per_s_per_gpu", "gpu_hours", "traced_pair_ms")
 RECOMPUTE = RECOMPUTE_POLICIES
-FP8_RECIPES = ("blockwise", "delayed", "current")
 _LAYOUT_KEYS = {"gpu", "gpus", "gpus_per_node", "nic_gbps", "cluster", "tp", "pp", "vpp", "ep", "etp", "cp", "dp",
                 "schedule",
                 "micro_batch_size", "batch", "seq_len", "sequence_parallel", "zero_stage", "fsdp", "recompute",
@@ -135,8 +135,9 @@ class Case:
         if lay.get("torch_compile"):
             out.append("torch.compile: compiler-fused kernels not modelled, simulated as the eager run")
         if lay.get("precision") == "fp8" and lay.get("fp8_recipe", "blockwise") != "blockwise":
-            out.append(f"FP8 {lay['fp8_recipe']} scaling (per-tensor, Transformer Engine): simulated as "
-                       f"DeepSeek's blockwise recipe with unfused casts")
+            # the casts follow the recipe (OpOptions.fp8_recipe); the GEMMs do not: no per-tensor figure yet
+            out.append(f"FP8 {lay['fp8_recipe']} scaling (per-tensor): casts as the recipe fuses them, GEMMs at "
+                       f"the profile's blockwise (DeepGEMM) FP8 rates, no per-tensor GEMM measurement")
         return out
 
     def inexpressible(self) -> str | None:

@@ -198,13 +198,13 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
     mods = modules(policy)
     norms, up_proj = "layernorm" in mods, "mla_up_proj" in mods and model.attention.kind == "mla"
     for phase in ("F", "B", "W"):
-        attn = PassBuilder(f"{prefix}.attn", "attn", phase, opts.fp8)
+        attn = PassBuilder(f"{prefix}.attn", "attn", phase, opts.fp8, opts.fp8_recipe)
         if phase == "B" and (norms or up_proj):
-            recompute = PassBuilder(f"{prefix}.attn.recompute", "attn", "F", opts.fp8)
+            recompute = PassBuilder(f"{prefix}.attn.recompute", "attn", "F", opts.fp8, opts.fp8_recipe)
             _attention_ops(recompute, model, p, tokens, seq_len, recompute_only=True, norms=norms, up_proj=up_proj)
             attn.ops.extend(recompute.ops)
         _attention_ops(attn, model, p, tokens, seq_len, recompute_core="core_attn" in mods)
-        mlp = PassBuilder(f"{prefix}.mlp", "mlp", phase, opts.fp8)
+        mlp = PassBuilder(f"{prefix}.mlp", "mlp", phase, opts.fp8, opts.fp8_recipe)
         if phase == "B" and norms:
             mlp.elementwise("ffn_norm.recompute", 2 * norm_tokens(tokens, p) * h * BF16)
         if phase != "W":

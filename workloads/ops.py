@@ -92,6 +92,13 @@ class LayerPasses:
 # of every pipeline stage fully recomputed, Megatron-Core's block method).
 RECOMPUTE_POLICIES = ("none", "deepseek", "selective", "full")
 
+# FP8 recipes (`OpOptions.fp8_recipe`): how the inputs of an FP8 GEMM are scaled and cast (`PassBuilder._quant_bytes`).
+#   "blockwise" DeepSeek-V3 sec. 3.3: 1x128 activation and 128x128 weight scales, casts as separate kernels.
+#   "delayed"   per-tensor scaling from the previous steps' amax history (Transformer Engine's DelayedScaling).
+#   "current"   per-tensor scaling from this tensor's own amax (TE's Float8CurrentScaling, torchao's "dynamic").
+FP8_RECIPES = ("blockwise", "delayed", "current")
+PER_TENSOR_RECIPES = ("delayed", "current")
+
 
 # recompute_policy(value) -> the canonical policy string of a plan / CLI value (names, "selective:<modules>",
 # "full:N", a list of module names, legacy booleans); ValueError naming `recompute` and the allowed values.
@@ -100,13 +107,14 @@ from gpuhours.workloads.recompute import recompute_policy  # noqa: E402,F401  (r
 
 @dataclass(frozen=True)
 class OpOptions:
-    """Numerics and memory choices that change the ops: FP8 linear layers (DeepSeek-V3's recipe), the activation
+    """Numerics and memory choices that change the ops: FP8 linear layers and their recipe (FP8_RECIPES), the activation
     recomputation policy (a canonical `workloads.recompute` policy string; see above), MoE load imbalance (rows on the busiest EP
     rank over the mean) and the MoE capacity factor (None: dropless, as DeepSeek-V3 trains; C: an EP rank keeps at
     most C times its mean rows and drops the rest, GShard/Switch-style, so its work and its dispatch are
     min(imbalance, C) times the mean)."""
 
     fp8: bool = True
+    fp8_recipe: str = "blockwise"  # FP8_RECIPES: how FP8 GEMM inputs are scaled and cast (`PassBuilder._quant_bytes`)
     recompute: str = "deepseek"
     imbalance: float = 1.0
     nodes_per_token: float | None = None  # distinct target nodes per token for EP traffic (None: model's default)
@@ -116,6 +124,8 @@ class OpOptions:
     def __post_init__(self):
         # legacy booleans are accepted and normalised (True: "deepseek", False: "none")
         object.__setattr__(self, "recompute", recompute_policy(self.recompute))
+        if self.fp8_recipe not in FP8_RECIPES:
+            raise ValueError(f"fp8_recipe must be one of {', '.join(FP8_RECIPES)}; got {self.fp8_recipe!r}")
         c = self.capacity_factor
         if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 1.0 <= c < math.inf):
             raise ValueError(f"capacity_factor must be a number >= 1 (rows an EP rank keeps, over its mean) or "
@@ -145,8 +155,10 @@ def fp8_bytes_per_token(hidden: int) -> float:
 class PassBuilder:
     """Collects ops for one pass of one layer, naming them consistently."""
 
-    def __init__(self, prefix: str, module: str, phase: str, fp8: bool):
-        self.prefix, self.module, self.phase, self.fp8 = prefix, module, phase, fp8
+    def __init__(self, prefix: str, module: str, phase: str, fp8: bool, recipe: str = "blockwise"):
+        if recipe not in FP8_RECIPES:
+            raise ValueError(f"fp8_recipe must be one of {', '.join(FP8_RECIPES)}; got {recipe!r}")
+        self.prefix, self.module, self.phase, self.fp8, self.recipe = prefix, module, phase, fp8, recipe
         self.ops: list[Op] = []
 
     def gemm(self, name: str, m: int, n: int, k: int, low_precision: bool = True, groups: int = 1) -> None:
@@ -159,18 +171,41 @@ class PassBuilder:
         dtype = "fp8" if (self.fp8 and low_precision) else "bf16"
         in_bytes = 1 if dtype == "fp8" else BF16
         nbytes = groups * ((m * k + k * n) * in_bytes + m * n * BF16)
-        if dtype == "fp8":
-            self.elementwise(f"{name}.quant", groups * self._quant_bytes(m, n, k))
+        cast = groups * self._quant_bytes(m, n, k) if dtype == "fp8" else 0
+        if cast:
+            self.elementwise(f"{name}.quant", cast)
         self.ops.append(Op(f"{self.prefix}.{name}", "grouped_gemm" if groups > 1 else "gemm", self.phase,
                            self.module, 2.0 * m * n * k * groups, nbytes, dtype, GemmShape(m, n, k), groups))
 
     def _quant_bytes(self, m: int, n: int, k: int) -> float:
-        """HBM traffic of the fine-grained FP8 casts feeding one GEMM (shape as executed; per-tile scales are
-        1/128 of the data and ignored). Forward: the BF16 activation (m x k) is read and written as FP8, 3 bytes an
-        element. Input gradient: the BF16 output gradient (m x k as executed) is read once and written in both
-        tilings, row-wise for this GEMM and column-wise for the weight gradient, 4 bytes. Weight gradient: the
-        cached FP8 activation re-tiled along the other axis (k x n as executed, read and written in FP8, 2 bytes).
-        Weights are cast once per step: ignored."""
+        """HBM traffic of the FP8 casts feeding one GEMM under the builder's recipe (shape as executed: the left
+        operand is m x k). Weights are cast once per step under every recipe: ignored. Scale factors (one FP32 per
+        128 elements, or per tensor) are ignored.
+
+        "blockwise" (DeepSeek-V3's fine-grained recipe, casts as kernels of their own). Forward: the BF16 activation
+        (m x k) is read and written as FP8, 3 bytes an element. Input gradient: the BF16 output gradient (m x k as
+        executed) is read once and written in both tilings, row-wise for this GEMM and column-wise for the weight
+        gradient, 4 bytes. Weight gradient: the cached FP8 activation re-tiled along the other axis (k x n as
+        executed, read and written in FP8, 2 bytes).
+
+        "delayed" / "current" (per-tensor scaling, Transformer Engine style). Hopper's FP8 tensor cores take both
+        operands K-major, so each cast tensor is needed twice: as it is for this GEMM and transposed for the weight
+        gradient. Transformer Engine produces both at once (its fused cast-transpose, and the norm, activation
+        and GEMM-epilogue kernels that emit FP8 outputs directly; torchao's float8 training leaves the same
+        fusion to torch.compile), so the producing kernel, which writes the BF16 tensor anyway, writes only the
+        two FP8 copies on top: 2 bytes an element, in the forward for the activation (m x k) and in the input
+        gradient for the output gradient (m x k as executed). The weight gradient finds both operands already
+        cast and transposed: no bytes. Assumption: every producer fuses the cast (a FlashAttention output
+        feeding the output projection too); where one does not, the cast would also read the BF16 tensor.
+        "current" scales a tensor by its own absolute maximum, which must be known before the cast: one more
+        read of the BF16 tensor (2 bytes an element) for the amax reduction (Transformer Engine's docs: current
+        scaling reads a tensor twice per quantization, delayed scaling once, from its amax history). "delayed"
+        takes the scale from the previous steps' amax, recorded as a by-product of the cast: no extra read."""
+        if self.recipe in PER_TENSOR_RECIPES:
+            if self.phase == "W":
+                return 0
+            amax = BF16 if self.recipe == "current" else 0
+            return (2 + amax) * m * k
         if self.phase == "W":
             return 2 * k * n
         if self.phase == "B":

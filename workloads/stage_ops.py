@@ -47,7 +47,7 @@ def head_passes(model: ModelSpec, p: ParallelSpec, seq_len: int, opts: OpOptions
     vocab = model.vocab // p.tp
     out: dict[str, Segment] = {}
     for phase in ("F", "B", "W"):
-        b = PassBuilder(prefix, "head", phase, opts.fp8)
+        b = PassBuilder(prefix, "head", phase, opts.fp8, opts.fp8_recipe)
         if phase != "W":
             b.elementwise("final_norm", 2 * norm_tokens(tokens, p) * model.hidden * BF16)
         b.gemm("output", tokens, vocab, model.hidden, low_precision=False)
@@ -67,7 +67,7 @@ def mtp_passes(model: ModelSpec, p: ParallelSpec, seq_len: int, depth: int, opts
     h = model.hidden
     proj: dict[str, Segment] = {}
     for phase in ("F", "B", "W"):
-        b = PassBuilder(f"mtp{depth}", "mtp", phase, opts.fp8)
+        b = PassBuilder(f"mtp{depth}", "mtp", phase, opts.fp8, opts.fp8_recipe)
         if phase != "W":
             b.elementwise("norms", 2 * 2 * tokens * h * BF16)
         b.gemm("proj", tokens, h, 2 * h)

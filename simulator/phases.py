@@ -23,7 +23,7 @@ from pathlib import Path
 from gpuhours.hwmodels.compute import ComputeModel
 from gpuhours.simulator.run import RunEstimate
 from gpuhours.simulator.micro_batch_ramp import run_memory
-from gpuhours.simulator.scenario import Scenario, _read_plan, estimate, list_plans, load_scenario
+from gpuhours.simulator.scenario import Scenario, _read_plan, estimate, list_plans, load_scenario, reference_table
 from gpuhours.workloads.memory import MemoryBreakdown
 from gpuhours.workloads.ops import recompute_policy
 from gpuhours.workloads.layer_ops import layer_passes
@@ -109,7 +109,7 @@ def load_phased_plan(name_or_path: str | Path) -> PhasedPlan:
     else:
         raise ValueError(f"plan must be one of {', '.join(list_plans())} or a .toml file; got {str(name_or_path)!r}")
     phases = doc.get("phase")
-    reference = tuple(doc.get("reference", {}).items())
+    reference = tuple(reference_table(doc).items())
     if phases is None:  # a plain plan: one phase
         if name not in list_plans():
             raise ValueError(f"plan file {str(path)!r} has no [[phase]] tables; a single-phase plan must be built in")

@@ -175,7 +175,23 @@ def is_phased(plan: str | Path) -> bool:
 
 def plan_reference(plan: str = DEFAULT_PLAN) -> dict:
     """The published figures a plan records for comparison (empty when it has none)."""
-    return dict(_read_plan(plan).get("reference", {}))
+    return reference_table(_read_plan(plan))
+
+
+def reference_table(doc: dict) -> dict:
+    """A plan's [reference] table, checked: published figures are finite numbers >= 0 (GPU-hours, dollars),
+    `source` and other notes are text. Raises ValueError naming the key."""
+    table = doc.get("reference", {})
+    if not isinstance(table, dict):
+        raise ValueError(f"reference: expected a table of published figures, got {type(table).__name__}")
+    for key, value in table.items():
+        text = isinstance(value, str)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+            and value >= 0
+        if not (text if key in ("source", "note", "what") else number):
+            allowed = "text" if key in ("source", "note", "what") else "a finite number >= 0"
+            raise ValueError(f"reference.{key} = {value!r}: expected {allowed}")
+    return dict(table)
 
 
 def resolve_model(model: "str | ModelSpec") -> ModelSpec:

@@ -207,3 +207,15 @@ def test_an_empty_model_is_refused_before_the_layout_search():
     # `estimate -m '' --cluster nan` searched 48 layouts of the default model, printed its progress line, then
     # failed on --cluster: two lines on stderr
     assert _one_error_line(["estimate", "-m", "", "--cluster", "nan"]).startswith("error: --model: empty")
+
+
+@pytest.mark.parametrize("value", ["[1, 2]", "-5", "nan", "inf", "true", '"lots"'])
+def test_a_plan_reference_that_is_not_a_figure_is_refused(tmp_path, value):
+    """The final fuzz of 2026-12-01 (seed 11): a phased plan whose [reference] total_gpu_hours was a list reached
+    the report's division (TypeError). Published figures are now checked where the plan is read."""
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f'[plan]\nbase = "deepseek-v3"\n[reference]\ntotal_gpu_hours = {value}\n'
+                    '[[phase]]\nname = "a"\ntokens = "1B"\n')
+    r = CliRunner().invoke(app, ["estimate", "--plan", str(plan)])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines() == [r.output.strip()] and "reference.total_gpu_hours" in r.output

@@ -538,6 +538,8 @@ def sweep(
     with user_errors():
         if not spec.exists():
             raise UsageError(f"spec: no such file {str(spec)!r}")
+        if spec.is_dir():
+            raise UsageError(f"spec: {spec}: Is a directory; give a sweep spec .toml file")
         try:
             result = run_sweep(spec, out, workers=workers, executor=executor, progress=progress, parquet=parquet,
                                rank_by=rank_by)

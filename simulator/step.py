@@ -98,6 +98,8 @@ class StepSimulator:
         self.coster = HardwareCoster(model, parallel, cluster, compute, network, seq_len, self.stage_layers, opts,
                                      with_grad_reduce_dtype(self.recipe, parallel))  # ZeRO-3's reduce bytes
         self._cache: dict[tuple[int, bool], StepResult] = {}
+        self._dp_memo: dict[frozenset[int], tuple[float, float, int]] = {}  # `_dp_collectives` per set of stages
+        self._plain_coster: HardwareCoster | None = None  # FSDP under pipelining: instructions that gather nothing
 
     # -- stage assignment ---------------------------------------------------------------------------------------
     def _balanced_stage_layers(self) -> tuple[int, ...]:
@@ -162,7 +164,7 @@ class StepSimulator:
         if p.fsdp_deferred_reduce and p.reshard_after_forward:  # gathers only where parameters are sharded
             from gpuhours.simulator.fsdp_pipeline import FsdpPipelineCoster, gathering_instructions, plain_coster
 
-            if getattr(self, "_plain_coster", None) is None:
+            if self._plain_coster is None:
                 self._plain_coster = plain_coster(self.coster)
             coster = FsdpPipelineCoster(self.coster, self._plain_coster, gathering_instructions(schedule))
         result = run_pipeline(schedule, coster, detail=detail, tail=tails.__getitem__, record=detail,
@@ -209,7 +211,15 @@ class StepSimulator:
 
     def _dp_collectives(self, stages: set[int]) -> tuple[float, float, int]:
         """Seconds of the rank's data-parallel gradient reduction and parameter gather when nothing else runs,
-        and the number of gradient buckets."""
+        and the number of gradient buckets (memoised: a step's buckets and tail, and every simulated step, ask for
+        the same stages)."""
+        key = frozenset(stages)
+        hit = self._dp_memo.get(key)
+        if hit is None:
+            hit = self._dp_memo[key] = self._price_dp_collectives(stages)
+        return hit
+
+    def _price_dp_collectives(self, stages: set[int]) -> tuple[float, float, int]:
         p = self.parallel
         dense, expert = self.rank_params(stages)
         # The groups come from the placement (`RankLayout`): a dense shard's dp x cp replicas (context-parallel

@@ -151,10 +151,18 @@ def _ray(fn, tasks, workers) -> Iterator:
     if importlib.util.find_spec("ray") is None:
         raise RuntimeError("executor 'ray' needs the package 'ray', which is not installed "
                            "(pip install 'ray[default]'); use executor 'process'")
-    from ray.util.multiprocessing import Pool  # pragma: no cover - not installable here
+    from ray.util.multiprocessing import Pool  # pragma: no cover - ray is an optional extra, absent in CI
 
+    # Ray's Pool joins the running Ray instance (ray.init / RAY_ADDRESS: a cluster) or starts a local one. Results
+    # are yielded as they complete, as the other executors do, so rows reach the CSV while the sweep runs.
     with Pool(processes=workers) as pool:  # pragma: no cover
-        yield from pool.starmap(fn, list(tasks))
+        yield from pool.imap_unordered(_apply, [(fn, t) for t in tasks])
+
+
+def _apply(job):
+    """fn(*task) for the Ray pool, which maps a one-argument function."""
+    fn, task = job
+    return fn(*task)
 
 
 _EXECUTORS: dict[str, Callable] = {"process": _process, "serial": _serial, "ray": _ray}

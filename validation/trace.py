@@ -393,18 +393,29 @@ def interval_union(intervals: Iterable[tuple[float, float]]) -> float:
     return total
 
 
+def _snap(times) -> np.ndarray:
+    """Seconds rounded to the picosecond. An end is start + dur converted separately, so a range ending where the
+    next kernel starts in the file's microseconds can end one float ulp after it in seconds (about one such
+    boundary in nine for integer stamps); snapping makes them equal again. Kineto stamps are at most ns-precise.
+    Times too large to round (beyond about 1e296 s) are kept as they are."""
+    t = np.asarray(times, dtype=float)
+    with np.errstate(over="ignore", invalid="ignore"):
+        snapped = np.round(t, 12)
+    return np.where(np.isfinite(snapped), snapped, t)
+
+
 class _Innermost:
     """Innermost (shortest) of a set of intervals covering a time: paint longest first, shortest last."""
 
     def __init__(self, intervals: list[tuple[float, float, int]]):
-        self.bounds = np.unique(np.array([t for s, e, _ in intervals for t in (s, e)], dtype=float))
+        self.bounds = np.unique(_snap([t for s, e, _ in intervals for t in (s, e)]))
         self.owner = np.full(max(len(self.bounds) - 1, 0), -1, dtype=np.int64)
         for s, e, idx in sorted(intervals, key=lambda it: it[1] - it[0], reverse=True):
-            i0, i1 = np.searchsorted(self.bounds, [s, e])
+            i0, i1 = np.searchsorted(self.bounds, _snap([s, e]))
             self.owner[i0:i1] = idx
 
     def lookup(self, times: np.ndarray) -> np.ndarray:
-        seg = np.searchsorted(self.bounds, times, side="right") - 1
+        seg = np.searchsorted(self.bounds, _snap(times), side="right") - 1
         ok = (seg >= 0) & (seg < len(self.owner))
         out = np.full(len(times), -1, dtype=np.int64)
         out[ok] = self.owner[seg[ok]]

@@ -4,12 +4,12 @@ accuracy suite."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from gpuhours.cli_support import (UsageError, _echo_json, _output_path, _stderr_console, _write_atomically, app,
-                                  calibrate_app, user_errors)
+from gpuhours.cli_support import (SCENARIO_OPTIONS, UsageError, _echo_json, _output_path, _stderr_console,
+                                  _write_atomically, app, calibrate_app, user_errors)
 
 
 @calibrate_app.command("bench")
@@ -39,20 +39,75 @@ def calibrate_bench(
 
 @calibrate_app.command("trace")
 def calibrate_trace(
-    trace: Path = typer.Argument(..., help="PyTorch-profiler Chrome trace of one DualPipe F&B pair"),
+    trace: List[Path] = typer.Argument(..., help="PyTorch-profiler Chrome trace: DeepSeek-V3's DualPipe F&B pair, "
+                                                 "or with --model any model's training steps (one file per rank, "
+                                                 "or several GPUs in one file)"),
     output: Path = typer.Option(..., "-o", "--output", help="Profile JSON to write"),
     base: str = typer.Option("default-h800", "--base", help="Profile whose GEMM shape curves are rescaled"),
+    name: Optional[str] = typer.Option(None, "--name", help="With --model: the profile's name "
+                                                            "(default kineto-<model>-<gpu>)"),
+    plan: Optional[str] = typer.Option(None, "--plan", help="With --model: a plan (name or TOML) holding the "
+                                                            "traced run's layout"),
+    model: Optional[str] = SCENARIO_OPTIONS["model"],
+    gpu: Optional[str] = SCENARIO_OPTIONS["gpu"],
+    gpus: Optional[int] = SCENARIO_OPTIONS["gpus"],
+    pp: Optional[int] = SCENARIO_OPTIONS["pp"],
+    ep: Optional[int] = SCENARIO_OPTIONS["ep"],
+    tp: Optional[int] = SCENARIO_OPTIONS["tp"],
+    cp: Optional[int] = SCENARIO_OPTIONS["cp"],
+    vpp: Optional[int] = SCENARIO_OPTIONS["vpp"],
+    schedule: Optional[str] = SCENARIO_OPTIONS["schedule"],
+    micro_batch_size: Optional[int] = SCENARIO_OPTIONS["micro_batch_size"],
+    seq_len: Optional[int] = SCENARIO_OPTIONS["seq_len"],
+    batch: Optional[int] = SCENARIO_OPTIONS["batch"],
+    precision: Optional[str] = SCENARIO_OPTIONS["precision"],
+    fp8_recipe: Optional[str] = SCENARIO_OPTIONS["fp8_recipe"],
+    recompute: Optional[str] = SCENARIO_OPTIONS["recompute"],
+    zero_stage: Optional[int] = SCENARIO_OPTIONS["zero_stage"],
+    sequence_parallel: Optional[bool] = SCENARIO_OPTIONS["sequence_parallel"],
+    network: Optional[str] = SCENARIO_OPTIONS["network"],
+    cluster: Optional[str] = SCENARIO_OPTIONS["cluster"],
 ):
-    """Derive a calibration profile from a measured trace of DeepSeek-V3's overlapped F&B pair."""
+    """Derive a calibration profile from a measured trace: DeepSeek-V3's overlapped F&B pair, or (--model and
+    the traced layout) any model's training steps, fitted per kernel class."""
     from gpuhours.validation.calibrate_trace import profile_from_traced_case
 
+    layout = dict(gpu=gpu, gpus=gpus, pp=pp, ep=ep, tp=tp, cp=cp, vpp=vpp, schedule=schedule,
+                  micro_batch_size=micro_batch_size, seq_len=seq_len, batch=batch, fp8_recipe=fp8_recipe,
+                  recompute=recompute, zero_stage=zero_stage, sequence_parallel=sequence_parallel,
+                  network=network, cluster=cluster)
     with user_errors():
         _output_path(output, (".json",), "--output")
-        if not trace.exists():
-            raise UsageError(f"trace: no such file {str(trace)!r}")
-        profile = profile_from_traced_case(trace, base)
-        _write_atomically(output, profile.save)
+        _check_traces(trace)
+        if model is not None:
+            from gpuhours.validation.kineto_calibrate import calibrate
+            from gpuhours.validation.kineto_report import render_calibration
+
+            profile, report = calibrate(trace, model, base, name=name, plan=plan, precision=precision, **layout)
+            _write_atomically(output, profile.save)
+            typer.echo(render_calibration(report))
+        else:
+            _deepseek_trace_only(trace, layout | dict(name=name, plan=plan, precision=precision))
+            profile = profile_from_traced_case(trace[0], base)
+            _write_atomically(output, profile.save)
     typer.echo(f"wrote {output}: {profile.name} ({profile.source}, {profile.provenance.device})")
+
+
+def _check_traces(traces) -> None:
+    for t in traces:
+        if not t.exists():
+            raise UsageError(f"trace: no such file {str(t)!r}")
+
+
+def _deepseek_trace_only(traces, options: dict) -> None:
+    """Without --model the trace is DeepSeek-V3's F&B pair: one file, and no layout options."""
+    if len(traces) > 1:
+        raise UsageError(f"trace: DeepSeek-V3's F&B pair is one file, got {len(traces)}; give --model for a trace "
+                         f"of several ranks")
+    given = [k for k, v in options.items() if v is not None]
+    if given:
+        raise UsageError(f"--{given[0].replace('_', '-')}: layout options describe a traced run of --model; "
+                         f"give --model")
 
 
 @app.command()
@@ -60,13 +115,57 @@ def validate(
     out: Path = typer.Option(Path("."), "--out", help="Folder for validation.md and its plots (default: the current "
                                                      "folder; the committed page: --out reports/validation)"),
     bench: Optional[Path] = typer.Option(None, "--bench", help="Also compare this microbenchmark profile JSON"),
-    trace: Optional[Path] = typer.Option(None, "--trace", help="Measured trace (default: shared profile-data)"),
+    trace: Optional[List[Path]] = typer.Option(None, "--trace", help=(
+        "Measured trace (default: where GPUHOURS_PROFILE_TRACE points, else the trace-derived profile's figures); "
+        "with --model, any model's training steps, repeated for several ranks")),
     as_json: bool = typer.Option(False, "--json"),
+    plan: Optional[str] = typer.Option(None, "--plan", help="With --model: a plan (name or TOML) holding the traced "
+                                                            "run's layout"),
+    model: Optional[str] = SCENARIO_OPTIONS["model"],
+    calibration: Optional[str] = SCENARIO_OPTIONS["calibration"],
+    gpu: Optional[str] = SCENARIO_OPTIONS["gpu"],
+    gpus: Optional[int] = SCENARIO_OPTIONS["gpus"],
+    pp: Optional[int] = SCENARIO_OPTIONS["pp"],
+    ep: Optional[int] = SCENARIO_OPTIONS["ep"],
+    tp: Optional[int] = SCENARIO_OPTIONS["tp"],
+    cp: Optional[int] = SCENARIO_OPTIONS["cp"],
+    vpp: Optional[int] = SCENARIO_OPTIONS["vpp"],
+    schedule: Optional[str] = SCENARIO_OPTIONS["schedule"],
+    micro_batch_size: Optional[int] = SCENARIO_OPTIONS["micro_batch_size"],
+    seq_len: Optional[int] = SCENARIO_OPTIONS["seq_len"],
+    batch: Optional[int] = SCENARIO_OPTIONS["batch"],
+    precision: Optional[str] = SCENARIO_OPTIONS["precision"],
+    fp8_recipe: Optional[str] = SCENARIO_OPTIONS["fp8_recipe"],
+    recompute: Optional[str] = SCENARIO_OPTIONS["recompute"],
+    zero_stage: Optional[int] = SCENARIO_OPTIONS["zero_stage"],
+    sequence_parallel: Optional[bool] = SCENARIO_OPTIONS["sequence_parallel"],
+    network: Optional[str] = SCENARIO_OPTIONS["network"],
+    cluster: Optional[str] = SCENARIO_OPTIONS["cluster"],
 ):
-    """Simulate the traced DeepSeek-V3 F&B pair under each calibration source and compare with the trace."""
+    """Simulate the traced DeepSeek-V3 F&B pair under each calibration source and compare with the trace; with
+    --model, the simulated training step of that model and layout against its measured trace."""
     from gpuhours.reports.validation_page import write_validation_page
     from gpuhours.validation.compare import compare_all
 
+    layout = dict(gpu=gpu, gpus=gpus, pp=pp, ep=ep, tp=tp, cp=cp, vpp=vpp, schedule=schedule,
+                  micro_batch_size=micro_batch_size, seq_len=seq_len, batch=batch, fp8_recipe=fp8_recipe,
+                  recompute=recompute, zero_stage=zero_stage, sequence_parallel=sequence_parallel,
+                  network=network, cluster=cluster, calibration=calibration)
+    with user_errors():
+        if model is not None:
+            from gpuhours.validation.kineto_calibrate import compare_step
+            from gpuhours.validation.kineto_report import render_comparison
+
+            if not trace:
+                raise UsageError("trace: --model compares a measured trace of that model; give --trace")
+            _check_traces(trace)
+            step = compare_step(trace, model, plan=plan, precision=precision, **layout)
+        else:
+            _deepseek_trace_only(trace or [], layout | dict(plan=plan, precision=precision))
+            trace = trace[0] if trace else None
+    if model is not None:
+        _echo_json(step) if as_json else typer.echo(render_comparison(step))
+        return
     with user_errors():
         if bench is not None and not bench.exists():
             raise UsageError(f"bench: no such file {str(bench)!r}")

@@ -73,8 +73,9 @@ def explain(results: dict) -> str:
              f"measured ({_pct(sim, meas)})."]
     if figure == "comm busy" or figure.startswith(("dispatch", "combine")):
         parts.append(
-            f"The network model prices each all-to-all as its bytes over DeepEP's bottleneck bandwidth, i.e. wire "
-            f"time. The trace's communication stream instead shows how long DeepEP's kernels stay resident: "
+            f"Each all-to-all is priced as DeepEP's kernels stay resident (hwmodels/deepep.py: transfer at the "
+            f"SM-limited published rate and the slowest peer; inside an overlapped pair also the notify per call, "
+            f"which only a trace-derived profile carries). The trace's communication stream shows: "
             f"{notify:.1f} ms of it are notify kernels (the size exchange and barrier before each transfer) and "
             f"{a2a:.1f} ms dispatch/combine kernels, which run on the few SMs reserved for communication beside "
             f"the GEMMs and wait for their peer ranks; in an overlapped pair they stretch over the computation "

@@ -17,7 +17,9 @@ In schedules that overlap communication with computation, communication kernels 
 throughout the step (DeepSeek-V3 reserves 20 of 132), so every compute op runs at the rate of the remaining SMs;
 in the others compute and communication take turns and compute uses every SM
 (`ParallelSpec.compute_sm_fraction`). The weight-gradient GEMMs that a fused backward runs beside its backward
-all-to-all are priced at the full rate too: a small optimism for those schedules.
+all-to-all are priced at the full rate too: a small optimism for those schedules. With comm_sms > 0 the EP
+all-to-alls are DeepEP's kernels on those SMs and take their resident time (`HardwareCoster.deepep_call`,
+`hwmodels.deepep`: notify, transfer at the SM-limited published rate, slowest peer), not the fabric's wire time.
 
 Dependencies: a segment depends on the previous segment of its pass, except ZeRO-3's data-parallel collectives
 (`workloads.zero.zero3_passes`). A parameter all-gather depends only on the previous all-gather of the pass (not
@@ -33,18 +35,18 @@ from __future__ import annotations
 
 import heapq
 import math
-import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
-from pathlib import Path
 
 from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
 from gpuhours.hwmodels.compute import ComputeModel, elementwise_class
+from gpuhours.hwmodels.deepep import DeepEPCall, DeepEPKernels, counted_bytes, distinct_targets, ep_sm_slowdown
+from gpuhours.hwmodels.deepep import deepep_saturating_sms  # noqa: F401 (re-exported: simulator.planner)
 from gpuhours.hwmodels.placement import EXPERT_GROUPS, RankLayout
 from gpuhours.simulator.engine import InstructionProfile
 from gpuhours.simulator.instructions import Instruction
 from gpuhours.simulator.overlap import exposed_streamed
-from gpuhours.simulator.ring_overlap import ring_exposed
+from gpuhours.simulator.ring_overlap import cp_exposed
 from gpuhours.simulator.timeline import Span
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import BF16, LayerPasses, Op, OpOptions, Segment
@@ -69,27 +71,6 @@ class _Task:
     layer: int | None
     kind: str
     uses_nic: bool = False  # a collective whose group spans nodes: it holds the GPU's network interface
-
-
-@lru_cache(maxsize=1)
-def _deepep() -> dict:
-    with (Path(__file__).resolve().parents[1] / "hwmodels" / "data" / "comm_kernels.toml").open("rb") as f:
-        return tomllib.load(f)["deepep"]
-
-
-def deepep_saturating_sms() -> int:
-    """SMs from which DeepEP's kernels reach the links' rate (hwmodels/data/comm_kernels.toml)."""
-    return int(_deepep()["saturating_sms"])
-
-
-def ep_sm_slowdown(parallel: ParallelSpec) -> float:
-    """How much longer EP all-to-alls take than the links allow, for the SMs reserved for them: under an
-    overlapping schedule DeepEP's kernels get `comm_sms` SMs and reach the links' rate from `saturating_sms` on
-    (hwmodels/data/comm_kernels.toml), proportionally below. Schedules that do not overlap (comm_sms 0) run
-    them on every SM: no slowdown."""
-    if not parallel.overlaps_comm or parallel.comm_sms <= 0:
-        return 1.0
-    return max(1.0, deepep_saturating_sms() / parallel.comm_sms)
 
 
 def expected_nodes_per_token(model: ModelSpec, ep: int, gpus_per_node: int,
@@ -128,12 +109,18 @@ def expected_nodes_per_token(model: ModelSpec, ep: int, gpus_per_node: int,
 class HardwareCoster:
     """Prices instructions of one pipeline on a cluster: the `InstructionCoster` of hardware mode."""
 
+    uniform_transfers = True  # `transfer` depends on the ranks only: the engine prices each route once
+    uniform_profiles = True   # `profile` depends on (kind, stage, b_stage) only: asked once per kind a rank runs
+
     def __init__(self, model: ModelSpec, parallel: ParallelSpec, cluster: ClusterSpec, compute: ComputeModel,
                  network, seq_len: int, stage_layers: tuple[int, ...], opts: OpOptions = OpOptions(),
                  recipe=None):
         self.model, self.parallel, self.cluster = model, parallel, cluster
         self.compute, self.network, self.seq_len, self.opts = compute, network, seq_len, opts
         sms = cluster.gpu.sms
+        if parallel.overlaps_comm and parallel.comm_sms >= sms:
+            raise ValueError(f"comm_sms must be below the GPU's {sms} SMs under {parallel.schedule} (compute keeps "
+                             f"the rest), got {parallel.comm_sms}")
         self.sm_fraction = parallel.compute_sm_fraction(sms)
         self.stage_layers, self.recipe = tuple(stage_layers), recipe
         self._stages: tuple[tuple[LayerPasses, ...], ...] | None = None
@@ -145,6 +132,13 @@ class HardwareCoster:
         self.placed = hasattr(network, "placed_phases")  # the fabric graph prices the placement's own groups
         self._groups: dict[str, list[list[int]]] = {}
         self.ep_sm_slowdown = ep_sm_slowdown(parallel)
+        # comm_sms > 0: the EP all-to-alls are DeepEP's kernels on that many SMs (beside compute under an
+        # overlapping schedule, taking turns with it otherwise): SM-limited bandwidth and resident time
+        # (hwmodels/deepep.py); comm_sms 0 keeps the fabric's wire time (Megatron-Core's dispatchers)
+        self.deepep = None
+        if parallel.comm_sms > 0:  # the notify per call is the profile's (trace-derived) figure, else none
+            notify_ms = (compute.profile.comm or {}).get("deepep_notify_per_call_ms", 0.0)
+            self.deepep = replace(DeepEPKernels.load(), notify_s=float(notify_ms) * 1e-3)
         ep_per_node = self.comm_group("ep").per_node  # the nodes an EP group spans under the placement
         self.nodes_per_token = (opts.nodes_per_token if opts.nodes_per_token is not None
                                 else expected_nodes_per_token(model, parallel.ep, ep_per_node,
@@ -186,13 +180,39 @@ class HardwareCoster:
             else:
                 wire = self.network.ep_all_to_all(op.tokens, op.bytes_per_token, self.model.moe.top_k,
                                                   self.nodes_per_token, self.comm_group("ep"))
-            return wire * self.ep_sm_slowdown
+            if self.deepep is None or self.parallel.ep == 1:
+                return wire
+            return self.deepep_call(op, wire, notify=False).resident_s
         wire = self.collective(op.collective, op.comm_bytes, op.group)
         if op.overlaps is not None and op.group == "cp":  # ring attention: K/V blocks under the core's blocks
-            return ring_exposed(wire, self.parallel.cp, self.op_time(op.overlaps), op.phase)
+            return cp_exposed(op, wire, self.parallel.cp, self.op_time(op.overlaps))
         if op.overlaps is not None:  # tp_comm_overlap: pipelined with its GEMM in tp pieces
             return exposed_streamed(wire, self.parallel.tp, self.op_time(op.overlaps))
         return wire
+
+    def deepep_call(self, op: Op, wire: float, notify: bool = True) -> DeepEPCall:
+        """An EP all-to-all op as DeepEP's kernels run it beside compute (`hwmodels.deepep`): `wire` is its
+        fabric time for the busiest rank's rows (op.tokens already carries the kept imbalance); `notify`: inside
+        an overlapped pair (op_time leaves it out: `_add` charges it there)."""
+        group = self.comm_group("ep")
+        moe = self.model.moe
+        npt = self.nodes_per_token
+        npt = sum(d * p for d, p in npt.items()) if isinstance(npt, dict) else float(npt)
+        internode = group.nodes > 1
+        ranks = 0.0 if internode else distinct_targets(group.size, moe.n_routed_experts, moe.top_k)
+        nbytes = counted_bytes(op.tokens, op.bytes_per_token, internode, npt, ranks)
+        kind = "dispatch" if op.collective == "ep_dispatch" else "combine"
+        return self.deepep.call(wire, nbytes, group.size, kind, internode, self.parallel.comm_sms,
+                                max(1.0, self.opts.kept_imbalance), notify)
+
+    def pair_notify(self, segment: Segment) -> float:
+        """Notify time a communication segment's DeepEP calls add inside an overlapped F&B pair: the profile's
+        notify per call for each internode EP dispatch or combine (`hwmodels/deepep.py`)."""
+        if self.deepep is None or self.deepep.notify_s == 0.0 or self.parallel.ep == 1 \
+                or self.comm_group("ep").nodes <= 1:
+            return 0.0
+        return self.deepep.notify_s * sum(1 for op in segment.ops
+                                           if op.collective in ("ep_dispatch", "ep_combine"))
 
     def collective(self, kind: str, nbytes: float, group: str) -> float:
         """Seconds of collective `kind` on `nbytes` run by every group of kind `group` at once. On the fabric
@@ -236,7 +256,8 @@ class HardwareCoster:
         of the two."""
         segments = unit.forward + unit.backward + unit.weight
         compute = sum(self._segment_time(s) for s in segments if s.stream == "compute")
-        comm = sum(self._segment_time(s) for s in segments if s.stream == "comm")
+        comm = sum(self._segment_time(s) + (self.pair_notify(s) if overlapped else 0.0)
+                   for s in segments if s.stream == "comm")
         return max(compute, comm) if overlapped else compute + comm
 
     def op_count(self, instruction: Instruction) -> int:
@@ -337,7 +358,8 @@ class HardwareCoster:
             priority = (k, _PAIR_ORDER.get(seg.name, 20 + j), len(tasks))
         else:
             priority = (len(tasks),)
-        tasks.append(_Task(seg.name, seg.stream, self._segment_time(seg), deps, priority, seg.layer, kind,
+        seconds = self._segment_time(seg) + (self.pair_notify(seg) if pair and seg.stream == "comm" else 0.0)
+        tasks.append(_Task(seg.name, seg.stream, seconds, deps, priority, seg.layer, kind,
                            seg.stream == "comm" and self._crosses_nodes(seg)))
         return len(tasks) - 1
 

@@ -1,5 +1,5 @@
-"""SMs reserved for DeepEP's kernels buy bandwidth up to saturation (issue 15, item 3): comm_sms has an interior
-optimum instead of 'as few as possible'."""
+"""SMs reserved for DeepEP's kernels buy bandwidth up to saturation (issue 15, item 3; hwmodels/deepep.py): comm_sms
+has an interior optimum instead of 'as few as possible'."""
 
 from __future__ import annotations
 
@@ -17,16 +17,19 @@ def test_slowdown_below_saturation_only():
     assert ep_sm_slowdown(dualpipe) == pytest.approx(2.0)            # 20 saturating SMs / 10
     assert ep_sm_slowdown(replace(dualpipe, comm_sms=20)) == 1.0
     assert ep_sm_slowdown(replace(dualpipe, comm_sms=32)) == 1.0
-    assert ep_sm_slowdown(replace(dualpipe, comm_sms=0)) == 1.0      # no reservation: kernels take turns
-    assert ep_sm_slowdown(ParallelSpec(2048, pp=16, ep=64, schedule="1f1b", comm_sms=5)) == 1.0
+    assert ep_sm_slowdown(replace(dualpipe, comm_sms=0)) == 1.0      # no DeepEP kernels: the fabric's wire time
+    # taking turns with compute, DeepEP's kernels still move bytes at the rate of the SMs they are given
+    assert ep_sm_slowdown(ParallelSpec(2048, pp=16, ep=64, schedule="1f1b", comm_sms=5)) == pytest.approx(4.0)
 
 
-def test_an_ep_all_to_all_takes_saturation_over_sms_times_as_long():
+def test_an_ep_all_to_all_moves_its_bytes_saturation_over_sms_times_as_long():
+    """The transfer at 5 SMs takes 20/5 = 4 times as long as at 20 (where, at DeepEP's
+    first-release EP64 rates, the kernels and not the links bound it)."""
     base = load_scenario(gpus=256, pp=4, ep=64, seq_len=1024)
     fast, slow = (replace(base, parallel=replace(base.parallel, comm_sms=k)).simulator().coster for k in (20, 5))
     ops = [op for u in fast.stages[1] for seg in u.forward for op in seg.ops if op.group == "ep"]
     assert ops
-    for op in ops:
+    for op in ops:  # an op's own time is its transfer and peer wait (the notify is charged per pair segment)
         assert slow.op_time(op) == pytest.approx(4.0 * fast.op_time(op), rel=1e-12)
 
 
@@ -35,3 +38,11 @@ def test_comm_sms_has_an_interior_optimum_on_the_default_case():
     base = load_scenario()
     hours = {k: estimate(replace(base, parallel=replace(base.parallel, comm_sms=k))).gpu_hours for k in (8, 20, 32)}
     assert hours[20] < hours[8] and hours[20] < hours[32]
+
+
+def test_the_optimum_follows_the_workload_not_the_saturation_point():
+    """At 16K tokens a sequence the attention compute outgrows the all-to-alls: the communication stream stays
+    hidden below DeepEP's 20 saturating SMs, so giving compute more SMs wins (14 beats both 20 and 8)."""
+    base = load_scenario(seq_len=16384)
+    hours = {k: estimate(replace(base, parallel=replace(base.parallel, comm_sms=k))).gpu_hours for k in (8, 14, 20)}
+    assert hours[14] < hours[20] and hours[14] < hours[8]

@@ -442,7 +442,8 @@ def profile_from_traced_case(trace_path: str | Path | None = None,
                           f" ms of memory-bound kernels x HBM bandwidth"},
         "comm": {"a2a_kernel_ms": {c: round(t * 1e3, 6) for c, t in measured.comm_classes.items()},
                  "provenance": f"trace {trace.file_name}: summed kernel time on stream(s) "
-                               f"{list(measured.comm_streams)}; not used by the network model"},
+                               f"{list(measured.comm_streams)}; not used by the network model"}
+                | _notify_per_call(measured, coster, trace.file_name),
         "trace": {"measured": measured.to_dict(), "derivation": record},
         "notes": [
             "GEMM time ratios (measured / predicted by the base curves on the traced pair): "
@@ -455,6 +456,22 @@ def profile_from_traced_case(trace_path: str | Path | None = None,
         ],
     }
     return CalibrationProfile.from_dict(d)
+
+
+def _notify_per_call(measured, coster: HardwareCoster, file_name: str) -> dict:
+    """DeepEP's notify kernels' resident time per dispatch or combine call of the traced pair (read by
+    `HardwareCoster` for overlapped F&B pairs, `hwmodels/deepep.py`): the notify kernel time over our EP calls."""
+    notify = measured.comm_classes.get("a2a_notify", 0.0)
+    calls = sum(1 for unit in coster.stages[FORWARD_STAGE] for seg in unit.forward for op in seg.ops
+                if op.collective in ("ep_dispatch", "ep_combine"))
+    calls += sum(1 for unit in coster.stages[BACKWARD_STAGE] for seg in unit.backward for op in seg.ops
+                 if op.collective in ("ep_dispatch", "ep_combine"))
+    if notify <= 0 or calls == 0:
+        return {}
+    return {"deepep_notify_per_call_ms": round(notify * 1e3 / calls, 6),
+            "deepep_notify_provenance": f"trace {file_name}: {notify * 1e3:.3f} ms of notify kernels (size exchange "
+                                        f"and barrier, including the wait for peers) over the pair's {calls} EP "
+                                        f"dispatch/combine calls; charged in overlapped F&B pairs only"}
 
 
 def work_ms(record: dict) -> float:

@@ -8,6 +8,7 @@ of a split by `workloads.memory`'s formulas (the sum `memory_breakdown` reports)
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -105,8 +106,11 @@ def rebalance_for_ranks(sizes: tuple[int, ...], layer_cost: list[float], holders
     contiguous: only their sizes change. Hill climbing on (max rank load, max stage cost); every stage keeps the
     layers `partition_layers` requires of it (`head_cost`, `head_layers`: as there).
     """
-    score = time_scorer(layer_cost, holders, first_extra, last_extra, head_cost=head_cost, head_layers=head_layers)
     mins = _min_layers(len(sizes), first_extra, last_extra)
+    if sorted(r for rs in holders for r in rs) == list(range(len(holders))):  # one stage per rank, one rank each
+        cost = _stage_coster(layer_cost, len(sizes), first_extra, last_extra, head_cost, head_layers)
+        return _rebalance_one_per_rank(tuple(sizes), mins, cost, sum(layer_cost) + first_extra + last_extra or 1.0)
+    score = time_scorer(layer_cost, holders, first_extra, last_extra, head_cost=head_cost, head_layers=head_layers)
     best, best_score = tuple(sizes), score(tuple(sizes))
     improved = True
     while improved:
@@ -122,6 +126,98 @@ def rebalance_for_ranks(sizes: tuple[int, ...], layer_cost: list[float], holders
                 if sc < best_score:
                     best, best_score, improved = tuple(sz), sc, True
     return best
+
+
+def _rebalance_one_per_rank(sizes: tuple[int, ...], mins: list[int], cost, scale: float) -> tuple[int, ...]:
+    """`rebalance_for_ranks` where every rank holds one stage: a rank's load is its stage's cost, so a split's
+    score is (M, M) for its most expensive stage M (over the total, rounded as `time_scorer` does). The moves are
+    tried in the same order and the first that lowers the score is taken, as there; what changes is the cost of
+    trying one: for a layer moved from stage a to stage b, only the stages between them change (each shifts by one
+    layer), so with the most expensive stage before and after that range known, a's moves to every b cost one pass
+    over the stages rather than one per b. Stage costs come from `cost(stage, first layer, layers)`, the same
+    memoised sums `time_scorer` adds."""
+    n = len(sizes)
+    best = list(sizes)
+
+    def value(m: float) -> float:
+        return round(m / scale, 9)
+
+    def state():
+        starts, c = [], []
+        start = 0
+        for s, k in enumerate(best):
+            starts.append(start)
+            c.append(cost(s, start, k))
+            start += k
+        before = [-math.inf] * (n + 1)  # before[s]: most expensive of stages 0..s-1
+        for s in range(n):
+            before[s + 1] = max(before[s], c[s])
+        after = [-math.inf] * (n + 1)   # after[s]: most expensive of stages s..n-1
+        for s in range(n - 1, -1, -1):
+            after[s] = max(after[s + 1], c[s])
+        return starts, c, before, after
+
+    def later(a: int) -> list[float]:
+        """later[b] for b < a: the most expensive of stages b+1..a-1 each one layer later."""
+        out = [-math.inf] * max(a, 1)
+        for s in range(a - 2, -1, -1):
+            out[s] = max(out[s + 1], cost(s + 1, starts[s + 1] + 1, best[s + 1]))
+        return out
+
+    starts, c, before, after = state()
+    best_value = value(max(c))
+    improved = True
+    while improved:
+        improved = False
+        for a in range(n):
+            if best[a] == mins[a]:
+                continue
+            down, earlier = later(a), -math.inf  # earlier: the most expensive of stages a+1..b-1, one layer earlier
+            for b in range(n):
+                if best[a] == mins[a]:
+                    break
+                if b > a + 1:
+                    earlier = max(earlier, cost(b - 1, starts[b - 1] - 1, best[b - 1]))
+                if a == b:
+                    continue
+                if b > a:
+                    top = max(before[a], after[b + 1], cost(a, starts[a], best[a] - 1),
+                              cost(b, starts[b] - 1, best[b] + 1), earlier)
+                else:
+                    top = max(before[b], after[a + 1], cost(b, starts[b], best[b] + 1),
+                              cost(a, starts[a] + 1, best[a] - 1), down[b])
+                v = value(top)
+                if v < best_value:
+                    best[a] -= 1
+                    best[b] += 1
+                    best_value, improved = v, True
+                    starts, c, before, after = state()
+                    if best[a] > mins[a]:  # otherwise no more moves from a
+                        down = later(a)
+                        earlier = max((cost(s, starts[s] - 1, best[s]) for s in range(a + 1, b + 1)),
+                                      default=-math.inf)
+    return tuple(best)
+
+
+def _stage_coster(layer_cost: list[float], num_stages: int, first_extra: float, last_extra: float,
+                  head_cost: list[float] | None, head_layers: int):
+    """cost(stage, first layer, layers): a stage's cost as `time_scorer` adds it (its layers' sums memoised per
+    run, the first stage's `first_extra`, the last's `last_extra`)."""
+    head = _head_prefix(head_cost, len(layer_cost))
+    run_sums: dict[tuple[int, int], float] = {}
+    last = num_stages - 1
+
+    def cost(s: int, start: int, n: int) -> float:
+        key = (start, n)
+        total = run_sums.get(key)
+        if total is None:
+            total = run_sums[key] = sum(layer_cost[start:start + n]) + (
+                float(head[start + min(n, head_layers)] - head[start]) if head_layers else 0.0)
+        c = total + (first_extra if s == 0 else 0.0)
+        c += last_extra if s == last else 0.0
+        return c
+
+    return cost
 
 
 def _moves(sizes: tuple[int, ...], mins: list[int]):
@@ -144,22 +240,12 @@ def time_scorer(layer_cost: list[float], holders: tuple[tuple[int, ...], ...], f
     `head_layers` layers also cost their `head_cost` (`partition_layers`)."""
     num_ranks = 1 + max(r for rs in holders for r in rs)
     scale = sum(layer_cost) + first_extra + last_extra or 1.0
-    head = _head_prefix(head_cost, len(layer_cost))
-    run_sums: dict[tuple[int, int], float] = {}
-
-    def run_sum(start: int, n: int) -> float:
-        key = (start, n)
-        if key not in run_sums:
-            run_sums[key] = sum(layer_cost[start:start + n]) + (
-                float(head[start + min(n, head_layers)] - head[start]) if head_layers else 0.0)
-        return run_sums[key]
+    cost = _stage_coster(layer_cost, len(holders), first_extra, last_extra, head_cost, head_layers)
 
     def score(sz: tuple[int, ...]) -> tuple[float, float]:
         stage_cost, start = [], 0
         for s, n in enumerate(sz):
-            c = run_sum(start, n) + (first_extra if s == 0 else 0.0)
-            c += last_extra if s == len(sz) - 1 else 0.0
-            stage_cost.append(c)
+            stage_cost.append(cost(s, start, n))
             start += n
         load = [0.0] * num_ranks
         for s, c in enumerate(stage_cost):

@@ -28,6 +28,8 @@ import simpy
 
 from gpuhours.simulator.instructions import Instruction, Schedule
 from gpuhours.simulator.nic_share import SharedInterface
+from gpuhours.simulator.programs import programs as _programs
+from gpuhours.simulator.run_ahead import plain, run_ahead as _run_ahead
 from gpuhours.simulator.timeline import Span
 
 
@@ -46,7 +48,9 @@ class InstructionCoster(Protocol):
     def profile(self, rank: int, instruction: Instruction) -> InstructionProfile: ...
 
     def transfer(self, src: int, dst: int, kind: str, microbatch: int, stage: int) -> float:
-        """Seconds to move F's activations (kind "F") or B's input gradients (kind "B") from src to dst."""
+        """Seconds to move F's activations (kind "F") or B's input gradients (kind "B") from src to dst. A coster
+        whose transfers do not depend on the micro-batch sets `uniform_transfers = True`, one whose profiles
+        depend on (kind, stage, b_stage) only `uniform_profiles = True` (`simulator.programs`)."""
         ...
 
 
@@ -67,7 +71,8 @@ class PipelineResult:
 
 def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = False,
                  tail: Callable[[int], float] | None = None, record: bool = True,
-                 buckets: Callable[[int], tuple[tuple[float, float], ...]] | None = None) -> PipelineResult:
+                 buckets: Callable[[int], tuple[tuple[float, float], ...]] | None = None,
+                 run_ahead: bool = True) -> PipelineResult:
     """Simulate one pass of `schedule`; `detail` also returns op-level spans on both streams; `record=False`
     skips the instruction spans (an estimate needs only the totals).
 
@@ -84,9 +89,13 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
     Events per instruction: one timeout for its duration, one arrival for each input that had not arrived when
     the rank reached it (an input already there costs nothing), and per send one completion (plus one decision,
     below, on ranks whose instructions hold the interface).
+
+    `run_ahead`: when no instruction holds an interface, no rank has buckets and no spans are asked for, ranks
+    compute their timelines as far as they know their inputs and yield only to wait for one
+    (`simulator.run_ahead`, the same figures bit for bit); False runs every instruction as an event.
     """
     env = simpy.Environment()
-    num_stages, pp = schedule.num_stages, schedule.pp
+    pp = schedule.pp
     arrived: dict[tuple[str, int, int], simpy.Event] = {}
 
     def arrival(key: tuple[str, int, int]) -> simpy.Event:
@@ -141,9 +150,6 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
         done = env.timeout(held)
         done.callbacks.append(lambda _: (event.succeed(), next_on_nic(src)))
 
-    busy = [0.0] * pp
-    comm_busy = [0.0] * pp
-    executing = [0.0] * pp
     finish = [0.0] * pp
     end = [0.0] * pp
     nic_busy = [0.0] * pp
@@ -165,7 +171,7 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
         live, timeout, get = 0, env.timeout, arrived.get
         last = len(steps) - 1
         own_buckets = buckets(rank) if buckets is not None else ()
-        for index, (instruction, prof, needs, forwards, weights, sends, load) in enumerate(steps):
+        for index, (instruction, prof, needs, forwards, weights, keys, delays, load) in enumerate(steps):
             pending = [event for event in (get(key) or arrival(key) for key in needs) if event.callbacks is not None]
             if pending:  # an input that has already arrived costs no event
                 yield pending[0] if len(pending) == 1 else simpy.AllOf(env, pending)
@@ -192,7 +198,7 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
             if detail:
                 spans.extend(_shift(s, rank, start, instruction) for s in prof.spans)
             live -= weights
-            for key, delay in sends:
+            for key, delay in zip(keys, delays):
                 if delay <= 0.0:
                     (get(key) or arrival(key)).succeed()
                 else:  # queued on the interface now, so the send keeps its place ahead of what the rank does next
@@ -213,21 +219,15 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
 
     # Schedules are pure: every instruction's cost, inputs and outputs are known before the run starts, and so are
     # each rank's busy totals (the run decides only when things happen).
-    transfer = coster.transfer
-    for rank, program in enumerate(_structure(schedule)):
-        steps = []
-        for instruction, needs, forwards, weights, outs in program:
-            prof = coster.profile(rank, instruction)
-            load = min(1.0, prof.nic_busy / prof.duration) if prof.duration > 0 else 0.0
-            sends = tuple((key, 0.0 if dst == rank else transfer(rank, dst, sent, microbatch, stage))
-                          for key, dst, sent, microbatch, stage in outs)
-            steps.append((instruction, prof, needs, forwards, weights, sends, load))
-            busy[rank] += prof.compute_busy
-            comm_busy[rank] += prof.comm_busy
-            executing[rank] += prof.duration
-        shares[rank] = any(step[1].nic_busy > 0 for step in steps)
-        env.process(rank_process(rank, steps))
-    env.run()
+    programs, busy, comm_busy, executing, holds = _programs(schedule, coster)
+    shares[:] = holds
+    if run_ahead and not (record or detail) and plain(shares, shared):
+        finish, end, nic_busy, nic_wait, peak, ran = _run_ahead(programs, tail)
+        counter[0] = ran
+    else:
+        for rank, steps in enumerate(programs):
+            env.process(rank_process(rank, steps))
+        env.run()
     total = sum(len(p) for p in schedule.programs)
     if counter[0] != total:
         stuck = total - counter[0]
@@ -246,47 +246,6 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
         nic_busy_per_rank=tuple(nic.busy if nic is not None else b for nic, b in zip(shared, nic_busy)),
         nic_wait_per_rank=tuple(nic_wait),
     )
-
-
-_STRUCTURES: dict[tuple, tuple] = {}
-
-
-def _structure(schedule: Schedule) -> tuple:
-    """Per rank, per instruction: (instruction, the arrivals it waits for, chunks it allocates, chunks it frees,
-    its outputs as (arrival key, destination rank, "F" or "B", micro-batch, stage)). F(m, s) waits for the
-    activations of stage s-1, B/BW(m, s) for the gradients; F's activations go to the next stage (from the last
-    stage the loss lets its backward start), B's input gradients to the previous stage. Cached per schedule
-    shape: schedules are pure."""
-    cache_key = (schedule.name, schedule.pp, schedule.num_microbatches, schedule.num_stages, id(schedule.placement))
-    hit = _STRUCTURES.get(cache_key)
-    if hit is not None and hit[0] is schedule.placement and hit[1] is schedule.programs:
-        return hit[2]
-    last = schedule.num_stages - 1
-    ranks = []
-    for program in schedule.programs:
-        rows = []
-        for instruction in program:
-            needs, outs, forwards, weights = [], [], 0, 0
-            for kind, microbatch, stage in instruction.parts():
-                if kind == "F":
-                    forwards += 1
-                    if stage > 0:
-                        needs.append(("F", microbatch, stage))
-                    target = ("F", microbatch, stage + 1) if stage < last else ("B", microbatch, stage)
-                    outs.append((target, schedule.rank_of(microbatch, target[2]), "F", microbatch, stage))
-                elif kind in ("B", "BW"):
-                    needs.append(("B", microbatch, stage))
-                    if stage > 0:
-                        target = ("B", microbatch, stage - 1)
-                        outs.append((target, schedule.rank_of(microbatch, stage - 1), "B", microbatch, stage))
-                if kind in ("W", "BW"):
-                    weights += 1
-            rows.append((instruction, tuple(needs), forwards, weights, tuple(outs)))
-        ranks.append(tuple(rows))
-    if len(_STRUCTURES) >= 8:
-        _STRUCTURES.pop(next(iter(_STRUCTURES)))
-    _STRUCTURES[cache_key] = (schedule.placement, schedule.programs, tuple(ranks))
-    return tuple(ranks)
 
 
 _AFTER_STARTS = 2  # an event priority after simpy's URGENT (0) and NORMAL (1)

@@ -58,6 +58,8 @@ class FsdpPipelineCoster:
     """An `InstructionCoster` that prices an instruction with its parameter gathers when it gathers
     (`gathering_instructions`) and without them otherwise; transfers are the gathering coster's."""
 
+    uniform_transfers = True  # as `HardwareCoster.transfer`, which they are
+
     def __init__(self, gathering: HardwareCoster, plain: HardwareCoster, gathers: frozenset):
         self.gathering, self.plain, self.gathers = gathering, plain, gathers
 

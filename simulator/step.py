@@ -20,6 +20,7 @@ from gpuhours.simulator.overlap import exposed_streamed as exposed_streamed_gath
 from gpuhours.simulator.chunks import HardwareCoster
 from gpuhours.simulator.engine import PipelineResult, run_pipeline
 from gpuhours.simulator.schedules import build_schedule
+from gpuhours.simulator.stage_classes import SharedStageCoster
 from gpuhours.workloads import params as P
 from gpuhours.workloads.flops import flops_per_token
 from gpuhours.workloads.model import ModelSpec
@@ -100,6 +101,7 @@ class StepSimulator:
         self._cache: dict[tuple[int, bool], StepResult] = {}
         self._dp_memo: dict[frozenset[int], tuple[float, float, int]] = {}  # `_dp_collectives` per set of stages
         self._plain_coster: HardwareCoster | None = None  # FSDP under pipelining: instructions that gather nothing
+        self._shared: SharedStageCoster | None = None     # one profile per class of identical stages
 
     # -- stage assignment ---------------------------------------------------------------------------------------
     def _balanced_stage_layers(self) -> tuple[int, ...]:
@@ -154,13 +156,14 @@ class StepSimulator:
     def _simulate(self, num_microbatches: int, detail: bool) -> StepResult:
         p = self.parallel
         schedule = build_schedule(p.schedule, p.pp, num_microbatches, vpp=p.vpp)
-        windows = [self._last_backward(program, rank) for rank, program in enumerate(schedule.programs)]
+        windows = [self._last_backward(program, rank, detail) for rank, program in enumerate(schedule.programs)]
         # Overlapped gradient buckets run on the rank's interface in the engine (`run_pipeline(buckets=)`), where
         # they contend with pipeline sends; the tail keeps the rest. Without overlap nothing changes.
         buckets = [self._dp_buckets(stages, w) for stages, w in zip(_stages_per_rank(schedule), windows)]
-        tails = [self._dp_tail(stages, w, self._first_forward(schedule.programs[rank], rank), in_engine=bool(b))
+        tails = [self._dp_tail(stages, w, self._first_forward(schedule.programs[rank], rank, detail),
+                               in_engine=bool(b))
                  for rank, (stages, w, b) in enumerate(zip(_stages_per_rank(schedule), windows, buckets))]
-        coster = self.coster
+        coster = self.coster if detail else self._shared_stages()
         if p.fsdp_deferred_reduce and p.reshard_after_forward:  # gathers only where parameters are sharded
             from gpuhours.simulator.fsdp_pipeline import FsdpPipelineCoster, gathering_instructions, plain_coster
 
@@ -195,19 +198,27 @@ class StepSimulator:
     def rank_params(self, stages: set[int]) -> tuple[float, float]:
         return rank_params(self.model, self.parallel, self.stage_layers, stages)
 
-    def _last_backward(self, program, rank: int) -> float:
+    def _shared_stages(self) -> SharedStageCoster:
+        """The coster that prices each class of identical stages once (`simulator.stage_classes`): the same
+        figures, for steps without a timeline."""
+        if self._shared is None:
+            self._shared = SharedStageCoster(self.coster)
+        return self._shared
+
+    def _last_backward(self, program, rank: int, detail: bool = True) -> float:
         """Seconds of the rank's last instruction when it is a backward (its gradients become ready during it:
         the window an overlapped gradient reduction can hide under), else 0."""
         last = program[-1] if program else None
         if last is None or last.kind == "F":
             return 0.0
-        return self.coster.profile(rank, last).duration
+        return (self.coster if detail else self._shared_stages()).profile(rank, last).duration
 
-    def _first_forward(self, program, rank: int) -> float:
+    def _first_forward(self, program, rank: int, detail: bool = True) -> float:
         """Seconds of the rank's first forward instruction (the window FSDP's once-per-step gathers stream
         under), 0 when it has none."""
         first = next((ins for ins in program if ins.kind.startswith("F")), None)
-        return self.coster.profile(rank, first).duration if first is not None else 0.0
+        coster = self.coster if detail else self._shared_stages()
+        return coster.profile(rank, first).duration if first is not None else 0.0
 
     def _dp_collectives(self, stages: set[int]) -> tuple[float, float, int]:
         """Seconds of the rank's data-parallel gradient reduction and parameter gather when nothing else runs,
@@ -340,11 +351,11 @@ def _stages_per_rank(schedule) -> list[set[int]]:
     """The stages each rank runs (from its program; remembered for the schedule last asked about)."""
     if _LAST_STAGES and _LAST_STAGES[0] is schedule.programs:
         return [set(x) for x in _LAST_STAGES[1]]
-    stages: list[set[int]] = [set() for _ in range(schedule.pp)]
-    for rank, program in enumerate(schedule.programs):
-        for ins in program:
-            for kind, _, stage in ins.parts():
-                stages[rank].add(stage)
+    stages: list[set[int]] = []
+    for program in schedule.programs:  # an instruction's parts are its stage and, for FB, its b_stage
+        held = {ins.stage for ins in program}
+        held.update(ins.b_stage for ins in program if ins.b_stage is not None)
+        stages.append(held)
     _LAST_STAGES[:] = [schedule.programs, [frozenset(x) for x in stages]]
     return stages
 

@@ -1,0 +1,57 @@
+"""Stages that cost the same: one instruction graph per class of identical stages.
+
+`chunks.HardwareCoster` list-schedules every (kind, stage) once. The middle stages of a pipeline usually hold the
+same layers (GPT-3 175B on PP12: ten stages of eight identical dense layers), and an instruction's profile
+depends on its stage's units only through what `_build_profile` reads: the units in order, and in each pass its
+segments' names and streams and their ops' prices (`chunks.price_key`: everything that decides an op's time).
+Two stages equal in all of that give the same task graph, so the same profile, bit for bit; only the layer
+numbers of the op-level spans differ. So a step without a timeline (no detail) prices each class once: the check
+is the comparison itself, built from the stages' units, so a stage that differs in anything the profile reads
+(another layer kind, a recomputed head under "full:N", the embedding or the head) is a class of its own.
+"""
+
+from __future__ import annotations
+
+from gpuhours.simulator.chunks import HardwareCoster, price_key
+from gpuhours.simulator.engine import InstructionProfile
+from gpuhours.simulator.instructions import Instruction
+
+
+def stage_signature(units) -> tuple:
+    """What an instruction's profile reads of a stage: per unit and pass, each segment's name, stream and op
+    prices."""
+    return tuple(tuple(tuple((seg.name, seg.stream, tuple(price_key(op) for op in seg.ops)) for seg in segments)
+                       for segments in (unit.forward, unit.backward, unit.weight))
+                 for unit in units)
+
+
+class SharedStageCoster:
+    """An `InstructionCoster` that prices an instruction on the first stage of its class (`stage_signature`):
+    the same durations and busy times as `coster`, op-level spans of that stage's layers."""
+
+    uniform_transfers = True  # `HardwareCoster.transfer`, which these are
+    uniform_profiles = True   # keyed by (kind, stage, b_stage)
+
+    def __init__(self, coster: HardwareCoster):
+        self.coster = coster
+        first: dict[tuple, int] = {}
+        self.canonical = tuple(first.setdefault(stage_signature(units), s) for s, units in enumerate(coster.stages))
+        self._profiles: dict[tuple, InstructionProfile] = {}
+
+    @property
+    def classes(self) -> int:
+        return len(set(self.canonical))
+
+    def profile(self, rank: int, instruction: Instruction) -> InstructionProfile:
+        key = (instruction.kind, instruction.stage, instruction.b_stage)
+        hit = self._profiles.get(key)
+        if hit is None:
+            c = self.canonical
+            b_stage = None if instruction.b_stage is None else c[instruction.b_stage]
+            same = Instruction(instruction.kind, instruction.microbatch, c[instruction.stage],
+                               instruction.b_microbatch, b_stage)
+            hit = self._profiles[key] = self.coster.profile(rank, same)
+        return hit
+
+    def transfer(self, src: int, dst: int, kind: str, microbatch: int, stage: int) -> float:
+        return self.coster.transfer(src, dst, kind, microbatch, stage)

@@ -9,7 +9,8 @@ from gpuhours.hwmodels.calibration import CalibrationProfile, load_profile
 from gpuhours.validation.calibrate_trace import (busy_shares, comm_streams, expected_class_work, measure,
                                                  profile_from_traced_case, traced_case)
 from gpuhours.validation.compare import compare_traced_pair
-from gpuhours.validation.trace import interval_union, load_trace, summarise
+from gpuhours.validation.trace import load_trace
+from gpuhours.validation.trace_summary import interval_union, summarise
 from gpuhours.workloads.presets import load_preset
 
 TRACE = profile_trace()

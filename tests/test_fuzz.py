@@ -195,7 +195,8 @@ def test_collective_command_with_any_numbers(kind, gpus, size, per_node, nbytes,
 
 
 # -- profiler traces and expert loads: any value in any field, any cell, any dtype, any truncation ---------------
-from gpuhours.validation.trace import load_trace, summarise  # noqa: E402
+from gpuhours.validation.trace import load_trace  # noqa: E402
+from gpuhours.validation.trace_summary import summarise  # noqa: E402
 from gpuhours.workloads.routing_loads import load_expert_loads  # noqa: E402
 
 TRACE_EVENTS = [

@@ -13,11 +13,10 @@ from gpuhours.validation.trace import (
     OP_CLASSES,
     SCHEMA,
     classify,
-    interval_union,
     load_trace,
-    profile_from_trace,
-    summarise,
 )
+from gpuhours.validation.trace_summary import interval_union, summarise
+from gpuhours.validation.trace_profile import profile_from_trace
 
 TRACE = profile_trace()
 DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")

@@ -17,7 +17,8 @@ import pytest
 from gpuhours.validation.calibrate_trace import busy_shares, comm_streams, measure
 from gpuhours.validation.synthetic_trace import (LAYER_KERNELS, SyntheticPair, build_trace, slot_counts,
                                                  write_trace)
-from gpuhours.validation.trace import KNOWN_PHASES, classify, load_trace, summarise
+from gpuhours.validation.trace import KNOWN_PHASES, classify, load_trace
+from gpuhours.validation.trace_summary import summarise
 
 MS = 1e-3
 # class time over the pair (ms) -> per kernel: gemm_fp8 48/48 = 1, gemm_grouped 24/16 = 1.5, gemm_bf16 1.2/12 = 0.1,

@@ -47,7 +47,8 @@ from gpuhours.hwmodels.cluster import ClusterSpec, deepseek_h800_cluster
 from gpuhours.hwmodels.collectives import AlphaBetaNetwork
 from gpuhours.hwmodels.compute import ComputeModel
 from gpuhours.simulator.chunks import HardwareCoster
-from gpuhours.validation.trace import COMM_CLASSES, Trace, attribute_phases, load_trace, summarise
+from gpuhours.validation.trace import COMM_CLASSES, Trace, load_trace
+from gpuhours.validation.trace_summary import attribute_phases, summarise
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import Op, OpOptions
 from gpuhours.workloads.parallel import ParallelSpec

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from gpuhours.validation.trace import _read_json, interval_union
+from gpuhours.validation.trace import _read_json
+from gpuhours.validation.trace_summary import interval_union
 
 DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 STEP_ANNOTATION = re.compile(r"^ProfilerStep#(\d+)$")

@@ -138,7 +138,7 @@ def topology(
 # size 3.5 s, so the bounds below stay near 10-20 s). One micro-batch: 8x the default (4,096 tokens x EP64);
 # balancing: steps x tokens x ep, e.g. 64 steps at the default size or 1,024 steps of 256 tokens per rank.
 # The "clt" balancing method (auto from 32,768 tokens) routes far fewer (routing_dynamics.balancing_work):
-# about 1,250 steps at the default size.
+# about 8,390 steps at the default size (~1 min; 1,000 steps take ~6-7 s of CPU).
 MAX_ROUTED_TOKENS = 2**21
 MAX_BALANCING_TOKENS = 2**24
 

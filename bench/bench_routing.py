@@ -8,21 +8,26 @@ Case: 256 routed experts, top-8, 8 groups / 4 per token, sigmoid; EP64 over 8 no
 
 The balancing line times N steps of bias balancing (`simulate_balancing`, what `gpuhours routing --steps N`
 runs) at --balance-tokens tokens per rank (4,096: the CLI's default size) and reports seconds in all and per
-step, the method, and the tokens routed (each against every expert).  "exact" routes every token every step;
-"clt" (auto from 32,768 tokens per micro-batch) draws a step's loads from their normal law, with the mean and
-covariance from a pool of a quarter of the tokens re-routed incrementally (workloads/routing_dynamics.py).
+step, the method, and a bound on the work in tokens routed against every expert.  "exact" routes every token
+every step; "clt" (auto from 32,768 tokens per micro-batch) draws a step's loads from their normal law, with the
+mean and covariance from a pool of a quarter of the tokens, at most 16,384, re-routed incrementally
+(workloads/routing_dynamics.py, workloads/routing_pool.py).
 
-Measured on this project's 2-core machine, shared with other jobs (load average 6-8 during the runs),
-2026-12-01, DeepSeek-V3 EP64, 4,096 tokens per rank (262,144 tokens x 256 experts a step), uniform popularity
-(`gpuhours routing --steps N --json`, /usr/bin/time):
-    before (exact, the old stream)  --steps 100: 121 s wall, 110 s CPU; --steps 1000: not finished after 18 min
+Measured on this project's 2-core machine, shared with other jobs, 2026-12-01, DeepSeek-V3 EP64, 4,096 tokens
+per rank (262,144 tokens x 256 experts a step), uniform popularity (`gpuhours routing --steps N --json`,
+/usr/bin/time; CPU = user + sys):
+    exact (the old stream)          --steps 100: 121 s wall, 110 s CPU; --steps 1000: not finished after 18 min
                                     under load (about 1,100 s of CPU by the 100-step rate)
-    after (auto = clt)              --steps 100: 13.6 s wall, 10.5 s CPU; --steps 1000: 111 s wall, 77 s CPU
-                                    (about 70 ms of CPU a step; step 0, the command's own single routing and
-                                    the pool's first routing take the first ~4 s)
-Same statistics: mean imbalance of steps 1-99 1.0152 (exact) vs 1.0149 (clt), step 0 1.0097 in both; steps
-500-999 of the clt run 1.0151.  Not reached: "1,000 steps in seconds" on this machine; the pool is re-routed
-incrementally but a step still routes about 14% of 65,536 tokens (uniform popularity; 19% at Zipf 0.5).
+    clt, pool of 65,536, coarse     --steps 100: 13.6 s wall, 10.5 s CPU; --steps 1000: 111 s wall, 77 s CPU
+    margin only (load 6-8)          (about 70 ms of CPU a step; 14-19% of the pool routed again a step)
+    clt, pool of 16,384, fine test  --steps 100: 3.5 s wall, 4.0 s CPU; --steps 1000: 6.5 s wall, 7.4 s CPU
+    (load 3.0-3.4)                  (`--skew 0.5`: 6.4 s wall, 7.3 s CPU); 3-4 ms of CPU a step, 1.8-2% of the
+                                    pool routed again; the first ~3 s are the command's own routing, step 0 and
+                                    the pool's first routing.  With a pool of 32,768: 9.8 s wall, 10.7 s CPU.
+This script's Zipf 0.5 run, 1,000 steps: balancing_s 8.85 (load 1-3.5, step 0 included).
+Same statistics: mean imbalance of steps 1-99 1.0152 (exact) vs 1.0149 (clt, either pool), step 0 1.0097 in all;
+steps 500-999 of the clt run 1.0150.  The pool's cap and its measured effect on the statistics (a slightly high
+maximum per expert as T / pool grows) are in routing_dynamics.POOL_MAX_TOKENS.
 """
 
 from __future__ import annotations

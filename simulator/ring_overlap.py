@@ -27,3 +27,29 @@ def ring_exposed(wire: float, cp: int, compute: float, phase: str) -> float:
     per_block = wire / sum(steps)
     block = compute / cp
     return sum(max(0.0, s * per_block - block) for s in steps)
+
+
+def torch_cp_exposed(wire: float, cp: int, compute: float, name: str) -> float:
+    """Seconds PyTorch's context parallelism (`workloads.torch_cp`, cp_comm "torch") exposes of an exchange whose
+    transfers take `wire` s, beside an attention core (forward or backward) of `compute` s split into cp blocks
+    of compute / cp:
+    - the K/V all-gather ("...cp_torch_kv"), issued before the step-0 block and waited at step 1:
+      max(0, wire - compute / cp);
+    - the dK/dV ring ("...cp_torch_dkv"): cp transfers of t = wire / (cp - 1) (the op's all-gather moves cp-1),
+      transfer s waited after block s+1 for s < cp-1, the last after the loop:
+      (cp - 1) max(0, t - compute / cp) + t."""
+    if cp <= 1:
+        return 0.0
+    block = max(0.0, compute) / cp
+    if name.endswith("cp_torch_dkv"):
+        t = wire / (cp - 1)
+        return (cp - 1) * max(0.0, t - block) + t
+    return max(0.0, wire - block)
+
+
+def cp_exposed(op, wire: float, cp: int, compute: float) -> float:
+    """The exposed seconds of a context-parallel collective `op` with an attention partner: PyTorch's variant by
+    its op name (`torch_cp_exposed`), ring attention otherwise (`ring_exposed`)."""
+    if ".cp_torch_" in op.name:
+        return torch_cp_exposed(wire, cp, compute, op.name)
+    return ring_exposed(wire, cp, compute, op.phase)

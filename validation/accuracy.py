@@ -113,7 +113,7 @@ def _scenario(case: Case, profile_name: str):
         micro_batch_size=lay.get("micro_batch_size", 1), tokens=tokens, seq_len=lay["seq_len"],
         calibration=profile_name, fp8=lay.get("precision", "bf16") == "fp8", batch=lay["batch"],
         cluster=lay.get("cluster"), nic_gbps=lay.get("nic_gbps"), attention_kernel=lay.get("attention_kernel"),
-        tp_comm_overlap=lay.get("tp_comm_overlap", False), etp=lay.get("etp", 1))
+        tp_comm_overlap=lay.get("tp_comm_overlap", False), etp=lay.get("etp", 1), cp_comm=lay.get("cp_comm"))
     parallel = replace(scenario.parallel, sequence_parallel=lay.get("sequence_parallel", False),
                        zero_stage=3 if lay.get("fsdp") else lay.get("zero_stage", 0),
                        reshard_after_forward=lay.get("reshard_after_forward", True),

@@ -24,6 +24,7 @@ from gpuhours.workloads.ops import (
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.recompute import layer_policy, modules
 from gpuhours.workloads.ring_cp import kv_block_bytes_per_token, ring_segments, with_ring_partner
+from gpuhours.workloads.torch_cp import bookkeeping_op, torch_cp_segments
 
 def cp_kv_bytes_per_token(model: ModelSpec, p: ParallelSpec) -> float:
     """Bytes per token of what context parallelism all-gathers before the attention core (and reduce-scatters as
@@ -43,6 +44,8 @@ def _cp_comm(phase: str, model: ModelSpec, p: ParallelSpec, tokens: int, layer, 
         return []
     if p.cp_comm == "ring":
         return ring_segments(phase, model, p, tokens, layer, prefix)
+    if p.cp_comm == "torch":  # PyTorch's context_parallel (workloads.torch_cp)
+        return torch_cp_segments(phase, model, p, tokens, layer, prefix)
     kind = "all_gather" if phase == "F" else "reduce_scatter"
     return [collective_segment(f"{prefix}.attn.cp_{kind}", phase, "attn", kind, "cp", tokens * p.cp,
                         cp_kv_bytes_per_token(model, p), layer)]
@@ -204,6 +207,9 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
             _attention_ops(recompute, model, p, tokens, seq_len, recompute_only=True, norms=norms, up_proj=up_proj)
             attn.ops.extend(recompute.ops)
         _attention_ops(attn, model, p, tokens, seq_len, recompute_core="core_attn" in mods)
+        if p.cp_comm == "torch" and (extra := bookkeeping_op(phase, model, p, tokens, prefix)) is not None:
+            at = next(i for i, op in enumerate(attn.ops) if op.kind == "attention" and ".recompute." not in op.name)
+            attn.ops.insert(at + 1, extra)  # the fp32 merge / dK-dV accumulation beside the core's blocks
         mlp = PassBuilder(f"{prefix}.mlp", "mlp", phase, opts.fp8, opts.fp8_recipe)
         if phase == "B" and norms:
             mlp.elementwise("ffn_norm.recompute", 2 * norm_tokens(tokens, p) * h * BF16)
@@ -212,7 +218,7 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
         moe = model.moe if model.is_moe_layer(layer) else None
         attn_seg = attn.segment(f"attn({phase})", layer)
         cp_comm = _cp_comm(phase, model, p, tokens, layer, prefix)
-        if p.cp_comm == "ring":  # the ring's K/V exchange runs under the attention core's blocks
+        if p.cp_comm in ("ring", "torch"):  # the K/V exchange runs under the attention core's blocks
             cp_comm = with_ring_partner(cp_comm, attn.ops)
         core = cp_comm + [attn_seg] if phase == "F" else [attn_seg] + cp_comm
         first, last = _edge_gemms(attn.ops)

@@ -207,7 +207,10 @@ def cp_gathered_kv_bytes(model: ModelSpec, parallel: ParallelSpec, seq_len: int)
     """Context parallelism's transient buffer: the K/V of the other cp ranks' tokens that one layer gathers,
     (cp-1)/cp x micro_batch_size x seq_len x kv bytes per token (0 without context parallelism). Ring attention
     (`cp_comm = "ring"`, `workloads.ring_cp`) holds at most two received K/V blocks at a time, the one being
-    computed and the one arriving: min(2, cp-1) x micro_batch_size x seq_len / cp x kv bytes per token."""
+    computed and the one arriving: min(2, cp-1) x micro_batch_size x seq_len / cp x kv bytes per token.
+    PyTorch's (`cp_comm = "torch"`, `workloads.torch_cp`) all-gathers every rank's K/V, its own included
+    (`ft_c.all_gather_tensor` of the concatenated K/V), at the query heads: micro_batch_size x seq_len x
+    `sdpa_kv_bytes_per_token`; the fp32 merge and dK/dV buffers are not counted."""
     if parallel.cp == 1:
         return 0.0
     if getattr(parallel, "cp_comm", "all_gather") == "ring":
@@ -215,6 +218,10 @@ def cp_gathered_kv_bytes(model: ModelSpec, parallel: ParallelSpec, seq_len: int)
 
         return (min(2, parallel.cp - 1) * parallel.micro_batch_size * seq_len / parallel.cp
                 * kv_block_bytes_per_token(model, parallel))
+    if getattr(parallel, "cp_comm", "all_gather") == "torch":  # the whole sequence's K/V at the query heads
+        from gpuhours.workloads.torch_cp import sdpa_kv_bytes_per_token
+
+        return parallel.micro_batch_size * seq_len * sdpa_kv_bytes_per_token(model, parallel)
     from gpuhours.workloads.layer_ops import cp_kv_bytes_per_token
 
     return (parallel.cp - 1) / parallel.cp * parallel.micro_batch_size * seq_len * cp_kv_bytes_per_token(model,

@@ -9,7 +9,7 @@ from gpuhours.workloads.model import ModelSpec
 SCHEDULES = ("1f1b", "interleaved-1f1b", "zb1p", "dualpipe", "dualpipev")
 OVERLAPPING_SCHEDULES = ("dualpipe", "dualpipev")  # run one chunk's communication under another's compute
 ZERO_STAGES = (0, 1, 2, 3)
-CP_COMMS = ("all_gather", "ring")  # context parallelism's K/V exchange (`ParallelSpec.cp_comm`)
+CP_COMMS = ("all_gather", "ring", "torch")  # context parallelism's K/V exchange (`ParallelSpec.cp_comm`)
 GRAD_REDUCE_DTYPES = ("fp32", "bf16")  # data-parallel gradient reduction (workloads.zero.GRAD_REDUCE_BYTES)
 MOE_DISPATCHERS = ("alltoall", "allgather")  # Megatron-Core moe_token_dispatcher_type (`workloads.moe_dispatch`)
 MAX_GPUS = 131_072  # 8x the largest published training clusters of 2024 (16,384 H100)  # 3: FSDP
@@ -37,6 +37,9 @@ class ParallelSpec:
     Megatron-Core's p2p context parallelism): the K/V blocks travel around the cp ranks, cp-1 exchanges in the
     forward (K/V + dK/dV in the backward), each under the attention block of the previous one, keeping two K/V
     blocks in flight instead of the gathered sequence (`workloads.ring_cp`).
+    "torch": PyTorch's experimental context_parallel under SDPA as torchtitan ran it at the end of 2024
+    (K/V at the query heads, all-gathered under the diagonal block, dK/dV ring in fp32, fp32 merges;
+    `workloads.torch_cp`).
 
     `stage_layers`: transformer layers per pipeline stage, in order (None: balanced by simulated cost).
     `pipeline_layout`: what each virtual stage holds, Megatron-Core's layout notation ("E|t*3|t*4|t*4|t*3,L";
@@ -45,7 +48,8 @@ class ParallelSpec:
     `comm_sms`: streaming multiprocessors communication kernels occupy. Schedules that overlap one chunk's
     all-to-all with another chunk's compute keep them resident for the whole step, so compute runs on the others
     (DeepSeek's trace: every GEMM launched on 112 of 132 SMs); in the others compute and communication take
-    turns and compute uses every SM (see `compute_sm_fraction`).
+    turns and compute uses every SM (see `compute_sm_fraction`). comm_sms > 0 also makes the EP all-to-alls
+    DeepEP's kernels on that many SMs, priced by their resident time (`hwmodels.deepep`); 0 keeps wire time.
     `vpp`: virtual stages per rank for interleaved 1F1B.
     `etp` / `moe_dispatch`: expert tensor parallelism (each routed expert's w13 column- and w2 row-split over etp
     ranks; ep x etp must divide dp x tp x cp) and the token dispatcher ("alltoall" or "allgather"), see

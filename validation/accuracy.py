@@ -118,7 +118,8 @@ def _scenario(case: Case, profile_name: str):
                        zero_stage=3 if lay.get("fsdp") else lay.get("zero_stage", 0),
                        reshard_after_forward=lay.get("reshard_after_forward", True),
                        overlap_grad_reduce=lay.get("overlap_grad_reduce", False),
-                       overlap_param_gather=lay.get("overlap_param_gather", False))
+                       overlap_param_gather=lay.get("overlap_param_gather", False),
+                       grad_reduce_dtype=lay.get("grad_reduce_dtype"))
     opts = replace(scenario.opts, recompute=lay.get("recompute", "none"),
                    fp8_recipe=lay.get("fp8_recipe", "blockwise"))
     return replace(scenario, parallel=parallel, opts=opts)

@@ -17,6 +17,7 @@ Layout keys and what the simulator can express today (anything else is reported 
     recompute             "none" | "deepseek" (RMSNorm and MLA up-projections) | "selective" | "full"
     overlap_grad_reduce, overlap_param_gather   Megatron-Core's bucketed data-parallel overlap (modelled)
     reshard_after_forward FSDP's option (default true)
+    grad_reduce_dtype     "fp32" (default) | "bf16": the bytes data parallelism reduces gradients in (16-bit covers FP16)
     tp_comm_overlap       TP collectives pipelined with their GEMMs (modelled: ParallelSpec.tp_comm_overlap)
     torch_compile         true is a gap (compiler-fused kernels; simulated as the eager run)
     precision             "bf16" | "fp8";  fp8_recipe "blockwise" (DeepSeek/DeepGEMM) | "delayed" | "current"
@@ -41,7 +42,7 @@ from pathlib import Path
 from gpuhours.workloads.hf_config import model_from_hf_config
 from gpuhours.workloads.model import AttentionSpec, ModelSpec
 from gpuhours.workloads.ops import FP8_RECIPES, RECOMPUTE_POLICIES
-from gpuhours.workloads.parallel import CP_COMMS
+from gpuhours.workloads.parallel import CP_COMMS, GRAD_REDUCE_DTYPES
 from gpuhours.workloads.presets import list_presets, load_preset
 
 METRICS = ("step_time_s", "tflops_per_gpu", "tokens_per_s_per_gpu", "gpu_hours", "traced_pair_ms")
@@ -50,7 +51,7 @@ _LAYOUT_KEYS = {"gpu", "gpus", "gpus_per_node", "nic_gbps", "cluster", "tp", "pp
                 "schedule",
                 "micro_batch_size", "batch", "seq_len", "sequence_parallel", "zero_stage", "fsdp", "recompute",
                 "overlap_grad_reduce", "overlap_param_gather", "tp_comm_overlap", "precision", "fp8_recipe",
-                "reshard_after_forward", "torch_compile", "attention_kernel", "cp_comm",
+                "reshard_after_forward", "torch_compile", "attention_kernel", "cp_comm", "grad_reduce_dtype",
                 "calibrations", "plan", "model"}
 _CASE_KEYS = _LAYOUT_KEYS | {"name", "measured", "printed", "notes"}
 _MODEL_KEYS = {"preset", "hf_config", "name", "hidden", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab",
@@ -231,6 +232,9 @@ def _check_layout(lay: dict, ctx: str, metric: str) -> None:
         raise ValueError(f"{ctx}: fp8_recipe must be one of {', '.join(FP8_RECIPES)}; got {lay['fp8_recipe']!r}")
     if lay.get("cp_comm", "all_gather") not in CP_COMMS:
         raise ValueError(f"{ctx}: cp_comm must be one of {', '.join(CP_COMMS)}; got {lay['cp_comm']!r}")
+    if lay.get("grad_reduce_dtype", "fp32") not in GRAD_REDUCE_DTYPES:
+        raise ValueError(f"{ctx}: grad_reduce_dtype must be one of {', '.join(GRAD_REDUCE_DTYPES)}; "
+                         f"got {lay['grad_reduce_dtype']!r}")
     if lay.get("precision", "bf16") not in ("bf16", "fp8"):
         raise ValueError(f"{ctx}: precision must be bf16 or fp8; got {lay['precision']!r}")
     if lay.get("zero_stage", 0) not in (0, 1, 2, 3):

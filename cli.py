@@ -34,7 +34,8 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
               overlap_param_gather=None, zero_stage=None, cp=None, attention_kernel=None, tp_comm_overlap=None,
               order=None, capacity_factor=None, tiers=None, etp=None, moe_dispatch=None, max_nodes_per_token=None,
               grad_reduce_dtype=None, ramp_micro_batch_size=None, cp_comm=None, pipeline_layout=None,
-              sequence_parallel=None, reshard_after_forward=None, dp_bucket_params=None, fp8_recipe=None):
+              sequence_parallel=None, reshard_after_forward=None, dp_bucket_params=None, fp8_recipe=None,
+              comm_sms=None):
     from gpuhours.simulator.scenario import load_scenario
     from gpuhours.workloads.ops import recompute_policy
 
@@ -67,7 +68,7 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
                          grad_reduce_dtype=grad_reduce_dtype, ramp_micro_batch_size=ramp_micro_batch_size,
                          cp_comm=cp_comm, pipeline_layout=pipeline_layout,
                          sequence_parallel=sequence_parallel, reshard_after_forward=reshard_after_forward,
-                         dp_bucket_params=dp_bucket_params, fp8_recipe=fp8_recipe)
+                         dp_bucket_params=dp_bucket_params, fp8_recipe=fp8_recipe, comm_sms=comm_sms)
 
 
 @app.command()
@@ -91,6 +92,7 @@ def estimate(
     calibration: Optional[str] = SCENARIO_OPTIONS["calibration"],
     precision: Optional[str] = SCENARIO_OPTIONS["precision"],
     fp8_recipe: Optional[str] = SCENARIO_OPTIONS["fp8_recipe"],
+    comm_sms: Optional[int] = SCENARIO_OPTIONS["comm_sms"],
     batch: Optional[int] = SCENARIO_OPTIONS["batch"],
     network: Optional[str] = SCENARIO_OPTIONS["network"],
     cluster: Optional[str] = SCENARIO_OPTIONS["cluster"],
@@ -181,7 +183,7 @@ def estimate(
                              ramp_micro_batch_size=ramp_micro_batch_size, cp_comm=cp_comm,
                              pipeline_layout=pipeline_layout, sequence_parallel=sequence_parallel,
                              reshard_after_forward=reshard_after_forward, dp_bucket_params=dp_bucket_params,
-                             fp8_recipe=fp8_recipe)
+                             fp8_recipe=fp8_recipe, comm_sms=comm_sms)
         result = run_estimate(scenario)
         from gpuhours.simulator.micro_batch_ramp import run_memory
         memory = run_memory(scenario, result)  # every micro-batch size the run uses must fit
@@ -429,6 +431,7 @@ def step(
     calibration: Optional[str] = SCENARIO_OPTIONS["calibration"],
     precision: Optional[str] = SCENARIO_OPTIONS["precision"],
     fp8_recipe: Optional[str] = SCENARIO_OPTIONS["fp8_recipe"],
+    comm_sms: Optional[int] = SCENARIO_OPTIONS["comm_sms"],
     network: Optional[str] = SCENARIO_OPTIONS["network"],
     cluster: Optional[str] = SCENARIO_OPTIONS["cluster"],
     routing: Optional[str] = SCENARIO_OPTIONS["routing"],
@@ -483,7 +486,7 @@ def step(
                              grad_reduce_dtype=grad_reduce_dtype, cp_comm=cp_comm,
                              pipeline_layout=pipeline_layout, sequence_parallel=sequence_parallel,
                              reshard_after_forward=reshard_after_forward, dp_bucket_params=dp_bucket_params,
-                             fp8_recipe=fp8_recipe)
+                             fp8_recipe=fp8_recipe, comm_sms=comm_sms)
         m = microbatches or microbatches_for(scenario.plan.batch.end, scenario.parallel)[0]
         result = scenario.simulator().step(m, detail=gantt is not None or trace is not None)
     data = step_dict(result)

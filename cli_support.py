@@ -11,6 +11,10 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
+from gpuhours.cli_lazy_coercion import install as _defer_option_coercion
+
+_defer_option_coercion()  # typer's pydantic coercion only for options given a value (start-up time)
+
 
 def _is_usage_error(exc: BaseException) -> bool:
     """Click's exception protocol (typer vendors click in recent versions, so the classes are matched by what
@@ -164,6 +168,9 @@ SCENARIO_OPTIONS = dict(
     fp8_recipe=typer.Option(None, "--fp8-recipe", help="FP8 scaling: blockwise (DeepSeek-V3, default), delayed "
                                                        "or current (per-tensor, Transformer Engine / torchao, "
                                                        "casts fused into their producers)"),
+    comm_sms=typer.Option(None, "--comm-sms", help="SMs DeepEP's all-to-all kernels run on, reserved beside "
+                                                   "compute under dualpipe / dualpipev; 0 prices the all-to-alls "
+                                                   "at wire time (default: the plan's, 20 for DeepSeek-V3)"),
     batch=typer.Option(None, "--batch", help="Constant global batch in sequences (replaces the ramp)"),
     network=typer.Option(None, "--network", help="Network model: graph (fabric graph) or alpha-beta"),
     cluster=typer.Option(None, "--cluster", help="Fabric for the graph model: a preset (deepseek-h800, dgx-h100, "
@@ -203,8 +210,11 @@ SCENARIO_OPTIONS = dict(
                                                       "mlp, moe_act, moe, shared_experts (e.g. "
                                                       "selective:core_attn,layernorm)"),
     cp_comm=typer.Option(None, "--cp-comm", help="Context-parallel K/V exchange: all_gather (default; gathered "
-                                                   "before the attention core) or ring (ring attention: P2P K/V "
-                                                   "blocks under the core's blocks)"),
+                                                   "before the attention core), ring (ring attention: P2P K/V "
+                                                   "blocks under the core's blocks) or torch (PyTorch's "
+                                                   "context_parallel, late 2024: K/V at the query heads "
+                                                   "all-gathered under the diagonal block, fp32 dK/dV ring "
+                                                   "and merges)"),
     tp_comm_overlap=typer.Option(None, "--tp-comm-overlap/--no-tp-comm-overlap",
                                  help="Pipeline tensor-parallel collectives with their GEMMs (Megatron "
                                       "tp_comm_overlap, PyTorch AsyncTP)"),

@@ -2,19 +2,28 @@
 split evenly (ECMP) over the next hops on a shortest path at every switch, and adds its bytes to every link it
 uses. NVLink inside a node; between nodes the sender's NIC, the fabric and the receiver's NIC on the same rail, or
 PXN (NVLink to the sending node's GPU on the receiver's rail first). Flows are routed as arrays: per-GPU edge ids
-for the NVLink, NIC and PXN hops, one ECMP split per pair of leaves, one shortest-path search per set of leaves
-under the same switches. `graph_network.GraphNetwork` builds collectives on it."""
+for the NVLink, NIC and PXN hops; between leaves one ECMP walk per source leaf up to the switches the destination
+hangs under (its anchors) and one set of last hops per destination, so a pair of leaves costs a lookup; one
+shortest-path search per set of leaves under the same switches. The graph is read through its adjacency
+dictionaries only (a networkx.DiGraph, or a ``fabric_graph.FabricGraph`` that needs no networkx).
+`graph_network.GraphNetwork` builds collectives on it."""
 
 from __future__ import annotations
 
 import gc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 
+from gpuhours.hwmodels.fabric_index import FabricIndex
 from gpuhours.hwmodels.topology import SWITCH_KINDS
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+    from gpuhours.hwmodels.fabric_graph import FabricGraph
 
 CROSS_RAIL = ("pxn", "fabric")
 
@@ -37,14 +46,15 @@ class FlowCost:
     loads: np.ndarray          # bytes per edge id
 
 
-class FabricRoutes:
+class FabricRoutes(FabricIndex):
     """Routes and link loads on a fabric graph (GPU nodes ("gpu", 0..N-1), NVSwitches, NICs, leaf / spine / core
-    switches; every link with a capacity and a latency)."""
+    switches; every link with a capacity and a latency); the graph's edge ids and per-GPU links come from
+    ``FabricIndex`` (``hwmodels/fabric_index.py``)."""
 
-    def __init__(self, graph: nx.DiGraph, cross_rail: str = "pxn") -> None:
+    def __init__(self, graph: nx.DiGraph | FabricGraph, cross_rail: str = "pxn") -> None:
         if cross_rail not in CROSS_RAIL:
             raise ValueError(f"cross_rail must be one of {CROSS_RAIL}, got {cross_rail!r}")
-        self.graph = graph
+        self._g = graph  # routing reads only the adjacency dictionaries, which both kinds keep alike
         self.cross_rail = cross_rail
         was_enabled = gc.isenabled()
         gc.disable()  # the index allocates ~10^5 tuples and no cycles: collector passes would double its time
@@ -59,73 +69,11 @@ class FabricRoutes:
         self._next_hops: dict[tuple, dict] = {}
         self._walks: dict[tuple, tuple] = {}
         self._anchors: dict = {}
-        self._fabric_np: dict[tuple, tuple] = {}
+        self._anchor_sets: dict = {}
+        self._walk_np: dict[tuple, tuple] = {}   # (leaf id, anchors) -> the walk and its arrival, as arrays
+        self._orders: dict[tuple, int] = {}      # anchors in a walk's order of arrival -> an id
+        self._last_np: dict[tuple, tuple] = {}   # (leaf id, order id) -> last-hop edge ids, their latencies
         self._dist: dict[tuple, dict] = {}
-
-    # ------------------------------------------------------------------------------------------ graph index
-    def _index_graph(self) -> None:
-        g = self.graph
-        data = g.graph.get("edge_list")  # a bulk-built fabric's edges in insertion order (topology._bulk_add)
-        if data is None or len(data) != g.number_of_edges():
-            data = [(u, v, d) for u, nbrs in g._succ.items() for v, d in nbrs.items()]  # the order of g.edges()
-        self._edges = [(u, v) for u, v, _ in data]
-        self._eid = {e: i for i, e in enumerate(self._edges)}
-        self._cap = np.fromiter((d["capacity"] for _, _, d in data), dtype=float, count=len(data))
-        self._lat = np.fromiter((d.get("latency", 0.0) for _, _, d in data), dtype=float, count=len(data))
-        attrs = g._node  # node -> attribute dict, read directly: node views cost a call per node
-        gpus = sorted(n[1] for n, d in attrs.items() if d.get("kind") == "gpu")
-        if gpus != list(range(len(gpus))) or not gpus:
-            raise ValueError("graph must have GPU nodes ('gpu', 0..N-1)")
-        self.num_gpus = len(gpus)
-        self._node_of = np.array([attrs[("gpu", i)]["node"] for i in gpus])
-        self._local_of = np.array([attrs[("gpu", i)]["local"] for i in gpus])
-        self.num_nodes = int(self._node_of.max()) + 1
-        self.gpus_per_node = self.num_gpus // self.num_nodes
-        self._nvswitch = {}
-        self._leaf = {}
-        succ = g._succ
-        for i in gpus:
-            for v in succ[("gpu", i)]:
-                if v[0] == "nvswitch":
-                    self._nvswitch[i] = v
-            nic = ("nic", i)
-            if nic in succ:
-                self._leaf[i] = next((v for v in succ[nic] if v[0] == "leaf"), None)
-        self._by_node_local = {(int(self._node_of[i]), int(self._local_of[i])): i for i in gpus}
-        self._index_gpu_edges(gpus)
-
-    def _index_gpu_edges(self, gpus: list[int]) -> None:
-        """Per-GPU edge ids of the links every route starts or ends with (-1 where a GPU has none), the leaf of
-        its NIC as an integer id, and the GPU at each (node, local index): what vectorised routing reads."""
-        n, eid = len(gpus), self._eid
-        self._e_up_nvs, self._e_down_nvs = np.full(n, -1), np.full(n, -1)
-        self._e_gpu_nic, self._e_nic_leaf = np.full(n, -1), np.full(n, -1)
-        self._e_leaf_nic, self._e_nic_gpu = np.full(n, -1), np.full(n, -1)
-        self._leaf_id = np.full(n, -1)
-        self._leaves: list = []
-        leaf_ids: dict = {}
-        for i in gpus:
-            gpu, nvs = ("gpu", i), self._nvswitch.get(i)
-            if nvs is not None:
-                self._e_up_nvs[i], self._e_down_nvs[i] = eid[(gpu, nvs)], eid[(nvs, gpu)]
-            leaf = self._leaf.get(i)
-            if leaf is not None:
-                nic = ("nic", i)
-                self._e_gpu_nic[i], self._e_nic_leaf[i] = eid[(gpu, nic)], eid[(nic, leaf)]
-                self._e_leaf_nic[i], self._e_nic_gpu[i] = eid[(leaf, nic)], eid[(nic, gpu)]
-                if leaf not in leaf_ids:
-                    leaf_ids[leaf] = len(self._leaves)
-                    self._leaves.append(leaf)
-                self._leaf_id[i] = leaf_ids[leaf]
-        self._gpu_grid = np.full((self.num_nodes, max(self._by_node_local, key=lambda k: k[1])[1] + 1), -1)
-        for (node, local), i in self._by_node_local.items():
-            self._gpu_grid[node, local] = i
-
-    def gpu_at(self, node: int, local: int) -> int:
-        try:
-            return self._by_node_local[(node, local)]
-        except KeyError:
-            raise ValueError(f"no GPU at node {node}, local index {local}") from None
 
     # ------------------------------------------------------------------------------------------ routing
     def _toward(self, target) -> tuple[frozenset, dict, dict]:
@@ -135,13 +83,15 @@ class FabricRoutes:
         fabric, a pod of a three-tier one) share one search."""
         anchors = self._anchors.get(target)
         if anchors is None:
-            anchors = self._anchors[target] = frozenset(w for w in self.graph._pred[target] if w[0] in SWITCH_KINDS)
+            anchors = frozenset(w for w in self._g._pred[target] if w[0] in SWITCH_KINDS)
+            # one object per set: a cache keyed by an equal but distinct set compares it element by element
+            anchors = self._anchors[target] = self._anchor_sets.setdefault(anchors, anchors)
         hit = self._dist.get(anchors)
         if hit is None:
             dist = {a: 0 for a in anchors}
             hops: dict = {}
             frontier = sorted(anchors)
-            pred, eid = self.graph._pred, self._eid
+            pred, eid = self._g._pred, self._eid
             while frontier:
                 nxt = []
                 for u in frontier:
@@ -189,15 +139,6 @@ class FabricRoutes:
             links = list(acc)
             fr = [acc[e] for e in links]
             hit = self._walks[key] = (links, fr, float(np.dot(self._lat[links], fr)) if links else 0.0, arrive)
-        return hit
-
-    def _fabric_arrays(self, src_leaf, dst_leaf):
-        """``_fabric`` as arrays (cached), for routing many flows at once."""
-        key = (src_leaf, dst_leaf)
-        hit = self._fabric_np.get(key)
-        if hit is None:
-            links, fractions, latency = self._fabric(src_leaf, dst_leaf)
-            hit = self._fabric_np[key] = (np.asarray(links, dtype=np.int64), np.asarray(fractions), latency)
         return hit
 
     def _fabric(self, src_leaf, dst_leaf):
@@ -335,7 +276,7 @@ class FabricRoutes:
         leaves are connected exactly when a shortest switch path joins them: `_fabric` is not None). Computed
         once."""
         if self._components is None:
-            succ, part = self.graph._succ, {}
+            succ, part = self._g._succ, {}
             for start in self._leaves:
                 if start in part:
                     continue
@@ -356,12 +297,38 @@ class FabricRoutes:
         pairs, inverse = _leaf_pairs(self._leaf_id[a], self._leaf_id[b])
         pair_bytes = np.bincount(inverse, weights=w, minlength=pairs.shape[1])
         mid_lat = np.zeros(pairs.shape[1])
-        for k, (x, y) in enumerate(pairs.T):
-            links, fractions, mid_lat[k] = self._fabric_arrays(self._leaves[x], self._leaves[y])
-            if len(links):
-                edges.append(links)
-                weights.append(fractions * pair_bytes[k])
+        links, fractions, sizes = [], [], []
+        for k, (x, y) in enumerate(pairs.T.tolist()):
+            if x == y:
+                continue
+            walk_links, walk_fr, last_links, arrive_fr, mid_lat[k] = self._fabric_parts(x, y)
+            links += (walk_links, last_links)
+            fractions += (walk_fr, arrive_fr)
+            sizes.append(len(walk_fr) + len(arrive_fr))
+        if links:  # pair by pair, walk then last hops, as `_fabric` lists them: the same sums in the same order
+            edges.append(np.concatenate(links))
+            weights.append(np.concatenate(fractions) * np.repeat(pair_bytes[pairs[0] != pairs[1]], sizes))
         return (lat[head[0]] + lat[head[1]]) + (lat[tail[0]] + lat[tail[1]]) + mid_lat[inverse]
+
+    def _fabric_parts(self, x: int, y: int):
+        """``_fabric`` of leaf ids x != y (connected) in parts, each cached where leaf pairs share it: the ECMP
+        walk from x up to y's anchors (edge ids, fractions: one per (x, anchors)), the last hops into y (edge ids
+        in the order the walk arrives: one per (y, order)), the shares arriving over them, and the latency."""
+        target = self._leaves[y]
+        anchors = self._anchors.get(target) or self._toward(target)[0]
+        parts = self._walk_np.get((x, anchors))
+        if parts is None:
+            walk_links, walk_fr, walk_lat, arrive = self._walk(self._leaves[x], target, anchors)
+            order = self._orders.setdefault(tuple(arrive), len(self._orders))
+            parts = self._walk_np[(x, anchors)] = (np.asarray(walk_links, dtype=np.int64), np.asarray(walk_fr),
+                                                   walk_lat, order, tuple(arrive), np.asarray(list(arrive.values())))
+        walk_links, walk_fr, walk_lat, order, arrive_at, arrive_fr = parts
+        last = self._last_np.get((y, order))
+        if last is None:
+            eid = self._eid
+            ids = np.array([eid[(u, target)] for u in arrive_at], dtype=np.int64)
+            last = self._last_np[(y, order)] = (ids, self._lat[ids])
+        return walk_links, walk_fr, last[0], arrive_fr, walk_lat + float(np.dot(last[1], arrive_fr))
 
     @property
     def edges(self) -> list[tuple]:

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 
 from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
@@ -39,7 +39,10 @@ from gpuhours.hwmodels.collective_flows import ep_flows, nodes_distribution, rin
 from gpuhours.hwmodels.collectives import check_ep_args
 from gpuhours.hwmodels.fabric_routes import CROSS_RAIL, FabricRoutes
 from gpuhours.hwmodels.nccl import NcclTuning, Option, best
-from gpuhours.hwmodels.topology import FabricSpec, build_topology, fabric_from_cluster, load_cluster_preset
+from gpuhours.hwmodels.topology import FabricSpec, fabric_from_cluster, fabric_graph, load_cluster_preset
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 ALGORITHMS = ("auto", "ring", "tree", "hierarchical")
 REPORT_KINDS = ("p2p", "all_reduce", "reduce_scatter", "all_gather", "all_to_all", "ep_dispatch", "ep_combine")
@@ -85,8 +88,8 @@ class GraphNetwork(FabricRoutes):
         if isinstance(fabric, ClusterSpec):
             fabric = fabric_from_cluster(fabric)
         if isinstance(fabric, FabricSpec):
-            graph = build_topology(fabric)
-        elif isinstance(fabric, nx.DiGraph):
+            graph = fabric_graph(fabric)  # networkx only if someone asks for .graph
+        elif _is_digraph(fabric):
             graph = fabric
         else:
             raise ValueError(f"fabric must be a FabricSpec, networkx.DiGraph, ClusterSpec or preset name, "
@@ -321,3 +324,11 @@ def _scaled(ph: Phase | None, factor: float) -> Phase | None:
         return None
     opts = tuple(replace(o, ranks=o.ranks / factor) for o in ph.options)
     return Phase(ph.coef, ph.latency, ph.share * factor, ph.bw_steps, ph.lat_steps, ph.bottleneck, opts)
+
+
+def _is_digraph(obj) -> bool:
+    """Whether ``obj`` is a networkx.DiGraph; networkx is imported only when it could be one (it is loaded)."""
+    import sys
+
+    nx = sys.modules.get("networkx")
+    return nx is not None and isinstance(obj, nx.DiGraph)

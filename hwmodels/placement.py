@@ -208,22 +208,28 @@ class RankLayout:
             axes = {"tp": ("tp",), "cp": ("cp",), "dp": ("dp", "cp")}.get(name)
             if axes is None:
                 raise ValueError(f"group must be one of tp, cp, dp, {', '.join(EXPERT_GROUPS)}; got {name!r}")
-            seen: set[int] = set()
-            for g in stage:
-                if g in seen:
-                    continue
-                base = g - sum(((g // self.stride(a)) % getattr(self, a)) * self.stride(a) for a in axes)
-                members = [base]
-                for a in axes:
-                    members = [m + i * self.stride(a) for i in range(getattr(self, a)) for m in members]
-                seen.update(members)
-                out.append(sorted(members))
+            out += _dense_groups(self, pp, axes)
         return out
 
     def pipeline_flows(self, src: int, dst: int) -> list[tuple[int, int, float]]:
         """One unit flow from every GPU of stage ``src`` to its counterpart in stage ``dst``: every pipeline
         (data-parallel replica and shard) sends at once."""
         return [(a, b, 1.0) for a, b in zip(self.stage(src), self.stage(dst))]
+
+
+def _dense_groups(layout: RankLayout, pp: int, axes: tuple[str, ...]) -> list[list[int]]:
+    """Stage ``pp``'s groups over ``axes`` (sorted GPU lists), in the order their first GPU appears in the stage:
+    a GPU's group starts at its GPU with those axes' coordinates zeroed (its base) and adds every combination of
+    the axes' strides. Computed for all GPUs at once."""
+    stage = _stage_gpus(layout, pp)
+    base = stage.copy()
+    offsets = np.zeros(1, dtype=stage.dtype)
+    for axis in axes:
+        stride, size = layout.stride(axis), getattr(layout, axis)
+        base -= ((stage // stride) % size) * stride
+        offsets = (np.arange(size)[:, None] * stride + offsets[None, :]).ravel()
+    _, first = np.unique(base, return_index=True)
+    return np.sort(base[np.sort(first)][:, None] + offsets[None, :], axis=1).tolist()
 
 
 @lru_cache(maxsize=256)

@@ -29,8 +29,12 @@ import tomllib
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import networkx as nx
+from gpuhours.hwmodels.fabric_graph import FabricGraph
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 DATA_FILE = Path(__file__).resolve().parent / "data" / "clusters.toml"
 _GIGA = 1e9
@@ -362,108 +366,21 @@ def choose_tiers(spec: FabricSpec) -> int:
 
 def build_topology(spec: FabricSpec) -> nx.DiGraph:
     """The fabric graph of ``spec`` (see module docstring); ``graph.graph["spec"]`` keeps the spec."""
+    return fabric_graph(spec).to_networkx()
+
+
+def fabric_graph(spec: FabricSpec) -> FabricGraph:
+    """``build_topology`` without networkx: the same nodes, edges and attributes in a ``FabricGraph``, what the
+    graph network model routes on."""
     was_enabled = gc.isenabled()
     gc.disable()   # the build allocates ~10^5 small dicts and no cycles; collector passes would double its time
+    from gpuhours.hwmodels.fabric_build import build_fabric
+
     try:
-        return _build(spec)
+        return build_fabric(spec)
     finally:
         if was_enabled:
             gc.enable()
-
-
-def _build(spec: FabricSpec) -> nx.DiGraph:
-    g = nx.DiGraph(spec=spec)
-    gpn, n_nodes = spec.gpus_per_node, spec.nodes
-    half_nvl = spec.nvlink_latency / 2
-    quarter_ib = spec.ib_latency / 4
-
-    nodes: list = []
-    edges: list = []
-    for n in range(n_nodes):
-        nvs = ("nvswitch", n)
-        nodes.append((nvs, {"kind": "nvswitch", "node": n}))
-        for r in range(gpn):
-            gi = n * gpn + r
-            gpu, nic = ("gpu", gi), ("nic", gi)
-            plane, leaf_i = leaf_of_nic(spec, gi)
-            leaf = ("leaf", plane, leaf_i)
-            nodes.append((gpu, {"kind": "gpu", "node": n, "local": r}))
-            nodes.append((nic, {"kind": "nic", "node": n, "local": r, "plane": plane}))
-            nvl = {"capacity": spec.nvlink_bw, "latency": half_nvl, "kind": "nvlink"}
-            pcie = {"capacity": spec.pcie_bw, "latency": quarter_ib, "kind": "pcie"}
-            ib = {"capacity": spec.nic_bw, "latency": quarter_ib, "kind": "ib"}
-            edges += [(gpu, nvs, nvl), (nvs, gpu, dict(nvl)), (gpu, nic, pcie), (nic, gpu, dict(pcie)),
-                      (nic, leaf, ib), (leaf, nic, dict(ib))]
-
-    n_leaves = leaves_per_plane(spec)
-    up_capacity = spec.gpus_per_leaf / spec.oversubscription * spec.nic_bw   # per leaf, one direction
-    hop = spec.switch_hop_latency
-    for plane in range(spec.planes):
-        for i in range(n_leaves):
-            nodes.append((("leaf", plane, i), {"kind": "leaf", "plane": plane, "tier": 1}))
-        if n_leaves == 1:
-            continue   # one leaf per plane: no spine needed
-        if spec.tiers == 2:
-            if n_leaves > spec.switch_radix:
-                raise ValueError(f"tiers=2 allows at most switch_radix={spec.switch_radix} leaves per plane, "
-                                 f"this fabric needs {n_leaves}; use tiers=3")
-            n_spines = max(1, math.ceil(n_leaves * spec.gpus_per_leaf / spec.oversubscription / spec.switch_radix))
-            per_edge = up_capacity / n_spines
-            for j in range(n_spines):
-                spine = ("spine", plane, 0, j)
-                nodes.append((spine, {"kind": "spine", "plane": plane, "pod": 0, "tier": 2}))
-                for i in range(n_leaves):
-                    leaf = ("leaf", plane, i)
-                    e = {"capacity": per_edge, "latency": hop, "kind": "ib"}
-                    edges += [(leaf, spine, e), (spine, leaf, dict(e))]
-            continue
-        # three tiers: pods of leaves_per_pod leaves, each pod with its spines, spine j of every pod in core group j
-        lpp = spec.leaves_per_pod or spec.switch_radix // 2
-        n_pods = math.ceil(n_leaves / lpp)
-        down_ports = spec.switch_radix // 2
-        n_spines = max(1, math.ceil(lpp * spec.gpus_per_leaf / spec.oversubscription / down_ports))
-        # spine uplinks: the pod's leaf uplink capacity over core_oversubscription (1 = non-blocking)
-        spine_up = lpp * up_capacity / n_spines / spec.core_oversubscription
-        cores_per_group = max(1, math.ceil(n_pods * down_ports / spec.core_oversubscription / spec.switch_radix))
-        for j in range(n_spines if n_pods > 1 else 0):   # one pod: its spines are the top, no core tier
-            for c in range(cores_per_group):
-                nodes.append((("core", plane, j, c), {"kind": "core", "plane": plane, "tier": 3}))
-        for pod in range(n_pods):
-            pod_leaves = range(pod * lpp, min(n_leaves, (pod + 1) * lpp))
-            for j in range(n_spines):
-                spine = ("spine", plane, pod, j)
-                nodes.append((spine, {"kind": "spine", "plane": plane, "pod": pod, "tier": 2}))
-                for i in pod_leaves:
-                    leaf = ("leaf", plane, i)
-                    e = {"capacity": up_capacity / n_spines, "latency": hop, "kind": "ib"}
-                    edges += [(leaf, spine, e), (spine, leaf, dict(e))]
-                if n_pods > 1:
-                    for c in range(cores_per_group):
-                        core = ("core", plane, j, c)
-                        e = {"capacity": spine_up / cores_per_group, "latency": hop, "kind": "ib"}
-                        edges += [(spine, core, e), (core, spine, dict(e))]
-    _bulk_add(g, nodes, edges)
-    return g
-
-
-def _bulk_add(g: nx.DiGraph, nodes: list, edges: list) -> None:
-    """Insert nodes and edges into an empty DiGraph the way add_nodes_from / add_edges_from would (same
-    adjacency dicts, one data dict shared by the succ and pred views), without their per-item overhead:
-    it keeps a 16,384-GPU build well under a second."""
-    if g.number_of_nodes():
-        raise ValueError("graph must be empty for a bulk build")
-    node_attr, succ, pred = g._node, g._succ, g._pred
-    for n, attr in nodes:
-        node_attr[n] = attr
-        succ[n] = {}
-        pred[n] = {}
-    for u, v, data in edges:
-        succ[u][v] = data
-        pred[v][u] = data
-    g.graph["edge_list"] = edges  # insertion order; GraphNetwork indexes it without walking the adjacency
-    clear = getattr(nx, "_clear_cache", None)
-    if clear is not None:
-        clear(g)
 
 
 # ------------------------------------------------------------------------------------------------ summary

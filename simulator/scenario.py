@@ -381,11 +381,13 @@ def _fabric(preset: str | None, gpu, cluster: ClusterSpec, num_gpus: int, nic_gb
 
 
 def estimate(scenario: Scenario, progress=None) -> RunEstimate:
+    from gpuhours.simulator.collector import collector_paused
     from gpuhours.simulator.micro_batch_ramp import scenario_at_micro_batch_size
 
-    base = scenario.simulator()
-    result = estimate_run(base, scenario.plan, progress, lambda size: scenario_at_micro_batch_size(
-        scenario, size, base.stage_layers).simulator())
+    with collector_paused():  # reference counting frees what an estimate allocates (simulator/collector.py)
+        base = scenario.simulator()
+        result = estimate_run(base, scenario.plan, progress, lambda size: scenario_at_micro_batch_size(
+            scenario, size, base.stage_layers).simulator())
     _check_finite_estimate(result)
     return result
 

@@ -41,7 +41,7 @@ def collective(
     """Time and algorithm/bus bandwidth of one collective on a cluster's fabric graph."""
     from gpuhours.hwmodels.collective_report import collective_report
     from gpuhours.hwmodels.graph_network import GraphNetwork
-    from gpuhours.hwmodels.topology import load_cluster_preset
+    from gpuhours.hwmodels.fabric_presets import load_cluster_preset
     from gpuhours.workloads.run import parse_count
 
     with user_errors():
@@ -102,7 +102,8 @@ def topology(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """GPUs, nodes, switches per tier, per-tier and bisection bandwidth of a cluster's fabric."""
-    from gpuhours.hwmodels.topology import build_topology, describe, load_cluster_preset
+    from gpuhours.hwmodels.fabric_presets import load_cluster_preset
+    from gpuhours.hwmodels.topology import build_topology, describe
 
     with user_errors():
         if png is not None:

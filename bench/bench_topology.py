@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import time
 
-from gpuhours.hwmodels.topology import build_topology, describe, load_cluster_preset
+from gpuhours.hwmodels.fabric_presets import load_cluster_preset
+from gpuhours.hwmodels.topology import build_topology, describe
 
 
 def _best(fn, repeat: int = 3) -> float:

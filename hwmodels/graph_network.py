@@ -39,7 +39,8 @@ from gpuhours.hwmodels.collective_flows import ep_flows, nodes_distribution, rin
 from gpuhours.hwmodels.collectives import check_ep_args
 from gpuhours.hwmodels.fabric_routes import CROSS_RAIL, FabricRoutes
 from gpuhours.hwmodels.nccl import NcclTuning, Option, best
-from gpuhours.hwmodels.topology import FabricSpec, fabric_from_cluster, fabric_graph, load_cluster_preset
+from gpuhours.hwmodels.fabric_presets import fabric_from_cluster, load_cluster_preset
+from gpuhours.hwmodels.topology import FabricSpec, fabric_graph
 
 if TYPE_CHECKING:
     import networkx as nx

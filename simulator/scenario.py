@@ -2,26 +2,32 @@
 
 `load_scenario` starts from a plan file (the built-in `deepseek-v3` plan by default) and applies overrides, so
 the command line can change any part of the reference case.
+
+Plan files (names, reading, the types of their keys, the [reference] table) are plan_file.py's; what a
+scenario's figures rest on (calibration case, hardware-only sibling, warnings) is provenance.py's; both
+re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
-from gpuhours.hwmodels.attention_kernels import load_attention_kernel, with_attention_kernel
-from gpuhours.hwmodels.calibration import CalibrationProfile, gpu_key, load_profile
+from gpuhours.hwmodels.attention_kernels import with_attention_kernel
+from gpuhours.hwmodels.calibration import CalibrationProfile, load_profile
 from gpuhours.hwmodels.cluster import ClusterSpec, default_cluster_for, deepseek_h800_cluster
 from gpuhours.hwmodels.collectives import AlphaBetaNetwork
 from gpuhours.hwmodels.compute import ComputeModel
+from gpuhours.hwmodels.fabric_presets import fabric_from_cluster, list_cluster_presets, load_cluster_preset
 from gpuhours.hwmodels.gpus import load_gpu
 from gpuhours.hwmodels.graph_network import GraphNetwork
 from gpuhours.hwmodels.prices import listed_price
-from gpuhours.hwmodels.topology import FabricSpec, fabric_from_cluster, list_cluster_presets, load_cluster_preset
+from gpuhours.hwmodels.topology import FabricSpec
+from gpuhours.simulator.plan_file import (DEFAULT_PLAN, _read_plan, is_phased, list_plans, plan_reference,
+                                          reference_table)
+from gpuhours.simulator.provenance import hardware_only_scenario, is_calibration_case, scenario_warnings
 from gpuhours.simulator.run import RunEstimate, estimate_run
 from gpuhours.simulator.step import StepSimulator
 from gpuhours.workloads.model import ModelSpec
@@ -31,7 +37,12 @@ from gpuhours.workloads.presets import list_presets, load_model_file, load_prese
 from gpuhours.workloads.routing import RankLoads, ep_rank_loads
 from gpuhours.workloads.run import BatchRamp, RunPlan, parse_count
 
-DEFAULT_PLAN = "deepseek-v3"
+__all__ = [  # the scenario API; the plan-file and provenance names are re-exported (many modules import them here)
+    "DEFAULT_CALIBRATION", "DEFAULT_PLAN", "NETWORK_MODELS", "Scenario", "estimate", "hardware_only_scenario",
+    "is_calibration_case", "is_phased", "list_plans", "load_scenario", "plan_reference", "reference_table",
+    "resolve_model", "scenario_warnings",
+]
+
 DEFAULT_CALIBRATION = "trace-h800"  # measured kernels of the real workload: the most trusted source
 NETWORK_MODELS = ("graph", "alpha-beta")
 
@@ -104,94 +115,6 @@ def _with_eplb(loads: RankLoads, moe, ep: int, gpus_per_node: int, tokens: int, 
 def _graph_network(fabric: FabricSpec) -> GraphNetwork:
     """Graph models are built once per fabric: their routes and collective phases are cached inside."""
     return GraphNetwork(fabric)
-
-
-def list_plans() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("gpuhours.workloads").joinpath("plans").iterdir()
-                  if p.name.endswith(".toml"))
-
-
-def _read_plan(name: str | Path) -> dict:
-    """A built-in plan by name, or a plan TOML file by path."""
-    if str(name) in list_plans():
-        text = resources.files("gpuhours.workloads").joinpath("plans", f"{name}.toml").read_text()
-    elif str(name).endswith(".toml") and Path(name).is_file():
-        text = Path(name).read_text()
-    else:
-        raise ValueError(f"plan must be one of {', '.join(list_plans())} or a .toml file; got {str(name)!r}")
-    try:
-        doc = tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise ValueError(f"plan {str(name)!r}: not valid TOML ({exc})") from None
-    _check_plan_types(doc, str(name))
-    return doc
-
-
-_NUMBER, _COUNT = (int, float), (int, float, str)  # a count may be written "14.8T"
-# The types of the plan keys the scenario reads (absent keys take their defaults; other tables are free-form).
-PLAN_TYPES = {
-    "model": {"preset": str},
-    "cluster": {"gpu": str, "gpus": int, "gpus_per_node": int},
-    "parallel": {"pp": int, "ep": int, "tp": int, "cp": int, "vpp": int, "schedule": str, "micro_batch_size": int,
-                 "comm_sms": int, "zero_stage": int, "dp_bucket_params": int, "reshard_after_forward": bool,
-                 "overlap_grad_reduce": bool, "overlap_param_gather": bool, "tp_comm_overlap": bool,
-                 "sequence_parallel": bool, "order": str, "etp": int, "moe_dispatch": str, "grad_reduce_dtype": str,
-                 "cp_comm": str, "pipeline_layout": str},
-    "run": {"tokens": _COUNT, "seq_len": int, "batch_start": int, "batch_end": int, "ramp_tokens": _COUNT,
-            "price_per_gpu_hour": _NUMBER, "ramp_micro_batch_size": list},
-    "numerics": {"fp8": bool, "recompute": (str, bool, list), "attention_kernel": str, "capacity_factor": _NUMBER,
-                 "fp8_recipe": str},
-    "network": {"model": str, "cluster": str},
-    "routing": {"model": str, "max_nodes_per_token": int},
-}
-_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", _NUMBER: "a number",
-               _COUNT: "a number or a count such as \"14.8T\"",
-               (str, bool, list): "a policy (none, full, full:N, selective:<modules>, ...), a list of modules or "
-                                  "true/false",
-               list: "a list of [tokens, micro-batch size] pairs"}
-
-
-def _check_plan_types(doc: dict, name: str) -> None:
-    """ValueError naming the first plan key whose value has the wrong type (a table where a number belongs...)."""
-    for table, keys in PLAN_TYPES.items():
-        t = doc.get(table)
-        if t is None:
-            continue
-        if not isinstance(t, dict):
-            raise ValueError(f"plan {name!r}: [{table}] must be a table, got {t!r}")
-        for key, typ in keys.items():
-            if key not in t:
-                continue
-            v = t[key]
-            ok = isinstance(v, typ) and not (isinstance(v, bool) and typ in (int, _NUMBER, _COUNT))
-            if not ok:
-                raise ValueError(f"plan {name!r}: [{table}] {key} must be {_TYPE_NAMES[typ]}, got {v!r}")
-
-
-def is_phased(plan: str | Path) -> bool:
-    """Whether a plan lists [[phase]] tables (estimate it with simulator.phases)."""
-    return "phase" in _read_plan(plan)
-
-
-def plan_reference(plan: str = DEFAULT_PLAN) -> dict:
-    """The published figures a plan records for comparison (empty when it has none)."""
-    return reference_table(_read_plan(plan))
-
-
-def reference_table(doc: dict) -> dict:
-    """A plan's [reference] table, checked: published figures are finite numbers >= 0 (GPU-hours, dollars),
-    `source` and other notes are text. Raises ValueError naming the key."""
-    table = doc.get("reference", {})
-    if not isinstance(table, dict):
-        raise ValueError(f"reference: expected a table of published figures, got {type(table).__name__}")
-    for key, value in table.items():
-        text = isinstance(value, str)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-            and value >= 0
-        if not (text if key in ("source", "note", "what") else number):
-            allowed = "text" if key in ("source", "note", "what") else "a finite number >= 0"
-            raise ValueError(f"reference.{key} = {value!r}: expected {allowed}")
-    return dict(table)
 
 
 def resolve_model(model: "str | ModelSpec") -> ModelSpec:
@@ -356,7 +279,7 @@ def _fabric(preset: str | None, gpu, cluster: ClusterSpec, num_gpus: int, nic_gb
     """The fabric for the graph model: a named preset or a cluster file (``*.toml``, the keys of a preset; see
     hwmodels/data/clusters.toml), resized to the job's GPUs with its tier count re-chosen when "auto", or one built
     around the cluster's achievable bandwidths; NIC speed and oversubscription may be overridden."""
-    from gpuhours.hwmodels.topology import is_cluster_file
+    from gpuhours.hwmodels.fabric_presets import is_cluster_file
 
     overrides = {}
     if nic_gbps is not None:
@@ -405,108 +328,3 @@ def _check_finite_estimate(result: RunEstimate) -> None:
                          f"{sum(s.steps for s in result.segments):.3g} steps, {result.num_gpus} GPUs, "
                          f"${result.price_per_gpu_hour:g}/GPU-hour); allowed: tokens, nic_gbps, oversubscription "
                          f"and price within a real run's range")
-
-
-# ------------------------------------------------------------------------------------------- what the figures rest on
-FP8_RECIPE = "blockwise"  # the default FP8 recipe (OpOptions.fp8_recipe): DeepSeek-V3's fine-grained scaling
-
-
-def is_calibration_case(scenario: Scenario) -> bool:
-    """Whether the scenario's profile was calibrated on this very model and GPU: its estimate then reproduces
-    the fit (a calibration case) rather than predicting anything."""
-    on = scenario.profile.calibrated_on
-    return bool(on.get("model")) and on["model"] == scenario.model.name \
-        and scenario.profile.gpu_key == scenario.cluster.gpu.key
-
-
-def hardware_only_scenario(scenario: Scenario, stage_layers: tuple[int, ...] | None = None) -> Scenario | None:
-    """The same scenario under the hardware-only sibling of its profile (datasheet peaks and published kernel
-    figures, nothing measured on a model), or None when the GPU has none or the profile is that one.
-
-    ``stage_layers`` pins the pipeline split (say the one the calibrated run chose), so the two figures differ
-    only in their kernel times and not in a split re-balanced by other costs."""
-    sibling = scenario.profile.hardware_only_sibling()
-    if sibling is None:
-        return None
-    parallel = scenario.parallel if stage_layers is None else replace(scenario.parallel,
-                                                                      stage_layers=tuple(stage_layers))
-    return replace(scenario, profile=load_profile(sibling), parallel=parallel)
-
-
-def _calibration_model_trait(on: dict, key: str):
-    """``attention`` kind or ``moe`` of the model a profile was calibrated on (recorded, else from its preset)."""
-    if key in on:
-        return on[key]
-    if on.get("model") in list_presets():
-        spec = load_preset(on["model"])
-        return spec.attention.kind if key == "attention" else spec.moe is not None
-    return None
-
-
-def _uncalibrated_gemm_tables(profile: CalibrationProfile, kinds: tuple[str, ...], dtype: str) -> list[str]:
-    """One line per GEMM table of ``dtype`` the run uses that the profile has no figures of its own for."""
-    notes = profile.notes if isinstance(profile.notes, list) else [profile.notes] if profile.notes else []
-    inherited = " ".join(n for n in notes if isinstance(n, str) and n.startswith("taken from base profile"))
-    out = []
-    for kind in kinds:
-        label = "grouped GEMM (MoE experts)" if kind == "grouped_gemm" else "GEMM"
-        points = (profile.gemm if kind == "gemm" else profile.grouped_gemm).get(dtype, ())
-        if not points:
-            out.append(f"{label} {dtype.upper()}: profile {profile.name!r} has no points of this dtype")
-        elif f"{kind}.{dtype}" in inherited.replace(",", " ").split():
-            out.append(f"{label} {dtype.upper()}: no calibration of its own in {profile.name!r}; its points are "
-                       f"taken from the base profile")
-        elif all(p.provenance.startswith("assumption") for p in points):
-            out.append(f"{label} {dtype.upper()}: no calibration of its own in {profile.name!r}; its points are "
-                       f"an assumption stated in the profile, not a measurement")
-    return out
-
-
-def scenario_warnings(scenario: Scenario) -> list[str]:
-    """One line each: where the scenario leaves what its calibration profile was measured on (device,
-    precision, FP8 recipe, model family, kernel classes), and numerics changed from what the plan asked for.
-    Empty for a run that matches its profile's calibration (the default DeepSeek-V3 case)."""
-    prof, gpu, model = scenario.profile, scenario.cluster.gpu, scenario.model
-    on = prof.calibrated_on
-    run_dtype = "fp8" if scenario.opts.fp8 else "bf16"
-    out: list[str] = []
-    if scenario.fp8_fallback:
-        out.append(f"precision: {gpu.name} has no FP8 tensor cores, so the plan's FP8 was run as BF16")
-    prof_gpu = prof.gpu_key
-    if prof_gpu is None:
-        out.append(f"device: profile {prof.name!r} was measured on {prof.provenance.device!r}, not a known GPU; "
-                   f"nothing checks it carries over to {gpu.name}")
-    elif prof_gpu != gpu.key:
-        out.append(f"device: the run is on {gpu.name} but profile {prof.name!r} was calibrated on "
-                   f"{load_gpu(prof_gpu).name}; its kernel efficiencies are carried over as fractions of peak")
-    if not on:
-        out.append(f"calibration: profile {prof.name!r} does not record what it was calibrated on "
-                   f"(provenance.calibrated_on); precision, FP8 recipe and model family are not checked")
-        return out + _uncalibrated_gemm_tables(prof, ("gemm", "grouped_gemm") if model.moe else ("gemm",), run_dtype)
-    precisions = prof.provenance.calibrated_precisions
-    if precisions is not None and run_dtype not in precisions:
-        out.append(f"precision: the run is {run_dtype.upper()} but profile {prof.name!r} was calibrated on "
-                   f"{' and '.join(p.upper() for p in precisions)} only; its {run_dtype.upper()} kernel rates are "
-                   f"not from that calibration")
-    recipe, run_recipe = on.get("fp8_recipe"), scenario.opts.fp8_recipe
-    if scenario.opts.fp8 and recipe is not None and recipe != run_recipe:
-        out.append(f"FP8 recipe: the run uses {run_recipe} FP8 scaling but profile {prof.name!r} was calibrated on "
-                   f"{recipe} FP8; its FP8 GEMM rates are carried over as they are (only the casts follow the "
-                   f"run's recipe, workloads.ops.PassBuilder._quant_bytes)")
-    trained = on.get("model") or "a model"
-    attention = _calibration_model_trait(on, "attention")
-    if scenario.attention_kernel:
-        kernel = load_attention_kernel(scenario.attention_kernel)
-        kernel_gpu = gpu_key(kernel.device)
-        if kernel_gpu != gpu.key:
-            out.append(f"attention: kernel {kernel.name!r} was measured on {kernel.device}; its efficiency is "
-                       f"carried to {gpu.name} as a fraction of peak")
-    elif attention is not None and attention != model.attention.kind:
-        out.append(f"attention: {model.attention.kind} has no calibration of its own; uses the "
-                   f"{attention.upper()}-traced efficiencies of profile {prof.name!r} ({trained})")
-    moe = _calibration_model_trait(on, "moe")
-    if model.moe is not None and moe is False:
-        out.append(f"grouped GEMM (MoE experts): no calibration of its own; profile {prof.name!r} was calibrated "
-                   f"on a dense model ({trained})")
-    kinds = ("gemm", "grouped_gemm") if model.moe is not None else ("gemm",)
-    return out + _uncalibrated_gemm_tables(prof, kinds, run_dtype)

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from gpuhours.cli import app
 from gpuhours.hwmodels.graph_network import GraphNetwork
-from gpuhours.hwmodels.topology import (DATA_FILE, FabricSpec, build_topology, describe, leaf_of_nic,
-                                        list_cluster_presets, load_cluster_file, load_cluster_preset)
+from gpuhours.hwmodels.fabric_presets import DATA_FILE, list_cluster_presets, load_cluster_file, load_cluster_preset
+from gpuhours.hwmodels.topology import FabricSpec, build_topology, describe, leaf_of_nic
 
 runner = CliRunner()
 NEW_PRESETS = ("dgx-a100", "dgx-h100", "dgx-h200", "roce-h100", "gb200-nvl72")

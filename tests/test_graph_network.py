@@ -12,7 +12,7 @@ from gpuhours.hwmodels.collectives import AlphaBetaNetwork, NetworkModel, bf16_b
 from gpuhours.hwmodels.collective_flows import group_limited_nodes_distribution
 from gpuhours.hwmodels.collective_report import collective_report
 from gpuhours.hwmodels.graph_network import GraphNetwork
-from gpuhours.hwmodels.topology import load_cluster_preset
+from gpuhours.hwmodels.fabric_presets import load_cluster_preset
 
 N = 1e9  # bytes
 

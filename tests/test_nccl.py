@@ -20,7 +20,7 @@ from gpuhours.cli import app
 from gpuhours.hwmodels.cluster import CommGroup
 from gpuhours.hwmodels.graph_network import GraphNetwork
 from gpuhours.hwmodels.nccl import DATA, NcclTuning, load_tables
-from gpuhours.hwmodels.topology import load_cluster_preset
+from gpuhours.hwmodels.fabric_presets import load_cluster_preset
 
 LINK = 360e9
 CONV = 14 / 8                       # busbw / algbw of an 8-rank all-reduce ring

@@ -19,7 +19,8 @@ from gpuhours.cli import app
 from gpuhours.hwmodels.fabric_graph import FabricGraph
 from gpuhours.hwmodels.graph_network import GraphNetwork
 from gpuhours.hwmodels.placement import RankLayout
-from gpuhours.hwmodels.topology import build_topology, fabric_graph, load_cluster_preset
+from gpuhours.hwmodels.fabric_presets import load_cluster_preset
+from gpuhours.hwmodels.topology import build_topology, fabric_graph
 from gpuhours.simulator.collector import collector_paused
 
 SPECS = [

@@ -6,8 +6,8 @@ import networkx as nx
 import pytest
 
 from gpuhours.hwmodels.placement import Placement
-from gpuhours.hwmodels.topology import (FabricSpec, build_topology, describe, leaf_of_nic, list_cluster_presets,
-                                        load_cluster_preset)
+from gpuhours.hwmodels.fabric_presets import list_cluster_presets, load_cluster_preset
+from gpuhours.hwmodels.topology import FabricSpec, build_topology, describe, leaf_of_nic
 
 
 def test_presets_carry_the_published_figures():

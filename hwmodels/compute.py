@@ -38,7 +38,7 @@ def elementwise_class(op: Op) -> str | None:
     if op.kind == "embedding":
         return "embedding"
     last = op.name.rsplit(".", 1)[-1]
-    if last == "quant":
+    if last in ("quant", "dequant"):  # FP8 / E5M6 casts and the casts back (workloads.memory_ops)
         return "cast"
     if last in ("swiglu", "gelu", "relu2"):
         return "activation"

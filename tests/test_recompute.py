@@ -99,7 +99,9 @@ def test_deepseek_is_the_old_recipe_on_mla():
     extra = [op.name for s in ds.backward for op in s.ops if "recompute" in op.name]
     assert extra == ["L10.mlp.ffn_norm.recompute", "L10.attn.recompute.attn_norm", "L10.attn.recompute.q_norm", "L10.attn.recompute.wq_b.quant",
                      "L10.attn.recompute.wq_b", "L10.attn.recompute.kv_norm", "L10.attn.recompute.wkv_b.quant",
-                     "L10.attn.recompute.wkv_b"]
+                     "L10.attn.recompute.wkv_b",
+                     # RoPE and the q / k assembly on the recomputed up-projections (workloads.memory_ops)
+                     "L10.attn.recompute.rope", "L10.attn.recompute.qk_cat"]
     rest = [[op for op in s.ops if "recompute" not in op.name] for s in ds.backward]
     assert rest == [list(s.ops) for s in none.backward]
     a = v3.attention

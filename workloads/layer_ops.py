@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from gpuhours.workloads.memory_ops import attn_output_cache, blockwise_caches, branch_add, mla_qk_assembly
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.moe_ops import moe_segments
 from gpuhours.workloads.ops import (
@@ -53,7 +54,7 @@ def _cp_comm(phase: str, model: ModelSpec, p: ParallelSpec, tokens: int, layer, 
 
 def _attention_ops(b: PassBuilder, model: ModelSpec, p: ParallelSpec, tokens: int, seq_len: int,
                    recompute_only: bool = False, recompute_core: bool = False, norms: bool = True,
-                   up_proj: bool = True) -> None:
+                   up_proj: bool = True, fp8_caches: bool = False) -> None:
     """Attention of one layer on `tokens` tokens (the rank's micro-batch x sequence / cp), tensor-parallel over
     heads.
 
@@ -63,7 +64,9 @@ def _attention_ops(b: PassBuilder, model: ModelSpec, p: ParallelSpec, tokens: in
     the forward core again (op `attn.recompute.core`, priced as a forward attention op).
     With `recompute_only` the builder gets only what the backward runs again of this block's forward: the attention
     norm when `norms` ("layernorm" module) and, on MLA, the latent norms and the up-projections when `up_proj`
-    ("mla_up_proj"), in forward order.
+    ("mla_up_proj"), in forward order; MLA's RoPE and q / k assembly run again after the recomputed
+    up-projections. `fp8_caches` (DeepSeek-V3's blockwise FP8 recipe): the output projection's input is cached
+    in E5M6 (`memory_ops.attn_output_cache`).
 
     Context parallelism (cp > 1, `tokens` = b L / cp): the rank's queries attend to the keys of the whole sequence
     under the causal mask. With the load-balanced split (chunks i and 2cp-1-i of 2 cp chunks of c = L / 2cp
@@ -107,9 +110,12 @@ def _attention_ops(b: PassBuilder, model: ModelSpec, p: ParallelSpec, tokens: in
             b.gemm("wkv_a", tokens, a.kv_lora_rank + a.qk_rope_head_dim, h)
         b.elementwise("kv_norm", 2 * tokens * a.kv_lora_rank * BF16)
         b.gemm("wkv_b", tokens, heads * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank)
+        # RoPE and the q / k assembly (`memory_ops.mla_qk_assembly`) run again on recomputed up-projections: the
+        # core's backward needs q and k, which are not kept
+        b.elementwise("rope", 2 * tokens * heads * a.qk_rope_head_dim * BF16)
+        mla_qk_assembly(b, a, tokens, heads, b.phase)
         if recompute_only:
             return
-        b.elementwise("rope", 2 * tokens * heads * a.qk_rope_head_dim * BF16)
         o_in = heads * a.v_head_dim
     else:
         kv_heads = max(1, a.n_kv_heads // tp)
@@ -126,6 +132,8 @@ def _attention_ops(b: PassBuilder, model: ModelSpec, p: ParallelSpec, tokens: in
         if recompute_core:
             b.ops.append(Op(f"{b.prefix}.recompute.core", "attention", "F", b.module, core, qkvo_bytes, "bf16"))
         b.attention("core_bwd", 2.5 * core, 2 * qkvo_bytes)
+    if fp8_caches and b.phase != "W":  # the output projection's input kept in E5M6 (`memory_ops`)
+        attn_output_cache(b, tokens, o_in, b.phase)
     b.gemm("wo", tokens, h, o_in)
 
 
@@ -206,7 +214,10 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
             recompute = PassBuilder(f"{prefix}.attn.recompute", "attn", "F", opts.fp8, opts.fp8_recipe)
             _attention_ops(recompute, model, p, tokens, seq_len, recompute_only=True, norms=norms, up_proj=up_proj)
             attn.ops.extend(recompute.ops)
-        _attention_ops(attn, model, p, tokens, seq_len, recompute_core="core_attn" in mods)
+        _attention_ops(attn, model, p, tokens, seq_len, recompute_core="core_attn" in mods,
+                       fp8_caches=blockwise_caches(opts))
+        if phase != "W" and not model.parallel_block:  # x + attn(x) (`memory_ops.branch_add`)
+            branch_add(attn, "residual", norm_tokens(tokens, p), h)
         if p.cp_comm == "torch" and (extra := bookkeeping_op(phase, model, p, tokens, prefix)) is not None:
             at = next(i for i, op in enumerate(attn.ops) if op.kind == "attention" and ".recompute." not in op.name)
             attn.ops.insert(at + 1, extra)  # the fp32 merge / dK-dV accumulation beside the core's blocks
@@ -226,10 +237,14 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
         segs_attn += _tp_comm(phase, "attn", tokens, h, p, layer, "after", last)
         if moe is None and model.parallel_block:
             dense_ffn_ops(mlp, model.dense_intermediate, h, tokens, tp, activation=model.ffn_activation)
+            if phase != "W":  # x + attn + mlp: one three-input sum each way
+                branch_add(mlp, "residual", norm_tokens(tokens, p), h, inputs=3)
             passes[phase] = _parallel_block(phase, attn, mlp, core, tokens, h, p, layer)
             continue
         if moe is None:
             dense_ffn_ops(mlp, model.dense_intermediate, h, tokens, tp, activation=model.ffn_activation)
+            if phase != "W":
+                branch_add(mlp, "residual", norm_tokens(tokens, p), h)
             first, last = _edge_gemms(mlp.ops)
             segs_mlp = _tp_comm(phase, "mlp", tokens, h, p, layer, "before", first)
             segs_mlp += [mlp.segment(f"mlp({phase})", layer)]
@@ -289,7 +304,7 @@ def _block_forward(forward: list[Segment], mods: frozenset[str], moe_layer: bool
     The norms are the "layernorm" module's."""
     if moe_layer and "moe" in mods:
         def keep(op: Op) -> bool:
-            return op.module in ("mlp", "moe") and not op.name.endswith(".ffn_norm")
+            return op.module in ("mlp", "moe") and not op.name.endswith((".ffn_norm", ".residual"))
     elif moe_layer and "shared_experts" in mods:
         def keep(op: Op) -> bool:
             return op.module == "mlp" and ".mlp.shared." in op.name

@@ -6,6 +6,14 @@ ranks under expert tensor parallelism), the shared experts, and the token dispat
 from __future__ import annotations
 
 from gpuhours.workloads.model import ModelSpec, MoESpec
+from gpuhours.workloads.memory_ops import (
+    blockwise_caches,
+    branch_add,
+    moe_permute,
+    moe_unpermute,
+    received_tokens,
+    swiglu_input_cache,
+)
 from gpuhours.workloads.moe_dispatch import dispatch_segments, expert_rows
 from gpuhours.workloads.ops import (
     BF16,
@@ -38,13 +46,30 @@ def moe_segments(mlp: PassBuilder, model: ModelSpec, moe: MoESpec, p: ParallelSp
         mlp.elementwise("router.topk", 2 * local_tokens * moe.n_routed_experts * FP32)
     mlp.gemm("router", local_tokens, moe.n_routed_experts, h, low_precision=False)
     e = moe.expert_intermediate // p.etp  # w13 column-parallel, w2 row-parallel over the etp group
-    mlp.gemm("experts.w13", rows_per_expert, 2 * e, h, groups=local_experts)
+    # An FP8 all-to-all dispatch carries the up-projection's input already cast (DeepSeek-V3 sec. 3.3.3): the
+    # cast runs on the rank's own tokens before the dispatch, not on the expanded rows (`memory_ops`).
+    fp8_payload = opts.fp8 and p.moe_dispatch == "alltoall"
+    executed = rows_per_expert * local_experts
+    recv = received_tokens(executed, moe, p)
+    if phase == "F" and fp8_payload:
+        mlp.elementwise("dispatch.quant", mlp._quant_bytes(local_tokens, 2 * e, h))
+    if phase != "W":
+        moe_permute(mlp, executed, recv, h, phase, fp8_payload)
+    mlp.gemm("experts.w13", rows_per_expert, 2 * e, h, groups=local_experts, cast=not (fp8_payload and phase == "F"))
+    if phase != "W" and blockwise_caches(opts):
+        swiglu_input_cache(mlp, executed, 2 * e, phase)
     if phase != "W":
         mlp.elementwise("experts.swiglu", 3 * rows_per_expert * local_experts * e * BF16 * (1 if phase == "F" else 2))
     mlp.gemm("experts.w2", rows_per_expert, h, e, groups=local_experts)
+    if phase != "W":
+        moe_unpermute(mlp, executed, recv, h)
     if moe.n_shared_experts:
         dense_ffn_ops(mlp, moe.n_shared_experts * moe.expert_intermediate, h, local_tokens, 1,
                       name="shared")  # experts: SwiGLU
+        if phase == "F":  # routed + shared outputs (model.py `y + z`); the backward hands both the same gradient
+            branch_add(mlp, "experts.add", local_tokens, h)
+    if phase != "W":  # the block's residual (forward) and its input gradient's two paths (backward)
+        branch_add(mlp, "residual", local_tokens, h)
     mlp_seg = mlp.segment(f"mlp({phase})", layer)
     if phase == "W":
         return [], mlp_seg, []

@@ -161,9 +161,11 @@ class PassBuilder:
         self.prefix, self.module, self.phase, self.fp8, self.recipe = prefix, module, phase, fp8, recipe
         self.ops: list[Op] = []
 
-    def gemm(self, name: str, m: int, n: int, k: int, low_precision: bool = True, groups: int = 1) -> None:
+    def gemm(self, name: str, m: int, n: int, k: int, low_precision: bool = True, groups: int = 1,
+             cast: bool = True) -> None:
         """A GEMM (m x k) @ (k x n): in F as given; in B the input gradient (m x n) @ (n x k); in W the weight
-        gradient (n x m) @ (m x k). FLOPs 2mnk per group either way."""
+        gradient (n x m) @ (m x k). FLOPs 2mnk per group either way. `cast=False`: the FP8 input of this pass
+        arrives already cast (the MoE up-projection's forward input, cast before the dispatch), no cast op."""
         if self.phase == "B":
             m, n, k = m, k, n
         elif self.phase == "W":
@@ -171,7 +173,7 @@ class PassBuilder:
         dtype = "fp8" if (self.fp8 and low_precision) else "bf16"
         in_bytes = 1 if dtype == "fp8" else BF16
         nbytes = groups * ((m * k + k * n) * in_bytes + m * n * BF16)
-        cast = groups * self._quant_bytes(m, n, k) if dtype == "fp8" else 0
+        cast = groups * self._quant_bytes(m, n, k) if (dtype == "fp8" and cast) else 0
         if cast:
             self.elementwise(f"{name}.quant", cast)
         self.ops.append(Op(f"{self.prefix}.{name}", "grouped_gemm" if groups > 1 else "gemm", self.phase,

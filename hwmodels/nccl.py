@@ -30,7 +30,7 @@ lat_steps * latency``):
   P2P_LL_THRESHOLD = 16 KiB per channel, src/enqueue.cc): they keep the graph's formula too.
 
 Figures left out: the tree correction table for medium sizes, the 1.4x "plateau" latency of multi-node ring
-all-reduce, PAT and CollNet; and the SMs NCCL's channels take from compute.
+all-reduce, PAT and CollNet. The SMs NCCL's channels hold are in ``hwmodels/nccl_sms.py``.
 """
 
 from __future__ import annotations

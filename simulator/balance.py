@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from gpuhours.simulator.split_memo import held_params_memo, stage_chunk_bytes
 from gpuhours.workloads.parallel import ParallelSpec
 
 # Assumption: a split up to 5% slower (busiest rank's simulated load) than the time-balanced one still counts as
@@ -319,20 +320,30 @@ def split_memory(model, p: ParallelSpec, seq_len: int, stage_layers: tuple[int, 
                  num_microbatches: int | None = None) -> tuple[float, ...]:
     """Per-rank memory (bytes: state, peak in-flight activations, context-parallel K/V buffer and headroom) of
     `stage_layers`, summed as `workloads.memory.memory_breakdown` does, at `num_microbatches` (default 2 pp: past
-    every schedule's warm-up, so in-flight activations have reached their peak)."""
+    every schedule's warm-up, so in-flight activations have reached their peak). Stage activations and rank
+    parameters come through `simulator.split_memo` (the same figures, each computed once per what it reads)."""
     from gpuhours.simulator.schedules import build_schedule
     from gpuhours.simulator.step import _stages_per_rank, rank_params
-    from gpuhours.workloads.memory import (chunk_bytes, cp_gathered_kv_bytes, gathered_params, peak_in_flight,
-                                           rank_state_bytes)
+    from gpuhours.workloads.memory import cp_gathered_kv_bytes, gathered_params, peak_in_flight, rank_state_bytes
 
     m = num_microbatches or 2 * p.pp
     schedule = build_schedule(p.schedule, p.pp, m, vpp=p.vpp)
-    per_stage = chunk_bytes(model, p, seq_len, stage_layers, recipe, opts.fp8, opts.recompute, opts.kept_imbalance)
+    per_stage = stage_chunk_bytes(model, p, seq_len, stage_layers, recipe, opts)
     act, _ = peak_in_flight(schedule, per_stage)
     kv = cp_gathered_kv_bytes(model, p, seq_len)
     out = []
+    params = held_params_memo(model, p)  # `simulator.split_memo`
+    starts = [0]
+    for n in stage_layers:
+        starts.append(starts[-1] + n)
+    last = len(stage_layers) - 1
     for rank, stages in enumerate(_stages_per_rank(schedule)):
-        dense, expert = rank_params(model, p, stage_layers, stages)
+        # `rank_params` reads of the split only each held stage's layer range and whether it is the first or
+        # last, in the set's order: memoised by exactly that (neighbouring candidate splits share most ranks)
+        at = tuple((starts[s], starts[s + 1], s == 0, s == last) for s in stages)
+        if at not in params:
+            params[at] = rank_params(model, p, stage_layers, stages)
+        dense, expert = params[at]
         state = rank_state_bytes(dense, expert, p, recipe, gathered_params(model, p, stage_layers, stages))
         allocated = sum(state.values()) + act[rank] + kv
         out.append(allocated + recipe.reserved_bytes + recipe.fragmentation * allocated)

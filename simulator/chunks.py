@@ -20,6 +20,9 @@ in the others compute and communication take turns and compute uses every SM
 all-to-all are priced at the full rate too: a small optimism for those schedules. With comm_sms > 0 the EP
 all-to-alls are DeepEP's kernels on those SMs and take their resident time (`HardwareCoster.deepep_call`,
 `hwmodels.deepep`: notify, transfer at the SM-limited published rate, slowest peer), not the fabric's wire time.
+An NCCL all-reduce, reduce-scatter or all-gather that runs beside compute (ZeRO-3's prefetched gathers and its
+reduce-scatters, a fused backward's collectives beside its weight GEMMs) holds one SM per channel, and the compute
+beside it runs on the rest meanwhile (`simulator.nccl_sms`).
 
 Dependencies: a segment depends on the previous segment of its pass, except ZeRO-3's data-parallel collectives
 (`workloads.zero.zero3_passes`). A parameter all-gather depends only on the previous all-gather of the pass (not
@@ -45,12 +48,14 @@ from gpuhours.hwmodels.deepep import deepep_saturating_sms  # noqa: F401 (re-exp
 from gpuhours.hwmodels.placement import EXPERT_GROUPS, RankLayout
 from gpuhours.simulator.engine import InstructionProfile
 from gpuhours.simulator.instructions import Instruction
+from gpuhours.simulator.nccl_sms import schedule_tasks, segment_sms
 from gpuhours.simulator.overlap import exposed_streamed
 from gpuhours.simulator.ring_overlap import cp_exposed
 from gpuhours.simulator.timeline import Span
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import BF16, LayerPasses, Op, OpOptions, Segment
 from gpuhours.workloads.stage_ops import stage_units
+from gpuhours.workloads.layer_templates import segment_template
 from gpuhours.workloads.zero import is_dp_collective
 from gpuhours.workloads.parallel import ParallelSpec
 
@@ -71,6 +76,7 @@ class _Task:
     layer: int | None
     kind: str
     uses_nic: bool = False  # a collective whose group spans nodes: it holds the GPU's network interface
+    held: float = 0.0  # SMs its NCCL kernel holds from compute beside it (`simulator.nccl_sms`)
 
 
 def expected_nodes_per_token(model: ModelSpec, ep: int, gpus_per_node: int,
@@ -126,7 +132,9 @@ class HardwareCoster:
         self._stages: tuple[tuple[LayerPasses, ...], ...] | None = None
         self._profile = lru_cache(maxsize=None)(self._build_profile)
         self._segment_time = lru_cache(maxsize=None)(self._price_segment)
+        self._segment_sms = lru_cache(maxsize=None)(lambda seg: segment_sms(self, seg))
         self._op_times: dict[tuple, float] = {}
+        self._seg_facts: dict[int, tuple] = {}  # `_segment_facts`: id -> (segment, seconds, crosses nodes)
         self._transfers: dict[tuple[int, int], object] = {}
         self.layout = RankLayout.of(parallel)
         self.placed = hasattr(network, "placed_phases")  # the fabric graph prices the placement's own groups
@@ -302,7 +310,7 @@ class HardwareCoster:
             self._add_pass(tasks, b_stage, "BW", pair=True)
         else:
             self._add_pass(tasks, stage, kind, pair=False)
-        return _list_schedule(tasks)
+        return schedule_tasks(tasks, self)  # NCCL's SMs slow the compute beside them
 
     def _add_pass(self, tasks: list[_Task], stage: int, kind: str, pair: bool) -> list[int]:
         units = self.stages[stage]
@@ -358,10 +366,22 @@ class HardwareCoster:
             priority = (k, _PAIR_ORDER.get(seg.name, 20 + j), len(tasks))
         else:
             priority = (len(tasks),)
-        seconds = self._segment_time(seg) + (self.pair_notify(seg) if pair and seg.stream == "comm" else 0.0)
+        cost, crosses = self._segment_facts(seg)
+        seconds = cost + (self.pair_notify(seg) if pair and seg.stream == "comm" else 0.0)
         tasks.append(_Task(seg.name, seg.stream, seconds, deps, priority, seg.layer, kind,
-                           seg.stream == "comm" and self._crosses_nodes(seg)))
+                           crosses, self._segment_sms(seg)))
         return len(tasks) - 1
+
+    def _segment_facts(self, seg: Segment) -> tuple[float, bool]:
+        """(seconds, holds the network interface) of a segment, once per segment object, and once per template
+        for a renamed layer's (`workloads.layer_templates.segment_template`: same op price keys, so the same
+        figures; both read only what `price_key` holds)."""
+        key = segment_template(seg)
+        hit = self._seg_facts.get(id(key))
+        if hit is None or hit[0] is not key:  # the memo holds the segment, so its id is not reused meanwhile
+            hit = self._seg_facts[id(key)] = (key, self._segment_time(key),
+                                              key.stream == "comm" and self._crosses_nodes(key))
+        return hit[1], hit[2]
 
     def _crosses_nodes(self, seg: Segment) -> bool:
         return any(op.kind == "collective" and self.comm_group(op.group).nodes > 1 for op in seg.ops)

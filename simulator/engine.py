@@ -27,7 +27,7 @@ from typing import Callable, Protocol
 import simpy
 
 from gpuhours.simulator.instructions import Instruction, Schedule
-from gpuhours.simulator.nic_share import SharedInterface
+from gpuhours.simulator.nic_share import SharedInterface, stretch_under_buckets
 from gpuhours.simulator.programs import programs as _programs
 from gpuhours.simulator.run_ahead import plain, run_ahead as _run_ahead
 from gpuhours.simulator.timeline import Span
@@ -72,7 +72,7 @@ class PipelineResult:
 def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = False,
                  tail: Callable[[int], float] | None = None, record: bool = True,
                  buckets: Callable[[int], tuple[tuple[float, float], ...]] | None = None,
-                 run_ahead: bool = True) -> PipelineResult:
+                 run_ahead: bool = True, bucket_sms: Callable[[int], float] | None = None) -> PipelineResult:
     """Simulate one pass of `schedule`; `detail` also returns op-level spans on both streams; `record=False`
     skips the instruction spans (an estimate needs only the totals).
 
@@ -85,6 +85,9 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
     pipeline sends, and the two share the interface while both have something in flight
     (`simulator.nic_share`), so a bucket slows the sends it overlaps and they slow it. The tail then waits for
     the last bucket: what stays exposed is `nic_wait_per_rank` (with the wait for the rank's last sends).
+    `bucket_sms(rank)`: the share of the SMs the buckets' NCCL channels hold; that instruction is extended by it
+    times its compute share times the time buckets are in flight beside it (`nic_share.stretch_under_buckets`;
+    Assumption: its compute is spread evenly over it).
 
     Events per instruction: one timeout for its duration, one arrival for each input that had not arrived when
     the rank reached it (an input already there costs nothing), and per send one completion (plus one decision,
@@ -186,7 +189,12 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
                 for share, sec in own_buckets:
                     if share < 1.0:
                         timeout(share * prof.duration).callbacks.append(bucket_ready(rank, sec))
+            since = shared[rank].dp_time() if index == last and own_buckets else 0.0
             yield timeout(prof.duration)
+            if index == last and own_buckets and bucket_sms is not None and prof.duration > 0:
+                # the buckets' NCCL channels take SMs from the backward's compute (`simulator.nccl_sms`)
+                yield from stretch_under_buckets(env, shared[rank], bucket_sms(rank) * prof.compute_busy
+                                                 / prof.duration, since)
             finish[rank] = env.now
             counter[0] += 1
             # Instruction spans sit on the compute stream; in detail mode they move to a "pipeline" lane and the

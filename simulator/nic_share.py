@@ -8,7 +8,8 @@ concurrent collectives). An item also shares with the all-to-alls of the instruc
 a plain send does (`simulator.engine`): it is stretched by 1 / (1 - rho / 2) from then on.
 
 Used by `simulator.engine.run_pipeline` only on ranks that have gradient buckets, so every other rank keeps the
-engine's one FIFO and its results.
+engine's one FIFO and its results. The buckets' NCCL channels also take SMs from the backward they fly beside:
+`stretch_under_buckets` extends it accordingly (`simulator.nccl_sms.bucket_fraction`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class SharedInterface:
         self.version = 0
         self.busy = 0.0                        # seconds the interface carried something
         self.carried = 0.0                     # work completed, seconds at full rate (what was sent)
+        self.dp_busy = 0.0                     # seconds a gradient bucket was in flight
         self.idle_waiters: list[simpy.Event] = []
 
     def submit(self, kind: str, work: float, event: simpy.Event) -> None:
@@ -47,6 +49,11 @@ class SharedInterface:
         else:
             self.idle_waiters.append(event)
 
+    def dp_time(self) -> float:
+        """Seconds a gradient bucket has been in flight up to now."""
+        self._advance()
+        return self.dp_busy
+
     def _share(self) -> float:
         return 1.0 / len(self.heads) if self.heads else 0.0
 
@@ -56,6 +63,8 @@ class SharedInterface:
             return
         share = self._share()
         self.busy += elapsed
+        if "dp" in self.heads:
+            self.dp_busy += elapsed
         for head in self.heads.values():
             head[0] -= elapsed * share / head[1]
 
@@ -88,3 +97,18 @@ class SharedInterface:
             event.succeed()
         self._start_heads()
         self._reschedule()
+
+
+def stretch_under_buckets(env: simpy.Environment, nic: SharedInterface, fraction: float, since: float):
+    """Extend the instruction running now (a simpy sub-process: ``yield from``) by `fraction` of the time gradient
+    buckets have been in flight since the interface's `since` (``dp_time()`` at the instruction's start): the
+    buckets' NCCL channels hold SMs (`simulator.nccl_sms.bucket_fraction`), so the compute beside them runs
+    slower, and the extension is itself overlapped by buckets still in flight, hence the loop (a geometric series
+    of ratio `fraction` < 1)."""
+    charged = 0.0
+    while fraction > 0.0:
+        owed = fraction * (nic.dp_time() - since)
+        if owed - charged <= 1e-12 * max(1.0, env.now):
+            return
+        yield env.timeout(owed - charged)
+        charged = owed

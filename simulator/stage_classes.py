@@ -15,14 +15,35 @@ from __future__ import annotations
 from gpuhours.simulator.chunks import HardwareCoster, price_key
 from gpuhours.simulator.engine import InstructionProfile
 from gpuhours.simulator.instructions import Instruction
+from gpuhours.workloads.layer_templates import template_of
 
 
 def stage_signature(units) -> tuple:
     """What an instruction's profile reads of a stage: per unit and pass, each segment's name, stream and op
     prices."""
-    return tuple(tuple(tuple((seg.name, seg.stream, tuple(price_key(op) for op in seg.ops)) for seg in segments)
-                       for segments in (unit.forward, unit.backward, unit.weight))
-                 for unit in units)
+    return tuple(map(unit_signature, units))
+
+
+def _signature(unit) -> tuple:
+    return tuple(tuple((seg.name, seg.stream, tuple(price_key(op) for op in seg.ops)) for seg in segments)
+                 for segments in (unit.forward, unit.backward, unit.weight))
+
+
+def unit_signature(unit) -> tuple:
+    """`stage_signature` of one unit. A layer renamed from a template (`workloads.layer_templates`) differs from
+    it only in its op names' "L<i>." prefix and its segments' layer, which `price_key` does not read: its
+    signature is its template's, computed once. Checked on the first unit of each template: when its own
+    signature differs (a price key that reads the prefix), every unit of that template is computed by itself."""
+    tpl = template_of(unit)
+    if tpl is None:
+        return _signature(unit)
+    sig = tpl.memo.get("signature")
+    if sig is None:
+        sig = _signature(tpl.passes)
+        if unit is not tpl.passes and _signature(unit) != sig:
+            sig = False
+        tpl.memo["signature"] = sig
+    return sig if sig is not False else _signature(unit)
 
 
 class SharedStageCoster:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from gpuhours.hwmodels.cluster import ClusterSpec
 from gpuhours.hwmodels.compute import ComputeModel
 from gpuhours.simulator.overlap import exposed_streamed as exposed_streamed_gather  # noqa: F401 (re-exported)
 from gpuhours.simulator.chunks import HardwareCoster
 from gpuhours.simulator.engine import PipelineResult, run_pipeline
+from gpuhours.simulator.nccl_sms import bucket_fraction, streamed_gather_rate
 from gpuhours.simulator.schedules import build_schedule
 from gpuhours.simulator.stage_classes import SharedStageCoster
 from gpuhours.workloads import params as P
@@ -170,8 +172,10 @@ class StepSimulator:
             if self._plain_coster is None:
                 self._plain_coster = plain_coster(self.coster)
             coster = FsdpPipelineCoster(self.coster, self._plain_coster, gathering_instructions(schedule))
+        held = [bucket_fraction(self, s) if b else 0.0 for s, b in zip(_stages_per_rank(schedule), buckets)]
         result = run_pipeline(schedule, coster, detail=detail, tail=tails.__getitem__, record=detail,
-                              buckets=buckets.__getitem__ if any(buckets) else None)
+                              buckets=buckets.__getitem__ if any(buckets) else None,
+                              bucket_sms=held.__getitem__ if any(held) else None)  # `simulator.nccl_sms`
         if any(buckets):  # what the engine left exposed of the buckets (and of the rank's last sends)
             tails = [t + (result.nic_wait_per_rank[r] if b else 0.0)
                      for r, (t, b) in enumerate(zip(tails, buckets))]
@@ -284,7 +288,9 @@ class StepSimulator:
             reduce = 0.0
         if p.fsdp_once_per_step:
             units = sum(self.stage_layers[s] for s in stages)
-            comm = reduce + exposed_streamed_gather(gather, units, first_forward)
+            # the forward runs on the SMs the gathers' NCCL channels leave it (`simulator.nccl_sms`)
+            rate = streamed_gather_rate(self.coster, dense * self.recipe.weight_bytes / max(1, units))
+            comm = reduce + exposed_streamed_gather(gather, units, first_forward, rate)
         elif p.fsdp_deferred_reduce:  # the gathers ran inside the instructions (`simulator.fsdp_pipeline`)
             comm = reduce
         else:
@@ -314,6 +320,14 @@ def exposed_dp_comm(reduce: float, gather: float, buckets: int, window: float, o
     return exposed + (gather / k if overlap_param_gather else gather)
 
 
+@lru_cache(maxsize=16)
+def _layer_params(model: ModelSpec) -> tuple[tuple[int, ...], int]:
+    """Every layer's parameters (`params.layer_params`) and one MoE layer's routed experts', per model: the same
+    numbers `rank_params` summed layer by layer, asked once (a split's memory asks for every rank)."""
+    routed = model.moe.n_routed_experts * P.expert_params(model) if model.moe is not None else 0
+    return tuple(P.layer_params(model, i) for i in range(model.n_layers)), routed
+
+
 def rank_params(model: ModelSpec, p: ParallelSpec, stage_layers: tuple[int, ...], stages: set[int]
                 ) -> tuple[float, float]:
     """(dense, expert) parameters a rank holds for `stages`: dense ones are split by tp and replicated over dp x cp;
@@ -324,11 +338,12 @@ def rank_params(model: ModelSpec, p: ParallelSpec, stage_layers: tuple[int, ...]
         starts.append(starts[-1] + n)
     dense = expert = 0.0
     last = len(stage_layers) - 1
+    layer_full, routed_all = _layer_params(model)
     for s in stages:
         for i in range(starts[s], starts[s + 1]):
-            full = P.layer_params(model, i)
+            full = layer_full[i]
             if model.is_moe_layer(i):
-                routed = model.moe.n_routed_experts * P.expert_params(model)
+                routed = routed_all
                 dense += (full - routed) / p.tp
                 expert += routed / (p.ep * p.etp)
             else:

@@ -112,7 +112,9 @@ def test_gathers_hide_under_long_compute():
     a, b = z1.step(4), z3.step(4)
     comm = 4 * _dp_comm_per_microbatch(z3)
     assert comm > 0.1 * b.pipeline_time  # the collectives are not negligible ...
-    assert b.pipeline_time - a.pipeline_time < 0.25 * comm  # ... but mostly hidden
+    # ... but mostly hidden: under a quarter of their time is exposed, and while they run their 24 NCCL channels
+    # take 24 of the H100's 132 SMs from the compute beside them (tests/test_nccl_sms.py)
+    assert b.pipeline_time - a.pipeline_time < (0.25 + 24 / 132) * comm
     assert b.step_time == pytest.approx(a.step_time, rel=0.03)
 
 
@@ -219,9 +221,11 @@ def test_once_per_step_tail_is_one_reduce_scatter_and_a_streamed_gather():
     update = sim.compute.duration(Op("optimizer.adamw", "elementwise", "W", "optimizer", 0.0,
                                      dense / p.grad_dp * sim.recipe.optimizer_bytes_per_param()))
     units = sim.stage_layers[0]
-    # no forward to hide under: everything exposed; a long forward hides all but one unit's gather
+    # no forward to hide under: everything exposed; a long forward hides all but one unit's gather, and runs on
+    # 132 - 24 of the H100's SMs while the other units' gathers fly (NCCL's 24 channels, tests/test_nccl_sms.py)
     assert sim._dp_tail(stages, 0.0, 0.0) == pytest.approx(reduce + gather + update)
-    assert sim._dp_tail(stages, 0.0, 1e6) == pytest.approx(reduce + gather / units + update)
+    held = 24 / 132 * gather * (units - 1) / units
+    assert sim._dp_tail(stages, 0.0, 1e6) == pytest.approx(reduce + gather / units + held + update)
 
 
 def test_streamed_gather_closed_form():

@@ -5,6 +5,7 @@ gathers and gradient reduce-scatters."""
 from __future__ import annotations
 
 from gpuhours.workloads.layer_ops import layer_passes
+from gpuhours.workloads.layer_templates import layer_passes_for
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import (
     BF16,
@@ -92,7 +93,8 @@ def stage_units(model: ModelSpec, p: ParallelSpec, seq_len: int, layers: range, 
     if holds.embedding:
         units.append(embedding_passes(model, p, seq_len))
     # stage_position: a layer's index within its stage, for "full:N" recomputation (`workloads.recompute`)
-    units.extend(layer_passes(model, i, p, seq_len, opts, stage_position=i - layers.start) for i in layers)
+    # (identical layers are renamed copies of one build per kind: `workloads.layer_templates`, equal to direct builds)
+    units.extend(layer_passes_for(model, i, p, seq_len, opts, stage_position=i - layers.start) for i in layers)
     if holds.head:
         units.append(head_passes(model, p, seq_len, opts))
     if holds.mtp_modules or holds.mtp_heads:

@@ -1,0 +1,193 @@
+"""NCCL's channels take SMs from the compute they run beside (issue 15, item 3).
+
+An NCCL all-reduce, reduce-scatter or all-gather holds one SM per channel for as long as it runs
+(`hwmodels.nccl_sms.collective_sms`). Inside an instruction (`simulator.chunks`) the compute and communication
+streams run at once wherever the task graph lets them: ZeRO-3/FSDP's prefetched parameter gathers and its
+gradient reduce-scatters (`workloads.zero`), and a fused backward's weight-gradient GEMMs beside the backward's
+tensor-, context- or data-parallel collectives. While such a collective runs, the compute task beside it runs at
+(avail - held) / avail of its rate, avail being the SMs compute has (the GPU's, less DeepEP's reserved
+`comm_sms` under DualPipe/DualPipeV, `ParallelSpec.compute_sm_fraction`); the collective itself keeps its time
+(Assumption: NCCL's CTAs are launched first on the communication stream and keep their SMs, so the GEMM's waves
+spread over the rest). So a compute task overlapped for t seconds by a collective holding h SMs ends h/avail x t
+later than alone: `list_schedule_shared`.
+
+Where it is not charged (and why):
+- DeepEP's all-to-alls: their SMs are the `comm_sms` reservation already (`chunks`); NCCL's all-to-all and
+  send/recv (Megatron-Core's all-to-all dispatcher, pipeline sends, ring attention's K/V ring) run on NCCL's
+  point-to-point channels, whose count per peer this model does not derive: not charged.
+- Tensor-parallel overlap (`tp_comm_overlap`): the collective is a closed form with its GEMM
+  (`simulator.overlap.exposed_streamed`). PyTorch's AsyncTP (torchtitan) moves the pieces with copies between
+  symmetric-memory buffers (torch.distributed._symmetric_memory: `_pipelined_all_gather_and_consume` and
+  `_pipelined_produce_and_all2all` copy_ remote shards, alternating a side stream and the current one), so it
+  holds none (Assumption: a contiguous same-dtype copy_ is a cudaMemcpyAsync, which runs on a copy engine);
+  Transformer Engine's userbuffers would (num_sm per overlap), not modelled.
+- Overlapped data-parallel gradient buckets (`overlap_grad_reduce`) run in the engine beside the rank's last
+  backward: charged there (`bucket_fraction`, `simulator.nic_share.stretch_under_buckets`) by extending that
+  instruction by held/avail x its compute share x the time buckets fly beside it (Assumption: its compute is
+  spread evenly over it; the buckets' ready times keep the unstretched instruction's clock). The closed form
+  `step.exposed_dp_comm` leaves them out.
+- FSDP's once-per-step gather under the first forward (`fsdp_once_per_step`, on the tail): charged in the closed
+  form (`streamed_gather_rate`, `simulator.overlap.exposed_streamed`).
+- Stage balancing (`HardwareCoster.unit_time`) adds or overlaps a unit's streams without the slow-down.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from gpuhours.hwmodels.nccl import arch_of
+from gpuhours.hwmodels.nccl_sms import collective_sms
+from gpuhours.simulator.engine import InstructionProfile
+from gpuhours.simulator.timeline import Span
+
+NCCL_COLLECTIVES = ("all_reduce", "reduce_scatter", "all_gather")
+ENABLED = True  # a switch for A/B comparisons in scripts and tests; the product always charges
+
+
+def compute_sms(coster) -> int:
+    """SMs the compute stream has: the GPU's, less DeepEP's reservation where the schedule overlaps it."""
+    sms = coster.cluster.gpu.sms
+    return sms - coster.parallel.comm_sms if coster.parallel.overlaps_comm else sms
+
+
+def op_sms(coster, op) -> float:
+    """SMs an op holds while it runs: NCCL's channels for an all-reduce, reduce-scatter or all-gather (not one
+    pipelined with its GEMM, `Op.overlaps`), time-weighted over its phases (a hierarchical all-reduce is three NCCL
+    calls); 0 for everything else and on GPUs NCCL does not tune (AMD: RCCL)."""
+    if op.kind != "collective" or op.collective not in NCCL_COLLECTIVES or op.overlaps is not None:
+        return 0.0
+    gpu = coster.cluster.gpu.key
+    arch = arch_of(gpu)
+    if arch is None:
+        return 0.0
+    group = coster.comm_group(op.group)
+    if group.size <= 1 or not op.comm_bytes > 0:
+        return 0.0
+    nodes = group.nodes
+    if not coster.placed:  # Assumption: the alpha-beta model's collectives run as NCCL's ring with Simple
+        return float(collective_sms(gpu, arch, "ring/Simple", op.comm_bytes, group.size, nodes))
+    timed = [(ph.time(op.comm_bytes),
+              collective_sms(gpu, arch, ph.protocol(op.comm_bytes) or "ring/Simple", op.comm_bytes, group.size, nodes))
+             for ph in coster.network.placed_phases(op.collective, coster.layout, op.group)]
+    if len({sms for _, sms in timed}) == 1:
+        return float(timed[0][1])
+    total = sum(t for t, _ in timed)
+    return sum(t * sms for t, sms in timed) / total if total > 0 else 0.0
+
+
+def segment_sms(coster, segment) -> float:
+    """SMs a communication segment holds on average over its time (its ops run one after another)."""
+    if segment.stream != "comm" or not ENABLED:
+        return 0.0
+    weighted = total = 0.0
+    for op in segment.ops:
+        held = op_sms(coster, op)
+        if held:
+            t = coster.op_time(op)
+            weighted += t * held
+            total += t
+        else:
+            total += coster.op_time(op)
+    return weighted / total if total > 0 else 0.0
+
+
+def streamed_gather_rate(coster, nbytes: float, group: str = "dp") -> float:
+    """Share of its speed compute keeps under a parameter all-gather of `nbytes` on `group` (FSDP's
+    once-per-step gather streamed unit by unit under the first forward, `simulator.step`): (avail - held) /
+    avail."""
+    if not ENABLED:
+        return 1.0
+    from gpuhours.workloads.ops import Op
+
+    op = Op("zero3.gather", "collective", "F", "zero3", collective="all_gather", group=group, comm_bytes=nbytes)
+    avail = compute_sms(coster)
+    return (avail - op_sms(coster, op)) / avail
+
+
+def bucket_fraction(sim, stages: set[int]) -> float:
+    """held / avail of one overlapped gradient bucket (`overlap_grad_reduce`) of a rank holding `stages` of
+    `sim` (a `simulator.step.StepSimulator`): K = ceil(params / bucket_params) equal buckets of the rank's
+    gradients in grad_reduce_dtype, reduce-scattered (ZeRO 1-2) or all-reduced over the data-parallel group
+    (Assumption: expert gradients' buckets on the same group)."""
+    if not ENABLED:
+        return 0.0
+    import math
+
+    from gpuhours.workloads.ops import Op
+    from gpuhours.workloads.zero import grad_reduce_bytes
+
+    p = sim.parallel
+    dense, expert = sim.rank_params(stages)
+    k = max(1, math.ceil((dense + expert) / p.bucket_params))
+    nbytes = (dense + expert) * grad_reduce_bytes(p, sim.recipe.grad_bytes) / k
+    kind = "reduce_scatter" if p.zero_stage in (1, 2) else "all_reduce"
+    op = Op("dp.bucket", "collective", "W", "dp", collective=kind, group="dp", comm_bytes=nbytes)
+    return op_sms(sim.coster, op) / compute_sms(sim.coster)
+
+
+def schedule_tasks(tasks, coster) -> InstructionProfile:
+    """`chunks._list_schedule` when no task holds SMs (bit for bit today's figures), else `list_schedule_shared`."""
+    if not any(t.held for t in tasks):
+        from gpuhours.simulator.chunks import _list_schedule
+
+        return _list_schedule(tasks)
+    return list_schedule_shared(tasks, compute_sms(coster))
+
+
+def list_schedule_shared(tasks, avail: float) -> InstructionProfile:
+    """`chunks._list_schedule` with rates: the tasks run on a compute and a communication stream, each free stream
+    starting its first ready task by launch priority; while a communication task holding ``held`` SMs runs, the
+    compute task beside it progresses at (avail - held) / avail of its rate. Busy times and spans are the
+    stretched ones."""
+    n = len(tasks)
+    for t in tasks:
+        if t.held and not 0 <= t.held < avail:
+            raise ValueError(f"a collective's SMs must be in [0, {avail}) (the SMs compute has), got {t.held}")
+    waiting = [len(set(t.deps)) for t in tasks]
+    dependents: list[list[int]] = [[] for _ in range(n)]
+    for i, t in enumerate(tasks):
+        for d in set(t.deps):
+            dependents[d].append(i)
+    ready: dict[str, list] = {"compute": [], "comm": []}
+    for i, t in enumerate(tasks):
+        if not waiting[i]:
+            heapq.heappush(ready[t.stream], (t.priority, i))
+    running: dict[str, int | None] = {"compute": None, "comm": None}
+    left = {"compute": 0.0, "comm": 0.0}    # work left of the running task, seconds at its full rate
+    began = {"compute": 0.0, "comm": 0.0}
+    busy = {"compute": 0.0, "comm": 0.0}
+    spans: list[Span] = []
+    now, done = 0.0, 0
+    while done < n:
+        for stream in ("compute", "comm"):
+            if running[stream] is None and ready[stream]:
+                _, i = heapq.heappop(ready[stream])
+                running[stream], left[stream], began[stream] = i, tasks[i].duration, now
+        active = [s for s in ("compute", "comm") if running[s] is not None]
+        if not active:
+            raise RuntimeError("instruction task graph has a cycle")
+        comm = running["comm"]
+        rate = {"comm": 1.0,
+                "compute": (avail - tasks[comm].held) / avail if comm is not None else 1.0}
+        until = {s: left[s] / rate[s] for s in active}
+        step = min(until.values())
+        ending = [s for s in active if until[s] <= step]
+        now += step
+        for s in active:
+            left[s] = 0.0 if s in ending else left[s] - step * rate[s]
+        for s in ending:
+            i = running[s]
+            t = tasks[i]
+            busy[s] += now - began[s]
+            args = (("phase", t.name.partition("(")[2].rstrip(")")),)
+            args += () if t.layer is None else (("layer", t.layer),)
+            spans.append(Span(0, s, began[s], now, t.name, t.name.partition("(")[0], None, None, args))
+            running[s] = None
+            done += 1
+            for j in dependents[i]:
+                waiting[j] -= 1
+                if not waiting[j]:
+                    heapq.heappush(ready[tasks[j].stream], (tasks[j].priority, j))
+    nic = sum(t.duration for t in tasks if t.uses_nic)
+    return InstructionProfile(duration=now, compute_busy=busy["compute"], comm_busy=busy["comm"],
+                              spans=tuple(spans), nic_busy=nic)

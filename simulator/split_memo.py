@@ -1,0 +1,101 @@
+"""Memos for `balance.split_memory`, which `balance.fit_memory` asks of dozens of candidate splits that differ by
+one layer move: each stage's activation bytes (`memory.chunk_bytes`) and each rank's parameters
+(`step.rank_params`) computed once per what they read, so every split's figures are the ones computed directly.
+Kept per process, per (model, layout, sequence, recipe, options), the oldest key out beyond `_CHUNK_MEMO_LIMIT`;
+`clear_split_memos()` empties them.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from gpuhours.workloads.parallel import ParallelSpec
+
+
+def clear_split_memos() -> None:
+    _CHUNK_MEMO.clear()
+    _RANK_PARAMS.clear()
+
+
+def held_params_memo(model, p: ParallelSpec) -> dict:
+    """The dict `split_memory` keeps `rank_params` results in for (model, p), keyed by the held stages' (start,
+    end, first, last) in the set's order (all that `rank_params` reads of a split); a fresh one when the key is
+    unhashable."""
+    try:
+        params = _RANK_PARAMS.setdefault((model, p), {})
+    except TypeError:  # an unhashable field (none today): no memo
+        return {}
+    if len(_RANK_PARAMS) > _CHUNK_MEMO_LIMIT:
+        _RANK_PARAMS.pop(next(iter(_RANK_PARAMS)))
+    return params
+
+
+# Per (model, layout, sequence, recipe, options): each stage's chunk bytes by (first layer, layers, first, last).
+# Candidate splits of `fit_memory` differ from each other by one layer move, so most of their stages recur.
+# Assumption (our bound): a few dozen layouts per worker; each entry holds a few hundred floats.
+_CHUNK_MEMO: dict[tuple, dict | None] = {}
+_RANK_PARAMS: dict[tuple, dict] = {}  # per (model, layout): `rank_params` by the held stages' ranges
+_CHUNK_MEMO_LIMIT = 32
+
+
+def stage_chunk_bytes(model, p: ParallelSpec, seq_len: int, stage_layers: tuple[int, ...], recipe, opts
+                       ) -> tuple[float, ...]:
+    """`memory.chunk_bytes(model, p, seq_len, stage_layers, recipe, opts...)`, each stage's figure computed once
+    per (first layer, layer count, first stage, last stage): `chunk_bytes` computes a stage from exactly these
+    (`unit_bytes_per_token` of its layer range and `stage_holds`), and `unit_bytes_per_token` is the sum, layer
+    by layer, of each layer's `layer_terms` (kept per (layer, policy): `_layer_bytes`) plus what the stage holds
+    besides its layers, added in the same order here. The first split asked for under a key is
+    also computed by `chunk_bytes` itself; when the two differ (chunk_bytes reading something else) that key
+    always calls `chunk_bytes`."""
+    from gpuhours.workloads.memory import chunk_bytes, unit_bytes_per_token
+    from gpuhours.workloads.pipeline_layout import stage_holds
+    from gpuhours.workloads.recompute import layer_policy, recompute_policy
+
+    key = (model, p, seq_len, recipe, opts.fp8, opts.recompute, opts.kept_imbalance)
+    direct = (model, p, seq_len, stage_layers, recipe, opts.fp8, opts.recompute, opts.kept_imbalance)
+    try:
+        memo = _CHUNK_MEMO.get(key, {})
+    except TypeError:  # an unhashable field (none today): no memo
+        memo = None
+    if memo is None:
+        return chunk_bytes(*direct)
+    tokens = p.micro_batch_size * seq_len // p.cp
+    tp_replicas = 1 if p.sequence_parallel else p.tp
+    policy = partial(layer_policy, recompute_policy(opts.recompute))
+    out, start, last = [], 0, len(stage_layers) - 1
+    for s, n in enumerate(stage_layers):
+        at = (start, n, s == 0, s == last)
+        figure = memo.get(at)
+        if figure is None:
+            layers = range(start, start + n)
+            # unit_bytes_per_token: the sum, layer by layer, of each layer's kept terms, plus what the stage holds
+            # besides its layers (head, MTP), which is that function over no layers
+            per_layer = sum(_layer_bytes(model, i, policy(i - start), recipe, opts, tp_replicas, p.etp, memo)
+                            for i in layers)
+            per_token = per_layer + unit_bytes_per_token(model, range(start, start), s == 0, s == last, recipe,
+                                                         opts.fp8, opts.recompute, opts.kept_imbalance,
+                                                         tp_replicas, p.etp, stage_holds(p, layers, s == 0, s == last))
+            figure = memo[at] = tokens * per_token / p.tp
+        out.append(figure)
+        start += n
+    if key not in _CHUNK_MEMO:  # the check, once per key
+        if len(_CHUNK_MEMO) >= _CHUNK_MEMO_LIMIT:
+            _CHUNK_MEMO.pop(next(iter(_CHUNK_MEMO)))
+        if tuple(out) != chunk_bytes(*direct):
+            _CHUNK_MEMO[key] = None
+            return chunk_bytes(*direct)
+        _CHUNK_MEMO[key] = memo
+    return tuple(out)
+
+
+def _layer_bytes(model, layer: int, policy: str, recipe, opts, tp_replicas: int, etp: int, memo: dict) -> float:
+    """sum(memory.layer_terms(...).values()) of one layer under its resolved policy, memoised by (layer, policy)
+    in the key's memo (its other arguments are the key's)."""
+    from gpuhours.workloads.memory import layer_terms
+
+    at = ("layer", layer, policy)
+    hit = memo.get(at)
+    if hit is None:
+        hit = memo[at] = sum(layer_terms(model, layer, recipe, opts.fp8, policy, opts.kept_imbalance, tp_replicas,
+                                         etp).values())
+    return hit

@@ -1,0 +1,158 @@
+"""Identical layers built once: a transformer layer's passes as a renamed copy of its kind's template.
+
+`workloads.layer_ops.layer_passes` depends on the layer's index only through its kind -- dense or MoE
+(`ModelSpec.is_moe_layer`) and the recomputation policy it follows (`recompute.layer_policy` of its stage
+position, which differs only under "full:N") -- and through names: every op is called "L<i>.<module>.<op>" and
+every segment carries `layer = i`. So a stage of 10 identical layers needs one build and nine renames, and a sweep
+worker that builds the same (model, layout, sequence, options) again needs none.
+
+`layer_passes_for(model, i, p, seq_len, opts, stage_position)` is equal (==, every field of every op) to
+`layer_passes(model, i, p, seq_len, opts, stage_position=stage_position)`:
+- the template of a kind (key: model, layout, sequence length, options, is-MoE, policy) is built from the first
+  layer asked for, and checked once against direct builds of up to two other layers of the same kind (the next
+  one and the model's last one of that kind): the renamed template must equal each. When a check fails (a layer
+  that depends on its index in another way, e.g. a per-layer attention window added to `layer_ops`), that kind
+  is marked and every layer of it is built directly from then on;
+- renaming replaces the "L<r>." prefix of op names (and of an op's `overlaps` partner) by "L<i>.", the segments'
+  `layer` r by i and the unit's name; nothing else changes.
+A renamed unit remembers its `Template` (`template_of`), so that figures read from a unit's op prices only
+(`simulator.stage_classes.stage_signature`) are computed once per template; a renamed segment remembers its
+template segment (`segment_template`) when the check also found every op's price key (`chunks.price_key`) the
+same across layers, so that `chunks.HardwareCoster` prices a segment once per template. Templates are kept per process,
+least recently used first out beyond `_LIMIT` (a 61-layer MoE layout holds three: dense, MoE, recomputed).
+`templates_enabled(False)` turns the cache off (every layer built directly), for A/B checks.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import contextmanager
+
+from gpuhours.workloads.layer_ops import layer_passes
+from gpuhours.workloads.model import ModelSpec
+from gpuhours.workloads.ops import LayerPasses, Op, OpOptions, Segment
+from gpuhours.workloads.parallel import ParallelSpec
+from gpuhours.workloads.recompute import layer_policy
+
+# Assumption (our bound, not a measurement): distinct (model, layout, sequence, options, kind) keys a sweep worker
+# keeps; each template is one layer's ops (tens of kB), so the cache stays well under a megabyte per key.
+_LIMIT = 64
+_CACHE: OrderedDict[tuple, "Template | None"] = OrderedDict()  # None: the kind failed its check (build directly)
+_STATE = {"enabled": True}
+_set = object.__setattr__  # a frozen record's fields, set once on a fresh copy
+
+
+class Template:
+    """One built layer of a kind: its index and passes; `memo` holds figures derived from its op prices only."""
+
+    __slots__ = ("layer", "passes", "memo")
+
+    def __init__(self, layer: int, passes: LayerPasses):
+        self.layer, self.passes, self.memo = layer, passes, {}
+
+
+@contextmanager
+def templates_enabled(on: bool):
+    """Build layers from templates (True, the default) or each directly (False) inside the block."""
+    before = _STATE["enabled"]
+    _STATE["enabled"] = on
+    try:
+        yield
+    finally:
+        _STATE["enabled"] = before
+
+
+def clear_templates() -> None:
+    _CACHE.clear()
+
+
+def template_of(unit: LayerPasses) -> Template | None:
+    """The template a unit was renamed from (None for a unit built directly or copied since)."""
+    return unit.__dict__.get("_template")
+
+
+def layer_passes_for(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, opts: OpOptions = OpOptions(),
+                     stage_position: int | None = None) -> LayerPasses:
+    """`layer_passes(model, layer, p, seq_len, opts, stage_position=stage_position)`, from its kind's template."""
+    if not _STATE["enabled"]:
+        return layer_passes(model, layer, p, seq_len, opts, stage_position=stage_position)
+    key = (model, p, seq_len, opts, model.is_moe_layer(layer), layer_policy(opts.recompute, stage_position))
+    try:
+        hash(key)
+    except TypeError:  # an unhashable field (none today): no template, build directly
+        return layer_passes(model, layer, p, seq_len, opts, stage_position=stage_position)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        tpl = _CACHE[key]
+    else:
+        tpl = _CACHE[key] = _checked_template(model, layer, p, seq_len, opts, stage_position)
+        if len(_CACHE) > _LIMIT:
+            _CACHE.popitem(last=False)
+    if tpl is None:
+        return layer_passes(model, layer, p, seq_len, opts, stage_position=stage_position)
+    return renamed(tpl, layer)
+
+
+def _checked_template(model, layer, p, seq_len, opts, stage_position) -> Template | None:
+    tpl = Template(layer, layer_passes(model, layer, p, seq_len, opts, stage_position=stage_position))
+    tpl.passes.__dict__["_template"] = tpl  # its own layer is the template itself
+    moe = model.is_moe_layer(layer)
+    same_kind = [i for i in range(model.n_layers) if model.is_moe_layer(i) == moe and i != layer]
+    checks = {i for i in (layer + 1, same_kind[-1] if same_kind else None) if i in same_kind}
+    from gpuhours.simulator.chunks import price_key  # the simulator builds on these records: imported late
+
+    def prices(unit: LayerPasses) -> list:
+        return [[price_key(op) for op in seg.ops] for seg in unit.forward + unit.backward + unit.weight]
+
+    same_prices = bool(checks)
+    for i in sorted(checks):
+        direct = layer_passes(model, i, p, seq_len, opts, stage_position=stage_position)
+        if renamed(tpl, i, link=False) != direct:
+            return None
+        same_prices = same_prices and prices(direct) == prices(tpl.passes)
+    # every op of a renamed segment has its template op's price key (`chunks.price_key`): the segment costs what
+    # the template's does, so `segment_template` may stand in for it where op prices are all that is read
+    tpl.memo["same_prices"] = same_prices
+    return tpl
+
+
+def segment_template(seg: Segment) -> Segment:
+    """The template segment whose ops have the same price keys as `seg`'s (`seg` itself when there is none)."""
+    return seg.__dict__.get("_template", seg)
+
+
+def renamed(tpl: Template, layer: int, link: bool = True) -> LayerPasses:
+    """The template's passes as layer `layer`'s (the template itself for its own layer)."""
+    src = tpl.passes
+    if layer == tpl.layer:
+        return src
+    old, new = f"L{tpl.layer}", f"L{layer}"
+    if src.name != old:  # a prefix other than the layer's own: only `layer_passes`' default prefix is renamed
+        raise ValueError(f"template name {src.name!r}: expected {old!r}")
+    dot_old, dot_new = old + ".", new + "."
+    cut = len(dot_old)
+
+    def op_as(op: Op) -> Op:
+        d = op.__dict__.copy()
+        if op.name.startswith(dot_old):
+            d["name"] = dot_new + op.name[cut:]
+        if op.overlaps is not None:
+            d["overlaps"] = op_as(op.overlaps)
+        out = object.__new__(Op)  # the template's fields were validated when it was built
+        _set(out, "__dict__", d)
+        return out
+
+    same_prices = link and tpl.memo.get("same_prices", False)
+
+    def seg_as(seg: Segment) -> Segment:
+        out = Segment(seg.name, seg.stream, tuple(op_as(op) for op in seg.ops),
+                      layer if seg.layer == tpl.layer else seg.layer)
+        if same_prices:
+            out.__dict__["_template"] = seg
+        return out
+
+    out = LayerPasses(new, tuple(map(seg_as, src.forward)), tuple(map(seg_as, src.backward)),
+                      tuple(map(seg_as, src.weight)))
+    if link:
+        out.__dict__["_template"] = tpl
+    return out

@@ -390,10 +390,11 @@ class HardwareCoster:
 def price_key(op: Op) -> tuple:
     """Everything that decides an op's time and nothing else (not its layer's name): kind, phase, work, dtype,
     GEMM shape, collective and group, and a memory-bound op's class (`compute.elementwise_class`, read from the
-    name's last part)."""
+    name's last part; a context-parallel exchange's too, which `ring_overlap.cp_exposed` reads)."""
     return (op.kind, op.phase, op.flops, op.bytes, op.dtype, op.gemm, op.groups, op.collective, op.group,
             op.comm_bytes, op.tokens, op.bytes_per_token,
             elementwise_class(op) if op.kind in ("elementwise", "embedding") else None,
+            op.name.rsplit(".", 1)[-1] if op.group == "cp" else None,
             None if op.overlaps is None else price_key(op.overlaps))
 
 

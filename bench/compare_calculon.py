@@ -13,14 +13,14 @@ Timing: in-process, best of N, each repetition building Calculon's model, compil
 Measured on this project's 2-core machine, 2026-12-01, Calculon at commit caa4b11, load average about 6 (other jobs):
 
     configuration                                      Calculon   step (s): Calculon / gpuhours / measured
-    GPT-3 175B, 1,536 A100, TP8 PP12 DP16              2.7 ms     19.06 / 20.66 / 20.83 (141 TFLOP/s, Megatron-LM 2021 Table 2)
-    GPT 1T, 3,072 A100, TP8 PP64 DP6                   2.7 ms     90.26 / 112.20 / 102.6 (163 TFLOP/s, Table 1)
-    GPT-3 175B, 64 A100, TP8 PP8 VP3, full recompute   2.7 ms     18.03 / 18.91 / 18.13 (Korthikanti et al. 2022, Table 5)
+    GPT-3 175B, 1,536 A100, TP8 PP12 DP16              2.7 ms     19.06 / 20.74 / 20.83 (141 TFLOP/s, Megatron-LM 2021 Table 2)
+    GPT 1T, 3,072 A100, TP8 PP64 DP6                   2.7 ms     90.26 / 112.30 / 102.6 (163 TFLOP/s, Table 1)
+    GPT-3 175B, 64 A100, TP8 PP8 VP3, full recompute   2.7 ms     18.03 / 18.96 / 18.13 (Korthikanti et al. 2022, Table 5)
 
 Against the measured steps, Calculon (with its own A100 system file, uncalibrated here) is -8.5%, -12.1% and
--0.6%; gpuhours (trace-h800 profile) -0.8%, +9.3% and +4.3%. The two do not agree within 2% on these layouts.
+-0.6%; gpuhours (trace-h800 profile) -0.4%, +9.4% and +4.6%. The two do not agree within 2% on these layouts.
 The issue that asked for this comparison quoted Calculon at about 14 ms a configuration; on this machine it takes
-2.7 ms, so the closed form is about 25x cheaper than gpuhours' event-simulated 70 ms (CPU), not 5x.
+2.7 ms, so the closed form is about 25x cheaper than gpuhours' event-simulated 60 ms (CPU), not 5x.
 """
 
 from __future__ import annotations

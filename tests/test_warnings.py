@@ -58,9 +58,10 @@ def test_default_estimate_is_a_calibration_case_with_a_hardware_only_figure(defa
     assert hw["profile"] == "default-h800"
     assert {"gpu_hours", "step_time_s", "wall_clock_days"} <= set(hw)
     assert hw["gpu_hours"] < d["gpu_hours"]
-    # The issue's statement of the hardware-only error against the published figure: about -23% (-18.5% since
-    # DeepEP's kernels move bytes at their published rate, hwmodels/deepep.py; the datasheet profile has no notify).
-    assert 0.70 * PUBLISHED < hw["gpu_hours"] < 0.85 * PUBLISHED
+    # The hardware-only figure stays below the published one (no failures, restarts or launch gaps modelled):
+    # -23% when the issue was filed, -10.3% once DeepEP's published rates (hwmodels/deepep.py) and the memory-bound
+    # kernels of a blockwise-FP8 MoE step (workloads/memory_ops.py) are priced.
+    assert 0.80 * PUBLISHED < hw["gpu_hours"] < PUBLISHED
     assert hw["wall_clock_days"] * 24 * d["gpus"] == pytest.approx(hw["gpu_hours"])
     assert d["published"]["gpu_hours"] == PUBLISHED
 

@@ -145,8 +145,13 @@ class HardwareCoster:
         # (hwmodels/deepep.py); comm_sms 0 keeps the fabric's wire time (Megatron-Core's dispatchers)
         self.deepep = None
         if parallel.comm_sms > 0:  # the notify per call is the profile's (trace-derived) figure, else none
-            notify_ms = (compute.profile.comm or {}).get("deepep_notify_per_call_ms", 0.0)
-            self.deepep = replace(DeepEPKernels.load(), notify_s=float(notify_ms) * 1e-3)
+            comm = compute.profile.comm or {}
+            notify_s = float(comm.get("deepep_notify_per_call_ms", 0.0)) * 1e-3
+            # Assumption: the notify is mostly the wait for peers still computing their share of the other chunk,
+            # so it scales with the tokens a rank's call carries against the traced call's
+            tokens = seq_len * parallel.micro_batch_size / max(1, parallel.cp)
+            notify_s *= tokens / float(comm.get("deepep_notify_tokens", tokens))
+            self.deepep = replace(DeepEPKernels.load(), notify_s=notify_s)
         ep_per_node = self.comm_group("ep").per_node  # the nodes an EP group spans under the placement
         self.nodes_per_token = (opts.nodes_per_token if opts.nodes_per_token is not None
                                 else expected_nodes_per_token(model, parallel.ep, ep_per_node,
@@ -215,7 +220,8 @@ class HardwareCoster:
 
     def pair_notify(self, segment: Segment) -> float:
         """Notify time a communication segment's DeepEP calls add inside an overlapped F&B pair: the profile's
-        notify per call for each internode EP dispatch or combine (`hwmodels/deepep.py`)."""
+        notify per call, scaled to this layout's tokens per call, for each internode EP dispatch or combine
+        (`hwmodels/deepep.py`)."""
         if self.deepep is None or self.deepep.notify_s == 0.0 or self.parallel.ep == 1 \
                 or self.comm_group("ep").nodes <= 1:
             return 0.0

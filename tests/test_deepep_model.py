@@ -126,3 +126,14 @@ def test_coster_charges_resident_time_only_with_deepep_sms():
     calls = sum(1 for op in seg.ops if op.collective in ("ep_dispatch", "ep_combine"))
     assert dual.pair_notify(seg) == pytest.approx(calls * notify)   # ... it is added to the segment in a pair
     assert plain.pair_notify(seg) == 0.0
+
+
+def test_notify_scales_with_the_tokens_a_call_carries():
+    """The trace's notify was measured with 4,096 tokens a rank per call (one 4,096-token sequence, CP1); a layout
+    whose calls carry half as many tokens (CP2) waits half as long for its peers (hwmodels/deepep.py)."""
+    trace = json.loads((DATA / "trace-h800.json").read_text())["comm"]
+    assert trace["deepep_notify_tokens"] == 4096
+    full = load_scenario().simulator().coster.deepep.notify_s
+    half = load_scenario(cp=2).simulator().coster.deepep.notify_s
+    assert full == pytest.approx(trace["deepep_notify_per_call_ms"] * 1e-3)
+    assert half == pytest.approx(full / 2)

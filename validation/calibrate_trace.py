@@ -355,10 +355,14 @@ def _notify_per_call(measured, coster: HardwareCoster, file_name: str) -> dict:
                  if op.collective in ("ep_dispatch", "ep_combine"))
     if notify <= 0 or calls == 0:
         return {}
+    p = coster.parallel
+    tokens = coster.seq_len * p.micro_batch_size // max(1, p.cp)
     return {"deepep_notify_per_call_ms": round(notify * 1e3 / calls, 6),
+            "deepep_notify_tokens": tokens,
             "deepep_notify_provenance": f"trace {file_name}: {notify * 1e3:.3f} ms of notify kernels (size exchange "
                                         f"and barrier, including the wait for peers) over the pair's {calls} EP "
-                                        f"dispatch/combine calls; charged in overlapped F&B pairs only"}
+                                        f"dispatch/combine calls of {tokens} tokens a rank; charged in overlapped "
+                                        f"F&B pairs only, in proportion to a call's tokens"}
 
 
 def work_ms(record: dict) -> float:

@@ -43,8 +43,7 @@ from functools import lru_cache
 
 from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
 from gpuhours.hwmodels.compute import ComputeModel, elementwise_class
-from gpuhours.hwmodels.deepep import DeepEPCall, DeepEPKernels, counted_bytes, distinct_targets, ep_sm_slowdown
-from gpuhours.hwmodels.deepep import deepep_saturating_sms  # noqa: F401 (re-exported: simulator.planner)
+from gpuhours.hwmodels.deepep import DeepEPCall, DeepEPKernels, counted_bytes, distinct_targets
 from gpuhours.hwmodels.placement import EXPERT_GROUPS, RankLayout
 from gpuhours.simulator.engine import InstructionProfile
 from gpuhours.simulator.instructions import Instruction
@@ -139,7 +138,6 @@ class HardwareCoster:
         self.layout = RankLayout.of(parallel)
         self.placed = hasattr(network, "placed_phases")  # the fabric graph prices the placement's own groups
         self._groups: dict[str, list[list[int]]] = {}
-        self.ep_sm_slowdown = ep_sm_slowdown(parallel)
         # comm_sms > 0: the EP all-to-alls are DeepEP's kernels on that many SMs (beside compute under an
         # overlapping schedule, taking turns with it otherwise): SM-limited bandwidth and resident time
         # (hwmodels/deepep.py); comm_sms 0 keeps the fabric's wire time (Megatron-Core's dispatchers)
@@ -410,16 +408,7 @@ def _list_schedule(tasks: list[_Task]) -> InstructionProfile:
     A task is ready once every task it depends on has ended; the ready tasks of each stream wait in a heap by
     launch priority, so the graph runs in O(n log n)."""
     n = len(tasks)
-    end: list[float | None] = [None] * n
-    waiting = [len(set(t.deps)) for t in tasks]  # unfinished dependencies
-    dependents: list[list[int]] = [[] for _ in range(n)]
-    for i, t in enumerate(tasks):
-        for d in set(t.deps):
-            dependents[d].append(i)
-    ready: dict[str, list] = {"compute": [], "comm": []}
-    for i, t in enumerate(tasks):
-        if not waiting[i]:
-            heapq.heappush(ready[t.stream], (t.priority, i))
+    waiting, dependents, ready = task_graph(tasks)
     free_at = {"compute": 0.0, "comm": 0.0}
     running: dict[str, int | None] = {"compute": None, "comm": None}
     busy = {"compute": 0.0, "comm": 0.0}
@@ -440,18 +429,43 @@ def _list_schedule(tasks: list[_Task]) -> InstructionProfile:
         for s in active:
             if free_at[s] <= now:
                 i = running[s]
-                t = tasks[i]
-                end[i] = now
-                busy[s] += t.duration
-                args = (("phase", t.name.partition("(")[2].rstrip(")")),)
-                args += () if t.layer is None else (("layer", t.layer),)
-                spans.append(Span(0, s, now - t.duration, now, t.name, t.name.partition("(")[0], None, None, args))
+                busy[s] += tasks[i].duration
+                spans.append(task_span(tasks[i], s, now - tasks[i].duration, now))
                 running[s] = None
                 done += 1
-                for j in dependents[i]:
-                    waiting[j] -= 1
-                    if not waiting[j]:
-                        heapq.heappush(ready[tasks[j].stream], (tasks[j].priority, j))
-    nic = sum(t.duration for t in tasks if t.uses_nic)
+                release(i, tasks, waiting, dependents, ready)
+    return profile_of(tasks, now, busy, spans)
+
+
+def task_graph(tasks: list[_Task]) -> tuple[list[int], list[list[int]], dict[str, list]]:
+    """(unfinished dependencies per task, dependents per task, per-stream heaps of ready tasks by priority)."""
+    waiting = [len(set(t.deps)) for t in tasks]
+    dependents: list[list[int]] = [[] for _ in tasks]
+    for i, t in enumerate(tasks):
+        for d in set(t.deps):
+            dependents[d].append(i)
+    ready: dict[str, list] = {"compute": [], "comm": []}
+    for i, t in enumerate(tasks):
+        if not waiting[i]:
+            heapq.heappush(ready[t.stream], (t.priority, i))
+    return waiting, dependents, ready
+
+
+def release(i: int, tasks: list[_Task], waiting: list[int], dependents: list[list[int]],
+            ready: dict[str, list]) -> None:
+    """Task i has ended: its dependents with nothing else to wait for join their stream's ready heap."""
+    for j in dependents[i]:
+        waiting[j] -= 1
+        if not waiting[j]:
+            heapq.heappush(ready[tasks[j].stream], (tasks[j].priority, j))
+
+
+def task_span(t: _Task, stream: str, start: float, end: float) -> Span:
+    args = (("phase", t.name.partition("(")[2].rstrip(")")),)
+    args += () if t.layer is None else (("layer", t.layer),)
+    return Span(0, stream, start, end, t.name, t.name.partition("(")[0], None, None, args)
+
+
+def profile_of(tasks: list[_Task], now: float, busy: dict[str, float], spans: list[Span]) -> InstructionProfile:
     return InstructionProfile(duration=now, compute_busy=busy["compute"], comm_busy=busy["comm"],
-                              spans=tuple(spans), nic_busy=nic)
+                              spans=tuple(spans), nic_busy=sum(t.duration for t in tasks if t.uses_nic))

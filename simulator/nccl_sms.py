@@ -143,15 +143,9 @@ def list_schedule_shared(tasks, avail: float) -> InstructionProfile:
     for t in tasks:
         if t.held and not 0 <= t.held < avail:
             raise ValueError(f"a collective's SMs must be in [0, {avail}) (the SMs compute has), got {t.held}")
-    waiting = [len(set(t.deps)) for t in tasks]
-    dependents: list[list[int]] = [[] for _ in range(n)]
-    for i, t in enumerate(tasks):
-        for d in set(t.deps):
-            dependents[d].append(i)
-    ready: dict[str, list] = {"compute": [], "comm": []}
-    for i, t in enumerate(tasks):
-        if not waiting[i]:
-            heapq.heappush(ready[t.stream], (t.priority, i))
+    from gpuhours.simulator.chunks import profile_of, release, task_graph, task_span  # chunks imports this module
+
+    waiting, dependents, ready = task_graph(tasks)
     running: dict[str, int | None] = {"compute": None, "comm": None}
     left = {"compute": 0.0, "comm": 0.0}    # work left of the running task, seconds at its full rate
     began = {"compute": 0.0, "comm": 0.0}
@@ -177,17 +171,9 @@ def list_schedule_shared(tasks, avail: float) -> InstructionProfile:
             left[s] = 0.0 if s in ending else left[s] - step * rate[s]
         for s in ending:
             i = running[s]
-            t = tasks[i]
             busy[s] += now - began[s]
-            args = (("phase", t.name.partition("(")[2].rstrip(")")),)
-            args += () if t.layer is None else (("layer", t.layer),)
-            spans.append(Span(0, s, began[s], now, t.name, t.name.partition("(")[0], None, None, args))
+            spans.append(task_span(tasks[i], s, began[s], now))
             running[s] = None
             done += 1
-            for j in dependents[i]:
-                waiting[j] -= 1
-                if not waiting[j]:
-                    heapq.heappush(ready[tasks[j].stream], (tasks[j].priority, j))
-    nic = sum(t.duration for t in tasks if t.uses_nic)
-    return InstructionProfile(duration=now, compute_busy=busy["compute"], comm_busy=busy["comm"],
-                              spans=tuple(spans), nic_busy=nic)
+            release(i, tasks, waiting, dependents, ready)
+    return profile_of(tasks, now, busy, spans)

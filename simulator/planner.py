@@ -29,7 +29,7 @@ import time
 from dataclasses import replace
 from functools import lru_cache
 
-from gpuhours.simulator.chunks import deepep_saturating_sms
+from gpuhours.hwmodels.deepep import deepep_saturating_sms
 from gpuhours.simulator.plan_rows import Candidate, PlanResult, PlanRow, pct as _pct
 from gpuhours.simulator.run import estimate_run, microbatches_for
 from gpuhours.simulator.sweep import _EXECUTORS

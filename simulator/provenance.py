@@ -15,7 +15,6 @@ from gpuhours.workloads.presets import list_presets, load_preset
 if TYPE_CHECKING:
     from gpuhours.simulator.scenario import Scenario
 
-FP8_RECIPE = "blockwise"  # the default FP8 recipe (OpOptions.fp8_recipe): DeepSeek-V3's fine-grained scaling
 
 
 def is_calibration_case(scenario: Scenario) -> bool:

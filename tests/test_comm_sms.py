@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from gpuhours.simulator.chunks import ep_sm_slowdown
+from gpuhours.hwmodels.deepep import ep_sm_slowdown
 from gpuhours.simulator.scenario import estimate, load_scenario
 from gpuhours.workloads.parallel import ParallelSpec
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from gpuhours.hwmodels.cluster import ClusterSpec
@@ -32,6 +32,7 @@ from gpuhours.workloads.recompute import full_layers
 from gpuhours.workloads.stage_ops import stage_units
 from gpuhours.workloads.pipeline_layout import stage_holds
 from gpuhours.simulator.balance import fit_memory, partition_layers, rebalance_for_ranks, split_memory, stage_ranks
+from gpuhours.simulator.split_search import search_split
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.recipe import MemoryRecipe, load_recipe
 from gpuhours.workloads.zero import grad_reduce_bytes, with_grad_reduce_dtype
@@ -97,7 +98,14 @@ class StepSimulator:
         self.model, self.parallel, self.cluster = model, parallel, cluster
         self.compute, self.network, self.seq_len, self.opts = compute, network, seq_len, opts
         self.recipe = recipe or load_recipe()
-        self.stage_layers = parallel.stage_layers or self._balanced_stage_layers()
+        self._candidates: dict[tuple[int, ...], StepSimulator] = {}  # splits simulated while balancing
+        self.stage_layers = tuple(parallel.stage_layers or self._balanced_stage_layers())
+        twin = self._candidates.pop(self.stage_layers, None)
+        self._candidates.clear()
+        if twin is not None:  # the winning candidate was simulated already: take over its costs and steps
+            self.coster, self._cache, self._dp_memo = twin.coster, twin._cache, twin._dp_memo
+            self._plain_coster, self._shared = twin._plain_coster, twin._shared
+            return
         self.coster = HardwareCoster(model, parallel, cluster, compute, network, seq_len, self.stage_layers, opts,
                                      with_grad_reduce_dtype(self.recipe, parallel))  # ZeRO-3's reduce bytes
         self._cache: dict[tuple[int, bool], StepResult] = {}
@@ -110,7 +118,9 @@ class StepSimulator:
         """Contiguous layers per stage minimising the most expensive stage (embedding on the first stage, head and
         MTP on the last), by dynamic programming over (stages, layers) with each unit's simulated solo cost; then
         the busiest rank's load (`simulator.balance`), and memory when that split does not fit the GPU while one
-        of similar time does (`balance.fit_memory`).
+        of similar time does (`balance.fit_memory`). That proxy cannot weigh the end stages' embedding, head and
+        MTP work on a pipeline's critical path: splits balanced with that work weighed otherwise are simulated and
+        the fastest wins (`simulator.split_search`).
         Under "full:N" recomputation (`workloads.recompute`) a layer among the first N of its stage is another kind
         (fully recomputed): each layer costs its non-recomputed price, and the first N of a stage also the
         difference (`balance.partition_layers`' head_cost)."""
@@ -138,11 +148,29 @@ class StepSimulator:
         units = stage_units(model, p, self.seq_len, range(0), True, True, self.opts)
         first_extra = sum(probe.unit_time(u, overlapped) for u in units if u.name == "embed")
         last_extra = sum(probe.unit_time(u, overlapped) for u in units if u.name != "embed")
-        sizes = partition_layers(layer_cost, p.num_stages, first_extra, last_extra, **head)
         holders = stage_ranks(p)
-        sizes = rebalance_for_ranks(sizes, layer_cost, holders, first_extra, last_extra, **head)
-        return fit_memory(sizes, layer_cost, holders, self._split_memory, self.cluster.gpu.hbm_bytes, first_extra,
-                          last_extra, **head)
+        splits: dict[float, tuple[int, ...]] = {}
+
+        def split_at(weight: float) -> tuple[int, ...]:
+            """The balanced split with the end stages' extra work weighed at `weight` times its cost."""
+            if weight not in splits:
+                first, last = weight * first_extra, weight * last_extra
+                sizes = partition_layers(layer_cost, p.num_stages, first, last, **head)
+                sizes = rebalance_for_ranks(sizes, layer_cost, holders, first, last, **head)
+                splits[weight] = tuple(int(n) for n in fit_memory(
+                    sizes, layer_cost, holders, self._split_memory, self.cluster.gpu.hbm_bytes, first, last, **head))
+            return splits[weight]
+
+        return search_split(split_at, self._candidate_step_time)
+
+    def _candidate_step_time(self, split: tuple[int, ...]) -> float:
+        """The simulated step of this layout with `split` as its layers per stage, at 2 pp micro-batches (past
+        every schedule's warm-up, as `balance.split_memory` counts). The candidate is kept: if it wins, this
+        simulator takes over its costs and steps."""
+        candidate = StepSimulator(self.model, replace(self.parallel, stage_layers=split), self.cluster, self.compute,
+                                  self.network, self.seq_len, self.opts, self.recipe)
+        self._candidates[split] = candidate
+        return candidate.step(2 * self.parallel.pp).step_time
 
     def _split_memory(self, stage_layers: tuple[int, ...]) -> tuple[float, ...]:
         """Every rank's memory of a split at a full pipeline (`balance.split_memory`)."""

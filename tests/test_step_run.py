@@ -98,7 +98,8 @@ def test_step_shapes_are_simulated_once(scenario):
     first = set(sim._cache)
     estimate_run(sim, plan)
     assert set(sim._cache) == first
-    assert sorted(m for m, _ in first) == [120]
+    # the run's one shape, and the 2 pp micro-batches at which the stage balancer simulated its candidate splits
+    assert sorted(m for m, _ in first) == [2 * scenario.parallel.pp, 120]
 
 
 def test_dualpipe_beats_1f1b_on_the_default(scenario):

@@ -20,6 +20,7 @@ from gpuhours.hwmodels.calibration import CalibrationProfile, load_profile
 from gpuhours.hwmodels.cluster import ClusterSpec, default_cluster_for, deepseek_h800_cluster
 from gpuhours.hwmodels.collectives import AlphaBetaNetwork
 from gpuhours.hwmodels.compute import ComputeModel
+from gpuhours.hwmodels.deepep import deepep_saturating_sms
 from gpuhours.hwmodels.fabric_presets import fabric_from_cluster, list_cluster_presets, load_cluster_preset
 from gpuhours.hwmodels.gpus import load_gpu
 from gpuhours.hwmodels.graph_network import GraphNetwork
@@ -32,7 +33,7 @@ from gpuhours.simulator.run import RunEstimate, estimate_run
 from gpuhours.simulator.step import StepSimulator
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import OpOptions, recompute_policy
-from gpuhours.workloads.parallel import ParallelSpec
+from gpuhours.workloads.parallel import OVERLAPPING_SCHEDULES, ParallelSpec
 from gpuhours.workloads.presets import list_presets, load_model_file, load_preset
 from gpuhours.workloads.routing import RankLoads, ep_rank_loads
 from gpuhours.workloads.run import BatchRamp, RunPlan, parse_count
@@ -155,7 +156,7 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
                   max_nodes_per_token: int | None = None, cp_comm: str | None = None,
                   pipeline_layout: str | None = None, sequence_parallel: bool | None = None,
                   reshard_after_forward: bool | None = None, dp_bucket_params: int | None = None,
-                  fp8_recipe: str | None = None) -> Scenario:
+                  fp8_recipe: str | None = None, host_dispatch: str | None = None) -> Scenario:
     """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field (a missing plan
     key too: "plan 'p.toml': missing key 'gpus'").
 
@@ -194,6 +195,8 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
     dense = model_spec.moe is None
     ep_value = ep if ep is not None else (1 if dense else par["ep"])
     comm_default = par.get("comm_sms", 0) if ep_value > 1 else 0
+    if comm_default == 0 and ep_value > 1 and (schedule or par["schedule"]) in OVERLAPPING_SCHEDULES:
+        comm_default = deepep_saturating_sms()  # overlapped all-to-alls need SMs: DeepSeek-V3's 20 (hwmodels.deepep)
     layout = pipeline_layout if pipeline_layout is not None else par.get("pipeline_layout")
     parallel = ParallelSpec(
         num_gpus=num_gpus,
@@ -256,7 +259,9 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
                      fp8_recipe=fp8_recipe if fp8_recipe is not None else num.get("fp8_recipe", "blockwise"),
                      capacity_factor=capacity_factor if capacity_factor is not None else num.get("capacity_factor"),
                      max_nodes_per_token=max_nodes_per_token if max_nodes_per_token is not None
-                     else doc.get("routing", {}).get("max_nodes_per_token"))
+                     else doc.get("routing", {}).get("max_nodes_per_token"),
+                     host_dispatch=host_dispatch if host_dispatch is not None
+                     else num.get("host_dispatch", "eager"))  # hwmodels.launch
     fp8_fallback = False
     if opts.fp8 and not gpu_spec.fp8_flops:
         if fp8:  # asked for by the caller: refuse rather than price something else

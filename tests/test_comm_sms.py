@@ -17,7 +17,9 @@ def test_slowdown_below_saturation_only():
     assert ep_sm_slowdown(dualpipe) == pytest.approx(2.0)            # 20 saturating SMs / 10
     assert ep_sm_slowdown(replace(dualpipe, comm_sms=20)) == 1.0
     assert ep_sm_slowdown(replace(dualpipe, comm_sms=32)) == 1.0
-    assert ep_sm_slowdown(replace(dualpipe, comm_sms=0)) == 1.0      # no DeepEP kernels: the fabric's wire time
+    assert ep_sm_slowdown(ParallelSpec(2048, pp=16, ep=64, schedule="1f1b")) == 1.0  # no DeepEP: wire time
+    with pytest.raises(ValueError, match="comm_sms must be >= 1 under dualpipe"):  # overlapped on no SMs
+        replace(dualpipe, comm_sms=0)
     # taking turns with compute, DeepEP's kernels still move bytes at the rate of the SMs they are given
     assert ep_sm_slowdown(ParallelSpec(2048, pp=16, ep=64, schedule="1f1b", comm_sms=5)) == pytest.approx(4.0)
 

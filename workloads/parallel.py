@@ -126,6 +126,10 @@ class ParallelSpec:
                              f"got {self.grad_reduce_dtype!r}")
         if self.comm_sms < 0:
             raise ValueError(f"comm_sms must be >= 0, got {self.comm_sms}")
+        if self.comm_sms == 0 and self.ep > 1 and self.schedule in OVERLAPPING_SCHEDULES:
+            # the overlapped all-to-alls would run beside compute on no SMs at all: free communication
+            raise ValueError(f"comm_sms must be >= 1 under {self.schedule} with ep > 1: its all-to-alls run beside "
+                             f"compute on SMs of their own (DeepEP's kernels; DeepSeek-V3 gives them 20), got 0")
         if self.num_gpus % (self.pp * self.tp * self.cp):
             raise ValueError(
                 f"gpus ({self.num_gpus}) must be a multiple of pp x tp x cp ({self.pp} x {self.tp} x "

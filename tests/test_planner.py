@@ -116,7 +116,8 @@ def test_70b_on_8_gpus_is_pruned_by_the_memory_rule():
 
 def test_memory_rule_agrees_with_memory_breakdown(small):
     """The prune's verdict for a layout equals memory_breakdown on that layout's simulated step."""
-    from gpuhours.simulator.planner import Candidate, _fits_estimate, _scenario
+    from gpuhours.simulator.plan_bounds import _fits_estimate
+    from gpuhours.simulator.planner import Candidate, _scenario
 
     base = load_scenario(model=small, gpu="H100", gpus=8, pp=1, tp=1, ep=1, schedule="1f1b", recompute="none",
                          **RUN)
@@ -141,7 +142,8 @@ def test_memory_prune_caps_microbatches_without_changing_the_peak(small, schedul
     """The prune walks 2 pp micro-batches; the per-rank memory is the same as for many more."""
     from types import SimpleNamespace
 
-    from gpuhours.simulator.planner import Candidate, _even_split, _scenario
+    from gpuhours.simulator.plan_bounds import _even_split
+    from gpuhours.simulator.planner import Candidate, _scenario
 
     base = load_scenario(model=small, gpu="H100", gpus=8, pp=1, tp=1, ep=1, schedule="1f1b", **RUN)
     sc = _scenario(base, Candidate(tp=1, pp=pp, cp=1, ep=1, schedule=schedule, micro_batch_size=1))
@@ -159,7 +161,8 @@ def test_prune_memory_equals_memory_breakdown(model, gpus, layouts):
     """The prune's per-rank totals are memory_breakdown's on the same even split (its state-only early exit off)."""
     from types import SimpleNamespace
 
-    from gpuhours.simulator.planner import Candidate, _even_split, _memory_totals, _scenario
+    from gpuhours.simulator.plan_bounds import _even_split, _memory_totals
+    from gpuhours.simulator.planner import Candidate, _scenario
 
     base = load_scenario(model=model, gpu="H100", gpus=gpus, pp=1, tp=1, ep=1, schedule="1f1b", seq_len=4096,
                          tokens=1e12, batch=256, recompute="none")

@@ -165,6 +165,10 @@ SCENARIO_OPTIONS = dict(
     price=typer.Option(None, "--price", help="Dollars per GPU-hour"),
     calibration=typer.Option(None, "--calibration", help="Calibration profile name or JSON file"),
     precision=typer.Option(None, "--precision", help="fp8 (DeepSeek-V3 recipe) or bf16"),
+    host_dispatch=typer.Option(None, "--host-dispatch",
+                               help="How the host launches kernels: eager (PyTorch eager, default: 2 us GPU gap "
+                                    "per kernel and the host's 10 us per kernel bounds an instruction), graphs "
+                                    "(CUDA graphs: the gap only) or none (no launch overhead); hwmodels/launch.py"),
     fp8_recipe=typer.Option(None, "--fp8-recipe", help="FP8 scaling: blockwise (DeepSeek-V3, default), delayed "
                                                        "or current (per-tensor, Transformer Engine / torchao, "
                                                        "casts fused into their producers)"),

@@ -49,11 +49,13 @@ CONFIGS = (
 def _clear_layout_caches() -> None:
     """The per-process caches keyed by a layout (layer templates, stage memory memos): a new configuration
     finds none of its own, as in a sweep worker's first point of that layout."""
+    from gpuhours.simulator import stage_classes
     from gpuhours.simulator.split_memo import clear_split_memos
     from gpuhours.workloads.layer_templates import clear_templates
 
     clear_templates()
     clear_split_memos()
+    stage_classes._CONTEXTS.clear()  # stage-class profiles shared between candidate splits
 
 
 def _fresh(case, profile):

@@ -10,6 +10,12 @@ point), 227 MiB; with the layer templates (`workloads.layer_templates`) and the 
 (`simulator.split_memo`) off, the same code: 28.2 s wall, 55.4 s CPU, 239 MiB. Before the collector was paused
 inside a point (`sweep.evaluate_point`): 24.1 s wall, 45 s CPU, 130 MiB (52.3 s, 69 s CPU with the caches off,
 load 1.5-2.3; 24.7 s wall earlier that day, before other sessions' changes).
+Once stage balancing simulated candidate splits (`simulator.split_search`), 11:20 UTC, load 1.4-2.9: 91.3 s wall,
+118.6 s CPU, 238 MiB; with the candidates sharing layer templates and stage-class profiles
+(`workloads.layer_templates._without_split`, `simulator.stage_classes._shared_profiles`), split memory memoised
+per simulator (`StepSimulator._split_memory`), a segment's SMs and kernels kept with its other figures
+(`HardwareCoster._segment_facts`) and the collection after a point run before the collector is back on
+(`sweep.evaluate_point`): 38.0-47.3 s wall, 58.5-61.5 s CPU, 272 MiB (load 1.9-2.6). Same rows, bit for bit.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ Schema "gpuhours.calibration/1"::
 RoPE, loss, router, optimizer, embedding; `hwmodels.compute.elementwise_class` names an op's) its own bandwidth
 efficiency; a class it does not list takes ``bandwidth_efficiency``.
 
+An optional top-level ``wgrad`` section holds weight-gradient GEMM points (`hwmodels/wgrad.py`: its schema;
+`ComputeModel` prices phase-"W" GEMMs from it where it has points for the op's kind and dtype).
+
 ``provenance.calibrated_on`` says what the figures were fitted to: ``{"model": preset name (absent when
 nothing was measured on a model), "gpu": GPU key, "precision": "fp8" | "bf16" | [both],
 "fp8_recipe": "blockwise" | ..., "attention": "mla" | "gqa", "moe": bool}`` (every key optional). A profile
@@ -59,6 +62,7 @@ from gpuhours.hwmodels.calibration_schema import (  # noqa: F401 (the schema's n
     DATA_DIR, DEFAULT_PROFILE, DTYPES, ELEMENTWISE_CLASSES, GEMM_KINDS, HARDWARE_ONLY_PROFILES, NEIGHBOURS, SCHEMA,
     SOURCES, TILE, _TOP_KEYS, GemmPoint, Provenance, _fraction, _gemm_table, _only, _opt_str, _point_dict,
     _provenance, _req)
+from gpuhours.hwmodels.wgrad import parse_wgrad, wgrad_dict
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class CalibrationProfile:
     notes: Any = None
     trace: dict | None = None
     schema: str = SCHEMA
+    wgrad: dict | None = None  # weight-gradient GEMM points (hwmodels/wgrad.py); None: W at the forward curves
 
     # ----------------------------------------------------------------------------------------- JSON
     @classmethod
@@ -129,6 +134,7 @@ class CalibrationProfile:
             attention_provenance=_opt_str(att, "provenance", "attention."),
             elementwise_provenance=_opt_str(ew, "provenance", "elementwise."),
             elementwise_classes=classes or None, comm=comm, notes=notes, trace=trace,
+            wgrad=parse_wgrad(d.get("wgrad")),
         )
 
     def to_dict(self) -> dict:
@@ -160,6 +166,8 @@ class CalibrationProfile:
             d["comm"] = self.comm
         if self.trace is not None:
             d["trace"] = self.trace
+        if self.wgrad is not None:
+            d["wgrad"] = wgrad_dict(self.wgrad)
         if self.notes is not None:
             d["notes"] = self.notes
         return d
@@ -306,6 +314,7 @@ def _overlay(base: dict, d: dict) -> dict:
         return d
     out = dict(base)
     out.pop("comm", None), out.pop("trace", None), out.pop("notes", None)
+    out.pop("wgrad", None)  # a profile's own (hwmodels/wgrad.py): not inherited over rescaled forward curves
     inherited = []
     for key, value in d.items():
         if key in ("gemm", "grouped_gemm") and isinstance(value, dict) and isinstance(base.get(key), dict):

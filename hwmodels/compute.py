@@ -4,6 +4,8 @@
     (bandwidth_efficiency: the profile's element-wise figure for memory-bound kinds, 1 for GEMMs and attention)
 
 - gemm / grouped_gemm: efficiency from the CalibrationProfile at the op's shape (m, n, k, groups).
+  A weight-gradient GEMM (phase "W") takes the profile's ``wgrad`` points when it has them for the op's kind
+  and dtype (hwmodels/wgrad.py: DeepGEMM's weight-gradient kernels, slower than its forward ones).
 - attention: the profile's forward efficiency for phase "F", backward efficiency for "B" and "W";
   fraction of the dense peak of the op's dtype (BF16 in practice).
 - elementwise / embedding: memory-bound; FLOPs, if any, at the non-tensor FP32 peak.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 from gpuhours.hwmodels.calibration import CalibrationProfile
 from gpuhours.hwmodels.gpus import GPUSpec
+from gpuhours.hwmodels.wgrad import wgrad_efficiency
 from gpuhours.workloads.ops import COMPUTE_CLASSES, Op
 
 PHASES = ("F", "B", "W")
@@ -74,6 +77,11 @@ class ComputeModel:
         self.gpu.peak_flops(op.dtype)  # refuses fp8 on GPUs without it
         groups = op.groups if op.kind == "grouped_gemm" else 1
         g = op.gemm
+        if op.phase == "W":  # weight gradient: the profile's wgrad points where it has them (hwmodels/wgrad.py)
+            eff = wgrad_efficiency(self.profile, op.kind, op.dtype, g.m, g.n, g.k, groups,
+                                   peak_flops=self._reference_peak(op.dtype))
+            if eff is not None:
+                return eff
         return self.profile.efficiency(op.kind, op.dtype, g.m, g.n, g.k, groups,
                                        peak_flops=self._reference_peak(op.dtype))
 

@@ -26,6 +26,13 @@ One EP all-to-all call on a rank (`DeepEPCall`) is resident on the communication
   (`HardwareCoster._add`). Assumption: where compute and communication take turns the ranks arrive together and
   the barrier costs microseconds (not charged), and an EP group inside one node is not charged either.
 
+- kernel time ratio: DeepEP's calls as a trace measured them against this model of them, per kernel (the
+  dispatch kernel carries the forward dispatch and the combine's backward, the combine kernel the forward combine
+  and the dispatch's backward: `kernel_of`). A calibration profile's figure (`comm.deepep_kernel_time_ratio`,
+  written by `calibrate trace` from the traced pair's dispatch and combine kernel time over our transfers of the
+  same calls, notify excluded), as its GEMM time ratios are; the datasheet profile has none (1). It scales the
+  transfer and the peer wait.
+
 The compute side of the trade-off is `ParallelSpec.compute_sm_fraction`: GEMMs keep sms - comm_sms. Together they
 make `comm_sms` a real choice: fewer SMs stretch the transfers (exposing them once the communication stream
 outlasts the compute it hides under), more SMs slow every kernel of the compute stream.
@@ -68,6 +75,7 @@ class DeepEPKernels:
     intranode: tuple[float, float]                    # EP8, NVLink: (dispatch, combine) GB/s
     internode: tuple[tuple[int, float, float], ...]   # (ep, dispatch, combine) GB/s, RDMA, ascending ep
     notify_s: float = 0.0                             # per call in an overlapped pair (a profile's figure)
+    time_ratio: tuple[float, float] = (1.0, 1.0)      # (dispatch, combine) kernels, traced over modelled
 
     def __post_init__(self):
         if self.saturating_sms <= 0 or self.measured_sms < self.saturating_sms:
@@ -75,6 +83,9 @@ class DeepEPKernels:
                              f"{self.saturating_sms}: the anchors are saturated rates")
         if self.notify_s < 0:
             raise ValueError(f"notify_per_call_ms must be >= 0, got {self.notify_s * 1e3}")
+        if len(self.time_ratio) != 2 or not all(0 < r < math.inf for r in self.time_ratio):
+            raise ValueError(f"deepep_kernel_time_ratio must hold a finite ratio > 0 for dispatch and for combine, "
+                             f"got {self.time_ratio!r}")
 
     @classmethod
     def load(cls) -> "DeepEPKernels":
@@ -119,10 +130,20 @@ class DeepEPKernels:
         if not imbalance >= 1.0:
             raise ValueError(f"imbalance must be >= 1 (busiest rank's rows over the mean), got {imbalance!r}")
         busiest = max(wire_s, counted_bytes / self.kernel_rate(ep, kind, internode, sms))
+        busiest *= self.time_ratio[KINDS.index(kind)]
         mean = busiest / imbalance
         return DeepEPCall(notify_s=self.notify_s if internode and notify else 0.0, transfer_s=mean,
                           peer_wait_s=busiest - mean,
                           wire_s=wire_s)
+
+
+def kernel_of(collective: str, phase: str) -> str:
+    """The DeepEP kernel that runs an EP all-to-all op: the forward's dispatch and the combine's backward (tokens,
+    then their output gradients, travelling to the experts) run the dispatch kernel; the forward's combine and
+    the dispatch's backward (back to the tokens' ranks) the combine kernel."""
+    if collective not in ("ep_dispatch", "ep_combine"):
+        raise ValueError(f"collective must be ep_dispatch or ep_combine, got {collective!r}")
+    return "dispatch" if (collective == "ep_dispatch") == (phase == "F") else "combine"
 
 
 def deepep_saturating_sms() -> int:

@@ -199,6 +199,10 @@ def render_markdown(results: dict) -> str:
                         [[c, f"{next(iter(ok.values()))['classes'].get(c, {}).get('trace_ms', 0.0):.1f}"]
                          + [f"{ok[s]['classes'].get(c, {}).get('simulated_ms', 0.0):.1f}" for s in srcs]
                          for c in classes]))
+    if "launch_gap" in classes:
+        lines += ["", "`launch_gap`: simulated, the GPU-side gaps between back-to-back kernels (hwmodels/launch.py: "
+                  "2 us a kernel); measured, the compute streams' idle time inside the span (span minus their "
+                  "union: the gaps and the waits for the other streams)."]
     pub = results.get("published_gpu_hours")
     lines += ["", "## DeepSeek-V3 pre-training GPU-hours (default scenario)", ""]
     rows = [[s, f"{ok[s]['gpu_hours'] / 1e6:.3f}M", f"{pub / 1e6:.3f}M" if pub else "n/a",

@@ -24,8 +24,8 @@ def steps_for(simulator: StepSimulator, counts: list[int]) -> dict[int, StepResu
     the steady phase, so every figure of a step is close to affine in the micro-batch count. Where more than three
     counts are full, the smallest and largest are simulated and a middle one checks the claim: if the check agrees
     with the line through the other two to AFFINE_TOLERANCE of its step time (and peak activations agree), the
-    other counts are interpolated; otherwise every count is simulated. Counts below a full pipeline are always
-    simulated.
+    other counts are interpolated; otherwise the smallest count is simulated on its own and the others try again
+    (down to three, which are simulated). Counts below a full pipeline are always simulated.
 
     Interpolation only: the steady phase can settle into another period some micro-batches after the pipeline is
     full (1F1B on PP8 in the zero-bubble cases: the step grows by the same amount per micro-batch from 9 to 14,
@@ -36,13 +36,17 @@ def steps_for(simulator: StepSimulator, counts: list[int]) -> dict[int, StepResu
     for m in counts:
         if m not in full:
             out[m] = simulator.step(m)
-    if len(full) > 3:
+    while len(full) > 3:
         lo, hi, mid = full[0], full[-1], full[len(full) // 2]
         a, b, c = simulator.step(lo), simulator.step(hi), simulator.step(mid)
         if _agrees(interpolate_step(a, b, mid), c):
             for m in full:
                 out[m] = {lo: a, hi: b, mid: c}.get(m) or interpolate_step(a, b, m)
             return out
+        # not one line: the smallest count may still be settling (DeepSeek-V3's 4 x15, 1 split under DualPipe:
+        # 32 micro-batches lie off the line that holds from 34 on), so it keeps its own step and the rest try again
+        out[lo] = a
+        full = full[1:]
     for m in full:
         out[m] = simulator.step(m)
     return out

@@ -43,7 +43,8 @@ from functools import lru_cache
 
 from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
 from gpuhours.hwmodels.compute import ComputeModel, elementwise_class
-from gpuhours.hwmodels.deepep import DeepEPCall, DeepEPKernels, counted_bytes, distinct_targets
+from gpuhours.hwmodels.deepep import DeepEPCall, DeepEPKernels, counted_bytes, distinct_targets, kernel_of
+from gpuhours.hwmodels.launch import LaunchModel
 from gpuhours.hwmodels.placement import EXPERT_GROUPS, RankLayout
 from gpuhours.simulator.engine import InstructionProfile
 from gpuhours.simulator.instructions import Instruction
@@ -76,6 +77,7 @@ class _Task:
     kind: str
     uses_nic: bool = False  # a collective whose group spans nodes: it holds the GPU's network interface
     held: float = 0.0  # SMs its NCCL kernel holds from compute beside it (`simulator.nccl_sms`)
+    kernels: int = 0  # GPU kernels the host launches for it (`hwmodels.launch`)
 
 
 def expected_nodes_per_token(model: ModelSpec, ep: int, gpus_per_node: int,
@@ -132,6 +134,9 @@ class HardwareCoster:
         self._profile = lru_cache(maxsize=None)(self._build_profile)
         self._segment_time = lru_cache(maxsize=None)(self._price_segment)
         self._segment_sms = lru_cache(maxsize=None)(lambda seg: segment_sms(self, seg))
+        self.launch = LaunchModel.load()  # per-kernel gap and host dispatch (hwmodels/launch.py)
+        self._segment_kernels = lru_cache(maxsize=None)(
+            lambda seg: sum(self.launch.kernel_count(op) for op in seg.ops))
         self._op_times: dict[tuple, float] = {}
         self._seg_facts: dict[int, tuple] = {}  # `_segment_facts`: id -> (segment, seconds, crosses nodes)
         self._transfers: dict[tuple[int, int], object] = {}
@@ -149,7 +154,9 @@ class HardwareCoster:
             # so it scales with the tokens a rank's call carries against the traced call's
             tokens = seq_len * parallel.micro_batch_size / max(1, parallel.cp)
             notify_s *= tokens / float(comm.get("deepep_notify_tokens", tokens))
-            self.deepep = replace(DeepEPKernels.load(), notify_s=notify_s)
+            ratio = comm.get("deepep_kernel_time_ratio") or {}  # a trace's kernels over our calls (`hwmodels.deepep`)
+            self.deepep = replace(DeepEPKernels.load(), notify_s=notify_s, time_ratio=(
+                float(ratio.get("dispatch", 1.0)), float(ratio.get("combine", 1.0))))
         ep_per_node = self.comm_group("ep").per_node  # the nodes an EP group spans under the placement
         self.nodes_per_token = (opts.nodes_per_token if opts.nodes_per_token is not None
                                 else expected_nodes_per_token(model, parallel.ep, ep_per_node,
@@ -181,7 +188,8 @@ class HardwareCoster:
 
     def _price_op(self, op: Op) -> float:
         if op.kind != "collective":
-            return self.compute.duration(op, sm_fraction=self.sm_fraction)
+            return self.launch.op_time(self.compute.duration(op, sm_fraction=self.sm_fraction),
+                                       self.launch.kernel_count(op), self.opts.host_dispatch)
         if op.group == "ep":
             if self.placed:
                 if self.parallel.ep == 1:
@@ -212,7 +220,7 @@ class HardwareCoster:
         internode = group.nodes > 1
         ranks = 0.0 if internode else distinct_targets(group.size, moe.n_routed_experts, moe.top_k)
         nbytes = counted_bytes(op.tokens, op.bytes_per_token, internode, npt, ranks)
-        kind = "dispatch" if op.collective == "ep_dispatch" else "combine"
+        kind = kernel_of(op.collective, op.phase)
         return self.deepep.call(wire, nbytes, group.size, kind, internode, self.parallel.comm_sms,
                                 max(1.0, self.opts.kept_imbalance), notify)
 
@@ -314,7 +322,12 @@ class HardwareCoster:
             self._add_pass(tasks, b_stage, "BW", pair=True)
         else:
             self._add_pass(tasks, stage, kind, pair=False)
-        return schedule_tasks(tasks, self)  # NCCL's SMs slow the compute beside them
+        prof = schedule_tasks(tasks, self)  # NCCL's SMs slow the compute beside them
+        if self.opts.host_dispatch != "eager":
+            return prof
+        # the host issues every kernel of the instruction: it cannot end before the last launch (hwmodels.launch)
+        span = self.launch.instruction_time(prof.duration, sum(t.kernels for t in tasks), "eager")
+        return prof if span == prof.duration else replace(prof, duration=span)
 
     def _add_pass(self, tasks: list[_Task], stage: int, kind: str, pair: bool) -> list[int]:
         units = self.stages[stage]
@@ -370,22 +383,23 @@ class HardwareCoster:
             priority = (k, _PAIR_ORDER.get(seg.name, 20 + j), len(tasks))
         else:
             priority = (len(tasks),)
-        cost, crosses = self._segment_facts(seg)
+        cost, crosses, held, kernels = self._segment_facts(seg)
         seconds = cost + (self.pair_notify(seg) if pair and seg.stream == "comm" else 0.0)
-        tasks.append(_Task(seg.name, seg.stream, seconds, deps, priority, seg.layer, kind,
-                           crosses, self._segment_sms(seg)))
+        tasks.append(_Task(seg.name, seg.stream, seconds, deps, priority, seg.layer, kind, crosses, held, kernels))
         return len(tasks) - 1
 
-    def _segment_facts(self, seg: Segment) -> tuple[float, bool]:
-        """(seconds, holds the network interface) of a segment, once per segment object, and once per template
-        for a renamed layer's (`workloads.layer_templates.segment_template`: same op price keys, so the same
-        figures; both read only what `price_key` holds)."""
+    def _segment_facts(self, seg: Segment) -> tuple[float, bool, float, int]:
+        """(seconds, holds the network interface, NCCL SMs held, kernels) of a segment, once per segment object,
+        and once per template for a renamed layer's (`workloads.layer_templates.segment_template`: same op price
+        keys, name and stream, so the same figures; all four read only those). Keyed by identity: hashing a
+        segment hashes every field of every op."""
         key = segment_template(seg)
         hit = self._seg_facts.get(id(key))
         if hit is None or hit[0] is not key:  # the memo holds the segment, so its id is not reused meanwhile
             hit = self._seg_facts[id(key)] = (key, self._segment_time(key),
-                                              key.stream == "comm" and self._crosses_nodes(key))
-        return hit[1], hit[2]
+                                              key.stream == "comm" and self._crosses_nodes(key),
+                                              self._segment_sms(key), self._segment_kernels(key))
+        return hit[1:]
 
     def _crosses_nodes(self, seg: Segment) -> bool:
         return any(op.kind == "collective" and self.comm_group(op.group).nodes > 1 for op in seg.ops)

@@ -28,6 +28,8 @@ Where it is not charged (and why):
   `step.exposed_dp_comm` leaves them out.
 - FSDP's once-per-step gather under the first forward (`fsdp_once_per_step`, on the tail): charged in the closed
   form (`streamed_gather_rate`, `simulator.overlap.exposed_streamed`).
+- Megatron-Core's overlapped parameter all-gather (`overlap_param_gather`), bucket by bucket under the next
+  step's first forward (on the tail): the same closed form (`simulator.param_gather`).
 - Stage balancing (`HardwareCoster.unit_time`) adds or overlaps a unit's streams without the slow-down.
 """
 

@@ -46,7 +46,7 @@ PLAN_TYPES = {
     "run": {"tokens": _COUNT, "seq_len": int, "batch_start": int, "batch_end": int, "ramp_tokens": _COUNT,
             "price_per_gpu_hour": _NUMBER, "ramp_micro_batch_size": list},
     "numerics": {"fp8": bool, "recompute": (str, bool, list), "attention_kernel": str, "capacity_factor": _NUMBER,
-                 "fp8_recipe": str},
+                 "fp8_recipe": str, "host_dispatch": str},
     "network": {"model": str, "cluster": str},
     "routing": {"model": str, "max_nodes_per_token": int},
 }

@@ -102,6 +102,17 @@ def run_pieces(plan: RunPlan, micro_batch_size: int) -> list[tuple[float, int, i
     return out
 
 
+def main_microbatches(plan: RunPlan, parallel: ParallelSpec) -> int | None:
+    """Micro-batches per pipeline of the run's step that trains the most tokens at the layout's micro-batch size
+    (the count the stage balancer compares candidate splits at, `simulator.split_search`); None when no piece of
+    the run uses that size."""
+    pieces = [(tokens, batch) for tokens, batch, k in run_pieces(plan, parallel.micro_batch_size)
+              if k == parallel.micro_batch_size]
+    if not pieces:
+        return None
+    return microbatches_for(max(pieces)[1], parallel)[0]
+
+
 def with_micro_batch_size(simulator: StepSimulator, size: int) -> StepSimulator:
     """The same model, layout (its layers per stage kept) and hardware at another micro-batch size."""
     p = replace(simulator.parallel, micro_batch_size=size, stage_layers=simulator.stage_layers)

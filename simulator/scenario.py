@@ -29,7 +29,7 @@ from gpuhours.hwmodels.topology import FabricSpec
 from gpuhours.simulator.plan_file import (DEFAULT_PLAN, _read_plan, is_phased, list_plans, plan_reference,
                                           reference_table)
 from gpuhours.simulator.provenance import hardware_only_scenario, is_calibration_case, scenario_warnings
-from gpuhours.simulator.run import RunEstimate, estimate_run
+from gpuhours.simulator.run import RunEstimate, estimate_run, main_microbatches
 from gpuhours.simulator.step import StepSimulator
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import OpOptions, recompute_policy
@@ -92,7 +92,7 @@ class Scenario:
     def simulator(self) -> StepSimulator:
         compute = ComputeModel(self.cluster.gpu, self.profile)
         return StepSimulator(self.model, self.parallel, self.cluster, compute, self.network(), self.plan.seq_len,
-                             self.effective_opts())
+                             self.effective_opts(), balance_microbatches=main_microbatches(self.plan, self.parallel))
 
 
 @lru_cache(maxsize=32)

@@ -77,6 +77,11 @@ def _scaled_profile(p: CalibrationProfile, gpu, quantity: str, factor: float) ->
             return p
         roof = _measured_peak(p, gpu, dtype)
         table[dtype] = tuple(replace(pt, tflops=min(pt.tflops * factor, roof)) for pt in table[dtype])
+        wgrad = getattr(p, "wgrad", None)  # the same kind's weight-gradient points (hwmodels/wgrad.py) move too
+        if wgrad and wgrad.get(kind, {}).get(dtype):
+            w_table = {**wgrad[kind], dtype: tuple(replace(pt, tflops=min(pt.tflops * factor, roof))
+                                                   for pt in wgrad[kind][dtype])}
+            return replace(p, **{kind: table}, wgrad={**wgrad, kind: w_table})
         return replace(p, **{kind: table})
     if quantity == "attention_forward":
         return replace(p, attention_forward_efficiency=min(1.0, p.attention_forward_efficiency * factor))

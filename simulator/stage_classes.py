@@ -8,9 +8,18 @@ Two stages equal in all of that give the same task graph, so the same profile, b
 numbers of the op-level spans differ. So a step without a timeline (no detail) prices each class once: the check
 is the comparison itself, built from the stages' units, so a stage that differs in anything the profile reads
 (another layer kind, a recomputed head under "full:N", the embedding or the head) is a class of its own.
+
+The same holds between step simulators that differ only in their layers per stage (the candidate splits stage
+balancing simulates, `simulator.split_search`): their costers price ops alike (`HardwareCoster` reads its
+`stage_layers` only to build its stages), so a class's profile is shared between them (`_shared_profiles`: keyed
+by the coster's pricing context, the same model, cluster, compute model, network and options objects and equal
+layout and memory recipe once the layers per stage are left out, then by the stages' signatures).
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import replace
 
 from gpuhours.simulator.chunks import HardwareCoster, price_key
 from gpuhours.simulator.engine import InstructionProfile
@@ -56,8 +65,14 @@ class SharedStageCoster:
     def __init__(self, coster: HardwareCoster):
         self.coster = coster
         first: dict[tuple, int] = {}
-        self.canonical = tuple(first.setdefault(stage_signature(units), s) for s, units in enumerate(coster.stages))
+        signatures = [stage_signature(units) for units in coster.stages]
+        self.canonical = tuple(first.setdefault(sig, s) for s, sig in enumerate(signatures))
         self._profiles: dict[tuple, InstructionProfile] = {}
+        # profiles of stage classes shared with other costers of the same pricing context, by class number
+        self._context = _shared_profiles(coster)
+        if self._context is not None:
+            numbers = self._context["classes"]
+            self._class = tuple(numbers.setdefault(sig, len(numbers)) for sig in signatures)
 
     @property
     def classes(self) -> int:
@@ -67,12 +82,50 @@ class SharedStageCoster:
         key = (instruction.kind, instruction.stage, instruction.b_stage)
         hit = self._profiles.get(key)
         if hit is None:
-            c = self.canonical
-            b_stage = None if instruction.b_stage is None else c[instruction.b_stage]
-            same = Instruction(instruction.kind, instruction.microbatch, c[instruction.stage],
-                               instruction.b_microbatch, b_stage)
-            hit = self._profiles[key] = self.coster.profile(rank, same)
+            shared = None
+            if self._context is not None:
+                cls = self._class
+                shared = (instruction.kind, cls[instruction.stage],
+                          None if instruction.b_stage is None else cls[instruction.b_stage])
+                hit = self._context["profiles"].get(shared)
+            if hit is None:
+                c = self.canonical
+                b_stage = None if instruction.b_stage is None else c[instruction.b_stage]
+                same = Instruction(instruction.kind, instruction.microbatch, c[instruction.stage],
+                                   instruction.b_microbatch, b_stage)
+                hit = self.coster.profile(rank, same)
+                if shared is not None:
+                    self._context["profiles"][shared] = hit
+            self._profiles[key] = hit
         return hit
 
     def transfer(self, src: int, dst: int, kind: str, microbatch: int, stage: int) -> float:
         return self.coster.transfer(src, dst, kind, microbatch, stage)
+
+
+# Pricing contexts whose stage-class profiles are kept, most recently used last. Assumption (our setting): a step
+# simulator's candidate splits are simulated one after another, so a few contexts suffice; each holds a model's
+# instruction profiles (small: a few per stage class) and its objects alive.
+_CONTEXT_LIMIT = 8
+_CONTEXTS: OrderedDict[tuple, dict] = OrderedDict()
+
+
+def _shared_profiles(coster) -> dict | None:
+    """The profile store of the coster's pricing context: everything `HardwareCoster` prices with but its layers
+    per stage. Shared objects count by identity (the entry holds them, so their ids are not reused meanwhile),
+    the layout and the memory recipe, which a step simulator rebuilds (`replace`), by value. None for a coster
+    of another type, or whose layout or recipe cannot be compared by value."""
+    if type(coster) is not HardwareCoster:
+        return None
+    objects = (coster.model, coster.cluster, coster.compute, coster.network, coster.opts)
+    try:
+        key = (*map(id, objects), replace(coster.parallel, stage_layers=None), coster.recipe, coster.seq_len)
+        entry = _CONTEXTS.get(key)
+    except TypeError:  # an unhashable field
+        return None
+    if entry is None or any(a is not b for a, b in zip(entry["objects"], objects)):
+        entry = _CONTEXTS[key] = {"objects": objects, "classes": {}, "profiles": {}}
+        while len(_CONTEXTS) > _CONTEXT_LIMIT:
+            _CONTEXTS.popitem(last=False)
+    _CONTEXTS.move_to_end(key)
+    return entry

@@ -21,6 +21,7 @@ from gpuhours.simulator.overlap import exposed_streamed as exposed_streamed_gath
 from gpuhours.simulator.chunks import HardwareCoster
 from gpuhours.simulator.engine import PipelineResult, run_pipeline
 from gpuhours.simulator.nccl_sms import bucket_fraction, streamed_gather_rate
+from gpuhours.simulator.param_gather import exposed_param_gather
 from gpuhours.simulator.schedules import build_schedule
 from gpuhours.simulator.stage_classes import SharedStageCoster
 from gpuhours.workloads import params as P
@@ -87,17 +88,26 @@ class StepResult:
         return (sum(self.exposed_comm_per_rank) + sum(self.dp_tail_per_rank)) / (ranks * self.step_time)
 
 
+# Candidate splits are simulated at the run's main step when it has at most this many micro-batches per pipeline
+# stage, else compared on the line through 4 pp and 8 pp (Assumption: by 8 pp the fill and drain are an eighth
+# of the step and the steady period is reached, `affine_steps`; a line carried further ranks splits, it prices
+# nothing).
+CANDIDATE_MICROBATCHES = 8
+
+
 class StepSimulator:
     """Simulates steps of one (model, layout, cluster) for any number of micro-batches; shapes are memoised."""
 
     def __init__(self, model: ModelSpec, parallel: ParallelSpec, cluster: ClusterSpec, compute: ComputeModel,
-                 network, seq_len: int, opts: OpOptions = OpOptions(), recipe: MemoryRecipe | None = None):
+                 network, seq_len: int, opts: OpOptions = OpOptions(), recipe: MemoryRecipe | None = None,
+                 balance_microbatches: int | None = None):
         parallel.check_model(model)
         if parallel.num_gpus != cluster.num_gpus:
             raise ValueError(f"gpus in the layout ({parallel.num_gpus}) and the cluster ({cluster.num_gpus}) differ")
         self.model, self.parallel, self.cluster = model, parallel, cluster
         self.compute, self.network, self.seq_len, self.opts = compute, network, seq_len, opts
         self.recipe = recipe or load_recipe()
+        self.balance_microbatches = balance_microbatches  # the step candidate splits are compared at
         self._candidates: dict[tuple[int, ...], StepSimulator] = {}  # splits simulated while balancing
         self.stage_layers = tuple(parallel.stage_layers or self._balanced_stage_layers())
         twin = self._candidates.pop(self.stage_layers, None)
@@ -161,20 +171,43 @@ class StepSimulator:
                     sizes, layer_cost, holders, self._split_memory, self.cluster.gpu.hbm_bytes, first, last, **head))
             return splits[weight]
 
-        return search_split(split_at, self._candidate_step_time)
+        short = 2 * p.pp  # a full pipeline under every schedule (DualPipe's fewest micro-batches)
+        main = self.balance_microbatches or short
+        if main <= short:  # a run of short steps: compare on its own
+            return search_split(split_at, lambda split: self._candidate(split).step(main).step_time)
+        return search_split(split_at, lambda split: self._candidate(split).step(short).step_time,
+                            self._candidate_step_time)
+
+    def _candidate(self, split: tuple[int, ...]) -> StepSimulator:
+        """This layout with `split` as its layers per stage, built once; kept so that, if it wins, this simulator
+        takes over its costs and steps."""
+        if split not in self._candidates:
+            self._candidates[split] = StepSimulator(self.model, replace(self.parallel, stage_layers=split),
+                                                    self.cluster, self.compute, self.network, self.seq_len,
+                                                    self.opts, self.recipe)
+        return self._candidates[split]
 
     def _candidate_step_time(self, split: tuple[int, ...]) -> float:
-        """The simulated step of this layout with `split` as its layers per stage, at 2 pp micro-batches (past
-        every schedule's warm-up, as `balance.split_memory` counts). The candidate is kept: if it wins, this
-        simulator takes over its costs and steps."""
-        candidate = StepSimulator(self.model, replace(self.parallel, stage_layers=split), self.cluster, self.compute,
-                                  self.network, self.seq_len, self.opts, self.recipe)
-        self._candidates[split] = candidate
-        return candidate.step(2 * self.parallel.pp).step_time
+        """The simulated step of this layout with `split` as its layers per stage at `balance_microbatches` (the
+        run's main step, `run.main_microbatches`): a split's fill and drain weigh less the more micro-batches
+        share them, so near ties are decided where the run spends its time (past `CANDIDATE_MICROBATCHES` x pp,
+        on a line)."""
+        candidate = self._candidate(split)
+        m, cap = self.balance_microbatches, CANDIDATE_MICROBATCHES * self.parallel.pp
+        if m <= cap:
+            return candidate.step(m).step_time
+        # a long step: the line through 4 pp and 8 pp micro-batches, carried to m (for ranking only)
+        lo, hi = candidate.step(cap // 2).step_time, candidate.step(cap).step_time
+        return hi + (m - cap) * (hi - lo) / (cap - cap // 2)
 
     def _split_memory(self, stage_layers: tuple[int, ...]) -> tuple[float, ...]:
-        """Every rank's memory of a split at a full pipeline (`balance.split_memory`)."""
-        return split_memory(self.model, self.parallel, self.seq_len, stage_layers, self.recipe, self.opts)
+        """Every rank's memory of a split at a full pipeline (`balance.split_memory`), memoised per split: the
+        weights of `simulator.split_search` each fit memory from nearby splits (a sweep: 3 asks per split)."""
+        memo = self.__dict__.setdefault("_split_memories", {})
+        key = tuple(stage_layers)
+        if key not in memo:
+            memo[key] = split_memory(self.model, self.parallel, self.seq_len, key, self.recipe, self.opts)
+        return memo[key]
 
     # -- one step ----------------------------------------------------------------------------------------------
     def step(self, num_microbatches: int, detail: bool = False) -> StepResult:
@@ -321,6 +354,9 @@ class StepSimulator:
             comm = reduce + exposed_streamed_gather(gather, units, first_forward, rate)
         elif p.fsdp_deferred_reduce:  # the gathers ran inside the instructions (`simulator.fsdp_pipeline`)
             comm = reduce
+        elif p.overlap_param_gather and gather > 0.0:  # bucket by bucket under the next forward
+            comm = exposed_dp_comm(reduce, 0.0, buckets, window, p.overlap_grad_reduce, False) + exposed_param_gather(
+                self.coster, gather, buckets, first_forward, (dense + expert) * self.recipe.weight_bytes / buckets)
         else:
             comm = exposed_dp_comm(reduce, gather, buckets, window, p.overlap_grad_reduce, p.overlap_param_gather)
         shard = (dense / p.grad_dp + expert / p.expert_dp) if p.zero_stage >= 1 else dense + expert
@@ -338,7 +374,8 @@ def exposed_dp_comm(reduce: float, gather: float, buckets: int, window: float, o
     evenly over the last backward (`window` s: bucket k at k x window / buckets) and are reduced one after
     another on the network interface; the reduction then ends at max_k(k w/K + (K - k + 1) r) with r = reduce/K,
     so what outlasts the backward is max(r, reduce + w/K - w). With `overlap_param_gather` the next step's
-    forward waits only for the first bucket of updated parameters (gather/K); the rest arrives under it.
+    forward waits only for the first bucket of updated parameters (gather/K); the rest arrives under it (a step
+    also charges the forward's slow-down beside it, or what a short forward leaves: `simulator.param_gather`).
     A step runs the buckets in the engine instead (`StepSimulator._dp_buckets`, on the rank's interface with its
     pipeline sends); this closed form is what the engine gives when nothing else holds the interface."""
     k = max(1, buckets)

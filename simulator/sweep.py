@@ -91,22 +91,27 @@ def evaluate_point(base: str, fixed: dict, point: dict) -> dict:
     cyclic garbage (its coster's memoised methods refer back to it), so the collector runs here instead, between
     points: the young generation after every point, the middle one every `_GC_EVERY[1]` points and everything
     every `_GC_EVERY[2]` (bench/bench_sweep.py: 227 MiB at most per worker, 130 MiB with the collector on
-    throughout, for 12% less CPU)."""
+    throughout, for 12% less CPU; 272 MiB with the collections below, 2026-12-01)."""
     import gc
 
     from gpuhours.simulator.collector import collector_paused
 
     with collector_paused():
         row = _evaluate_point(base, fixed, point)
-    _GC_COUNT[0] += 1
-    n = _GC_COUNT[0]
-    gc.collect(2 if n % _GC_EVERY[2] == 0 else 1 if n % _GC_EVERY[1] == 0 else 0)
+        _GC_COUNT[0] += 1
+        n = _GC_COUNT[0]
+        # collected before the collector is back on: a collection resets the young generation's allocation count,
+        # which the point left far above its threshold, so switching it on does not set off a second, automatic
+        # collection (of an older generation once ten young ones have run: the whole heap every few points)
+        gc.collect(2 if n % _GC_EVERY[2] == 0 else 1 if n % _GC_EVERY[1] == 0 else 0)
     return row
 
 
 # Points between collections of the middle and the oldest generation. Assumption (our setting, tried on
-# bench_sweep's points: 8 / 64 cost as much CPU as the collector left on; a full collection of a worker ~0.15 s).
-_GC_EVERY = {1: 16, 2: 256}
+# bench_sweep's points: 8 / 64 cost as much CPU as the collector left on; a full collection of a worker ~0.15 s.
+# Since no automatic collection follows a point, a full one every 256 points let a worker grow to 382-394 MiB;
+# every 128: 272 MiB, every 64: 200 MiB for ~10% more CPU, 2026-12-01, load 2-2.6).
+_GC_EVERY = {1: 16, 2: 128}
 _GC_COUNT = [0]
 
 

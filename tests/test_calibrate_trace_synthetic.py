@@ -184,3 +184,18 @@ def test_cli_validate_malformed_trace_is_one_line_exit_2(tmp_path):
     r = runner.invoke(app, ["validate", "--trace", str(tmp_path / "absent.json"), "--out", str(tmp_path / "page")])
     _one_line_error(r, "no such file")
     assert not (tmp_path / "page" / "validation.md").exists()
+
+
+def test_deepep_kernel_time_ratio_is_linear_in_the_traced_kernels(tmp_path):
+    """The DeepEP kernel time ratio a trace gives is its kernels' time over our modelled time of the same calls,
+    per kernel: doubling the trace's dispatch kernels doubles the dispatch ratio and leaves the combine's."""
+    from dataclasses import replace
+
+    known = KnownProfile()
+    doubled = replace(known, comm_times=dict(known.comm_times) | {"a2a_dispatch": 2 * known.comm_times["a2a_dispatch"]})
+    ratios = []
+    for name, k in (("one", known), ("two", doubled)):
+        path = write_trace(tmp_path / f"{name}.json", pair_for_profile(k, layers=2))
+        ratios.append(profile_from_traced_case(path, "default-h800", date="2000-01-01").comm["deepep_kernel_time_ratio"])
+    assert ratios[1]["dispatch"] == pytest.approx(2 * ratios[0]["dispatch"], rel=1e-5)   # stored to 6 decimals
+    assert ratios[1]["combine"] == ratios[0]["combine"]

@@ -28,7 +28,7 @@ def test_expert_rows_and_dispatch_follow_the_kept_rows():
     """DeepSeek-V3's MoE layer on EP64: 4,096 tokens x top-8 / 4 experts per rank = 8,192 mean rows per expert;
     an imbalance of 2 doubles them, a capacity factor of 1.25 keeps 1.25x."""
     model = load_preset("deepseek-v3")
-    p = ParallelSpec(num_gpus=1024, pp=16, ep=64, schedule="dualpipe")
+    p = ParallelSpec(num_gpus=1024, pp=16, ep=64, schedule="dualpipe", comm_sms=20)
 
     def expert_rows_and_dispatch(opts):
         passes = layer_passes(model, 10, p, 4096, opts)

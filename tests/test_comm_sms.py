@@ -42,10 +42,13 @@ def test_comm_sms_has_an_interior_optimum_on_the_default_case():
     assert hours[20] < hours[8] and hours[20] < hours[32]
 
 
-def test_the_optimum_follows_the_workload_not_the_saturation_point():
-    """At 16K tokens a sequence the attention compute (quadratic in the sequence) outgrows the all-to-alls'
-    transfers and notify (linear): the communication stream stays hidden below DeepEP's 20 saturating SMs, so giving
-    compute more SMs wins (16 beats both 20 and 8)."""
-    base = load_scenario(seq_len=16384)
-    hours = {k: estimate(replace(base, parallel=replace(base.parallel, comm_sms=k))).gpu_hours for k in (8, 16, 20)}
-    assert hours[16] < hours[20] and hours[16] < hours[8]
+def test_the_optimum_follows_the_communication_not_the_saturation_point():
+    """Where the all-to-alls are fast (the datasheet profile: DeepEP's published rates, no notify) their stream stays
+    hidden under the other chunk's compute below DeepEP's 20 saturating SMs, so giving compute more SMs wins: 16
+    beats 20 and 8. Where they are as slow as the trace measured them (`trace-h800`: its kernels 1.3-1.6x our
+    transfers, plus the notify) they no longer hide below 20: 20 beats 16 and 24."""
+    for calibration, best, others in (("default-h800", 16, (8, 20)), ("trace-h800", 20, (16, 24))):
+        base = load_scenario(calibration=calibration)
+        hours = {k: estimate(replace(base, parallel=replace(base.parallel, comm_sms=k))).gpu_hours
+                 for k in (best, *others)}
+        assert all(hours[best] < hours[k] for k in others), (calibration, hours)

@@ -137,3 +137,29 @@ def test_notify_scales_with_the_tokens_a_call_carries():
     half = load_scenario(cp=2).simulator().coster.deepep.notify_s
     assert full == pytest.approx(trace["deepep_notify_per_call_ms"] * 1e-3)
     assert half == pytest.approx(full / 2)
+
+
+def test_the_kernel_each_call_runs():
+    """DeepEP runs the forward dispatch and the combine's backward (to the experts) on its dispatch kernel, the
+    forward combine and the dispatch's backward (back to the tokens) on its combine kernel: the synthetic and real
+    traces show dispatch<...> kernels in combine(B) and combine<..., bfloat16> kernels in dispatch(B)."""
+    from gpuhours.hwmodels.deepep import kernel_of
+
+    assert [kernel_of(c, ph) for c, ph in (("ep_dispatch", "F"), ("ep_combine", "B"), ("ep_combine", "F"),
+                                          ("ep_dispatch", "B"))] == ["dispatch", "dispatch", "combine", "combine"]
+    with pytest.raises(ValueError, match="collective"):
+        kernel_of("all_gather", "F")
+
+
+def test_a_kernel_time_ratio_scales_its_transfer_and_peer_wait_only():
+    """A profile's traced-over-modelled ratio r of a kernel multiplies that kernel's transfer and peer wait by r;
+    the notify and the other kernel are unchanged; a ratio <= 0 is refused."""
+    plain = DeepEPKernels.load()
+    scaled = replace(plain, notify_s=1e-3, time_ratio=(1.5, 1.0))
+    for kind, r in (("dispatch", 1.5), ("combine", 1.0)):
+        a = replace(plain, notify_s=1e-3).call(1e-3, 1e8, 64, kind, True, 20, imbalance=1.25)
+        b = scaled.call(1e-3, 1e8, 64, kind, True, 20, imbalance=1.25)
+        assert b.transfer_s == pytest.approx(r * a.transfer_s) and b.peer_wait_s == pytest.approx(r * a.peer_wait_s)
+        assert b.notify_s == a.notify_s == 1e-3
+    with pytest.raises(ValueError, match="deepep_kernel_time_ratio"):
+        replace(plain, time_ratio=(0.0, 1.0))

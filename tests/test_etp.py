@@ -53,8 +53,8 @@ def test_expert_data_parallel_rule():
 def test_expert_gemms_split_and_flops_conserved():
     """EP64 x ETP2 on 4,096 tokens: each rank's 4 experts see the etp group's rows, 2 x 4,096 x 8 / 4 = 16,384
     per expert, against an intermediate slice of 2048 / 2 = 1024; the FLOPs per rank are those of ETP1."""
-    p1 = ParallelSpec(num_gpus=2048, pp=16, ep=64, schedule="dualpipe")
-    p2 = ParallelSpec(num_gpus=2048, pp=16, ep=64, etp=2, schedule="dualpipe")
+    p1 = ParallelSpec(num_gpus=2048, pp=16, ep=64, schedule="dualpipe", comm_sms=20)
+    p2 = ParallelSpec(num_gpus=2048, pp=16, ep=64, etp=2, schedule="dualpipe", comm_sms=20)
 
     def gemms(p):
         ops = [op for seg in layer_passes(V3, 10, p, 4096, OpOptions()).forward for op in seg.ops]
@@ -71,8 +71,9 @@ def test_etp_collectives_closed_form():
     """Forward: dispatch all-to-all over EP, then an all-gather over the etp group of the rows the rank received,
     4,096 tokens x top-8 rows each (the FP8 payload: 7,168 + 4 x 56 scale bytes), gathered buffer x etp; after the
     experts a reduce-scatter of the BF16 partial outputs of those rows, then the combine all-to-all. The backward
-    mirrors it (combine, all-gather of BF16 gradients; reduce-scatter, dispatch)."""
-    p = ParallelSpec(num_gpus=2048, pp=16, ep=64, etp=2, schedule="dualpipe")
+    mirrors it (combine, all-gather of the output gradients as they arrived, in FP8 (DeepSeek-V3 sec. 3.3.2);
+    reduce-scatter of the BF16 input gradients, dispatch)."""
+    p = ParallelSpec(num_gpus=2048, pp=16, ep=64, etp=2, schedule="dualpipe", comm_sms=20)
     passes = layer_passes(V3, 10, p, 4096, OpOptions())
     f = [s.name for s in passes.forward]
     i = f.index("dispatch(F)")
@@ -84,13 +85,14 @@ def test_etp_collectives_closed_form():
     rows = 2 * 4096 * 8
     assert op["etp.all_gather(F)"].comm_bytes == rows * (7168 + 4 * 56)
     assert op["etp.reduce_scatter(F)"].comm_bytes == rows * 7168 * 2
-    assert op["etp.all_gather(B)"].comm_bytes == rows * 7168 * 2
+    assert op["etp.all_gather(B)"].comm_bytes == rows * (7168 + 4 * 56)
+    assert op["etp.reduce_scatter(B)"].comm_bytes == rows * 7168 * 2
     assert all(o.group == "etp" for o in op.values())
     assert not any(s.name.startswith("etp.") for s in passes.weight)
 
 
 def test_etp_one_has_no_etp_collectives():
-    p = ParallelSpec(num_gpus=2048, pp=16, ep=64, schedule="dualpipe")
+    p = ParallelSpec(num_gpus=2048, pp=16, ep=64, schedule="dualpipe", comm_sms=20)
     passes = layer_passes(V3, 10, p, 4096, OpOptions())
     assert not any("etp" in s.name for s in passes.forward + passes.backward)
 
@@ -99,7 +101,7 @@ def test_expert_parameters_divide_by_ep_times_etp():
     """A stage of layers 3..6 (4 MoE layers): routed parameters 4 x 256 x 3 x 7168 x 2048 over ep x etp."""
     routed = 4 * 256 * 3 * 7168 * 2048
     for etp in (1, 2, 4):
-        p = ParallelSpec(num_gpus=2048, pp=16, ep=32, etp=etp, schedule="dualpipe")
+        p = ParallelSpec(num_gpus=2048, pp=16, ep=32, etp=etp, schedule="dualpipe", comm_sms=20)
         split = (3, 4) + (4,) * 13 + (2,)
         dense, expert = rank_params(V3, p, split, {1})
         assert expert == pytest.approx(routed / (32 * etp), rel=1e-12)

@@ -73,9 +73,13 @@ def test_blockwise_is_unchanged(recipe):
     the forward casts of `workloads.memory_ops` (a later, deliberate correction): the attention output cached in
     E5M6 (4096 x heads x v_head_dim x 3.5 bytes: V3 128 x 128, Llama 8 x 128) and, on V3, the MoE input cast
     once per token before the dispatch (4096 x 7168 x 3) in place of the expert rows' (32768 x 7168 x 3) and the
-    SwiGLU input cached in FP8 (32768 rows x (4096 x 2 + 4096 + 32 scales x 4))."""
+    SwiGLU input cached in FP8 (32768 rows x (4096 x 2 + 4096 + 32 scales x 4)); in the backward (a later
+    correction: the combine's backward carries the output gradients in FP8, DeepSeek-V3 sec. 3.3.2) their cast
+    once per token before it (4096 x 7168 x 3), and w2's gradient cast making only the column-wise copy of the
+    FP8 rows (32768 x 7168 x 2 instead of x 4)."""
     v3_f = 1421869056 + 4096 * 128 * 128 * 3.5 + 3 * 7168 * (4096 - 32768) + 32768 * (4096 * 3 + 128)
-    assert _casts(_layer("deepseek-v3", 10, recipe, **V3)) == {"F": v3_f, "B": 2752512000, "W": 947912704}
+    v3_b = 2752512000 + 3 * 7168 * 4096 - 2 * 7168 * 32768
+    assert _casts(_layer("deepseek-v3", 10, recipe, **V3)) == {"F": v3_f, "B": v3_b, "W": 947912704}
     assert _casts(_layer("llama-3-70b", 0, recipe, **LLAMA_TP8)) == {"F": 257949696 + 4096 * 8 * 128 * 3.5,
                                                                       "B": 406847488, "W": 171966464}
 

@@ -71,11 +71,12 @@ def test_distinct_ranks_against_enumeration():
 
 def test_moe_permutation_bytes(moe_layer):
     """Forward: read the received FP8 copies (128 + one FP32 scale per 128 = 132 bytes) and write the 512
-    expert rows; unpermute reads the 512 BF16 w2 rows and writes one per received copy. Backward: both in BF16."""
+    expert rows; unpermute reads the 512 BF16 w2 rows and writes one per received copy. Backward: the output
+    gradients arrive in FP8 too (DeepSeek-V3 sec. 3.3.2), the input gradients leave in BF16."""
     f, b = _ops(moe_layer, "F"), _ops(moe_layer, "B")
     assert f["mlp.experts.permute"].bytes == pytest.approx((RECV + ROWS) * 132)
     assert f["mlp.experts.unpermute"].bytes == pytest.approx((RECV + ROWS) * H * 2)
-    assert b["mlp.experts.permute"].bytes == pytest.approx((RECV + ROWS) * H * 2)
+    assert b["mlp.experts.permute"].bytes == pytest.approx((RECV + ROWS) * 132)
     assert b["mlp.experts.unpermute"].bytes == pytest.approx((RECV + ROWS) * H * 2)
     assert "mlp.experts.permute" not in _ops(moe_layer, "W")
 

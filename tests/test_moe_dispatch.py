@@ -69,7 +69,7 @@ def test_allgather_gathers_the_whole_ep_x_etp_block_and_computes_the_same_rows()
 
 
 def test_alltoall_stays_the_default():
-    p = ParallelSpec(num_gpus=2048, pp=16, ep=64, schedule="dualpipe")
+    p = ParallelSpec(num_gpus=2048, pp=16, ep=64, schedule="dualpipe", comm_sms=20)
     assert p.moe_dispatch == "alltoall"
     kinds = {op.collective for s in _passes(p).forward if s.stream == "comm" for op in s.ops}
     assert kinds == {"ep_dispatch", "ep_combine"}

@@ -179,12 +179,15 @@ def test_aliases_reproduce_the_recorded_figures():
     # attention output cast back 1024 x 128 x 3.5 = 458,752; MLA's q / k gradient assembly 1024 x 976 x 2 =
     # 1,998,848; "deepseek" also runs RoPE (1024 x 2 x 4 x 16 x 2 = 262,144) and the q / k assembly (1024 x 720
     # x 2 = 1,474,560) again. MoE layer (1024 rows, 4 local experts, 11/7 ranks a token, 5632/7 tokens received):
-    # permute and unpermute (5632/7 + 1024) x 512 each, the SwiGLU input cast back 1024 x 776; "full" repeats the
+    # permute (5632/7 + 1024) x 264 (the output gradients arrive in FP8 with their scales) and unpermute
+    # (5632/7 + 1024) x 512, the SwiGLU input cast back 1024 x 776, the output gradients cast before the combine's
+    # backward sends them 512 x 256 x 3, and w2's gradient cast 2 bytes an element instead of 4 (a column-wise
+    # copy of the FP8 rows, 1024 x 256 x 2 less); "full" repeats the
     # forward's additions: residual sums 1,572,864, routed + shared 786,432, E5M6 cast 458,752, q / k assembly
     # 1,474,560, permute (12800/7) x 264, unpermute (12800/7) x 512, SwiGLU input cast 794,624, and the dispatch
     # cast (512 x 256 x 3) in place of the rows' (1024 x 256 x 3).
     attn_b, again = 1572864 + 458752 + 1998848, 262144 + 1474560
-    moe_b = 2 * (5632 / 7 + 1024) * 512 + 1024 * 776
+    moe_b = (5632 / 7 + 1024) * (264 + 512) + 1024 * 776 + 512 * 256 * 3 - 1024 * 256 * 2
     moe_f = 1572864 + 786432 + 458752 + 1474560 + 12800 / 7 * (264 + 512) + 794624 + 3 * 256 * (512 - 1024)
     added = {(0, "deepseek"): attn_b + again, (0, "selective"): attn_b, (1, "deepseek"): attn_b + again + moe_b,
              (1, "selective"): attn_b + moe_b, (1, "full"): attn_b + moe_b + moe_f}

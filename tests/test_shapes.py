@@ -19,10 +19,17 @@ def test_price_key_ignores_the_layer_but_not_the_class():
     assert price_key(norm) != price_key(replace(norm, bytes=2e6))
 
 
+# 1F1B on the same cluster: the balancer's split, given so that no candidate split is simulated into the caches
+# these tests read
+ONE_F_ONE_B_SPLIT = (17, 16, 16, 12)
+
+
 @pytest.fixture(scope="module")
 def small():
-    """DeepSeek-V3's layout shrunk: PP4 DualPipe on 32 GPUs, EP8."""
-    return load_scenario(gpus=32, pp=4, ep=8, seq_len=1024)
+    """DeepSeek-V3's layout shrunk: PP4 DualPipe on 32 GPUs, EP8, with the balancing proxy's split (16, 16, 17,
+    12) given: the split search's choice, (16, 16, 16, 13), reaches its steady period only after 10 micro-batches,
+    so its steps from 8 are not one line (each count is simulated, as `steps_for` must)."""
+    return load_scenario(gpus=32, pp=4, ep=8, seq_len=1024, stage_layers=(16, 16, 17, 12))
 
 
 def test_interpolated_steps_equal_simulated_ones(small):
@@ -47,7 +54,7 @@ def test_only_the_ends_and_the_check_are_simulated(small):
 
 
 def test_counts_below_a_full_pipeline_are_simulated():
-    scenario = load_scenario(gpus=32, pp=4, ep=8, seq_len=1024, schedule="1f1b")
+    scenario = load_scenario(gpus=32, pp=4, ep=8, seq_len=1024, schedule="1f1b", stage_layers=ONE_F_ONE_B_SPLIT)
     sim = scenario.simulator()
     steps = steps_for(sim, [1, 2, 3, 8, 10, 12, 14, 16])
     assert sorted(m for m, _ in sim._cache) == [1, 2, 3, 8, 12, 16]  # 1-3 below pp = 4; 8, 16 ends, 12 the check
@@ -57,7 +64,7 @@ def test_counts_below_a_full_pipeline_are_simulated():
 def test_the_check_catches_a_pipeline_still_filling():
     """1F1B on PP4 with a heavier last stage: the step grows by a constant per micro-batch only from 5 on, so the
     line through 4 and 8 misses 6 and every count is simulated."""
-    sim = load_scenario(gpus=32, pp=4, ep=8, seq_len=1024, schedule="1f1b").simulator()
+    sim = load_scenario(gpus=32, pp=4, ep=8, seq_len=1024, schedule="1f1b", stage_layers=ONE_F_ONE_B_SPLIT).simulator()
     steps_for(sim, [4, 5, 6, 7, 8])
     assert sorted(m for m, _ in sim._cache) == [4, 5, 6, 7, 8]
 
@@ -80,12 +87,29 @@ def test_a_steady_phase_that_settles_late_is_why_the_line_is_not_extrapolated():
     from gpuhours.validation.cases import load_cases
 
     case = next(c for c in load_cases() if c.name == "zerobubble-6.2b-1f1b-m64")
-    sim = _scenario(case, (case.calibrations or ("default-h800",))[0]).simulator()
+    scenario = _scenario(case, (case.calibrations or ("default-h800",))[0])
+    # the balancing proxy's split (the split search's 4 x7, 2 settles at once)
+    scenario = replace(scenario, parallel=replace(scenario.parallel, stage_layers=(3, 4, 4, 4, 4, 4, 4, 3)))
+    sim = scenario.simulator()
     s = {m: sim.step(m).step_time for m in (9, 10, 14, 15, 16)}
     early = s[10] - s[9]
     assert (s[14] - s[10]) / 4 == pytest.approx(early, rel=1e-9)   # one period from 9 to 14 ...
     assert abs((s[15] - s[14]) / early - 1) > 1e-3                   # ... a step off the line at 15 ...
     assert s[16] - s[15] == pytest.approx(early, rel=1e-9)          # ... and the same period after
-    fresh = _scenario(case, (case.calibrations or ("default-h800",))[0]).simulator()
+    fresh = scenario.simulator()
     steps_for(fresh, [64])
     assert [m for m, _ in fresh._cache] == [64]
+
+
+def test_a_smallest_count_off_the_line_is_simulated_alone():
+    """DeepSeek-V3's default split under DualPipe: 32 micro-batches (2 pp) lie off the line that holds from 34 on,
+    so 32 is simulated on its own and the other counts come from the line through 42, 78 and 120 (four steps
+    simulated, not eight); the interpolated steps equal simulated ones."""
+    scenario = load_scenario(stage_layers=(4,) * 15 + (1,))
+    counts = [32, 42, 54, 66, 78, 90, 102, 120]
+    sim = scenario.simulator()
+    steps = steps_for(sim, counts)
+    assert sorted(m for m, _ in sim._cache) == [32, 42, 78, 120]
+    fresh = scenario.simulator()
+    for m in (54, 102):
+        assert steps[m].step_time == pytest.approx(fresh.step(m).step_time, rel=1e-9)

@@ -64,7 +64,7 @@ def test_ramp_segments_conserve_tokens_and_grow():
 
 
 def test_microbatches_for_dualpipe_constraint_is_explained():
-    p = ParallelSpec(num_gpus=2048, pp=16, ep=64, schedule="dualpipe")
+    p = ParallelSpec(num_gpus=2048, pp=16, ep=64, schedule="dualpipe", comm_sms=20)
     assert microbatches_for(15360, p) == (120, "")
     m, note = microbatches_for(3072, p)
     assert m == 32 and "needs 32" in note
@@ -98,7 +98,7 @@ def test_step_shapes_are_simulated_once(scenario):
     first = set(sim._cache)
     estimate_run(sim, plan)
     assert set(sim._cache) == first
-    # the run's one shape, and the 2 pp micro-batches at which the stage balancer simulated its candidate splits
+    # the run's one shape, and the short step (2 pp) at which the stage balancer compared its candidate splits
     assert sorted(m for m, _ in first) == [2 * scenario.parallel.pp, 120]
 
 

@@ -24,6 +24,8 @@ Layout keys and what the simulator can express today (anything else is reported 
                           (casts modelled: OpOptions.fp8_recipe; per-tensor GEMMs at blockwise rates: a gap)
     attention_kernel      a measured attention kernel the run's software used (hwmodels/data/attention_kernels.toml:
                           flash2, cudnn); absent: the calibration profile's attention efficiency
+    host_dispatch         "eager" (default: PyTorch eager launches, every framework here) | "graphs" (CUDA graphs) |
+                          "none" (no launch overhead): hwmodels/launch.py
     calibrations          profiles to run the case under (default: the tool's default profile)
 
 What was measured (`[case.measured]`): exactly one `metric` of step_time_s, tflops_per_gpu (with
@@ -52,7 +54,7 @@ _LAYOUT_KEYS = {"gpu", "gpus", "gpus_per_node", "nic_gbps", "cluster", "tp", "pp
                 "micro_batch_size", "batch", "seq_len", "sequence_parallel", "zero_stage", "fsdp", "recompute",
                 "overlap_grad_reduce", "overlap_param_gather", "tp_comm_overlap", "precision", "fp8_recipe",
                 "reshard_after_forward", "torch_compile", "attention_kernel", "cp_comm", "grad_reduce_dtype",
-                "calibrations", "plan", "model"}
+                "calibrations", "plan", "model", "host_dispatch"}
 _CASE_KEYS = _LAYOUT_KEYS | {"name", "measured", "printed", "notes"}
 _MODEL_KEYS = {"preset", "hf_config", "name", "hidden", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab",
                "ffn_hidden", "ffn_activation", "tie_embeddings"}

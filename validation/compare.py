@@ -69,7 +69,10 @@ def compare_traced_pair(profile: CalibrationProfile | str | Path, measured: dict
     classes_sim: dict[str, float] = {}
     for op in traced_ops(coster):
         c = trace_class_of(op)
-        classes_sim[c] = classes_sim.get(c, 0.0) + coster.op_time(op) * 1e3
+        kernel = coster.compute.duration(op, sm_fraction=coster.sm_fraction)  # the kernels alone
+        classes_sim[c] = classes_sim.get(c, 0.0) + kernel * 1e3
+        # the gaps between kernels (hwmodels.launch) as a class of their own
+        classes_sim["launch_gap"] = classes_sim.get("launch_gap", 0.0) + (coster.op_time(op) - kernel) * 1e3
     mp = measured["phases_ms"]
     phases = {p: {"trace_ms": mp[p]["share"], "trace_kernel_ms": mp[p]["kernel"], "trace_span_ms": mp[p]["span"],
                   "simulated_ms": phases_sim.get(p, 0.0)} for p in KNOWN_PHASES if p in mp}
@@ -89,7 +92,11 @@ def compare_traced_pair(profile: CalibrationProfile | str | Path, measured: dict
         },
         "phases": phases,
         "classes": {c: {"trace_ms": measured["class_busy_share_ms"].get(c, 0.0), "simulated_ms": t}
-                    for c, t in classes_sim.items()},
+                    for c, t in classes_sim.items()}
+        # the trace's launch_gap: the time its compute streams are idle inside the span (gaps between kernels and
+        # waits for the other streams), the residual the kernel classes do not hold
+        | {"launch_gap": {"trace_ms": measured["span_ms"] - measured["compute_union_ms"],
+                          "simulated_ms": classes_sim.get("launch_gap", 0.0)}},
         "exposed_comm_ms": (sim.duration - sim.compute_busy) * 1e3,
     }
 

@@ -16,15 +16,16 @@ Derivation (`derive_profile`), per class with enough measured time (>= MIN_SHARE
 and work in our ops; the others keep the base profile's figures:
 - gemm_<dtype>: time ratio r = measured / the base profile's compute term (FLOPs / (peak x efficiency x
   sm_fraction)) of our GEMMs of that dtype; every point of the base's gemm and grouped_gemm tables of that
-  dtype is divided by r, so the shape dependence of the base curves is kept and the compute term of our ops
-  equals the measured time (a point would pass the peak is capped at it, and recorded);
+  dtype (and of its weight-gradient tables, hwmodels/wgrad.py) is divided by r, so the shape dependence of the
+  base curves is kept and the compute term of our ops equals the measured time (a point would pass the peak is
+  capped at it, and recorded);
 - attn_fwd / attn_bwd: efficiency = our attention FLOPs / (measured x BF16 peak x sm_fraction);
 - elementwise: ratio r = measured / our element-wise memory term (bytes / (HBM bandwidth x efficiency));
   the general and every per-class bandwidth efficiency are divided by r (capped at 1, and recorded);
 - nccl_* / deepep_*: measured / modelled wire time, recorded in "comm" only: the network model prices
   collectives from the fabric, the profile has no collective efficiency (kernels also wait for peers).
-Residuals (`residuals`): measured - modelled per class, ms and % of modelled, modelled with `op_time`
-(the full roofline: max of the compute and memory terms).
+Residuals (`residuals`): measured - modelled per class, ms and % of modelled, modelled per op as its kernels
+alone (`ComputeModel.duration`, no launch gap: the full roofline, max of the compute and memory terms).
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ def class_times(step: ModelledStep) -> dict[str, float]:
     out: dict[str, float] = {}
     for op, n in step.ops:
         c = op_class(op)
-        out[c] = out.get(c, 0.0) + n * step.coster.op_time(op)
+        # the kernel alone: a trace's kernel durations hold no launch gap (hwmodels.launch)
+        out[c] = out.get(c, 0.0) + n * step.coster.compute.duration(op, sm_fraction=step.coster.sm_fraction)
     for c, t in step.comm.items():
         out[c] = out.get(c, 0.0) + t
     return out
@@ -196,8 +198,10 @@ def derive_profile(base: CalibrationProfile, step: ModelledStep, measured: Kinet
             dtype = c.split("_")[1]
             r = ratios[c] = t / w["time"]
             ref = base.reference_peak(dtype) or gpu.peak_flops(dtype) * base.sm_count / gpu.sms
-            for section in ("gemm", "grouped_gemm"):
-                for q in d[section].get(dtype, []):
+            tables = [(s, d[s]) for s in ("gemm", "grouped_gemm")]  # and the weight-gradient points, if any
+            tables += [(f"wgrad.{s}", t) for s, t in d.get("wgrad", {}).items() if s != "provenance"]
+            for section, table in tables:
+                for q in table.get(dtype, []):
                     new = q["tflops"] / r
                     if new * 1e12 > ref:
                         capped.append(f"{section}.{dtype} ({q['m']}, {q['n']}, {q['k']})")

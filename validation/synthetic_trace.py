@@ -296,7 +296,8 @@ def pair_for_profile(known: KnownProfile = KnownProfile(), layers: int = 4,
     from gpuhours.hwmodels.compute import ComputeModel
     from gpuhours.validation.calibrate_trace import trace_class_of, traced_case, traced_coster, traced_ops
 
-    base = load_profile(known.base_profile)
+    from gpuhours.hwmodels.wgrad import without_wgrad
+    base = without_wgrad(load_profile(known.base_profile))  # as the derivation reads it (calibrate_trace)
     parallel, _, _ = traced_case(None, layers)
     coster = traced_coster(base, layers_per_chunk=layers)
     gpu = coster.cluster.gpu

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from contextlib import contextmanager
+from dataclasses import replace
 
 from gpuhours.workloads.layer_ops import layer_passes
 from gpuhours.workloads.model import ModelSpec
@@ -76,7 +77,8 @@ def layer_passes_for(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int
     """`layer_passes(model, layer, p, seq_len, opts, stage_position=stage_position)`, from its kind's template."""
     if not _STATE["enabled"]:
         return layer_passes(model, layer, p, seq_len, opts, stage_position=stage_position)
-    key = (model, p, seq_len, opts, model.is_moe_layer(layer), layer_policy(opts.recompute, stage_position))
+    key = (model, _without_split(p), seq_len, opts, model.is_moe_layer(layer),
+           layer_policy(opts.recompute, stage_position))
     try:
         hash(key)
     except TypeError:  # an unhashable field (none today): no template, build directly
@@ -91,6 +93,20 @@ def layer_passes_for(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int
     if tpl is None:
         return layer_passes(model, layer, p, seq_len, opts, stage_position=stage_position)
     return renamed(tpl, layer)
+
+
+_STRIPPED: list = [None, None]  # the last layout asked for and its key (`_without_split`)
+
+
+def _without_split(p: ParallelSpec) -> ParallelSpec:
+    """The layout as a template key: without its layers per stage, which no layer's passes read
+    (`workloads.layer_ops` and the modules it builds with), so that the candidate splits stage balancing simulates
+    (`simulator.split_search`) share their templates. A user-set `pipeline_layout` stays in the key."""
+    if p.stage_layers is None or p.pipeline_layout is not None:
+        return p
+    if _STRIPPED[0] is not p:
+        _STRIPPED[:] = [p, replace(p, stage_layers=None)]
+    return _STRIPPED[1]
 
 
 def _checked_template(model, layer, p, seq_len, opts, stage_position) -> Template | None:

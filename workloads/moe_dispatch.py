@@ -51,9 +51,22 @@ def expert_rows(local_tokens: int, moe: MoESpec, p: ParallelSpec, opts: OpOption
 
 
 def dispatch_bytes_per_row(hidden: int, phase: str, opts: OpOptions) -> float:
-    """Payload of one dispatched row: FP8 with its 1x128 scales in the forward under the FP8 recipe (DeepSeek-V3
-    sec. 3.3.2), BF16 otherwise (and for every gradient)."""
+    """Payload of one row on the dispatch side: forward, the up-projection's input, FP8 with its 1x128 scales
+    under the FP8 recipe (DeepSeek-V3 sec. 3.3.2), BF16 otherwise; backward, the input gradients sent back to
+    the tokens' ranks, BF16 (the report keeps "both the forward and backward combine components" in BF16: the
+    kernel that carries them, DeepEP's combine)."""
     return fp8_bytes_per_token(hidden) if (opts.fp8 and phase == "F") else hidden * BF16
+
+
+def combine_bytes_per_row(hidden: int, phase: str, opts: OpOptions) -> float:
+    """Payload of one row on the combine side: forward, the experts' outputs, BF16 (sec. 3.3.2); backward, the
+    output gradients sent to the experts, FP8 with 1x128 scales under DeepSeek's blockwise recipe ("a similar
+    strategy is applied to the activation gradient before MoE down-projections", sec. 3.3.2: the gradient
+    entering the down-projection's backward; DeepEP's dispatch kernel carries it), BF16 otherwise. The trace
+    agrees: its backward combine's all-to-all takes 23.1 ms against the forward combine's 34.7 and the
+    forward's FP8 dispatch's 26.8."""
+    fp8 = opts.fp8 and opts.fp8_recipe == "blockwise" and phase == "B"
+    return fp8_bytes_per_token(hidden) if fp8 else hidden * BF16
 
 
 def dispatch_segments(prefix: str, phase: str, hidden: int, moe: MoESpec, p: ParallelSpec, local_tokens: int,
@@ -68,12 +81,12 @@ def dispatch_segments(prefix: str, phase: str, hidden: int, moe: MoESpec, p: Par
     a2a_in = dispatch_bytes_per_row(hidden, phase, opts)
     dispatch = collective_segment(f"{prefix}.moe.dispatch", phase, "moe", "ep_dispatch", "ep", scaled, a2a_in,
                                   layer)
-    combine = collective_segment(f"{prefix}.moe.combine", phase, "moe", "ep_combine", "ep", scaled, hidden * BF16,
-                                 layer)
+    combine = collective_segment(f"{prefix}.moe.combine", phase, "moe", "ep_combine", "ep", scaled,
+                                 combine_bytes_per_row(hidden, phase, opts), layer)
     if p.etp == 1:
         return [dispatch], [combine]
     rows = int(round(expert_rows(local_tokens, moe, p, opts)))  # the etp group's gathered rows
-    gather_row = a2a_in if phase == "F" else hidden * BF16  # F: the dispatched rows; B: output gradients
+    gather_row = a2a_in if phase == "F" else combine_bytes_per_row(hidden, phase, opts)  # B: output gradients
     gather = collective_segment(f"{prefix}.moe.etp_gather", phase, "moe", "all_gather", "etp", rows, gather_row,
                                 layer)
     scatter = collective_segment(f"{prefix}.moe.etp_scatter", phase, "moe", "reduce_scatter", "etp", rows,

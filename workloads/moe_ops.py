@@ -34,7 +34,8 @@ def moe_segments(mlp: PassBuilder, model: ModelSpec, moe: MoESpec, p: ParallelSp
     allgather dispatcher's collectives), each in the order it runs. The weight-gradient pass has no collectives.
 
     Forward: dispatch (FP8 payload under the FP8 recipe) -> experts -> combine (BF16); backward runs
-    combine(B) -> experts(B) -> dispatch(B), both carrying BF16 gradients. The busiest EP rank keeps
+    combine(B) (the output gradients, FP8 under the blockwise recipe) -> experts(B) -> dispatch(B) (the input
+    gradients, BF16), as `workloads.moe_dispatch` sends them. The busiest EP rank keeps
     `opts.kept_imbalance` times the mean rows (imbalance, capped by the capacity factor); under ETP every rank of
     an expert's etp group multiplies all of the group's rows by its e / etp slice of the weights."""
     h, tp = model.hidden, p.tp
@@ -53,14 +54,22 @@ def moe_segments(mlp: PassBuilder, model: ModelSpec, moe: MoESpec, p: ParallelSp
     recv = received_tokens(executed, moe, p)
     if phase == "F" and fp8_payload:
         mlp.elementwise("dispatch.quant", mlp._quant_bytes(local_tokens, 2 * e, h))
+    # The backward's combine carries the output gradients already cast (FP8 1x128, the sender's own tokens:
+    # `moe_dispatch.combine_bytes_per_row`), so w2's input-gradient GEMM takes them as they arrive, and only the
+    # column-wise copy its weight gradient needs is made from them (read and write FP8, 2 bytes an element).
+    fp8_grads = fp8_payload and phase == "B" and opts.fp8_recipe == "blockwise"
+    if fp8_grads:
+        mlp.elementwise("combine_grad.quant", local_tokens * h * (BF16 + 1))
     if phase != "W":
-        moe_permute(mlp, executed, recv, h, phase, fp8_payload)
+        moe_permute(mlp, executed, recv, h, fp8_payload if phase == "F" else fp8_grads)
     mlp.gemm("experts.w13", rows_per_expert, 2 * e, h, groups=local_experts, cast=not (fp8_payload and phase == "F"))
     if phase != "W" and blockwise_caches(opts):
         swiglu_input_cache(mlp, executed, 2 * e, phase)
     if phase != "W":
         mlp.elementwise("experts.swiglu", 3 * rows_per_expert * local_experts * e * BF16 * (1 if phase == "F" else 2))
-    mlp.gemm("experts.w2", rows_per_expert, h, e, groups=local_experts)
+    mlp.gemm("experts.w2", rows_per_expert, h, e, groups=local_experts, cast=not fp8_grads)
+    if fp8_grads:
+        mlp.elementwise("experts.w2.quant", executed * h * 2)
     if phase != "W":
         moe_unpermute(mlp, executed, recv, h)
     if moe.n_shared_experts:

@@ -99,6 +99,11 @@ RECOMPUTE_POLICIES = ("none", "deepseek", "selective", "full")
 FP8_RECIPES = ("blockwise", "delayed", "current")
 PER_TENSOR_RECIPES = ("delayed", "current")
 
+# How the host launches kernels (`OpOptions.host_dispatch`, `hwmodels.launch`): "eager" (PyTorch eager, each
+# kernel dispatched by the CPU; every framework without CUDA graphs), "graphs" (CUDA graphs: no host time per
+# kernel), "none" (no launch overhead at all, neither the GPU-side gap nor the host: the model before issue 15).
+HOST_DISPATCH = ("eager", "graphs", "none")
+
 
 # recompute_policy(value) -> the canonical policy string of a plan / CLI value (names, "selective:<modules>",
 # "full:N", a list of module names, legacy booleans); ValueError naming `recompute` and the allowed values.
@@ -120,12 +125,15 @@ class OpOptions:
     nodes_per_token: float | None = None  # distinct target nodes per token for EP traffic (None: model's default)
     capacity_factor: float | None = None
     max_nodes_per_token: int | None = None  # node-limited routing M (None: the model's rule; 0: unlimited)
+    host_dispatch: str = "eager"  # HOST_DISPATCH: how kernels are launched (`hwmodels.launch`)
 
     def __post_init__(self):
         # legacy booleans are accepted and normalised (True: "deepseek", False: "none")
         object.__setattr__(self, "recompute", recompute_policy(self.recompute))
         if self.fp8_recipe not in FP8_RECIPES:
             raise ValueError(f"fp8_recipe must be one of {', '.join(FP8_RECIPES)}; got {self.fp8_recipe!r}")
+        if self.host_dispatch not in HOST_DISPATCH:
+            raise ValueError(f"host_dispatch must be one of {', '.join(HOST_DISPATCH)}; got {self.host_dispatch!r}")
         c = self.capacity_factor
         if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 1.0 <= c < math.inf):
             raise ValueError(f"capacity_factor must be a number >= 1 (rows an EP rank keeps, over its mean) or "

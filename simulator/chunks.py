@@ -4,7 +4,7 @@ An instruction (F, B, W, BW of one stage, or an overlapped F&B pair) becomes a s
 segment of `workloads.ops` (e.g. "attn(F)" on the compute stream, "dispatch(F)" on the communication stream)
 is a task that depends on the previous segment of its pass. Two streams execute the tasks: each stream runs one
 task at a time, and when it is free it starts the ready task that comes first in the instruction's launch order
-(list scheduling, as a GPU runs kernels launched on two streams with events between them).
+(list scheduling, as a GPU runs kernels launched on two streams with events between them: `simulator.task_schedule`).
 
 Launch order of an overlapped F&B pair (DualPipe): forward layer k is paired with backward layer k (counted from
 the end of the backward chunk), and within the pair the compute stream is fed
@@ -36,9 +36,8 @@ instruction, so only the last one's tail is exposed.
 
 from __future__ import annotations
 
-import heapq
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import lru_cache
 
 from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
@@ -47,11 +46,11 @@ from gpuhours.hwmodels.deepep import DeepEPCall, DeepEPKernels, counted_bytes, d
 from gpuhours.hwmodels.launch import LaunchModel
 from gpuhours.hwmodels.placement import EXPERT_GROUPS, RankLayout
 from gpuhours.simulator.engine import InstructionProfile
+from gpuhours.simulator.task_schedule import _Task
 from gpuhours.simulator.instructions import Instruction
 from gpuhours.simulator.nccl_sms import schedule_tasks, segment_sms
 from gpuhours.simulator.overlap import exposed_streamed
 from gpuhours.simulator.ring_overlap import cp_exposed
-from gpuhours.simulator.timeline import Span
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import BF16, LayerPasses, Op, OpOptions, Segment
 from gpuhours.workloads.stage_ops import stage_units
@@ -64,20 +63,6 @@ _PAIR_ORDER = {
     "attn(F)": 0, "combine(B)": 1, "mlp(B)": 2, "mlp(W)": 3, "dispatch(F)": 4,
     "mlp(F)": 5, "dispatch(B)": 6, "attn(B)": 7, "attn(W)": 8, "combine(F)": 9,
 }
-
-
-@dataclass
-class _Task:
-    name: str
-    stream: str
-    duration: float
-    deps: tuple[int, ...]
-    priority: tuple
-    layer: int | None
-    kind: str
-    uses_nic: bool = False  # a collective whose group spans nodes: it holds the GPU's network interface
-    held: float = 0.0  # SMs its NCCL kernel holds from compute beside it (`simulator.nccl_sms`)
-    kernels: int = 0  # GPU kernels the host launches for it (`hwmodels.launch`)
 
 
 def expected_nodes_per_token(model: ModelSpec, ep: int, gpus_per_node: int,
@@ -414,72 +399,3 @@ def price_key(op: Op) -> tuple:
             elementwise_class(op) if op.kind in ("elementwise", "embedding") else None,
             op.name.rsplit(".", 1)[-1] if op.group == "cp" else None,
             None if op.overlaps is None else price_key(op.overlaps))
-
-
-def _list_schedule(tasks: list[_Task]) -> InstructionProfile:
-    """Run the tasks on a compute and a communication stream; each free stream starts its first ready task.
-
-    A task is ready once every task it depends on has ended; the ready tasks of each stream wait in a heap by
-    launch priority, so the graph runs in O(n log n)."""
-    n = len(tasks)
-    waiting, dependents, ready = task_graph(tasks)
-    free_at = {"compute": 0.0, "comm": 0.0}
-    running: dict[str, int | None] = {"compute": None, "comm": None}
-    busy = {"compute": 0.0, "comm": 0.0}
-    spans: list[Span] = []
-    now, done = 0.0, 0
-    while done < n:
-        for stream in ("compute", "comm"):
-            if running[stream] is not None or not ready[stream]:
-                continue
-            _, i = heapq.heappop(ready[stream])
-            running[stream] = i
-            free_at[stream] = now + tasks[i].duration
-        active = [s for s in ("compute", "comm") if running[s] is not None]
-        if not active:
-            raise RuntimeError("instruction task graph has a cycle")
-        stream = min(active, key=lambda s: free_at[s])
-        now = free_at[stream]
-        for s in active:
-            if free_at[s] <= now:
-                i = running[s]
-                busy[s] += tasks[i].duration
-                spans.append(task_span(tasks[i], s, now - tasks[i].duration, now))
-                running[s] = None
-                done += 1
-                release(i, tasks, waiting, dependents, ready)
-    return profile_of(tasks, now, busy, spans)
-
-
-def task_graph(tasks: list[_Task]) -> tuple[list[int], list[list[int]], dict[str, list]]:
-    """(unfinished dependencies per task, dependents per task, per-stream heaps of ready tasks by priority)."""
-    waiting = [len(set(t.deps)) for t in tasks]
-    dependents: list[list[int]] = [[] for _ in tasks]
-    for i, t in enumerate(tasks):
-        for d in set(t.deps):
-            dependents[d].append(i)
-    ready: dict[str, list] = {"compute": [], "comm": []}
-    for i, t in enumerate(tasks):
-        if not waiting[i]:
-            heapq.heappush(ready[t.stream], (t.priority, i))
-    return waiting, dependents, ready
-
-
-def release(i: int, tasks: list[_Task], waiting: list[int], dependents: list[list[int]],
-            ready: dict[str, list]) -> None:
-    """Task i has ended: its dependents with nothing else to wait for join their stream's ready heap."""
-    for j in dependents[i]:
-        waiting[j] -= 1
-        if not waiting[j]:
-            heapq.heappush(ready[tasks[j].stream], (tasks[j].priority, j))
-
-
-def task_span(t: _Task, stream: str, start: float, end: float) -> Span:
-    args = (("phase", t.name.partition("(")[2].rstrip(")")),)
-    args += () if t.layer is None else (("layer", t.layer),)
-    return Span(0, stream, start, end, t.name, t.name.partition("(")[0], None, None, args)
-
-
-def profile_of(tasks: list[_Task], now: float, busy: dict[str, float], spans: list[Span]) -> InstructionProfile:
-    return InstructionProfile(duration=now, compute_busy=busy["compute"], comm_busy=busy["comm"],
-                              spans=tuple(spans), nic_busy=sum(t.duration for t in tasks if t.uses_nic))

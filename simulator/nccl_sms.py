@@ -128,16 +128,16 @@ def bucket_fraction(sim, stages: set[int]) -> float:
 
 
 def schedule_tasks(tasks, coster) -> InstructionProfile:
-    """`chunks._list_schedule` when no task holds SMs (bit for bit today's figures), else `list_schedule_shared`."""
+    """`task_schedule._list_schedule` when no task holds SMs (bit for bit today's figures), else `list_schedule_shared`."""
     if not any(t.held for t in tasks):
-        from gpuhours.simulator.chunks import _list_schedule
+        from gpuhours.simulator.task_schedule import _list_schedule
 
         return _list_schedule(tasks)
     return list_schedule_shared(tasks, compute_sms(coster))
 
 
 def list_schedule_shared(tasks, avail: float) -> InstructionProfile:
-    """`chunks._list_schedule` with rates: the tasks run on a compute and a communication stream, each free stream
+    """`task_schedule._list_schedule` with rates: the tasks run on a compute and a communication stream, each free stream
     starting its first ready task by launch priority; while a communication task holding ``held`` SMs runs, the
     compute task beside it progresses at (avail - held) / avail of its rate. Busy times and spans are the
     stretched ones."""
@@ -145,7 +145,7 @@ def list_schedule_shared(tasks, avail: float) -> InstructionProfile:
     for t in tasks:
         if t.held and not 0 <= t.held < avail:
             raise ValueError(f"a collective's SMs must be in [0, {avail}) (the SMs compute has), got {t.held}")
-    from gpuhours.simulator.chunks import profile_of, release, task_graph, task_span  # chunks imports this module
+    from gpuhours.simulator.task_schedule import profile_of, release, task_graph, task_span
 
     waiting, dependents, ready = task_graph(tasks)
     running: dict[str, int | None] = {"compute": None, "comm": None}

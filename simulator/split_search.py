@@ -24,7 +24,8 @@ from typing import Callable
 
 # Multiples of the end stages' extra cost that the candidates are balanced with, in the order they are tried.
 # Assumption: steps of a quarter of the extra work; 0 treats it as free, 2 as twice its cost. They are search
-# points, not a model: every figure printed comes from simulating the split that wins.
+# points, not a model: every figure printed comes from simulating the split that wins. (Half steps found fewer
+# splits: the Zero Bubble 6.2B case at 2 micro-batches lost 2.2%.)
 EXTRA_WEIGHTS_DOWN = (0.75, 0.5, 0.25, 0.0)
 EXTRA_WEIGHTS_UP = (1.25, 1.5, 2.0)
 

@@ -160,17 +160,27 @@ class StepSimulator:
         last_extra = sum(probe.unit_time(u, overlapped) for u in units if u.name != "embed")
         holders = stage_ranks(p)
         splits: dict[float, tuple[int, ...]] = {}
+        from_partition: dict[tuple[int, ...], tuple[int, ...]] = {}
 
         def split_at(weight: float) -> tuple[int, ...]:
-            """The balanced split with the end stages' extra work weighed at `weight` times its cost."""
+            """The balanced split with the end stages' extra work weighed at `weight` times its cost. A weight whose
+            time-balanced partition another weight reached already gives that weight's split (the rank and memory
+            balancing start from the same place; a candidate generator, so the shortcut moves no figure that the
+            simulation of the winner does not decide)."""
             if weight not in splits:
                 first, last = weight * first_extra, weight * last_extra
-                sizes = partition_layers(layer_cost, p.num_stages, first, last, **head)
-                sizes = rebalance_for_ranks(sizes, layer_cost, holders, first, last, **head)
-                splits[weight] = tuple(int(n) for n in fit_memory(
-                    sizes, layer_cost, holders, self._split_memory, self.cluster.gpu.hbm_bytes, first, last, **head))
+                sizes = tuple(int(n) for n in partition_layers(layer_cost, p.num_stages, first, last, **head))
+                if sizes not in from_partition:
+                    balanced = rebalance_for_ranks(sizes, layer_cost, holders, first, last, **head)
+                    from_partition[sizes] = tuple(int(n) for n in fit_memory(
+                        balanced, layer_cost, holders, self._split_memory, self.cluster.gpu.hbm_bytes, first, last,
+                        **head))
+                splits[weight] = from_partition[sizes]
             return splits[weight]
 
+        proxy = split_at(1.0)
+        if max(self._split_memory(proxy)) > self.cluster.gpu.hbm_bytes:
+            return proxy  # it does not fit even after `fit_memory`: the layout must change, not its balance
         short = 2 * p.pp  # a full pipeline under every schedule (DualPipe's fewest micro-batches)
         main = self.balance_microbatches or short
         if main <= short:  # a run of short steps: compare on its own

@@ -10,7 +10,7 @@ import pytest
 
 from gpuhours.hwmodels.nccl_sms import collective_sms, node_channels
 from gpuhours.simulator import nccl_sms
-from gpuhours.simulator.chunks import _list_schedule, _Task
+from gpuhours.simulator.task_schedule import _list_schedule, _Task
 from gpuhours.simulator.nccl_sms import list_schedule_shared, op_sms
 from gpuhours.simulator.overlap import exposed_streamed
 from gpuhours.simulator.scenario import estimate, load_scenario

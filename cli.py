@@ -44,6 +44,7 @@ def estimate(
     precision: Optional[str] = SCENARIO_OPTIONS["precision"],
     fp8_recipe: Optional[str] = SCENARIO_OPTIONS["fp8_recipe"],
     host_dispatch: Optional[str] = SCENARIO_OPTIONS["host_dispatch"],
+    elementwise_kernels: Optional[str] = SCENARIO_OPTIONS["elementwise_kernels"],
     comm_sms: Optional[int] = SCENARIO_OPTIONS["comm_sms"],
     batch: Optional[int] = SCENARIO_OPTIONS["batch"],
     network: Optional[str] = SCENARIO_OPTIONS["network"],
@@ -135,7 +136,8 @@ def estimate(
                              ramp_micro_batch_size=ramp_micro_batch_size, cp_comm=cp_comm,
                              pipeline_layout=pipeline_layout, sequence_parallel=sequence_parallel,
                              reshard_after_forward=reshard_after_forward, dp_bucket_params=dp_bucket_params,
-                             fp8_recipe=fp8_recipe, comm_sms=comm_sms, host_dispatch=host_dispatch)
+                             fp8_recipe=fp8_recipe, comm_sms=comm_sms, host_dispatch=host_dispatch,
+                             elementwise_kernels=elementwise_kernels)
         result = run_estimate(scenario)
         from gpuhours.simulator.micro_batch_ramp import run_memory
         memory = run_memory(scenario, result)  # every micro-batch size the run uses must fit

@@ -152,6 +152,7 @@ def step(
     precision: Optional[str] = SCENARIO_OPTIONS["precision"],
     fp8_recipe: Optional[str] = SCENARIO_OPTIONS["fp8_recipe"],
     host_dispatch: Optional[str] = SCENARIO_OPTIONS["host_dispatch"],
+    elementwise_kernels: Optional[str] = SCENARIO_OPTIONS["elementwise_kernels"],
     comm_sms: Optional[int] = SCENARIO_OPTIONS["comm_sms"],
     network: Optional[str] = SCENARIO_OPTIONS["network"],
     cluster: Optional[str] = SCENARIO_OPTIONS["cluster"],
@@ -207,7 +208,8 @@ def step(
                              grad_reduce_dtype=grad_reduce_dtype, cp_comm=cp_comm,
                              pipeline_layout=pipeline_layout, sequence_parallel=sequence_parallel,
                              reshard_after_forward=reshard_after_forward, dp_bucket_params=dp_bucket_params,
-                             fp8_recipe=fp8_recipe, comm_sms=comm_sms, host_dispatch=host_dispatch)
+                             fp8_recipe=fp8_recipe, comm_sms=comm_sms, host_dispatch=host_dispatch,
+                             elementwise_kernels=elementwise_kernels)
         m = microbatches or microbatches_for(scenario.plan.batch.end, scenario.parallel)[0]
         result = scenario.simulator().step(m, detail=gantt is not None or trace is not None)
     data = step_dict(result)

@@ -169,6 +169,10 @@ SCENARIO_OPTIONS = dict(
                                help="How the host launches kernels: eager (PyTorch eager, default: 2 us GPU gap "
                                     "per kernel and the host's 10 us per kernel bounds an instruction), graphs "
                                     "(CUDA graphs: the gap only) or none (no launch overhead); hwmodels/launch.py"),
+    elementwise_kernels=typer.Option(None, "--elementwise-kernels",
+                                     help="fused (default: one kernel per norm, RoPE, activation) or eager "
+                                          "(unfused PyTorch ops and their autograd kernels, torchtitan's Llama "
+                                          "without torch.compile); workloads/eager_ops.py"),
     fp8_recipe=typer.Option(None, "--fp8-recipe", help="FP8 scaling: blockwise (DeepSeek-V3, default), delayed "
                                                        "or current (per-tensor, Transformer Engine / torchao, "
                                                        "casts fused into their producers)"),
@@ -209,6 +213,7 @@ SCENARIO_OPTIONS = dict(
                                       "repeats, e.g. 'E|t*3|t*4|t*4|t*3,L' (sets the layers per stage)"),
     recompute=typer.Option(None, "--recompute", help="Activation recomputation: none, deepseek (RMSNorm and MLA "
                                                       "up-projections), selective (attention core), full (whole layer), "
+                                                      "torchtitan-op (torchtitan's op-level SAC), "
                                                       "full:N (first N layers of every pipeline stage), or "
                                                       "selective:<modules> from core_attn, layernorm, mla_up_proj, "
                                                       "mlp, moe_act, moe, shared_experts (e.g. "

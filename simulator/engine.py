@@ -145,7 +145,9 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
         """A point-to-point send holds the sender's network interface: sends from one rank queue behind each
         other, and one that starts while the rank's current instruction runs all-to-alls shares the interface
         fairly with them: if they keep it busy a share rho of the instruction, the send gets full bandwidth for
-        1 - rho of the time and half for rho, so it takes base / (1 - rho / 2). The instruction is the one the
+        1 - rho of the time and half for rho, so it takes base / (1 - rho / 2): two backlogged flows on one link
+        get equal shares, which is what max-min fairness gives them (Assumption: the interface, the link both cross
+        first, is their bottleneck; flows further into the fabric are not shared out). The instruction is the one the
         rank runs once every instruction starting at the send's instant has started (`_after_starts`)."""
         rho = nic_load[src] if env.now < nic_until[src] else 0.0
         held = base / (1.0 - rho / 2.0)

@@ -4,6 +4,7 @@ against the types of the keys the scenario reads (`PLAN_TYPES`), and the publish
 
 from __future__ import annotations
 
+import copy
 import math
 import tomllib
 from importlib import resources
@@ -18,12 +19,27 @@ def list_plans() -> list[str]:
 
 
 def _read_plan(name: str | Path) -> dict:
-    """A built-in plan by name, or a plan TOML file by path."""
+    """A built-in plan by name, or a plan TOML file by path (a built-in plan is read and checked once per process,
+    `_builtin_plan`; each call gets its own copy)."""
+    if isinstance(name, str) and name in _BUILTIN_PLANS:
+        return copy.deepcopy(_BUILTIN_PLANS[name])
     if str(name) in list_plans():
-        text = resources.files("gpuhours.workloads").joinpath("plans", f"{name}.toml").read_text()
-    elif str(name).endswith(".toml") and Path(name).is_file():
+        _BUILTIN_PLANS[str(name)] = _builtin_plan(str(name))
+        return copy.deepcopy(_BUILTIN_PLANS[str(name)])
+    return _plan_doc(name)
+
+
+_BUILTIN_PLANS: dict[str, dict] = {}  # built-in plans read so far (package data: fixed for the process)
+
+
+def _builtin_plan(name: str) -> dict:
+    return _plan_doc(name, resources.files("gpuhours.workloads").joinpath("plans", f"{name}.toml").read_text())
+
+
+def _plan_doc(name: str | Path, text: str | None = None) -> dict:
+    if text is None and str(name).endswith(".toml") and Path(name).is_file():
         text = Path(name).read_text()
-    else:
+    elif text is None:
         raise ValueError(f"plan must be one of {', '.join(list_plans())} or a .toml file; got {str(name)!r}")
     try:
         doc = tomllib.loads(text)
@@ -46,7 +62,8 @@ PLAN_TYPES = {
     "run": {"tokens": _COUNT, "seq_len": int, "batch_start": int, "batch_end": int, "ramp_tokens": _COUNT,
             "price_per_gpu_hour": _NUMBER, "ramp_micro_batch_size": list},
     "numerics": {"fp8": bool, "recompute": (str, bool, list), "attention_kernel": str, "capacity_factor": _NUMBER,
-                 "fp8_recipe": str, "host_dispatch": str},
+                 "fp8_recipe": str, "host_dispatch": str,
+                 "elementwise_kernels": str},
     "network": {"model": str, "cluster": str},
     "routing": {"model": str, "max_nodes_per_token": int},
 }

@@ -156,7 +156,8 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
                   max_nodes_per_token: int | None = None, cp_comm: str | None = None,
                   pipeline_layout: str | None = None, sequence_parallel: bool | None = None,
                   reshard_after_forward: bool | None = None, dp_bucket_params: int | None = None,
-                  fp8_recipe: str | None = None, host_dispatch: str | None = None) -> Scenario:
+                  fp8_recipe: str | None = None, host_dispatch: str | None = None,
+                  elementwise_kernels: str | None = None) -> Scenario:
     """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field (a missing plan
     key too: "plan 'p.toml': missing key 'gpus'").
 
@@ -261,7 +262,9 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
                      max_nodes_per_token=max_nodes_per_token if max_nodes_per_token is not None
                      else doc.get("routing", {}).get("max_nodes_per_token"),
                      host_dispatch=host_dispatch if host_dispatch is not None
-                     else num.get("host_dispatch", "eager"))  # hwmodels.launch
+                     else num.get("host_dispatch", "eager"),  # hwmodels.launch
+                     elementwise_kernels=elementwise_kernels if elementwise_kernels is not None
+                     else num.get("elementwise_kernels", "fused"))  # workloads.eager_ops
     fp8_fallback = False
     if opts.fp8 and not gpu_spec.fp8_flops:
         if fp8:  # asked for by the caller: refuse rather than price something else

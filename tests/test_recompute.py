@@ -37,7 +37,7 @@ def _layer(policy, tp=2, sp=True, model=GPT, layer=1):
 
 
 def test_policies_are_validated():
-    assert RECOMPUTE_POLICIES == ("none", "deepseek", "selective", "full")
+    assert RECOMPUTE_POLICIES == ("none", "deepseek", "selective", "full", "torchtitan-op")
     with pytest.raises(ValueError, match="recompute.*none, deepseek, selective, full"):
         OpOptions(recompute="some")
     assert OpOptions(recompute=True).recompute == "deepseek"   # legacy booleans

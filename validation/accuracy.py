@@ -121,7 +121,8 @@ def _scenario(case: Case, profile_name: str):
                        overlap_param_gather=lay.get("overlap_param_gather", False),
                        grad_reduce_dtype=lay.get("grad_reduce_dtype"))
     opts = replace(scenario.opts, recompute=lay.get("recompute", "none"),
-                   fp8_recipe=lay.get("fp8_recipe", "blockwise"), host_dispatch=lay.get("host_dispatch", "eager"))
+                   fp8_recipe=lay.get("fp8_recipe", "blockwise"), host_dispatch=lay.get("host_dispatch", "eager"),
+                   elementwise_kernels=lay.get("elementwise_kernels", "fused"))
     return replace(scenario, parallel=parallel, opts=opts)
 
 

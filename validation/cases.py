@@ -14,7 +14,8 @@ Layout keys and what the simulator can express today (anything else is reported 
     schedule, micro_batch_size, batch, seq_len
     sequence_parallel     true/false
     zero_stage            0, 1, 2 or 3;  fsdp: true means ZeRO-3 (parameters resharded after the forward)
-    recompute             "none" | "deepseek" (RMSNorm and MLA up-projections) | "selective" | "full"
+    recompute             "none" | "deepseek" (RMSNorm and MLA up-projections) | "selective" | "full" |
+                          "torchtitan-op" (torchtitan's op-level SAC, workloads/op_sac.py)
     overlap_grad_reduce, overlap_param_gather   Megatron-Core's bucketed data-parallel overlap (modelled)
     reshard_after_forward FSDP's option (default true)
     grad_reduce_dtype     "fp32" (default) | "bf16": the bytes data parallelism reduces gradients in (16-bit covers FP16)
@@ -26,6 +27,8 @@ Layout keys and what the simulator can express today (anything else is reported 
                           flash2, cudnn); absent: the calibration profile's attention efficiency
     host_dispatch         "eager" (default: PyTorch eager launches, every framework here) | "graphs" (CUDA graphs) |
                           "none" (no launch overhead): hwmodels/launch.py
+    elementwise_kernels   "fused" (default: one kernel per norm, RoPE, activation) | "eager" (unfused PyTorch ops
+                          and their autograd kernels: workloads/eager_ops.py)
     calibrations          profiles to run the case under (default: the tool's default profile)
 
 What was measured (`[case.measured]`): exactly one `metric` of step_time_s, tflops_per_gpu (with
@@ -54,7 +57,8 @@ _LAYOUT_KEYS = {"gpu", "gpus", "gpus_per_node", "nic_gbps", "cluster", "tp", "pp
                 "micro_batch_size", "batch", "seq_len", "sequence_parallel", "zero_stage", "fsdp", "recompute",
                 "overlap_grad_reduce", "overlap_param_gather", "tp_comm_overlap", "precision", "fp8_recipe",
                 "reshard_after_forward", "torch_compile", "attention_kernel", "cp_comm", "grad_reduce_dtype",
-                "calibrations", "plan", "model", "host_dispatch"}
+                "calibrations", "plan", "model", "host_dispatch",
+                "elementwise_kernels"}
 _CASE_KEYS = _LAYOUT_KEYS | {"name", "measured", "printed", "notes"}
 _MODEL_KEYS = {"preset", "hf_config", "name", "hidden", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab",
                "ffn_hidden", "ffn_activation", "tie_embeddings"}

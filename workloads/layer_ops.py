@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from gpuhours.workloads.eager_ops import check_eager_model, gqa_rope_ops, norm_ops
 from gpuhours.workloads.memory_ops import attn_output_cache, blockwise_caches, branch_add, mla_qk_assembly
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.moe_ops import moe_segments
+from gpuhours.workloads import op_sac
 from gpuhours.workloads.ops import (
     BF16,
     GemmsOnly,
@@ -54,7 +56,7 @@ def _cp_comm(phase: str, model: ModelSpec, p: ParallelSpec, tokens: int, layer, 
 
 def _attention_ops(b: PassBuilder, model: ModelSpec, p: ParallelSpec, tokens: int, seq_len: int,
                    recompute_only: bool = False, recompute_core: bool = False, norms: bool = True,
-                   up_proj: bool = True, fp8_caches: bool = False) -> None:
+                   up_proj: bool = True, fp8_caches: bool = False, elementwise: str = "fused") -> None:
     """Attention of one layer on `tokens` tokens (the rank's micro-batch x sequence / cp), tensor-parallel over
     heads.
 
@@ -93,7 +95,7 @@ def _attention_ops(b: PassBuilder, model: ModelSpec, p: ParallelSpec, tokens: in
         b = GemmsOnly(b)
     if recompute_only:
         if norms:
-            b.elementwise("attn_norm", 2 * act)
+            norm_ops(b, "attn_norm", norm_tokens(tokens, p), h, elementwise, model.norm)
         if not (up_proj and a.kind == "mla"):
             return
     if a.kind == "mla":
@@ -119,9 +121,11 @@ def _attention_ops(b: PassBuilder, model: ModelSpec, p: ParallelSpec, tokens: in
         o_in = heads * a.v_head_dim
     else:
         kv_heads = max(1, a.n_kv_heads // tp)
-        b.elementwise("attn_norm", 2 * act)
+        norm_ops(b, "attn_norm", norm_tokens(tokens, p), h, elementwise, model.norm)
         b.gemm("wqkv", tokens, (heads + 2 * kv_heads) * a.head_dim, h)
-        if model.positions == "rotary":  # RoPE on rotary_pct of each q and k head's dimensions (read + write)
+        if elementwise == "eager":  # RoPE in fp32 and repeat_kv as eager kernels (`workloads.eager_ops`)
+            gqa_rope_ops(b, tokens, heads * a.head_dim, kv_heads * a.head_dim, model.positions == "rotary")
+        elif model.positions == "rotary":  # RoPE on rotary_pct of each q and k head's dimensions (read + write)
             b.elementwise("rope", 2 * tokens * (heads + kv_heads) * a.head_dim * BF16 * model.rotary_pct)
         o_in = heads * a.head_dim
     core = 2.0 * heads * (a.qk_head_dim + a.out_head_dim) * tokens * (seq_len + 1) / 2
@@ -199,7 +203,8 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
     backward; "layernorm" and "mla_up_proj" run their ops again at the start of the attention block's backward
     (the FFN norm at the start of the FFN's); "mlp" (dense layers), "moe" and "shared_experts" (MoE layers) and
     "full" put their forward ops again, in forward order and still priced as forward ops, at the start of the
-    layer's backward (`_recomputed`).
+    layer's backward (`_recomputed`); "torchtitan-op" likewise its recomputed mms and element-wise ops
+    (`workloads.op_sac`).
     """
     tokens = rank_tokens(p, seq_len)
     prefix = prefix or f"L{layer}"
@@ -208,24 +213,31 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
     policy = layer_policy(opts.recompute, stage_position)
     mods = modules(policy)
     norms, up_proj = "layernorm" in mods, "mla_up_proj" in mods and model.attention.kind == "mla"
+    ew = opts.elementwise_kernels  # "eager": norms, RoPE, SwiGLU as unfused PyTorch kernels (`workloads.eager_ops`)
+    if ew == "eager":
+        check_eager_model(model, layer)
     for phase in ("F", "B", "W"):
         attn = PassBuilder(f"{prefix}.attn", "attn", phase, opts.fp8, opts.fp8_recipe)
         if phase == "B" and (norms or up_proj):
             recompute = PassBuilder(f"{prefix}.attn.recompute", "attn", "F", opts.fp8, opts.fp8_recipe)
-            _attention_ops(recompute, model, p, tokens, seq_len, recompute_only=True, norms=norms, up_proj=up_proj)
+            _attention_ops(recompute, model, p, tokens, seq_len, recompute_only=True, norms=norms, up_proj=up_proj,
+                           elementwise=ew)
             attn.ops.extend(recompute.ops)
         _attention_ops(attn, model, p, tokens, seq_len, recompute_core="core_attn" in mods,
-                       fp8_caches=blockwise_caches(opts))
+                       fp8_caches=blockwise_caches(opts), elementwise=ew)
         if phase != "W" and not model.parallel_block:  # x + attn(x) (`memory_ops.branch_add`)
             branch_add(attn, "residual", norm_tokens(tokens, p), h)
         if p.cp_comm == "torch" and (extra := bookkeeping_op(phase, model, p, tokens, prefix)) is not None:
             at = next(i for i, op in enumerate(attn.ops) if op.kind == "attention" and ".recompute." not in op.name)
             attn.ops.insert(at + 1, extra)  # the fp32 merge / dK-dV accumulation beside the core's blocks
         mlp = PassBuilder(f"{prefix}.mlp", "mlp", phase, opts.fp8, opts.fp8_recipe)
-        if phase == "B" and norms:
+        if phase == "B" and norms and ew == "eager":  # its forward kernels again, priced as forward ops
+            again = PassBuilder(f"{prefix}.mlp", "mlp", "F", opts.fp8, opts.fp8_recipe)
+            norm_ops(again, "ffn_norm.recompute", norm_tokens(tokens, p), h, ew, model.norm)
+            mlp.ops.extend(again.ops)
+        elif phase == "B" and norms:
             mlp.elementwise("ffn_norm.recompute", 2 * norm_tokens(tokens, p) * h * BF16)
-        if phase != "W":
-            mlp.elementwise("ffn_norm", 2 * norm_tokens(tokens, p) * h * BF16)
+        norm_ops(mlp, "ffn_norm", norm_tokens(tokens, p), h, ew, model.norm)
         moe = model.moe if model.is_moe_layer(layer) else None
         attn_seg = attn.segment(f"attn({phase})", layer)
         cp_comm = _cp_comm(phase, model, p, tokens, layer, prefix)
@@ -236,13 +248,15 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
         segs_attn = _tp_comm(phase, "attn", tokens, h, p, layer, "before", first) + core
         segs_attn += _tp_comm(phase, "attn", tokens, h, p, layer, "after", last)
         if moe is None and model.parallel_block:
-            dense_ffn_ops(mlp, model.dense_intermediate, h, tokens, tp, activation=model.ffn_activation)
+            dense_ffn_ops(mlp, model.dense_intermediate, h, tokens, tp, activation=model.ffn_activation,
+                          elementwise=ew)
             if phase != "W":  # x + attn + mlp: one three-input sum each way
                 branch_add(mlp, "residual", norm_tokens(tokens, p), h, inputs=3)
             passes[phase] = _parallel_block(phase, attn, mlp, core, tokens, h, p, layer)
             continue
         if moe is None:
-            dense_ffn_ops(mlp, model.dense_intermediate, h, tokens, tp, activation=model.ffn_activation)
+            dense_ffn_ops(mlp, model.dense_intermediate, h, tokens, tp, activation=model.ffn_activation,
+                          elementwise=ew)
             if phase != "W":
                 branch_add(mlp, "residual", norm_tokens(tokens, p), h)
             first, last = _edge_gemms(mlp.ops)
@@ -261,7 +275,10 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
             passes[phase] = segs_attn + dispatch + [mlp_seg] + combine
         else:
             passes[phase] = combine + [mlp_seg] + dispatch + segs_attn
-    again = passes["F"] if policy == "full" else _block_forward(passes["F"], mods, model.is_moe_layer(layer))
+    if policy == op_sac.POLICY:  # torchtitan's op-level SAC: its recomputed mms and element-wise ops (`op_sac`)
+        again = op_sac.again(passes["F"], model, p, layer, tokens, opts.fp8, opts.fp8_recipe)
+    else:
+        again = passes["F"] if policy == "full" else _block_forward(passes["F"], mods, model.is_moe_layer(layer))
     if again:
         passes["B"] = [_recomputed(seg) for seg in again] + passes["B"]
     return LayerPasses(prefix, tuple(passes["F"]), tuple(passes["B"]), tuple(passes["W"]))

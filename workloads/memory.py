@@ -39,6 +39,8 @@ b = 2 (BF16); o = attention-output bytes, E5M6 1.5; H heads, h hidden; terms nam
   q, k, v (the recomputation's inputs). The saving is therefore small.
   "full": a layer keeps only its input, layer.in b h per token (every other term is recomputed); without sequence
   parallelism that input is replicated on the TP ranks, so the term is b h tp before the division by tp below.
+  "torchtitan-op" (torchtitan's op-level SAC): the block keeps its input, the outputs of wq, wv, w1, w2 and of
+  SDPA (with its log-sum-exp), all BF16 (`workloads.op_sac.kept_terms`), and nothing else.
   Non-layer terms (head, MTP norm/projection inputs, embedding) are unchanged by the policy.
 - attention (MLA): x_in b h (attention RMSNorm input), c_q b q_lora, c_kv b (kv_lora + rope) (inputs of the
   recomputed latent norms and up-projections), attn_out o H d_v (core backward and wo input), lse 4 H (softmax
@@ -76,6 +78,7 @@ from gpuhours.simulator.step import _stages_per_rank, rank_params
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import recompute_policy
 from gpuhours.workloads.recompute import DROPS, layer_policy, modules
+from gpuhours.workloads import op_sac
 from gpuhours.workloads.zero import grad_reduce_bytes, unit_params
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.pipeline_layout import StageHolds, stage_holds
@@ -122,6 +125,8 @@ def layer_terms(model: ModelSpec, layer: int, recipe: MemoryRecipe, fp8: bool = 
     h = model.hidden
     if policy == "full":
         return {"layer.in": BF16 * h * tp_replicas}
+    if policy == op_sac.POLICY:  # torchtitan's op-level SAC: the saved op outputs (`workloads.op_sac`)
+        return op_sac.kept_terms(model)
     terms = _keep_terms(model, layer, recipe, fp8, imbalance, etp)
     for module in modules(policy):
         if module == "mla_up_proj" and model.attention.kind != "mla":

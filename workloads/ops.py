@@ -90,7 +90,7 @@ class LayerPasses:
 #               only the layer's input is kept.
 # Besides these names: "selective:<modules>" (Megatron-Core's --recompute-modules) and "full:N" (the first N layers
 # of every pipeline stage fully recomputed, Megatron-Core's block method).
-RECOMPUTE_POLICIES = ("none", "deepseek", "selective", "full")
+RECOMPUTE_POLICIES = ("none", "deepseek", "selective", "full", "torchtitan-op")
 
 # FP8 recipes (`OpOptions.fp8_recipe`): how the inputs of an FP8 GEMM are scaled and cast (`PassBuilder._quant_bytes`).
 #   "blockwise" DeepSeek-V3 sec. 3.3: 1x128 activation and 128x128 weight scales, casts as separate kernels.
@@ -126,6 +126,7 @@ class OpOptions:
     capacity_factor: float | None = None
     max_nodes_per_token: int | None = None  # node-limited routing M (None: the model's rule; 0: unlimited)
     host_dispatch: str = "eager"  # HOST_DISPATCH: how kernels are launched (`hwmodels.launch`)
+    elementwise_kernels: str = "fused"  # "fused" | "eager": norms, RoPE, SwiGLU as unfused PyTorch ops (`eager_ops`)
 
     def __post_init__(self):
         # legacy booleans are accepted and normalised (True: "deepseek", False: "none")
@@ -134,6 +135,8 @@ class OpOptions:
             raise ValueError(f"fp8_recipe must be one of {', '.join(FP8_RECIPES)}; got {self.fp8_recipe!r}")
         if self.host_dispatch not in HOST_DISPATCH:
             raise ValueError(f"host_dispatch must be one of {', '.join(HOST_DISPATCH)}; got {self.host_dispatch!r}")
+        if self.elementwise_kernels not in ("fused", "eager"):  # workloads.eager_ops.ELEMENTWISE_KERNELS
+            raise ValueError(f"elementwise_kernels must be one of fused, eager; got {self.elementwise_kernels!r}")
         c = self.capacity_factor
         if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 1.0 <= c < math.inf):
             raise ValueError(f"capacity_factor must be a number >= 1 (rows an EP rank keeps, over its mean) or "
@@ -264,7 +267,7 @@ def rank_tokens(p: ParallelSpec, seq_len: int) -> int:
 
 
 def dense_ffn_ops(b: PassBuilder, inter: int, hidden: int, tokens: int, tp: int, name: str = "ffn",
-                   activation: str = "swiglu") -> None:
+                   activation: str = "swiglu", elementwise: str = "fused") -> None:
     """A dense FFN, tensor-parallel over its intermediate dimension.
 
     SwiGLU: w13 (h -> 2i, w1 and w3 fused), the activation reads 2i and writes i in forward (backward reads the
@@ -282,6 +285,9 @@ def dense_ffn_ops(b: PassBuilder, inter: int, hidden: int, tokens: int, tp: int,
             b.elementwise(f"{name}.{activation}", tokens * i * BF16 * (2 if b.phase == "F" else 3))
     else:
         b.gemm(f"{name}.w13", tokens, 2 * i, hidden)
-        if b.phase != "W":
+        if b.phase != "W" and elementwise == "eager":  # silu and mul as eager kernels (`workloads.eager_ops`)
+            from gpuhours.workloads.eager_ops import emit, swiglu_kernels
+            emit(b, f"{name}.swiglu", swiglu_kernels(b.phase, tokens, i))
+        elif b.phase != "W":
             b.elementwise(f"{name}.swiglu", 3 * tokens * i * BF16 * (1 if b.phase == "F" else 2))
     b.gemm(f"{name}.w2", tokens, hidden, i)

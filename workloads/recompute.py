@@ -14,6 +14,11 @@ A policy is written as one string (CLI `--recompute`, plan `[numerics] recompute
     selective                 alias of selective:core_attn (Korthikanti et al. 2022, arXiv 2205.05198)
     deepseek                  alias of selective:layernorm,mla_up_proj (DeepSeek-V3, arXiv 2412.19437 sec. 3.3.2:
                               every RMSNorm and the MLA up-projections)
+    torchtitan-op             torchtitan's op-level selective AC (`selective_ac_option = "op"`, torchtitan 9dec370
+                              torchtitan/parallelisms/parallelize_llama.py lines 214-271, `_save_list` and
+                              `_custom_policy`): every block keeps the outputs of its mms but every second one
+                              (wq, wv, w1, w2 kept; wk, wo, w3 run again) and of SDPA, and recomputes all its
+                              element-wise ops; the attention core is not recomputed (`workloads.op_sac`)
 
 A plan may also give a list of module names (`recompute = ["core_attn", "layernorm"]`) or the legacy booleans
 (true: "deepseek", false: "none"). Megatron-Core takes the module list only with selective granularity and the
@@ -48,7 +53,7 @@ Modules (Megatron-Core's `TransformerConfig.recompute_modules` names; what each 
 from __future__ import annotations
 
 MODULES = ("core_attn", "layernorm", "mla_up_proj", "mlp", "moe_act", "moe", "shared_experts")
-NAMED = ("none", "deepseek", "selective", "full")  # the policy names kept from before the module vocabulary
+NAMED = ("none", "deepseek", "selective", "full", "torchtitan-op")  # named policies (not module sets)
 ALIASES = {"selective": frozenset({"core_attn"}), "deepseek": frozenset({"layernorm", "mla_up_proj"})}
 
 # Activation terms of `workloads.memory.layer_terms` each module drops (mla_up_proj's only on MLA layers).
@@ -63,7 +68,8 @@ DROPS = {
 }
 
 def _bad(value) -> ValueError:
-    return ValueError(f"recompute must be one of none, deepseek, selective, full, full:N (the first N layers of "
+    return ValueError(f"recompute must be one of none, deepseek, selective, full, torchtitan-op, full:N (the first "
+                      f"N layers of "
                       f"every pipeline stage) or selective:<modules> (comma-separated, from {', '.join(MODULES)}), "
                       f"or true/false; got {value!r}")
 

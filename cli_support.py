@@ -157,7 +157,8 @@ SCENARIO_OPTIONS = dict(
     vpp=typer.Option(None, "--vpp", help="Virtual stages per rank (interleaved-1f1b)"),
     attention_kernel=typer.Option(None, "--attention-kernel",
                                   help="Price the attention core at a measured kernel (flash2, cudnn; "
-                                       "hwmodels/data/attention_kernels.toml) instead of the profile's"),
+                                       "hwmodels/data/attention_kernels.toml) instead of the profile's; "
+                                       "megatron-unfused: Megatron-LM 2021-22's unfused s x s core"),
     schedule=typer.Option(None, "--schedule", help="1f1b, interleaved-1f1b, zb1p, dualpipe, dualpipev"),
     micro_batch_size=typer.Option(None, "--micro-batch-size", help="Sequences per micro-batch"),
     tokens=typer.Option(None, "--tokens", help="Training tokens, e.g. 14.8T"),

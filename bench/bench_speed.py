@@ -52,8 +52,10 @@ def _clear_layout_caches() -> None:
     from gpuhours.simulator import stage_classes
     from gpuhours.simulator.split_memo import clear_split_memos
     from gpuhours.workloads.layer_templates import clear_templates
+    from gpuhours.workloads.stage_ops import clear_stage_memo
 
-    clear_templates()
+    clear_templates()  # and the layer copies kept per template
+    clear_stage_memo()  # stages kept per layout for its candidate splits
     clear_split_memos()
     stage_classes._CONTEXTS.clear()  # stage-class profiles shared between candidate splits
 

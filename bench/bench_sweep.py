@@ -16,6 +16,12 @@ Once stage balancing simulated candidate splits (`simulator.split_search`), 11:2
 per simulator (`StepSimulator._split_memory`), a segment's SMs and kernels kept with its other figures
 (`HardwareCoster._segment_facts`) and the collection after a point run before the collector is back on
 (`sweep.evaluate_point`): 38.0-47.3 s wall, 58.5-61.5 s CPU, 272 MiB (load 1.9-2.6). Same rows, bit for bit.
+12:15 UTC, load 1.0-1.3: 12.7-13.2 s wall, 24.3-25.3 s CPU (25-26 ms CPU per simulated point), 115 MiB, with
+stages built once per layout and read through their layers' templates (`stage_ops.stage_units_for`,
+`simulator.stage_views`), each rank's activation peak in one array operation (`split_memo.peak_bytes`), the stage
+memory rows kept per stage start, a dropped simulator emptied at once (`sweep._release`) and built-in plans parsed
+once; bench/bench_sharing.py --sweep --off copies,stages,views,peak,release on the same code: 29.2 s wall, 48.1 s
+CPU, 266 MiB (43.8 s wall, 44.1 s CPU just before, at load ~3). Same rows, bit for bit (compared as DataFrames).
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ measured; otherwise the `NEIGHBOURS` nearest points are averaged with inverse-sq
 outside the measured range), a sequence beyond the measured ones takes the value at the nearest (the rate is flat
 there: 4K to 16K moves it by under 10%). Efficiency = TFLOP/s over the measuring GPU's dense BF16 peak, carried to
 the simulated GPU as a fraction of its peak (as calibration profiles are).
+
+`megatron-unfused` (UNFUSED) is not a measured kernel but a different core: Megatron-LM's unfused attention of
+2021-22 (full s x s batched GEMMs at the profile's GEMM rates, softmax and dropout as memory-bound passes, the
+scores kept for the backward), built as ops by `workloads.unfused_attention` when a scenario's
+`OpOptions.attention_impl` is set from this name (`attention_impl`); the profile's attention pair goes unused.
 """
 
 from __future__ import annotations
@@ -75,10 +80,24 @@ def attention_kernels() -> dict[str, AttentionKernel]:
     return out
 
 
+UNFUSED = "megatron-unfused"  # workloads.unfused_attention.UNFUSED
+UNFUSED_KERNEL = AttentionKernel(
+    UNFUSED, "Megatron-LM's unfused ParallelAttention (baddbmm QK^T over the full s x s, FusedScaleMaskSoftmax, "
+    "dropout, bmm with V), priced as GEMMs and memory-bound passes", "any", 0.0,
+    "NVIDIA/Megatron-LM megatron/model/transformer.py at 6985e58938, ParallelAttention.forward", ())
+
+
+def attention_impl(name: str | None) -> str:
+    """`OpOptions.attention_impl` of an `attention_kernel` value: "megatron-unfused" for UNFUSED, else "flash"."""
+    return UNFUSED if name == UNFUSED else "flash"
+
+
 def load_attention_kernel(name: str) -> AttentionKernel:
+    if name == UNFUSED:
+        return UNFUSED_KERNEL
     kernels = attention_kernels()
     if name not in kernels:
-        raise ValueError(f"attention_kernel must be one of {', '.join(sorted(kernels))} (or omitted: the "
+        raise ValueError(f"attention_kernel must be one of {', '.join(sorted([*kernels, UNFUSED]))} (or omitted: the "
                          f"calibration profile's attention efficiency); got {name!r}")
     return kernels[name]
 
@@ -86,6 +105,11 @@ def load_attention_kernel(name: str) -> AttentionKernel:
 def with_attention_kernel(profile, name: str, d_qk: int, seq: int):
     """`profile` with its attention efficiencies replaced by kernel `name`'s at (d_qk, seq); the name says so."""
     kernel = load_attention_kernel(name)
+    if name == UNFUSED:  # a different set of ops (`workloads.unfused_attention`), not a different rate
+        return replace(profile, name=f"{profile.name} + attention {name}",
+                       attention_provenance=f"{name}: {kernel.description} ({kernel.source}); GEMMs at the "
+                                            f"profile's GEMM efficiencies, softmax / dropout at its element-wise "
+                                            f"bandwidth")
     fwd, bwd = kernel.efficiencies(d_qk, seq)
     return replace(profile, name=f"{profile.name} + attention {name}", attention_forward_efficiency=fwd,
                    attention_backward_efficiency=bwd,

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from gpuhours.simulator.split_memo import held_params_memo, stage_chunk_bytes
+from gpuhours.simulator.split_memo import held_params_memo, peak_bytes, stage_chunk_bytes
 from gpuhours.workloads.parallel import ParallelSpec
 
 # Assumption: a split up to 5% slower (busiest rank's simulated load) than the time-balanced one still counts as
@@ -324,12 +324,12 @@ def split_memory(model, p: ParallelSpec, seq_len: int, stage_layers: tuple[int, 
     parameters come through `simulator.split_memo` (the same figures, each computed once per what it reads)."""
     from gpuhours.simulator.schedules import build_schedule
     from gpuhours.simulator.step import _stages_per_rank, rank_params
-    from gpuhours.workloads.memory import cp_gathered_kv_bytes, gathered_params, peak_in_flight, rank_state_bytes
+    from gpuhours.workloads.memory import cp_gathered_kv_bytes, gathered_params, rank_state_bytes
 
     m = num_microbatches or 2 * p.pp
     schedule = build_schedule(p.schedule, p.pp, m, vpp=p.vpp)
     per_stage = stage_chunk_bytes(model, p, seq_len, stage_layers, recipe, opts)
-    act, _ = peak_in_flight(schedule, per_stage)
+    act = peak_bytes(schedule, per_stage)  # `memory.peak_in_flight`'s bytes, every rank at once
     kv = cp_gathered_kv_bytes(model, p, seq_len)
     out = []
     params = held_params_memo(model, p)  # `simulator.split_memo`

@@ -51,9 +51,10 @@ from gpuhours.simulator.instructions import Instruction
 from gpuhours.simulator.nccl_sms import schedule_tasks, segment_sms
 from gpuhours.simulator.overlap import exposed_streamed
 from gpuhours.simulator.ring_overlap import cp_exposed
+from gpuhours.simulator.stage_views import profile_units
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import BF16, LayerPasses, Op, OpOptions, Segment
-from gpuhours.workloads.stage_ops import stage_units
+from gpuhours.workloads.stage_ops import stage_units_for
 from gpuhours.workloads.layer_templates import segment_template
 from gpuhours.workloads.zero import is_dp_collective
 from gpuhours.workloads.parallel import ParallelSpec
@@ -152,15 +153,21 @@ class HardwareCoster:
         """Every stage's units (embedding, layers, head, MTP), built on first use: pricing single units (stage
         balancing) never needs them."""
         if self._stages is None:
-            starts = [0]
-            for n in self.stage_layers:
-                starts.append(starts[-1] + n)
-            last = len(self.stage_layers) - 1
-            self._stages = tuple(
-                stage_units(self.model, self.parallel, self.seq_len, range(starts[s], starts[s + 1]), s == 0,
-                            s == last, self.opts, self.recipe)
-                for s in range(len(self.stage_layers)))
+            self._stages = tuple(map(self.stage, range(len(self.stage_layers))))
         return self._stages
+
+    def stage(self, s: int) -> tuple[LayerPasses, ...]:
+        """Stage s's units, built on first use (an instruction's profile reads only its own stages); a stage that
+        another split of this layout built already is shared (`stage_ops.stage_units_for`)."""
+        if self._stages is not None:
+            return self._stages[s]
+        built = self.__dict__.setdefault("_built_stages", {})
+        if s not in built:
+            start = sum(self.stage_layers[:s])
+            built[s] = stage_units_for(self.model, self.parallel, self.seq_len,
+                                       range(start, start + self.stage_layers[s]), s == 0,
+                                       s == len(self.stage_layers) - 1, self.opts, self.recipe)
+        return built[s]
 
     # -- pricing -------------------------------------------------------------------------------------------
     def op_time(self, op: Op) -> float:
@@ -315,7 +322,7 @@ class HardwareCoster:
         return prof if span == prof.duration else replace(prof, duration=span)
 
     def _add_pass(self, tasks: list[_Task], stage: int, kind: str, pair: bool) -> list[int]:
-        units = self.stages[stage]
+        units = profile_units(self, stage)  # renamed layers as views of their templates (`simulator.stage_views`)
         ordered = units if kind == "F" else tuple(reversed(units))
         ids: list[int] = []
         prev: int | None = None

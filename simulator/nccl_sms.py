@@ -25,7 +25,7 @@ Where it is not charged (and why):
   backward: charged there (`bucket_fraction`, `simulator.nic_share.stretch_under_buckets`) by extending that
   instruction by held/avail x its compute share x the time buckets fly beside it (Assumption: its compute is
   spread evenly over it; the buckets' ready times keep the unstretched instruction's clock). The closed form
-  `step.exposed_dp_comm` leaves them out.
+  `dp_tail.exposed_dp_comm` leaves them out.
 - FSDP's once-per-step gather under the first forward (`fsdp_once_per_step`, on the tail): charged in the closed
   form (`streamed_gather_rate`, `simulator.overlap.exposed_streamed`).
 - Megatron-Core's overlapped parameter all-gather (`overlap_param_gather`), bucket by bucket under the next

@@ -9,7 +9,7 @@ group, one bucket ahead of the forward that consumes them: `simulator.overlap.ex
 the rank's first forward as the computation. The forward runs on the SMs the all-gathers' NCCL channels leave it
 while they are in flight (`simulator.nccl_sms.streamed_gather_rate`, the rule FSDP's streamed gather follows).
 
-Charged on the rank's tail, as FSDP's once-per-step gather is (`StepSimulator._dp_tail`), so its delay is not
+Charged on the rank's tail, as FSDP's once-per-step gather is (`dp_tail.DataParallelTail._dp_tail`), so its delay is not
 carried down the pipeline. Assumption: every bucket holds the same bytes and is gathered at the rate of the dense
 data-parallel group's bucket (expert buckets, on their own group, take the same rate).
 """

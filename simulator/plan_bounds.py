@@ -56,7 +56,8 @@ def _memory_totals(sc: Scenario, m: int, stop_early: bool = True) -> tuple[float
     if stop_early and max(state.values()) * (1 + rec.fragmentation) + rec.reserved_bytes > sc.cluster.gpu.hbm_bytes:
         return None
     opts = sc.effective_opts()
-    per_stage = chunk_bytes(model, p, sc.plan.seq_len, split, rec, opts.fp8, opts.recompute, opts.kept_imbalance)
+    per_stage = chunk_bytes(model, p, sc.plan.seq_len, split, rec, opts.fp8, opts.recompute, opts.kept_imbalance,
+                            opts.attention_impl)
     act, _ = peak_in_flight(_schedule(p.schedule, p.pp, min(m, 2 * p.pp), p.vpp), per_stage)
     kv = cp_gathered_kv_bytes(model, p, sc.plan.seq_len)
     return tuple((state[r] + act[r] + kv) * (1 + rec.fragmentation) + rec.reserved_bytes for r in sorted(state))

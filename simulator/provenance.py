@@ -104,7 +104,7 @@ def scenario_warnings(scenario: Scenario) -> list[str]:
     if scenario.attention_kernel:
         kernel = load_attention_kernel(scenario.attention_kernel)
         kernel_gpu = gpu_key(kernel.device)
-        if kernel_gpu != gpu.key:
+        if kernel.points and kernel_gpu != gpu.key:
             out.append(f"attention: kernel {kernel.name!r} was measured on {kernel.device}; its efficiency is "
                        f"carried to {gpu.name} as a fraction of peak")
     elif attention is not None and attention != model.attention.kind:

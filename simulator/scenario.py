@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
-from gpuhours.hwmodels.attention_kernels import with_attention_kernel
+from gpuhours.hwmodels.attention_kernels import attention_impl, with_attention_kernel
 from gpuhours.hwmodels.calibration import CalibrationProfile, load_profile
 from gpuhours.hwmodels.cluster import ClusterSpec, default_cluster_for, deepseek_h800_cluster
 from gpuhours.hwmodels.collectives import AlphaBetaNetwork
@@ -264,7 +264,8 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
                      host_dispatch=host_dispatch if host_dispatch is not None
                      else num.get("host_dispatch", "eager"),  # hwmodels.launch
                      elementwise_kernels=elementwise_kernels if elementwise_kernels is not None
-                     else num.get("elementwise_kernels", "fused"))  # workloads.eager_ops
+                     else num.get("elementwise_kernels", "fused"),  # workloads.eager_ops
+                     attention_impl=attention_impl(kernel))  # workloads.unfused_attention
     fp8_fallback = False
     if opts.fp8 and not gpu_spec.fp8_flops:
         if fp8:  # asked for by the caller: refuse rather than price something else

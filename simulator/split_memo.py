@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
+
 from gpuhours.workloads.parallel import ParallelSpec
 
 
@@ -52,7 +54,10 @@ def stage_chunk_bytes(model, p: ParallelSpec, seq_len: int, stage_layers: tuple[
     from gpuhours.workloads.recompute import layer_policy, recompute_policy
 
     key = (model, p, seq_len, recipe, opts.fp8, opts.recompute, opts.kept_imbalance)
-    direct = (model, p, seq_len, stage_layers, recipe, opts.fp8, opts.recompute, opts.kept_imbalance)
+    direct = (model, p, seq_len, stage_layers, recipe, opts.fp8, opts.recompute, opts.kept_imbalance,
+              opts.attention_impl)
+    if opts.attention_impl != "flash":  # the unfused core's score bytes are not in the per-layer rows: direct
+        return chunk_bytes(*direct)
     try:
         memo = _CHUNK_MEMO.get(key, {})
     except TypeError:  # an unhashable field (none today): no memo
@@ -68,14 +73,22 @@ def stage_chunk_bytes(model, p: ParallelSpec, seq_len: int, stage_layers: tuple[
         figure = memo.get(at)
         if figure is None:
             layers = range(start, start + n)
-            # unit_bytes_per_token: the sum, layer by layer, of each layer's kept terms, plus what the stage holds
-            # besides its layers (head, MTP), which is that function over no layers
-            per_layer = sum(_layer_bytes(model, i, policy(i - start), recipe, opts, tp_replicas, p.etp, memo)
-                            for i in layers)
-            per_token = per_layer + unit_bytes_per_token(model, range(start, start), s == 0, s == last, recipe,
-                                                         opts.fp8, opts.recompute, opts.kept_imbalance,
-                                                         tp_replicas, p.etp, stage_holds(p, layers, s == 0, s == last))
-            figure = memo[at] = tokens * per_token / p.tp
+            # unit_bytes_per_token: the sum, layer by layer, of each layer's kept terms (each stage start's row of
+            # them kept, so a stage one layer longer or shorter reads it: the same values summed the same way),
+            # plus what the stage holds besides its layers (head, MTP), which is that function over no layers
+            # (it reads only the end flags and `holds` then: kept by them)
+            row = memo.setdefault(("row", start), [])
+            while len(row) < n:
+                i = start + len(row)
+                row.append(_layer_bytes(model, i, policy(i - start), recipe, opts, tp_replicas, p.etp, memo))
+            per_layer = sum(row[:n])
+            holds = stage_holds(p, layers, s == 0, s == last)
+            extra = memo.get(("extra", s == 0, s == last, holds))
+            if extra is None:
+                extra = memo[("extra", s == 0, s == last, holds)] = unit_bytes_per_token(
+                    model, range(start, start), s == 0, s == last, recipe, opts.fp8, opts.recompute,
+                    opts.kept_imbalance, tp_replicas, p.etp, holds)
+            figure = memo[at] = tokens * (per_layer + extra) / p.tp
         out.append(figure)
         start += n
     if key not in _CHUNK_MEMO:  # the check, once per key
@@ -98,4 +111,42 @@ def _layer_bytes(model, layer: int, policy: str, recipe, opts, tp_replicas: int,
     if hit is None:
         hit = memo[at] = sum(layer_terms(model, layer, recipe, opts.fp8, policy, opts.kept_imbalance, tp_replicas,
                                          etp).values())
+    return hit
+
+
+# Per schedule shape: every rank's allocating and freeing stages, padded to the longest program (`_stacked_events`)
+_STACKED: dict[tuple, tuple] = {}
+
+
+def peak_bytes(schedule, stage_bytes: tuple[float, ...]) -> tuple[float, ...]:
+    """`memory.peak_in_flight(schedule, stage_bytes)[0]`, every rank at once: the same sums in the same order
+    (per instruction the bytes of the chunks it allocates, and frees, added in part order; a running sum of their
+    difference along the program, plus what the instruction frees; its largest value, at least 0), with the
+    programs padded at the end by instructions that allocate and free nothing (each adds 0.0 to the running sum,
+    so it repeats the program's last value, already counted). `fit_memory` asks it of dozens of splits of one
+    schedule: one array operation each instead of one per rank."""
+    alloc, free, empty = _stacked_events(schedule)
+    weights = np.append(np.asarray(stage_bytes, dtype=float), 0.0)  # index -1: no stage
+    a = weights[alloc].sum(axis=2)
+    f = weights[free].sum(axis=2)
+    peaks = (np.cumsum(a - f, axis=1) + f).max(axis=1)
+    return tuple(0.0 if e else max(float(x), 0.0) for x, e in zip(peaks, empty))
+
+
+def _stacked_events(schedule) -> tuple[np.ndarray, np.ndarray, tuple[bool, ...]]:
+    from gpuhours.workloads.memory import _live_events
+
+    key = (schedule.name, schedule.pp, schedule.num_microbatches, schedule.num_stages)  # as `_live_events`
+    hit = _STACKED.get(key)
+    if hit is None:
+        events = _live_events(schedule)
+        longest = max([len(a) for a, _ in events] + [1])
+        alloc = np.full((len(events), longest, 2), -1)
+        free = np.full((len(events), longest, 2), -1)
+        for r, (a, f) in enumerate(events):
+            alloc[r, :len(a)] = a
+            free[r, :len(f)] = f
+        if len(_STACKED) >= 32:
+            _STACKED.pop(next(iter(_STACKED)))
+        hit = _STACKED[key] = (alloc, free, tuple(len(a) == 0 for a, _ in events))
     return hit

@@ -24,7 +24,8 @@ from dataclasses import replace
 from gpuhours.simulator.chunks import HardwareCoster, price_key
 from gpuhours.simulator.engine import InstructionProfile
 from gpuhours.simulator.instructions import Instruction
-from gpuhours.workloads.layer_templates import template_of
+from gpuhours.workloads.layer_templates import LayerRef, template_of
+from gpuhours.workloads.stage_ops import stage_unit_refs
 
 
 def stage_signature(units) -> tuple:
@@ -38,11 +39,29 @@ def _signature(unit) -> tuple:
                  for segments in (unit.forward, unit.backward, unit.weight))
 
 
+def _stage_signatures(coster) -> list[tuple]:
+    """`stage_signature` of each of the coster's stages, reading a layer that would be a template's renamed copy
+    as its template (`stage_ops.stage_unit_refs`): only the stages a profile prices are built in full
+    (`HardwareCoster.stage`). A coster of another type, or one whose stages are built, is read as it is."""
+    if type(coster) is not HardwareCoster or coster._stages is not None:
+        return [stage_signature(units) for units in coster.stages]
+    out, start, last = [], 0, len(coster.stage_layers) - 1
+    for s, n in enumerate(coster.stage_layers):
+        out.append(stage_signature(stage_unit_refs(coster.model, coster.parallel, coster.seq_len,
+                                                   range(start, start + n), s == 0, s == last, coster.opts,
+                                                   coster.recipe)))
+        start += n
+    return out
+
+
 def unit_signature(unit) -> tuple:
     """`stage_signature` of one unit. A layer renamed from a template (`workloads.layer_templates`) differs from
     it only in its op names' "L<i>." prefix and its segments' layer, which `price_key` does not read: its
     signature is its template's, computed once. Checked on the first unit of each template: when its own
     signature differs (a price key that reads the prefix), every unit of that template is computed by itself."""
+    if type(unit) is LayerRef:  # its template's signature once that is known, else its renamed copy's
+        sig = unit.template.memo.get("signature")
+        return sig if sig is not None and sig is not False else unit_signature(unit.unit())
     tpl = template_of(unit)
     if tpl is None:
         return _signature(unit)
@@ -65,7 +84,7 @@ class SharedStageCoster:
     def __init__(self, coster: HardwareCoster):
         self.coster = coster
         first: dict[tuple, int] = {}
-        signatures = [stage_signature(units) for units in coster.stages]
+        signatures = _stage_signatures(coster)
         self.canonical = tuple(first.setdefault(sig, s) for s, sig in enumerate(signatures))
         self._profiles: dict[tuple, InstructionProfile] = {}
         # profiles of stage classes shared with other costers of the same pricing context, by class number

@@ -87,11 +87,12 @@ _MEMO_LIMIT = 16
 def evaluate_point(base: str, fixed: dict, point: dict) -> dict:
     """One row: the point's metrics, feasibility and reason (never raises for a bad layout). Runs with the cyclic
     garbage collector paused, as an estimate does (`simulator/collector.py`): a worker holds the ops of its
-    memoised simulators, which every automatic collection would walk again. A simulator dropped from the memo is
-    cyclic garbage (its coster's memoised methods refer back to it), so the collector runs here instead, between
+    memoised simulators, which every automatic collection would walk again. A point's losing candidate splits are
+    cyclic garbage (a coster's memoised methods refer back to it; a simulator dropped from the memo is emptied
+    instead, `_release`), so the collector runs here, between
     points: the young generation after every point, the middle one every `_GC_EVERY[1]` points and everything
     every `_GC_EVERY[2]` (bench/bench_sweep.py: 227 MiB at most per worker, 130 MiB with the collector on
-    throughout, for 12% less CPU; 272 MiB with the collections below, 2026-12-01)."""
+    throughout, for 12% less CPU; 272 MiB with the collections below, 115 MiB with `_release`, 2026-12-01)."""
     import gc
 
     from gpuhours.simulator.collector import collector_paused
@@ -130,7 +131,7 @@ def _evaluate_point(base: str, fixed: dict, point: dict) -> dict:
     try:
         if sim is None:
             if len(_SIMULATORS) >= _MEMO_LIMIT:
-                _SIMULATORS.pop(next(iter(_SIMULATORS)))
+                _release(_SIMULATORS.pop(next(iter(_SIMULATORS))))
             sim = _SIMULATORS[key] = scenario.simulator()
         from gpuhours.simulator.micro_batch_ramp import scenario_at_micro_batch_size
         run = estimate_run(sim, scenario.plan, simulator_for=lambda k: scenario_at_micro_batch_size(
@@ -152,6 +153,14 @@ def _evaluate_point(base: str, fixed: dict, point: dict) -> dict:
         row.update(expected_gpu_hours=gp.expected_gpu_hours, expected_days=gp.expected_days,
                    expected_cost_usd=gp.expected_cost_usd, goodput=gp.effective_training_time_ratio)
     return row
+
+
+def _release(sim) -> None:
+    """Empty a simulator dropped from the memo and its costers (rows keep figures only): their memoised methods
+    refer back to them, so they would wait for a full collection; emptied, reference counting frees them now."""
+    for obj in (getattr(sim, "_shared", None), getattr(sim, "_plain_coster", None), getattr(sim, "coster", None), sim):
+        if isinstance(getattr(obj, "__dict__", None), dict):
+            obj.__dict__.clear()
 
 
 def _run_group(base: str, fixed: dict, items: list[tuple[str, dict]]) -> list[tuple[str, dict]]:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from gpuhours.cli import app
 from gpuhours.simulator.scenario import load_scenario
-from gpuhours.simulator.step import exposed_dp_comm
+from gpuhours.simulator.dp_tail import exposed_dp_comm
 from gpuhours.workloads.model import AttentionSpec, ModelSpec
 from gpuhours.workloads.parallel import ParallelSpec
 

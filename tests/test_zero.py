@@ -229,7 +229,7 @@ def test_once_per_step_tail_is_one_reduce_scatter_and_a_streamed_gather():
 
 
 def test_streamed_gather_closed_form():
-    from gpuhours.simulator.step import exposed_streamed_gather
+    from gpuhours.simulator.dp_tail import exposed_streamed_gather
     # 4 pieces of 1 s under a 2 s forward (0.5 s a unit): the last piece lands at 4 s, its unit ends at 4.5 s,
     # 2.5 s after the forward alone would have ended
     assert exposed_streamed_gather(4.0, 4, 2.0) == pytest.approx(2.5)

@@ -28,6 +28,7 @@ from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.recompute import layer_policy, modules
 from gpuhours.workloads.ring_cp import kv_block_bytes_per_token, ring_segments, with_ring_partner
 from gpuhours.workloads.torch_cp import bookkeeping_op, torch_cp_segments
+from gpuhours.workloads.unfused_attention import UNFUSED, check_unfused_layout, core_ops as unfused_core
 
 def cp_kv_bytes_per_token(model: ModelSpec, p: ParallelSpec) -> float:
     """Bytes per token of what context parallelism all-gathers before the attention core (and reduce-scatters as
@@ -56,7 +57,8 @@ def _cp_comm(phase: str, model: ModelSpec, p: ParallelSpec, tokens: int, layer, 
 
 def _attention_ops(b: PassBuilder, model: ModelSpec, p: ParallelSpec, tokens: int, seq_len: int,
                    recompute_only: bool = False, recompute_core: bool = False, norms: bool = True,
-                   up_proj: bool = True, fp8_caches: bool = False, elementwise: str = "fused") -> None:
+                   up_proj: bool = True, fp8_caches: bool = False, elementwise: str = "fused",
+                   attention_impl: str = "flash") -> None:
     """Attention of one layer on `tokens` tokens (the rank's micro-batch x sequence / cp), tensor-parallel over
     heads.
 
@@ -87,6 +89,8 @@ def _attention_ops(b: PassBuilder, model: ModelSpec, p: ParallelSpec, tokens: in
     Positions (`ModelSpec.positions`): RoPE reads and writes the rotated q and k dimensions, `rotary_pct` of each
     head's (GPT-NeoX `rotary_pct`: the first rotary_ndims of a head pass through RoPE, the rest are untouched, so
     the traffic scales with the fraction); learned positions have no op here (`stage_ops.embedding_passes`).
+    `attention_impl` "megatron-unfused": the core as Megatron-LM's unfused ParallelAttention of 2021-22 ran it
+    (full s x s batched GEMMs, softmax and dropout passes; `workloads.unfused_attention`).
     """
     a, h, tp = model.attention, model.hidden, p.tp
     heads = a.n_heads // tp
@@ -130,7 +134,9 @@ def _attention_ops(b: PassBuilder, model: ModelSpec, p: ParallelSpec, tokens: in
         o_in = heads * a.head_dim
     core = 2.0 * heads * (a.qk_head_dim + a.out_head_dim) * tokens * (seq_len + 1) / 2
     qkvo_bytes = tokens * heads * (2 * a.qk_head_dim + 2 * a.out_head_dim) * BF16
-    if b.phase == "F":
+    if attention_impl == UNFUSED:
+        unfused_core(b, p.micro_batch_size, heads, seq_len, a.qk_head_dim, a.out_head_dim, recompute_core)
+    elif b.phase == "F":
         b.attention("core", core, qkvo_bytes)
     elif b.phase == "B":
         if recompute_core:
@@ -216,6 +222,8 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
     ew = opts.elementwise_kernels  # "eager": norms, RoPE, SwiGLU as unfused PyTorch kernels (`workloads.eager_ops`)
     if ew == "eager":
         check_eager_model(model, layer)
+    if opts.attention_impl == UNFUSED:
+        check_unfused_layout(model, p)
     for phase in ("F", "B", "W"):
         attn = PassBuilder(f"{prefix}.attn", "attn", phase, opts.fp8, opts.fp8_recipe)
         if phase == "B" and (norms or up_proj):
@@ -224,7 +232,7 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
                            elementwise=ew)
             attn.ops.extend(recompute.ops)
         _attention_ops(attn, model, p, tokens, seq_len, recompute_core="core_attn" in mods,
-                       fp8_caches=blockwise_caches(opts), elementwise=ew)
+                       fp8_caches=blockwise_caches(opts), elementwise=ew, attention_impl=opts.attention_impl)
         if phase != "W" and not model.parallel_block:  # x + attn(x) (`memory_ops.branch_add`)
             branch_add(attn, "residual", norm_tokens(tokens, p), h)
         if p.cp_comm == "torch" and (extra := bookkeeping_op(phase, model, p, tokens, prefix)) is not None:

@@ -63,8 +63,16 @@ def templates_enabled(on: bool):
         _STATE["enabled"] = before
 
 
+def templates_on() -> bool:
+    """Whether layers are built from templates (`templates_enabled`)."""
+    return _STATE["enabled"]
+
+
 def clear_templates() -> None:
     _CACHE.clear()
+    for tpl in _COPIES.values():
+        tpl.memo.pop("copies", None)
+    _COPIES.clear()
 
 
 def template_of(unit: LayerPasses) -> Template | None:
@@ -92,7 +100,72 @@ def layer_passes_for(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int
             _CACHE.popitem(last=False)
     if tpl is None:
         return layer_passes(model, layer, p, seq_len, opts, stage_position=stage_position)
-    return renamed(tpl, layer)
+    return _copy_of(tpl, layer)
+
+
+class LayerRef:
+    """Layer `layer` as its template's copy, not yet renamed (`layer_ref_maker`): what a stage's signature reads of
+    it is its template's (`simulator.stage_classes.unit_signature`); `unit()` is the renamed copy itself."""
+
+    __slots__ = ("template", "layer")
+
+    def __init__(self, template: Template, layer: int):
+        self.template, self.layer = template, layer
+
+    def unit(self) -> LayerPasses:
+        return _copy_of(self.template, self.layer)
+
+
+def layer_ref_maker(model: ModelSpec, p: ParallelSpec, seq_len: int, opts: OpOptions = OpOptions()):
+    """A function `(model, layer, p, seq_len, opts, stage_position)` -> `layer_passes_for(...)` for this (model,
+    layout, sequence, options), as a `LayerRef` when it would be a template's copy (renamed only when asked for):
+    the template of each kind looked up once."""
+    stripped, kinds = _without_split(p), {}
+
+    def make(_model, layer: int, _p, _seq_len, _opts, stage_position: int | None = None) -> LayerRef | LayerPasses:
+        kind = (model.is_moe_layer(layer), layer_policy(opts.recompute, stage_position))
+        tpl = kinds.get(kind)
+        if tpl is None and _STATE["enabled"]:
+            key = (model, stripped, seq_len, opts) + kind  # `layer_passes_for`'s key
+            try:
+                tpl = _CACHE.get(key)
+            except TypeError:  # an unhashable field: no template
+                tpl = None
+            if tpl is not None:
+                _CACHE.move_to_end(key)
+                kinds[kind] = tpl
+        if tpl is not None:
+            return LayerRef(tpl, layer)
+        # no template yet (`layer_passes_for` makes it), none for this kind, or templates off
+        return layer_passes_for(model, layer, p, seq_len, opts, stage_position)
+
+    return make
+
+
+# Templates whose renamed copies are kept (`_copy_of`), most recently used last. Candidate splits of one layout
+# (`simulator.split_search`) and sweep points of one layout ask for the same layers again; a copy is an immutable
+# record, so one object serves them all. Assumption (our bound): a layout uses at most three kinds (dense, MoE,
+# recomputed head), so 8 templates cover the layout being simulated and its neighbours; a 61-layer MoE model's
+# copies are a few megabytes.
+_COPIES_LIMIT = 8
+_COPIES: OrderedDict[int, Template] = OrderedDict()
+
+
+def _copy_of(tpl: Template, layer: int) -> LayerPasses:
+    """`renamed(tpl, layer)`, built once per (template, layer) while the template is among the last
+    `_COPIES_LIMIT` used (the same fields as a fresh rename: it is one)."""
+    copies = tpl.memo.get("copies")
+    if copies is None:
+        copies = tpl.memo["copies"] = {}
+        _COPIES[id(tpl)] = tpl
+        while len(_COPIES) > _COPIES_LIMIT:
+            _COPIES.popitem(last=False)[1].memo.pop("copies", None)
+    elif next(reversed(_COPIES)) != id(tpl):
+        _COPIES.move_to_end(id(tpl))
+    hit = copies.get(layer)
+    if hit is None:
+        hit = copies[layer] = renamed(tpl, layer)
+    return hit
 
 
 _STRIPPED: list = [None, None]  # the last layout asked for and its key (`_without_split`)

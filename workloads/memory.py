@@ -36,7 +36,8 @@ b = 2 (BF16); o = attention-output bytes, E5M6 1.5; H heads, h hidden; terms nam
   FlashAttention-style: it keeps no L x L scores / softmax / dropout mask (the 5 a s / h terms Korthikanti drops),
   only its output and softmax statistics. Recomputing it regenerates the statistics, so attn.lse is dropped;
   attn.out stays (it is wo's input, needed by wo's weight gradient, which may run after the backward) and so do
-  q, k, v (the recomputation's inputs). The saving is therefore small.
+  q, k, v (the recomputation's inputs). The saving is therefore small. Under Megatron-LM's unfused core
+  (`attention_impl = "megatron-unfused"`) it is Korthikanti's 5 a s^2 b / t per layer (`chunk_bytes`).
   "full": a layer keeps only its input, layer.in b h per token (every other term is recomputed); without sequence
   parallelism that input is replicated on the TP ranks, so the term is b h tp before the division by tp below.
   "torchtitan-op" (torchtitan's op-level SAC): the block keeps its input, the outputs of wq, wv, w1, w2 and of
@@ -192,9 +193,12 @@ def unit_bytes_per_token(model: ModelSpec, layers: range, first: bool, last: boo
 
 def chunk_bytes(model: ModelSpec, parallel: ParallelSpec, seq_len: int, stage_layers: tuple[int, ...],
                 recipe: MemoryRecipe, fp8: bool = True, recompute: str | bool = "deepseek",
-                imbalance: float = 1.0) -> tuple[float, ...]:
+                imbalance: float = 1.0, attention_impl: str = "flash") -> tuple[float, ...]:
     """Activation bytes of one chunk of each stage: micro-batch x seq_len / cp tokens x bytes per token / tp
-    (context parallelism: each rank keeps the activations of its own seq_len / cp tokens)."""
+    (context parallelism: each rank keeps the activations of its own seq_len / cp tokens).
+    `attention_impl` "megatron-unfused" (`workloads.unfused_attention`): every layer whose core is not recomputed
+    also keeps Korthikanti's 5 a s^2 b / t bytes (softmax output, dropout mask, dropout output); its attn.lse
+    term (4 a bytes per token, under 1/(s) of it) is left in."""
     tokens = parallel.micro_batch_size * seq_len // parallel.cp
     out, start = [], 0
     last = len(stage_layers) - 1
@@ -203,9 +207,27 @@ def chunk_bytes(model: ModelSpec, parallel: ParallelSpec, seq_len: int, stage_la
                                          imbalance, 1 if parallel.sequence_parallel else parallel.tp,
                                          parallel.etp,
                                          stage_holds(parallel, range(start, start + n), s == 0, s == last))
-        out.append(tokens * per_token / parallel.tp)
+        out.append(tokens * per_token / parallel.tp + _unfused_scores(model, parallel, seq_len, range(start, start + n),
+                                                                      recompute, attention_impl))
         start += n
     return tuple(out)
+
+
+def _unfused_scores(model: ModelSpec, parallel: ParallelSpec, seq_len: int, layers: range, recompute,
+                    attention_impl: str) -> float:
+    """Score-matrix bytes a stage's chunk keeps under Megatron-LM's unfused core: `kept_score_bytes` per layer
+    that recomputes neither its core ("core_attn", "selective") nor the whole layer ("full")."""
+    from gpuhours.workloads.unfused_attention import UNFUSED, check_attention_impl, kept_score_bytes
+
+    if check_attention_impl(attention_impl) != UNFUSED:
+        return 0.0
+    policy = recompute_policy(recompute)
+    kept = 0
+    for i in layers:
+        lp = layer_policy(policy, i - layers.start)
+        kept += not (lp == "full" or (lp != op_sac.POLICY and "core_attn" in modules(lp)))
+    heads = model.attention.n_heads // parallel.tp
+    return kept * kept_score_bytes(parallel.micro_batch_size, heads, seq_len)
 
 
 def cp_gathered_kv_bytes(model: ModelSpec, parallel: ParallelSpec, seq_len: int) -> float:
@@ -367,7 +389,7 @@ def memory_breakdown(scenario, step_result, recipe: MemoryRecipe | None = None) 
     schedule = build_schedule(p.schedule, p.pp, step_result.num_microbatches, vpp=p.vpp)
     opts = scenario.effective_opts()
     per_stage = chunk_bytes(model, p, scenario.plan.seq_len, stage_layers, recipe, opts.fp8, opts.recompute,
-                            opts.kept_imbalance)
+                            opts.kept_imbalance, opts.attention_impl)
     act_bytes, act_chunks = peak_in_flight(schedule, per_stage)
     gathered_kv = cp_gathered_kv_bytes(model, p, scenario.plan.seq_len)
     act_bytes = tuple(b + gathered_kv for b in act_bytes)

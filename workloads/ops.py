@@ -127,6 +127,7 @@ class OpOptions:
     max_nodes_per_token: int | None = None  # node-limited routing M (None: the model's rule; 0: unlimited)
     host_dispatch: str = "eager"  # HOST_DISPATCH: how kernels are launched (`hwmodels.launch`)
     elementwise_kernels: str = "fused"  # "fused" | "eager": norms, RoPE, SwiGLU as unfused PyTorch ops (`eager_ops`)
+    attention_impl: str = "flash"  # "flash" | "megatron-unfused": Megatron-LM 2021's core (`unfused_attention`)
 
     def __post_init__(self):
         # legacy booleans are accepted and normalised (True: "deepseek", False: "none")
@@ -137,6 +138,8 @@ class OpOptions:
             raise ValueError(f"host_dispatch must be one of {', '.join(HOST_DISPATCH)}; got {self.host_dispatch!r}")
         if self.elementwise_kernels not in ("fused", "eager"):  # workloads.eager_ops.ELEMENTWISE_KERNELS
             raise ValueError(f"elementwise_kernels must be one of fused, eager; got {self.elementwise_kernels!r}")
+        if self.attention_impl not in ("flash", "megatron-unfused"):  # workloads.unfused_attention.ATTENTION_IMPLS
+            raise ValueError(f"attention_impl must be one of flash, megatron-unfused; got {self.attention_impl!r}")
         c = self.capacity_factor
         if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 1.0 <= c < math.inf):
             raise ValueError(f"capacity_factor must be a number >= 1 (rows an EP rank keeps, over its mean) or "

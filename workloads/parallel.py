@@ -57,7 +57,7 @@ class ParallelSpec:
     `overlap_grad_reduce` / `overlap_param_gather`: Megatron-Core's data-parallel options. Gradients are reduced
     in buckets of `dp_bucket_params` parameters (0: Megatron-Core's default, max(40M, 1M x dp)) as they become
     ready during the rank's last backward; the updated parameters are gathered bucket by bucket under the next
-    step's forward (see `simulator.step.exposed_dp_comm`; the forward's slow-down: `simulator.param_gather`).
+    step's forward (see `simulator.dp_tail.exposed_dp_comm`; the forward's slow-down: `simulator.param_gather`).
     `grad_reduce_dtype`: the dtype data parallelism reduces gradients in and accumulates them in between
     (Megatron-Core's grad_reduce_in_fp32, PyTorch FSDP's reduce_dtype): "fp32" or "bf16", None for the memory
     recipe's gradient dtype (FP32 in DeepSeek-V3's recipe, so FP32 by default); see `workloads.zero`.

@@ -4,8 +4,11 @@ gathers and gradient reduce-scatters."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from gpuhours.workloads.layer_ops import layer_passes
-from gpuhours.workloads.layer_templates import layer_passes_for
+from gpuhours.workloads.layer_templates import LayerRef, _without_split, layer_passes_for, layer_ref_maker
+from gpuhours.workloads.layer_templates import templates_on as _templates_on
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import (
     BF16,
@@ -88,13 +91,17 @@ def stage_units(model: ModelSpec, p: ParallelSpec, seq_len: int, layers: range, 
     Under ZeRO-3 each unit also gathers and reduce-scatters its parameters (`zero3_passes`; byte sizes from
     `recipe`, a `workloads.recipe.MemoryRecipe`, default the DeepSeek-V3 recipe), except when they happen once
     per step (`ParallelSpec.fsdp_once_per_step`: priced in the step's data-parallel tail)."""
+    return _stage_units(model, p, seq_len, layers, first, last, opts, recipe, layer_passes_for)
+
+
+def _stage_units(model, p, seq_len, layers, first, last, opts, recipe, layer_unit) -> tuple:
     holds = stage_holds(p, layers, first, last)
     units: list[LayerPasses] = []
     if holds.embedding:
         units.append(embedding_passes(model, p, seq_len))
     # stage_position: a layer's index within its stage, for "full:N" recomputation (`workloads.recompute`)
     # (identical layers are renamed copies of one build per kind: `workloads.layer_templates`, equal to direct builds)
-    units.extend(layer_passes_for(model, i, p, seq_len, opts, stage_position=i - layers.start) for i in layers)
+    units.extend(layer_unit(model, i, p, seq_len, opts, stage_position=i - layers.start) for i in layers)
     if holds.head:
         units.append(head_passes(model, p, seq_len, opts))
     if holds.mtp_modules or holds.mtp_heads:
@@ -110,3 +117,67 @@ def stage_units(model: ModelSpec, p: ParallelSpec, seq_len: int, layers: range, 
         units = [zero3_passes(u, dense, expert, p, recipe.weight_bytes, recipe.grad_bytes)
                  for u, (_, dense, expert) in zip(units, params)]
     return tuple(units)
+
+
+# Stages built for a layout's candidate splits (`simulator.split_search`), per layout without its layers per stage
+# (`layer_templates._without_split`), most recently used last. Assumption (our bound): the candidates of one layout
+# are simulated one after another, so the stages of the last 4 layouts are kept; a stage is a tuple of units that
+# are mostly the layer copies `layer_templates` keeps anyway.
+_STAGES_LIMIT = 4
+_STAGES: OrderedDict[tuple, dict] = OrderedDict()
+
+
+def clear_stage_memo() -> None:
+    _STAGES.clear()
+
+
+def stage_units_for(model: ModelSpec, p: ParallelSpec, seq_len: int, layers: range, first: bool, last: bool,
+                    opts: OpOptions = OpOptions(), recipe=None) -> tuple[LayerPasses, ...]:
+    """`stage_units(model, p, seq_len, layers, first, last, opts, recipe)`, built once per stage (its layer range
+    and whether it is the first or last) for the splits of one layout: `stage_units` and the modules it builds
+    with read the layout's fields but not its layers per stage (as `layer_templates` relies on for a layer), so
+    candidate splits that share a stage share its units. Off with the layer templates
+    (`layer_templates.templates_enabled(False)`), or for an unhashable key."""
+    memo = _layout_memo(model, p, seq_len, opts, recipe)
+    if memo is None:
+        return stage_units(model, p, seq_len, layers, first, last, opts, recipe)
+    at = (layers.start, layers.stop, first, last)
+    hit = memo.get(at)
+    if hit is None:
+        hit = memo[at] = stage_units(model, p, seq_len, layers, first, last, opts, recipe)
+    return hit
+
+
+def stage_unit_refs(model: ModelSpec, p: ParallelSpec, seq_len: int, layers: range, first: bool, last: bool,
+                    opts: OpOptions = OpOptions(), recipe=None) -> tuple[LayerPasses | LayerRef, ...]:
+    """`stage_units_for(...)` with each layer that would be a template's renamed copy left as its `LayerRef`
+    (`ref.unit()` is that copy), so that a stage whose signature is all that is read is not renamed layer by
+    layer (kept per stage as `stage_units_for`'s). A stage already built, or one under ZeRO-3's per-unit gathers
+    (which wrap every unit), is its units."""
+    memo = _layout_memo(model, p, seq_len, opts, recipe)
+    if memo is None or (p.zero_stage == 3 and not p.fsdp_once_per_step):
+        return stage_units_for(model, p, seq_len, layers, first, last, opts, recipe)
+    at = (layers.start, layers.stop, first, last)
+    hit = memo.get(at) or memo.get(("refs",) + at)
+    if hit is None:
+        hit = memo[("refs",) + at] = _stage_units(model, p, seq_len, layers, first, last, opts, recipe,
+                                                  layer_ref_maker(model, p, seq_len, opts))
+    return hit
+
+
+def _layout_memo(model, p, seq_len, opts, recipe) -> dict | None:
+    """The stages kept for this layout (None: templates off, or an unhashable key)."""
+    if not _templates_on():
+        return None
+    key = (model, _without_split(p), seq_len, opts, recipe)
+    try:
+        memo = _STAGES.get(key)
+    except TypeError:  # an unhashable field (none today): no memo
+        return None
+    if memo is None:
+        memo = _STAGES[key] = {}
+        while len(_STAGES) > _STAGES_LIMIT:
+            _STAGES.popitem(last=False)
+    else:
+        _STAGES.move_to_end(key)
+    return memo

@@ -172,17 +172,23 @@ def gqa_rope_ops(b, tokens: int, q_width: int, kv_width: int, rotary: bool = Tru
     emit(b, "attn", repeat_kv_kernels(b.phase, tokens, kv_width, q_width))
 
 
+def not_llama_block(model, layer: int) -> str | None:
+    """What makes the layer other than torchtitan's Llama block (GQA / MHA attention, dense SwiGLU FFN), or None:
+    the scope of the torchtitan-derived counts here and in `workloads.op_sac`."""
+    if model.attention.kind == "mla":
+        return "MLA attention"
+    if model.is_moe_layer(layer):
+        return "MoE layers"
+    if model.ffn_activation != "swiglu":
+        return f"the {model.ffn_activation} activation"
+    return None
+
+
 def check_eager_model(model, layer: int) -> None:
     """"eager" element-wise kernels are counted from torchtitan's Llama (GQA / MHA attention with full RoPE, dense
     SwiGLU FFN, RMSNorm or LayerNorm); other blocks have no eager decomposition here."""
-    what = None
-    if model.attention.kind == "mla":
-        what = "MLA attention"
-    elif model.is_moe_layer(layer):
-        what = "MoE layers"
-    elif model.ffn_activation != "swiglu":
-        what = f"the {model.ffn_activation} activation"
-    elif model.positions == "rotary" and model.rotary_pct != 1.0:
+    what = not_llama_block(model, layer)
+    if what is None and model.positions == "rotary" and model.rotary_pct != 1.0:
         what = "partial RoPE (rotary_pct < 1)"
     if what is not None:
         raise ValueError(f"elementwise_kernels 'eager' is modelled for dense Llama-style layers (GQA, SwiGLU, full "

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from gpuhours.workloads.eager_ops import not_llama_block
 from gpuhours.workloads.ops import BF16, FP32, Op, PassBuilder, Segment
 
 POLICY = "torchtitan-op"
@@ -64,19 +65,10 @@ def recomputed_mms() -> tuple[str, ...]:
 
 def check_op_sac(model, p, layer: int) -> None:
     """Raise a ValueError naming `recompute` when the layer or layout is outside the modelled scope."""
-    what = None
-    if model.attention.kind == "mla":
-        what = "MLA attention"
-    elif model.is_moe_layer(layer):
-        what = "MoE layers"
-    elif model.ffn_activation != "swiglu":
-        what = f"the {model.ffn_activation} activation"
-    elif model.parallel_block:
-        what = "a parallel attention + FFN block"
-    elif p.tp > 1:
-        what = f"tensor parallelism (tp={p.tp})"
-    elif p.cp > 1:
-        what = f"context parallelism (cp={p.cp})"
+    what = not_llama_block(model, layer) or next((reason for bad, reason in (
+        (model.parallel_block, "a parallel attention + FFN block"),
+        (p.tp > 1, f"tensor parallelism (tp={p.tp})"),
+        (p.cp > 1, f"context parallelism (cp={p.cp})")) if bad), None)
     if what is not None:
         raise ValueError(f"recompute '{POLICY}' (torchtitan's op-level SAC) is modelled for Llama-style dense layers "
                          f"(GQA, SwiGLU) with tp 1 and cp 1; this run has {what}: use recompute none, selective "

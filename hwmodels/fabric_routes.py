@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from gpuhours.hwmodels.fabric_graph import FabricGraph
 
 CROSS_RAIL = ("pxn", "fabric")
+# Whether walks share their part past the first hop (`FabricRoutes._walk_tail`); off only to measure the saving
+SHARE_WALK_TAILS = True
 
 
 @dataclass(frozen=True)
@@ -68,12 +70,14 @@ class FabricRoutes(FabricIndex):
         self._fabric_routes: dict[tuple, tuple[list, list, float] | None] = {}
         self._next_hops: dict[tuple, dict] = {}
         self._walks: dict[tuple, tuple] = {}
+        self._tails: dict[tuple, tuple] = {}     # (anchors, shares after a walk's first hop) -> its rest
         self._anchors: dict = {}
         self._anchor_sets: dict = {}
         self._walk_np: dict[tuple, tuple] = {}   # (leaf id, anchors) -> the walk and its arrival, as arrays
         self._orders: dict[tuple, int] = {}      # anchors in a walk's order of arrival -> an id
         self._last_np: dict[tuple, tuple] = {}   # (leaf id, order id) -> last-hop edge ids, their latencies
         self._dist: dict[tuple, dict] = {}
+        self._pred_sw: dict | None = None          # switch -> its switch predecessors and their edge ids
 
     # ------------------------------------------------------------------------------------------ routing
     def _toward(self, target) -> tuple[frozenset, dict, dict]:
@@ -91,54 +95,86 @@ class FabricRoutes(FabricIndex):
             dist = {a: 0 for a in anchors}
             hops: dict = {}
             frontier = sorted(anchors)
-            pred, eid = self._g._pred, self._eid
+            pred = self._switch_pred()
             while frontier:
                 nxt = []
                 for u in frontier:
-                    for w in pred[u]:
-                        if w[0] not in SWITCH_KINDS:
-                            continue
-                        if w not in dist:
-                            dist[w] = dist[u] + 1
+                    du = dist[u] + 1
+                    for w, e in pred[u]:
+                        dw = dist.get(w)
+                        if dw is None:  # first reached: from u, one step farther than u
+                            dist[w] = du
                             nxt.append(w)
-                        if dist[w] == dist[u] + 1:
-                            hops.setdefault(w, []).append((u, eid[(w, u)]))
+                            hops[w] = [(u, e)]
+                        elif dw == du:
+                            hops[w].append((u, e))
                 frontier = nxt
             hit = self._dist[anchors] = (dist, hops)
         return (anchors,) + hit
 
-    def _hops_toward(self, u, target) -> list[tuple]:
-        """(next switch, edge id) of every shortest-path hop from switch u toward leaf ``target``."""
-        anchors, _, hops = self._toward(target)
-        if u in anchors:
-            return [(target, self._eid[(u, target)])]
-        return hops.get(u, [])
+    def _switch_pred(self) -> dict:
+        """Per switch, (switch w, edge id of w -> it) for every switch link into it, in the graph's order: what a
+        search toward a set of anchors reads (computed once; each search would otherwise skip the NICs and look
+        the edge ids up again)."""
+        if self._pred_sw is None:
+            eid, kinds = self._eid, SWITCH_KINDS
+            self._pred_sw = {u: [(w, eid[(w, u)]) for w in nbrs if w[0] in kinds]
+                             for u, nbrs in self._g._pred.items() if u[0] in kinds}
+        return self._pred_sw
 
     def _walk(self, src_leaf, dst_leaf, anchors: frozenset):
         """The ECMP split from ``src_leaf`` up to the switches under which ``dst_leaf`` hangs (its anchors):
         (edge ids, fractions, latency, share arriving at each anchor). Every leaf under the same anchors shares it,
-        so a leaf pair costs only its last hops."""
+        so a leaf pair costs only its last hops. Past its first hop the walk is cached per (anchors, shares
+        reached): the leaves of one pod of a fat-tree reach the same switches with the same shares, so their
+        walks to one pod differ only in that hop (``_walk_tail``)."""
         key = (src_leaf, anchors)
         hit = self._walks.get(key)
         if hit is None:
+            hops_of = self._toward(dst_leaf)[2]
             acc: dict[int, float] = {}
             arrive: dict = {}
-            frontier = {src_leaf: 1.0}
+            frontier: dict = {}
+            if src_leaf in anchors:
+                arrive[src_leaf] = 1.0
+            else:  # the first hop, then the rest from the switches it reaches
+                hops = hops_of.get(src_leaf, [])
+                share = 1.0 / len(hops)
+                for v, e in hops:
+                    acc[e] = acc.get(e, 0.0) + share
+                    frontier[v] = frontier.get(v, 0.0) + share
+            links = list(acc)
+            fr = [acc[e] for e in links]
+            if frontier:
+                tail_links, tail_fr, arrive = self._walk_tail(frontier, anchors, hops_of)
+                links, fr = links + tail_links, fr + tail_fr
+            hit = self._walks[key] = (links, fr, float(np.dot(self._lat[links], fr)) if links else 0.0, arrive)
+        return hit
+
+    def _walk_tail(self, frontier: dict, anchors: frozenset, hops_of: dict):
+        """The ECMP walk from switches ``frontier`` (switch -> share of the flow, all at one distance from the
+        anchors) to ``anchors``: (edge ids in order of first use, their fractions, share arriving at each anchor).
+        Each hop goes one step nearer the anchors, so no edge is used at two steps and a walk's edges after its
+        first hop are exactly these: the same sums in the same order as one walk from the leaf."""
+        key = (anchors, tuple(frontier.items()))
+        hit = self._tails.get(key) if SHARE_WALK_TAILS else None
+        if hit is None:
+            acc: dict[int, float] = {}
+            arrive: dict = {}
             while frontier:
                 nxt: dict = {}
                 for u, f in frontier.items():
                     if u in anchors:
                         arrive[u] = arrive.get(u, 0.0) + f
                         continue
-                    hops = self._hops_toward(u, dst_leaf)
+                    hops = hops_of.get(u, [])
                     share = f / len(hops)
                     for v, e in hops:
                         acc[e] = acc.get(e, 0.0) + share
                         nxt[v] = nxt.get(v, 0.0) + share
                 frontier = nxt
             links = list(acc)
-            fr = [acc[e] for e in links]
-            hit = self._walks[key] = (links, fr, float(np.dot(self._lat[links], fr)) if links else 0.0, arrive)
+            hit = self._tails[key] = (links, [acc[e] for e in links], arrive)
         return hit
 
     def _fabric(self, src_leaf, dst_leaf):

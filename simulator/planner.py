@@ -32,7 +32,7 @@ from gpuhours.hwmodels.deepep import deepep_saturating_sms
 from gpuhours.simulator.plan_bounds import _fits_estimate, cheap_score
 from gpuhours.simulator.plan_rows import Candidate, PlanResult, PlanRow, pct as _pct
 from gpuhours.simulator.run import estimate_run, microbatches_for
-from gpuhours.simulator.sweep import _EXECUTORS
+from gpuhours.simulator.sweep_executors import _EXECUTORS
 from gpuhours.simulator.scenario import Scenario, list_plans, load_scenario
 from gpuhours.workloads.memory import memory_breakdown
 from gpuhours.workloads.parallel import ParallelSpec

@@ -86,7 +86,7 @@ class Scenario:
         if loads is None:
             return self.opts
         if self.opts.max_nodes_per_token is not None:  # node-limited routing given: its closed form
-            return replace(self.opts, imbalance=loads.imbalance)  # (`simulator.chunks.expected_nodes_per_token`)
+            return replace(self.opts, imbalance=loads.imbalance)  # (`workloads.moe_dispatch.expected_nodes_per_token`)
         return replace(self.opts, imbalance=loads.imbalance, nodes_per_token=loads.mean_nodes_per_token)
 
     def simulator(self) -> StepSimulator:

@@ -134,7 +134,7 @@ def peak_bytes(schedule, stage_bytes: tuple[float, ...]) -> tuple[float, ...]:
 
 
 def _stacked_events(schedule) -> tuple[np.ndarray, np.ndarray, tuple[bool, ...]]:
-    from gpuhours.workloads.memory import _live_events
+    from gpuhours.workloads.in_flight import _live_events
 
     key = (schedule.name, schedule.pp, schedule.num_microbatches, schedule.num_stages)  # as `_live_events`
     hit = _STACKED.get(key)

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gpuhours.cli import app
-from gpuhours.simulator.chunks import expected_nodes_per_token
+from gpuhours.workloads.moe_dispatch import expected_nodes_per_token
 from gpuhours.simulator.scenario import load_scenario
 from gpuhours.simulator.sweep import _check_keys
 from gpuhours.workloads.layer_ops import layer_passes

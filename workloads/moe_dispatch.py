@@ -33,7 +33,9 @@ gathered buffer, a reduce-scatter's input).
 
 from __future__ import annotations
 
-from gpuhours.workloads.model import MoESpec
+import math
+
+from gpuhours.workloads.model import ModelSpec, MoESpec
 from gpuhours.workloads.ops import BF16, FP32, Op, OpOptions, Segment, collective_segment, fp8_bytes_per_token
 from gpuhours.workloads.parallel import ParallelSpec
 
@@ -125,3 +127,36 @@ def _allgather_segments(prefix: str, phase: str, hidden: int, moe: MoESpec, p: P
     scatter = seg("dispatch", (("reduce_scatter_states", "reduce_scatter", states),
                                ("reduce_scatter_probs", "reduce_scatter", probs)))
     return [scatter], [gather]
+
+
+def expected_nodes_per_token(model: ModelSpec, ep: int, gpus_per_node: int,
+                             max_nodes: int | None = None) -> float:
+    """Distinct nodes a token's top-k experts live on, under uniform routing.
+
+    The EP group spans N = ceil(ep / gpus_per_node) nodes holding E_n = E / N experts each. Node-limited routing
+    (DeepSeek-V2's device-limited and DeepSeek-V3's node-limited routing, at most M nodes per token) sends a token
+    to the m = min(M, N) nodes it picks and its k experts uniformly among their m E_n experts; each picked node is
+    then missed with probability C(E_n (m-1), k) / C(E_n m, k), so the expected distinct nodes are
+        m (1 - C(E_n (m-1), k) / C(E_n m, k))
+    (with m = N: the k experts uniformly over all nodes). `max_nodes` (`OpOptions.max_nodes_per_token`): None
+    takes the model's rule -- when its routing groups coincide with the nodes (DeepSeek-V3: 8 groups, EP64 on 8
+    nodes) M = topk_groups, otherwise unlimited; 0 is unlimited; M >= 1 caps a token at M nodes.
+    """
+    moe = model.moe
+    if moe is None or ep == 1:
+        return 1.0
+    nodes = math.ceil(ep / gpus_per_node)
+    if nodes == 1:
+        return 1.0
+    k = moe.top_k
+    if max_nodes is None:
+        m = moe.topk_groups if moe.n_groups == nodes and moe.topk_groups < nodes else nodes
+    else:
+        m = nodes if max_nodes == 0 else min(max_nodes, nodes)
+    per_node = moe.n_routed_experts // nodes
+    if k > m * per_node:
+        raise ValueError(f"max_nodes_per_token ({max_nodes}) leaves {m} nodes of {per_node} experts, fewer than "
+                         f"the model's top_k ({k}); allowed: at least {math.ceil(k / per_node)}, or 0 (unlimited)")
+    picked = moe.n_routed_experts if m == nodes else per_node * m  # experts on the picked nodes
+    miss = math.comb(picked - per_node, k) / math.comb(picked, k)
+    return m * (1.0 - miss)

@@ -45,9 +45,8 @@ from gpuhours.hwmodels.calibration import CalibrationProfile, load_profile
 from gpuhours.hwmodels.wgrad import without_wgrad
 from gpuhours.hwmodels.cluster import ClusterSpec
 from gpuhours.hwmodels.compute import ComputeModel
-from gpuhours.hwmodels.deepep import kernel_of
-from gpuhours.simulator.chunks import HardwareCoster
 from gpuhours.validation.trace import COMM_CLASSES, Trace, load_trace
+from gpuhours.validation.trace_comm import kernel_time_ratio, notify_per_call
 from gpuhours.validation.trace_summary import attribute_phases, summarise
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import Op
@@ -333,8 +332,8 @@ def profile_from_traced_case(trace_path: str | Path | None = None,
         "comm": {"a2a_kernel_ms": {c: round(t * 1e3, 6) for c, t in measured.comm_classes.items()},
                  "provenance": f"trace {trace.file_name}: summed kernel time on stream(s) "
                                f"{list(measured.comm_streams)}; read through the notify and kernel time ratio below"}
-                | _notify_per_call(measured, coster, trace.file_name)
-                | _kernel_time_ratio(measured, coster, trace.file_name),
+                | notify_per_call(measured, coster, trace.file_name)
+                | kernel_time_ratio(measured, coster, trace.file_name),
         "trace": {"measured": measured.to_dict(), "derivation": record},
         "notes": [
             "GEMM time ratios (measured / predicted by the base curves on the traced pair): "
@@ -347,50 +346,6 @@ def profile_from_traced_case(trace_path: str | Path | None = None,
         ],
     }
     return CalibrationProfile.from_dict(d)
-
-
-def _notify_per_call(measured, coster: HardwareCoster, file_name: str) -> dict:
-    """DeepEP's notify kernels' resident time per dispatch or combine call of the traced pair (read by
-    `HardwareCoster` for overlapped F&B pairs, `hwmodels/deepep.py`): the notify kernel time over our EP calls."""
-    notify = measured.comm_classes.get("a2a_notify", 0.0)
-    calls = sum(1 for unit in coster.stages[FORWARD_STAGE] for seg in unit.forward for op in seg.ops
-                if op.collective in ("ep_dispatch", "ep_combine"))
-    calls += sum(1 for unit in coster.stages[BACKWARD_STAGE] for seg in unit.backward for op in seg.ops
-                 if op.collective in ("ep_dispatch", "ep_combine"))
-    if notify <= 0 or calls == 0:
-        return {}
-    p = coster.parallel
-    tokens = coster.seq_len * p.micro_batch_size // max(1, p.cp)
-    return {"deepep_notify_per_call_ms": round(notify * 1e3 / calls, 6),
-            "deepep_notify_tokens": tokens,
-            "deepep_notify_provenance": f"trace {file_name}: {notify * 1e3:.3f} ms of notify kernels (size exchange "
-                                        f"and barrier, including the wait for peers) over the pair's {calls} EP "
-                                        f"dispatch/combine calls of {tokens} tokens a rank; charged in overlapped "
-                                        f"F&B pairs only, in proportion to a call's tokens"}
-
-
-def _kernel_time_ratio(measured, coster: HardwareCoster, file_name: str) -> dict:
-    """DeepEP's dispatch and combine kernels' time in the traced pair over our transfers of the same calls (the
-    busiest rank's rows at the slower of the fabric and the kernels' published rate, notify excluded), per kernel
-    as DeepEP runs them (`hwmodels.deepep.kernel_of`): read by `HardwareCoster` as `comm.deepep_kernel_time_ratio`.
-    Empty where the base profile's coster has no DeepEP kernels or the trace no such kernels."""
-    if coster.deepep is None:
-        return {}
-    ops = [op for unit in coster.stages[FORWARD_STAGE] for seg in unit.forward for op in seg.ops
-           if op.collective in ("ep_dispatch", "ep_combine")]
-    ops += [op for unit in coster.stages[BACKWARD_STAGE] for seg in unit.backward for op in seg.ops
-            if op.collective in ("ep_dispatch", "ep_combine")]
-    modelled = {"dispatch": 0.0, "combine": 0.0}
-    for op in ops:
-        modelled[kernel_of(op.collective, op.phase)] += coster.op_time(op)
-    traced = {k: measured.comm_classes.get(f"a2a_{k}", 0.0) for k in modelled}
-    if not all(modelled[k] > 0 and traced[k] > 0 for k in modelled):
-        return {}
-    return {"deepep_kernel_time_ratio": {k: round(traced[k] / modelled[k], 6) for k in modelled},
-            "deepep_kernel_time_provenance": f"trace {file_name}: " + ", ".join(
-                f"{k} kernels {traced[k] * 1e3:.3f} ms against our {modelled[k] * 1e3:.3f} ms" for k in modelled)
-            + f" for the pair's {len(ops)} EP calls (DeepEP's published rates, {coster.parallel.comm_sms} SMs, the "
-              f"busiest rank's rows; notify excluded)"}
 
 
 def work_ms(record: dict) -> float:

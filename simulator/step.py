@@ -106,6 +106,7 @@ class StepSimulator(DataParallelTail):
         self.recipe = recipe or load_recipe()
         self.balance_microbatches = balance_microbatches  # the step candidate splits are compared at
         self._candidates: dict[tuple[int, ...], StepSimulator] = {}  # splits simulated while balancing
+        self._split_memories: dict[tuple[int, ...], tuple[float, ...]] = {}  # `_split_memory` per split
         self.stage_layers = tuple(parallel.stage_layers or self._balanced_stage_layers())
         twin = self._candidates.pop(self.stage_layers, None)
         self._candidates.clear()
@@ -210,7 +211,7 @@ class StepSimulator(DataParallelTail):
     def _split_memory(self, stage_layers: tuple[int, ...]) -> tuple[float, ...]:
         """Every rank's memory of a split at a full pipeline (`balance.split_memory`), memoised per split: the
         weights of `simulator.split_search` each fit memory from nearby splits (a sweep: 3 asks per split)."""
-        memo = self.__dict__.setdefault("_split_memories", {})
+        memo = self._split_memories
         key = tuple(stage_layers)
         if key not in memo:
             memo[key] = split_memory(self.model, self.parallel, self.seq_len, key, self.recipe, self.opts)

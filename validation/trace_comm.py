@@ -10,14 +10,18 @@ from gpuhours.simulator.chunks import HardwareCoster
 from gpuhours.validation.traced_pair import BACKWARD_STAGE, FORWARD_STAGE
 
 
+def pair_ep_ops(coster: HardwareCoster) -> list:
+    """The traced pair's EP dispatch and combine ops: the forward chunk's, then the backward chunk's."""
+    return [op for stage, passes in ((FORWARD_STAGE, "forward"), (BACKWARD_STAGE, "backward"))
+            for unit in coster.stages[stage] for seg in getattr(unit, passes) for op in seg.ops
+            if op.collective in ("ep_dispatch", "ep_combine")]
+
+
 def notify_per_call(measured, coster: HardwareCoster, file_name: str) -> dict:
     """DeepEP's notify kernels' resident time per dispatch or combine call of the traced pair (read by
     `HardwareCoster` for overlapped F&B pairs, `hwmodels/deepep.py`): the notify kernel time over our EP calls."""
     notify = measured.comm_classes.get("a2a_notify", 0.0)
-    calls = sum(1 for unit in coster.stages[FORWARD_STAGE] for seg in unit.forward for op in seg.ops
-                if op.collective in ("ep_dispatch", "ep_combine"))
-    calls += sum(1 for unit in coster.stages[BACKWARD_STAGE] for seg in unit.backward for op in seg.ops
-                 if op.collective in ("ep_dispatch", "ep_combine"))
+    calls = len(pair_ep_ops(coster))
     if notify <= 0 or calls == 0:
         return {}
     p = coster.parallel
@@ -37,10 +41,7 @@ def kernel_time_ratio(measured, coster: HardwareCoster, file_name: str) -> dict:
     Empty where the base profile's coster has no DeepEP kernels or the trace no such kernels."""
     if coster.deepep is None:
         return {}
-    ops = [op for unit in coster.stages[FORWARD_STAGE] for seg in unit.forward for op in seg.ops
-           if op.collective in ("ep_dispatch", "ep_combine")]
-    ops += [op for unit in coster.stages[BACKWARD_STAGE] for seg in unit.backward for op in seg.ops
-            if op.collective in ("ep_dispatch", "ep_combine")]
+    ops = pair_ep_ops(coster)
     modelled = {"dispatch": 0.0, "combine": 0.0}
     for op in ops:
         modelled[kernel_of(op.collective, op.phase)] += coster.op_time(op)

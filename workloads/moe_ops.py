@@ -17,6 +17,7 @@ from gpuhours.workloads.memory_ops import (
 from gpuhours.workloads.moe_dispatch import dispatch_segments, expert_rows
 from gpuhours.workloads.ops import (
     BF16,
+    FP8,
     FP32,
     OpOptions,
     PassBuilder,
@@ -59,7 +60,7 @@ def moe_segments(mlp: PassBuilder, model: ModelSpec, moe: MoESpec, p: ParallelSp
     # column-wise copy its weight gradient needs is made from them (read and write FP8, 2 bytes an element).
     fp8_grads = fp8_payload and phase == "B" and opts.fp8_recipe == "blockwise"
     if fp8_grads:
-        mlp.elementwise("combine_grad.quant", local_tokens * h * (BF16 + 1))
+        mlp.elementwise("combine_grad.quant", local_tokens * h * (BF16 + FP8))
     if phase != "W":
         moe_permute(mlp, executed, recv, h, fp8_payload if phase == "F" else fp8_grads)
     mlp.gemm("experts.w13", rows_per_expert, 2 * e, h, groups=local_experts, cast=not (fp8_payload and phase == "F"))
@@ -69,7 +70,7 @@ def moe_segments(mlp: PassBuilder, model: ModelSpec, moe: MoESpec, p: ParallelSp
         mlp.elementwise("experts.swiglu", 3 * rows_per_expert * local_experts * e * BF16 * (1 if phase == "F" else 2))
     mlp.gemm("experts.w2", rows_per_expert, h, e, groups=local_experts, cast=not fp8_grads)
     if fp8_grads:
-        mlp.elementwise("experts.w2.quant", executed * h * 2)
+        mlp.elementwise("experts.w2.quant", executed * h * 2 * FP8)
     if phase != "W":
         moe_unpermute(mlp, executed, recv, h)
     if moe.n_shared_experts:

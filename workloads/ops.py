@@ -56,6 +56,7 @@ from gpuhours.workloads.parallel import ParallelSpec  # noqa: E402
 
 BF16 = 2  # bytes per element
 FP32 = 4
+FP8 = 1
 
 
 @dataclass(frozen=True)

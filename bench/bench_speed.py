@@ -1,6 +1,6 @@
 """Benchmark: the speed figures of the layout-search issue, on this machine.
 
-Run: .venv/bin/python bench/bench_speed.py [--skip-cli] [--skip-16k]
+Run: .venv/bin/python bench/bench_speed.py [--skip-cli] [--skip-16k] [--search]
 Not part of the test run; the figures go in the README and the closing notes.
 
 1. A new configuration, cold, in-process: a published layout (stages balanced, every collective and send priced,
@@ -19,6 +19,13 @@ Not part of the test run; the figures go in the README and the closing notes.
    (`_clear_layout_caches`). Also printed where the case allows it: the same configuration after another layout
    (pp doubled) on the same cluster, whose network is shared as in a sweep or the planner, so the fabric's
    leaf-pair routes are warm: GPT-3 175B 40 ms, Llama 3.1 8B 15 ms.
+   Later still (fifth session, load 1-4): leaf pairs of a spec-built fat tree written down from its switch counts
+   instead of searched (`hwmodels/fabric_symmetry.py`; `--search` turns it off), each leaf pair's links and
+   fractions kept as one array, routing's per-GPU latencies and connected parts looked up once per fabric, a
+   phase without PXN relays or NVLink flows skipping that work, pipeline sends and every stage's groups built
+   as arrays (`RankLayout.pipeline_flow_array`, groups as stage 0's shifted): GPT-3 175B PP12 34-37 ms CPU, 27-30
+   ms after another layout (42-46 ms with `--search`, same code; 47-50 ms before), routing its 24 phases 7-8 ms of
+   it (was 17-20 ms); GPT 1T PP64 268-291 ms (304-318 ms with `--search`). Figures identical either way.
 2. The default CLI estimate, as a user runs it (`python -m gpuhours.cli estimate`, a new process: imports
    included), best of three, wall and CPU, with compiled bytecode cached as from a user's second run (and
    once more compiling every module, as under PYTHONDONTWRITEBYTECODE). 2026-12-01, this 2-core machine:
@@ -175,7 +182,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--skip-cli", action="store_true")
     parser.add_argument("--skip-16k", action="store_true")
+    parser.add_argument("--search", action="store_true",
+                        help="route leaf pairs by the full shortest-path search, not the fat tree's closed form")
     args = parser.parse_args()
+    if args.search:
+        from gpuhours.hwmodels import fabric_symmetry
+
+        fabric_symmetry.SHORTCUT = False
     bench_configs()
     if not args.skip_cli:
         bench_cli()

@@ -4,9 +4,40 @@ links (node keys, capacities and latencies as the ``topology`` module docstring 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from gpuhours.hwmodels.fabric_graph import FabricGraph
 from gpuhours.hwmodels.topology import FabricSpec, leaf_of_nic, leaves_per_plane
+
+
+@dataclass(frozen=True)
+class SwitchCounts:
+    """Switches of one plane as ``build_fabric`` lays them out: ``leaves`` leaves in ``pods`` pods of
+    ``leaves_per_pod`` (the last may hold fewer), ``spines`` spines per pod (every leaf of a pod linked to each),
+    and, where there is more than one pod, spine j of every pod linked to the ``cores_per_group`` cores of group j.
+    Two tiers, or three with a single pod: one pod, no cores; one leaf: no spines."""
+
+    leaves: int
+    leaves_per_pod: int
+    pods: int
+    spines: int
+    cores_per_group: int
+
+
+def switch_counts(spec: FabricSpec) -> SwitchCounts:
+    """The switch counts of one plane of ``spec`` (the formulas ``build_fabric`` builds with)."""
+    n_leaves = leaves_per_plane(spec)
+    if n_leaves == 1:
+        return SwitchCounts(1, 1, 1, 0, 0)
+    if spec.tiers == 2:
+        n_spines = max(1, math.ceil(n_leaves * spec.gpus_per_leaf / spec.oversubscription / spec.switch_radix))
+        return SwitchCounts(n_leaves, n_leaves, 1, n_spines, 0)
+    lpp = spec.leaves_per_pod or spec.switch_radix // 2
+    n_pods = math.ceil(n_leaves / lpp)
+    down_ports = spec.switch_radix // 2
+    n_spines = max(1, math.ceil(lpp * spec.gpus_per_leaf / spec.oversubscription / down_ports))
+    cores_per_group = max(1, math.ceil(n_pods * down_ports / spec.core_oversubscription / spec.switch_radix))
+    return SwitchCounts(n_leaves, lpp, n_pods, n_spines, cores_per_group if n_pods > 1 else 0)
 
 
 def build_fabric(spec: FabricSpec) -> FabricGraph:
@@ -54,7 +85,8 @@ def build_fabric(spec: FabricSpec) -> FabricGraph:
     nodes: list = []   # the switches and their links, added by add_bulk
     edges: list = []
 
-    n_leaves = leaves_per_plane(spec)
+    counts = switch_counts(spec)
+    n_leaves = counts.leaves
     up_capacity = spec.gpus_per_leaf / spec.oversubscription * spec.nic_bw   # per leaf, one direction
     hop = spec.switch_hop_latency
     for plane in range(spec.planes):
@@ -66,7 +98,7 @@ def build_fabric(spec: FabricSpec) -> FabricGraph:
             if n_leaves > spec.switch_radix:
                 raise ValueError(f"tiers=2 allows at most switch_radix={spec.switch_radix} leaves per plane, "
                                  f"this fabric needs {n_leaves}; use tiers=3")
-            n_spines = max(1, math.ceil(n_leaves * spec.gpus_per_leaf / spec.oversubscription / spec.switch_radix))
+            n_spines = counts.spines
             per_edge = up_capacity / n_spines
             for j in range(n_spines):
                 spine = ("spine", plane, 0, j)
@@ -77,13 +109,10 @@ def build_fabric(spec: FabricSpec) -> FabricGraph:
                     edges += [(leaf, spine, e), (spine, leaf, dict(e))]
             continue
         # three tiers: pods of leaves_per_pod leaves, each pod with its spines, spine j of every pod in core group j
-        lpp = spec.leaves_per_pod or spec.switch_radix // 2
-        n_pods = math.ceil(n_leaves / lpp)
-        down_ports = spec.switch_radix // 2
-        n_spines = max(1, math.ceil(lpp * spec.gpus_per_leaf / spec.oversubscription / down_ports))
+        lpp, n_pods, n_spines = counts.leaves_per_pod, counts.pods, counts.spines
         # spine uplinks: the pod's leaf uplink capacity over core_oversubscription (1 = non-blocking)
         spine_up = lpp * up_capacity / n_spines / spec.core_oversubscription
-        cores_per_group = max(1, math.ceil(n_pods * down_ports / spec.core_oversubscription / spec.switch_radix))
+        cores_per_group = counts.cores_per_group
         for j in range(n_spines if n_pods > 1 else 0):   # one pod: its spines are the top, no core tier
             for c in range(cores_per_group):
                 nodes.append((("core", plane, j, c), {"kind": "core", "plane": plane, "tier": 3}))

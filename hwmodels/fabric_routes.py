@@ -4,7 +4,9 @@ uses. NVLink inside a node; between nodes the sender's NIC, the fabric and the r
 PXN (NVLink to the sending node's GPU on the receiver's rail first). Flows are routed as arrays: per-GPU edge ids
 for the NVLink, NIC and PXN hops; between leaves one ECMP walk per source leaf up to the switches the destination
 hangs under (its anchors) and one set of last hops per destination, so a pair of leaves costs a lookup; one
-shortest-path search per set of leaves under the same switches. The graph is read through its adjacency
+shortest-path search per set of leaves under the same switches (``fabric_search.py``), or, on a fat tree built
+from its spec, none: its leaf pairs are written down from its switch counts (``fabric_symmetry.py``, the same
+figures bit for bit), and each leaf pair's links kept as one array. The graph is read through its adjacency
 dictionaries only (a networkx.DiGraph, or a ``fabric_graph.FabricGraph`` that needs no networkx).
 `graph_network.GraphNetwork` builds collectives on it."""
 
@@ -17,7 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gpuhours.hwmodels.fabric_index import FabricIndex
+from gpuhours.hwmodels.fabric_search import FabricSearch
+from gpuhours.hwmodels.fabric_symmetry import FatTreeRoutes, fat_tree_routes
 from gpuhours.hwmodels.topology import SWITCH_KINDS
 
 if TYPE_CHECKING:
@@ -26,8 +29,10 @@ if TYPE_CHECKING:
     from gpuhours.hwmodels.fabric_graph import FabricGraph
 
 CROSS_RAIL = ("pxn", "fabric")
-# Whether walks share their part past the first hop (`FabricRoutes._walk_tail`); off only to measure the saving
-SHARE_WALK_TAILS = True
+# Links kept in the per-leaf-pair arrays (`FabricRoutes._rail`) at most, 16 bytes each (edge id and fraction): a
+# collective touching every leaf pair of a 16k-GPU three-tier fabric would otherwise keep ~0.8 GB. Past it, pairs
+# are assembled from their cached parts every time (same figures).
+PAIR_CACHE_LINKS = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -48,10 +53,11 @@ class FlowCost:
     loads: np.ndarray          # bytes per edge id
 
 
-class FabricRoutes(FabricIndex):
+class FabricRoutes(FabricSearch):
     """Routes and link loads on a fabric graph (GPU nodes ("gpu", 0..N-1), NVSwitches, NICs, leaf / spine / core
     switches; every link with a capacity and a latency); the graph's edge ids and per-GPU links come from
-    ``FabricIndex`` (``hwmodels/fabric_index.py``)."""
+    ``FabricIndex`` (``hwmodels/fabric_index.py``), leaf pairs from ``FabricSearch`` (``fabric_search.py``) or,
+    on a spec-built fat tree, ``fabric_symmetry.py``."""
 
     def __init__(self, graph: nx.DiGraph | FabricGraph, cross_rail: str = "pxn") -> None:
         if cross_rail not in CROSS_RAIL:
@@ -68,115 +74,17 @@ class FabricRoutes(FabricIndex):
         self._components: np.ndarray | None = None  # per leaf id: its connected part of the fabric
         self._routes: dict[tuple[int, int], Route] = {}
         self._fabric_routes: dict[tuple, tuple[list, list, float] | None] = {}
-        self._next_hops: dict[tuple, dict] = {}
-        self._walks: dict[tuple, tuple] = {}
-        self._tails: dict[tuple, tuple] = {}     # (anchors, shares after a walk's first hop) -> its rest
-        self._anchors: dict = {}
-        self._anchor_sets: dict = {}
+        self._init_search()
         self._walk_np: dict[tuple, tuple] = {}   # (leaf id, anchors) -> the walk and its arrival, as arrays
         self._orders: dict[tuple, int] = {}      # anchors in a walk's order of arrival -> an id
         self._last_np: dict[tuple, tuple] = {}   # (leaf id, order id) -> last-hop edge ids, their latencies
-        self._dist: dict[tuple, dict] = {}
-        self._pred_sw: dict | None = None          # switch -> its switch predecessors and their edge ids
+        self._pairs_np: dict[tuple, tuple] = {}  # (leaf id, leaf id) -> its edge ids, fractions, their count, latency
+        self._pair_links = 0                     # links held in _pairs_np (PAIR_CACHE_LINKS at most, roughly)
+        self._gpu_parts: np.ndarray | None = None   # per GPU, its NIC's leaf's connected part (-1: none)
+        self._end_lat: tuple | None = None          # per GPU, latency of its first two and last two links
+        self._tree: FatTreeRoutes | bool | None = None  # leaf pairs in closed form (fabric_symmetry); False: search
 
     # ------------------------------------------------------------------------------------------ routing
-    def _toward(self, target) -> tuple[frozenset, dict, dict]:
-        """Shortest switch paths toward leaf ``target``: (its switch neighbours N, distance D of every switch to
-        N, each switch's next hops toward N). Every path into ``target`` ends with a hop from N, so its distance
-        is 1 + D and its next hops are those toward N; leaves under the same switches (a plane of a leaf/spine
-        fabric, a pod of a three-tier one) share one search."""
-        anchors = self._anchors.get(target)
-        if anchors is None:
-            anchors = frozenset(w for w in self._g._pred[target] if w[0] in SWITCH_KINDS)
-            # one object per set: a cache keyed by an equal but distinct set compares it element by element
-            anchors = self._anchors[target] = self._anchor_sets.setdefault(anchors, anchors)
-        hit = self._dist.get(anchors)
-        if hit is None:
-            dist = {a: 0 for a in anchors}
-            hops: dict = {}
-            frontier = sorted(anchors)
-            pred = self._switch_pred()
-            while frontier:
-                nxt = []
-                for u in frontier:
-                    du = dist[u] + 1
-                    for w, e in pred[u]:
-                        dw = dist.get(w)
-                        if dw is None:  # first reached: from u, one step farther than u
-                            dist[w] = du
-                            nxt.append(w)
-                            hops[w] = [(u, e)]
-                        elif dw == du:
-                            hops[w].append((u, e))
-                frontier = nxt
-            hit = self._dist[anchors] = (dist, hops)
-        return (anchors,) + hit
-
-    def _switch_pred(self) -> dict:
-        """Per switch, (switch w, edge id of w -> it) for every switch link into it, in the graph's order: what a
-        search toward a set of anchors reads (computed once; each search would otherwise skip the NICs and look
-        the edge ids up again)."""
-        if self._pred_sw is None:
-            eid, kinds = self._eid, SWITCH_KINDS
-            self._pred_sw = {u: [(w, eid[(w, u)]) for w in nbrs if w[0] in kinds]
-                             for u, nbrs in self._g._pred.items() if u[0] in kinds}
-        return self._pred_sw
-
-    def _walk(self, src_leaf, dst_leaf, anchors: frozenset):
-        """The ECMP split from ``src_leaf`` up to the switches under which ``dst_leaf`` hangs (its anchors):
-        (edge ids, fractions, latency, share arriving at each anchor). Every leaf under the same anchors shares it,
-        so a leaf pair costs only its last hops. Past its first hop the walk is cached per (anchors, shares
-        reached): the leaves of one pod of a fat-tree reach the same switches with the same shares, so their
-        walks to one pod differ only in that hop (``_walk_tail``)."""
-        key = (src_leaf, anchors)
-        hit = self._walks.get(key)
-        if hit is None:
-            hops_of = self._toward(dst_leaf)[2]
-            acc: dict[int, float] = {}
-            arrive: dict = {}
-            frontier: dict = {}
-            if src_leaf in anchors:
-                arrive[src_leaf] = 1.0
-            else:  # the first hop, then the rest from the switches it reaches
-                hops = hops_of.get(src_leaf, [])
-                share = 1.0 / len(hops)
-                for v, e in hops:
-                    acc[e] = acc.get(e, 0.0) + share
-                    frontier[v] = frontier.get(v, 0.0) + share
-            links = list(acc)
-            fr = [acc[e] for e in links]
-            if frontier:
-                tail_links, tail_fr, arrive = self._walk_tail(frontier, anchors, hops_of)
-                links, fr = links + tail_links, fr + tail_fr
-            hit = self._walks[key] = (links, fr, float(np.dot(self._lat[links], fr)) if links else 0.0, arrive)
-        return hit
-
-    def _walk_tail(self, frontier: dict, anchors: frozenset, hops_of: dict):
-        """The ECMP walk from switches ``frontier`` (switch -> share of the flow, all at one distance from the
-        anchors) to ``anchors``: (edge ids in order of first use, their fractions, share arriving at each anchor).
-        Each hop goes one step nearer the anchors, so no edge is used at two steps and a walk's edges after its
-        first hop are exactly these: the same sums in the same order as one walk from the leaf."""
-        key = (anchors, tuple(frontier.items()))
-        hit = self._tails.get(key) if SHARE_WALK_TAILS else None
-        if hit is None:
-            acc: dict[int, float] = {}
-            arrive: dict = {}
-            while frontier:
-                nxt: dict = {}
-                for u, f in frontier.items():
-                    if u in anchors:
-                        arrive[u] = arrive.get(u, 0.0) + f
-                        continue
-                    hops = hops_of.get(u, [])
-                    share = f / len(hops)
-                    for v, e in hops:
-                        acc[e] = acc.get(e, 0.0) + share
-                        nxt[v] = nxt.get(v, 0.0) + share
-                frontier = nxt
-            links = list(acc)
-            hit = self._tails[key] = (links, [acc[e] for e in links], arrive)
-        return hit
-
     def _fabric(self, src_leaf, dst_leaf):
         """ECMP split over all shortest switch paths src_leaf -> dst_leaf: (edge ids, fractions, latency)."""
         key = (src_leaf, dst_leaf)
@@ -259,15 +167,15 @@ class FabricRoutes(FabricIndex):
         pair of leaves) and the receiver's NIC, where that rail connects them; else PXN, NVLink to the sending
         node's GPU on the receiver's rail first. Flows with no bytes or to themselves carry nothing."""
         f = np.asarray(flows, dtype=float).reshape(-1, 3)
-        if (f[:, 2] < 0).any() or np.isnan(f[:, 2]).any():
-            bad = f[:, 2][(f[:, 2] < 0) | np.isnan(f[:, 2])][0]
+        valid = f[:, 2] >= 0  # false for NaN too
+        if not valid.all():
+            bad = f[:, 2][~valid][0]
             raise ValueError(f"flow bytes must be >= 0, got {bad!r}")
         src, dst, nbytes = f[:, 0].astype(np.int64), f[:, 1].astype(np.int64), f[:, 2]
         keep = (src != dst) & (nbytes > 0)
         src, dst, nbytes = src[keep], dst[keep], nbytes[keep]
-        loads = np.zeros(len(self._edges))
         if not len(src):
-            return loads, np.zeros(0)
+            return np.zeros(len(self._edges)), np.zeros(0)
         for ids in (src, dst):
             if ids.min() < 0 or ids.max() >= self.num_gpus:
                 raise ValueError(f"GPU ids must lie in [0, {self.num_gpus}), got {int(ids.min())}..{int(ids.max())}")
@@ -282,7 +190,8 @@ class FabricRoutes(FabricIndex):
             return lat[self._e_up_nvs[a]] + lat[self._e_down_nvs[b]]
 
         intra = node[src] == node[dst]
-        latency[intra] = nvlink(src[intra], dst[intra], nbytes[intra])
+        if intra.any():
+            latency[intra] = nvlink(src[intra], dst[intra], nbytes[intra])
         inter = np.flatnonzero(~intra)
         if len(inter):
             a, b = src[inter], dst[inter]
@@ -291,26 +200,34 @@ class FabricRoutes(FabricIndex):
                 fabric_ok &= local[a] == local[b]
             relay = np.where(fabric_ok, a, self._gpu_grid[node[a], local[b]])
             hop = ~fabric_ok  # PXN: NVLink to the relay first
-            if hop.any() and not self._rails_connect(relay[hop], b[hop]).all():
+            relayed = hop.any()
+            if relayed and not self._rails_connect(relay[hop], b[hop]).all():
                 bad = np.flatnonzero(hop)[~self._rails_connect(relay[hop], b[hop])][0]
                 raise ValueError(f"no network path from GPU {int(a[bad])} to GPU {int(b[bad])}")
-            first = np.zeros(len(a))
-            first[hop] = nvlink(a[hop], relay[hop], nbytes[inter][hop])
-            latency[inter] = 0.0 + first + self._rail(relay, b, nbytes[inter], edges, weights)
-        if edges:
-            loads += np.bincount(np.concatenate(edges), weights=np.concatenate(weights), minlength=len(self._edges))
-        return loads, latency
+            if relayed:
+                first = np.zeros(len(a))
+                first[hop] = nvlink(a[hop], relay[hop], nbytes[inter][hop])
+                latency[inter] = 0.0 + first + self._rail(relay, b, nbytes[inter], edges, weights)
+            else:  # no relay: the same sum, 0.0 + 0.0 + x = x
+                latency[inter] = self._rail(relay, b, nbytes[inter], edges, weights)
+        # edges is never empty here (a flow that is kept crosses at least one link); bincount's sums start at 0.0
+        return np.bincount(np.concatenate(edges), weights=np.concatenate(weights), minlength=len(self._edges)), latency
 
     def _rails_connect(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Whether a's NIC reaches b's NIC through the fabric (both have NICs, their leaves are connected)."""
-        la, lb = self._leaf_id[a], self._leaf_id[b]
-        comp = self._leaf_components()
-        return (la >= 0) & (lb >= 0) & (comp[np.maximum(la, 0)] == comp[np.maximum(lb, 0)])
+        if self._gpu_parts is None:  # per GPU, its NIC's part of the fabric, -1 without a NIC
+            la = self._leaf_id
+            self._gpu_parts = np.where(la >= 0, self._leaf_components()[np.maximum(la, 0)], -1)
+        part = self._gpu_parts
+        pa = part[a]
+        return (pa >= 0) & (pa == part[b])
 
     def _leaf_components(self) -> np.ndarray:
         """Per leaf id, the connected part of the switch fabric it belongs to (every link runs both ways, so two
         leaves are connected exactly when a shortest switch path joins them: `_fabric` is not None). Computed
         once."""
+        if self._components is None and self._fat_tree() is not None:
+            self._components = self._fat_tree().components()
         if self._components is None:
             succ, part = self._g._succ, {}
             for start in self._leaves:
@@ -326,30 +243,48 @@ class FabricRoutes(FabricIndex):
 
     def _rail(self, a, b, w, edges: list, weights: list) -> np.ndarray:
         """a's NIC -> its leaf -> fabric -> b's leaf -> b's NIC (rails known to connect); latency per flow."""
-        lat = self._lat
+        if self._end_lat is None:  # per GPU: its GPU -> NIC -> leaf latency, and leaf -> NIC -> GPU
+            lat = self._lat
+            self._end_lat = (lat[self._e_gpu_nic] + lat[self._e_nic_leaf], lat[self._e_leaf_nic] + lat[self._e_nic_gpu])
         head, tail = (self._e_gpu_nic[a], self._e_nic_leaf[a]), (self._e_leaf_nic[b], self._e_nic_gpu[b])
         edges.extend(head + tail)
         weights.extend((w, w, w, w))
-        pairs, inverse = _leaf_pairs(self._leaf_id[a], self._leaf_id[b])
+        pairs, inverse = _leaf_pairs(self._leaf_id[a], self._leaf_id[b], len(self._leaves))
         pair_bytes = np.bincount(inverse, weights=w, minlength=pairs.shape[1])
         mid_lat = np.zeros(pairs.shape[1])
         links, fractions, sizes = [], [], []
-        for k, (x, y) in enumerate(pairs.T.tolist()):
-            if x == y:
+        cached = self._pairs_np
+        for k, xy in enumerate(zip(*pairs.tolist())):
+            if xy[0] == xy[1]:
                 continue
-            walk_links, walk_fr, last_links, arrive_fr, mid_lat[k] = self._fabric_parts(x, y)
-            links += (walk_links, last_links)
-            fractions += (walk_fr, arrive_fr)
-            sizes.append(len(walk_fr) + len(arrive_fr))
-        if links:  # pair by pair, walk then last hops, as `_fabric` lists them: the same sums in the same order
+            pair = cached.get(xy)
+            if pair is None:  # walk then last hops, as `_fabric` lists them
+                walk_links, walk_fr, last_links, arrive_fr, pair_lat = self._fabric_parts(*xy)
+                pair = (np.concatenate((walk_links, last_links)), np.concatenate((walk_fr, arrive_fr)),
+                        len(walk_fr) + len(arrive_fr), pair_lat)
+                if self._pair_links < PAIR_CACHE_LINKS:
+                    cached[xy] = pair
+                    self._pair_links += pair[2]
+            links.append(pair[0])
+            fractions.append(pair[1])
+            sizes.append(pair[2])
+            mid_lat[k] = pair[3]
+        if links:  # pair by pair: the same sums in the same order
             edges.append(np.concatenate(links))
             weights.append(np.concatenate(fractions) * np.repeat(pair_bytes[pairs[0] != pairs[1]], sizes))
-        return (lat[head[0]] + lat[head[1]]) + (lat[tail[0]] + lat[tail[1]]) + mid_lat[inverse]
+        return self._end_lat[0][a] + self._end_lat[1][b] + mid_lat[inverse]
 
     def _fabric_parts(self, x: int, y: int):
         """``_fabric`` of leaf ids x != y (connected) in parts, each cached where leaf pairs share it: the ECMP
         walk from x up to y's anchors (edge ids, fractions: one per (x, anchors)), the last hops into y (edge ids
-        in the order the walk arrives: one per (y, order)), the shares arriving over them, and the latency."""
+        in the order the walk arrives: one per (y, order)), the shares arriving over them, and the latency. On a
+        fabric built from its spec, written down from the spec's switch counts instead (``fabric_symmetry``)."""
+        tree = self._fat_tree()
+        if tree is not None:
+            try:
+                return tree.parts(x, y)
+            except KeyError:  # a link the spec implies is missing: not the fabric it says, search from now on
+                self._tree, self._components, self._gpu_parts = False, None, None
         target = self._leaves[y]
         anchors = self._anchors.get(target) or self._toward(target)[0]
         parts = self._walk_np.get((x, anchors))
@@ -366,6 +301,12 @@ class FabricRoutes(FabricIndex):
             last = self._last_np[(y, order)] = (ids, self._lat[ids])
         return walk_links, walk_fr, last[0], arrive_fr, walk_lat + float(np.dot(last[1], arrive_fr))
 
+    def _fat_tree(self) -> FatTreeRoutes | None:
+        """The closed-form leaf-pair routes (``fabric_symmetry.fat_tree_routes``), or None where they do not apply."""
+        if self._tree is None:
+            self._tree = fat_tree_routes(self._g, self._eid, self._lat, self._leaves) or False
+        return self._tree or None
+
     @property
     def edges(self) -> list[tuple]:
         return self._edges
@@ -380,9 +321,9 @@ class FabricRoutes(FabricIndex):
         return FlowCost(bw + lat, bw, lat, self._edges[i] if bw > 0 else None, loads)
 
 
-def _leaf_pairs(la: np.ndarray, lb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct (la, lb) pairs as a 2 x K array and each flow's index into them (leaf ids >= -1): a 1-D unique
-    of one combined key, much cheaper than a unique over columns."""
-    width = int(max(la.max(initial=0), lb.max(initial=0))) + 2
+def _leaf_pairs(la: np.ndarray, lb: np.ndarray, leaves: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (la, lb) pairs as a 2 x K array and each flow's index into them (leaf ids -1..leaves-1), in
+    (la, lb) order: a 1-D unique of one combined key, much cheaper than a unique over columns."""
+    width = leaves + 1
     keys, inverse = np.unique((la + 1) * width + (lb + 1), return_inverse=True)
     return np.stack([keys // width - 1, keys % width - 1]), inverse.reshape(-1)

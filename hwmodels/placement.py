@@ -190,31 +190,39 @@ class RankLayout:
         """Every group of kind ``name`` across the machine (they all run their collective at once): "tp", "cp",
         "dp" (a dense shard's gradient group: dp x cp ranks), "ep", "edp" (an expert shard's replicas), "etp" (an
         expert's tensor-parallel ranks) and "tp_ep" (an ep x etp block: the all-gather dispatcher's group)."""
-        out = []
         block = self.ep * self.etp
-        for pp in range(self.pp):
-            stage = self.stage(pp)
-            if name in EXPERT_GROUPS:
-                if name == "ep":
-                    out += [sorted(stage[b + j:b + block:self.etp]) for b in range(0, len(stage), block)
-                            for j in range(self.etp)]
-                elif name == "etp":
-                    out += [sorted(stage[i:i + self.etp]) for i in range(0, len(stage), self.etp)]
-                elif name == "tp_ep":
-                    out += [sorted(stage[i:i + block]) for i in range(0, len(stage), block)]
-                else:
-                    out += [sorted(stage[j::block]) for j in range(block)]
-                continue
+        if name in EXPERT_GROUPS:
+            stage = self.stage(0)
+            if name == "ep":
+                first = [sorted(stage[b + j:b + block:self.etp]) for b in range(0, len(stage), block)
+                         for j in range(self.etp)]
+            elif name == "etp":
+                first = [sorted(stage[i:i + self.etp]) for i in range(0, len(stage), self.etp)]
+            elif name == "tp_ep":
+                first = [sorted(stage[i:i + block]) for i in range(0, len(stage), block)]
+            else:
+                first = [sorted(stage[j::block]) for j in range(block)]
+        else:
             axes = {"tp": ("tp",), "cp": ("cp",), "dp": ("dp", "cp")}.get(name)
             if axes is None:
                 raise ValueError(f"group must be one of tp, cp, dp, {', '.join(EXPERT_GROUPS)}; got {name!r}")
-            out += _dense_groups(self, pp, axes)
-        return out
+            first = _dense_groups(self, 0, axes)
+        if self.pp == 1:
+            return first
+        # stage pp's GPUs are stage 0's plus pp x the pp stride, in the same order (the pp digit of a GPU's mixed
+        # radix number leaves its other coordinates alone): so are its groups, stage after stage
+        shifts = self.stride("pp") * np.arange(self.pp)[:, None, None]
+        return (np.asarray(first, dtype=np.int64)[None] + shifts).reshape(-1, len(first[0])).tolist()
 
     def pipeline_flows(self, src: int, dst: int) -> list[tuple[int, int, float]]:
         """One unit flow from every GPU of stage ``src`` to its counterpart in stage ``dst``: every pipeline
         (data-parallel replica and shard) sends at once."""
         return [(a, b, 1.0) for a, b in zip(self.stage(src), self.stage(dst))]
+
+    def pipeline_flow_array(self, src: int, dst: int) -> np.ndarray:
+        """``pipeline_flows`` as an (N, 3) float array, what routing reads (no tuple per flow)."""
+        a, b = _stage_gpus(self, src), _stage_gpus(self, dst)
+        return np.column_stack((a, b, np.ones(len(a))))
 
 
 def _dense_groups(layout: RankLayout, pp: int, axes: tuple[str, ...]) -> list[list[int]]:

@@ -13,13 +13,17 @@ from typing import Callable
 
 import numpy as np
 
-from gpuhours.simulator.split_memo import held_params_memo, peak_bytes, stage_chunk_bytes
+from gpuhours.simulator.split_memo import held_params_memo, peak_bytes, rank_memory_memo, stage_chunk_bytes
 from gpuhours.workloads.parallel import ParallelSpec
 
 # Assumption: a split up to 5% slower (busiest rank's simulated load) than the time-balanced one still counts as
 # "similar time". Past that, a layout that does not fit is the planner's problem (more stages, recomputation,
 # ZeRO), not a balancing choice, so the time-balanced split is kept and the memory report says it does not fit.
 MEMORY_TIME_SLACK = 0.05
+
+# `split_memory` keeps each rank's figure per its held stages (`split_memo.rank_memory_memo`); False: every rank
+# computed every time (the same figures; for benchmarks and tests).
+SPLIT_RANK_MEMO = True
 
 
 def partition_layers(layer_cost: list[float], num_stages: int, first_extra: float = 0.0,
@@ -328,23 +332,36 @@ def split_memory(model, p: ParallelSpec, seq_len: int, stage_layers: tuple[int, 
 
     m = num_microbatches or 2 * p.pp
     schedule = build_schedule(p.schedule, p.pp, m, vpp=p.vpp)
-    per_stage = stage_chunk_bytes(model, p, seq_len, stage_layers, recipe, opts)
-    act = peak_bytes(schedule, per_stage)  # `memory.peak_in_flight`'s bytes, every rank at once
-    kv = cp_gathered_kv_bytes(model, p, seq_len)
-    out = []
-    params = held_params_memo(model, p)  # `simulator.split_memo`
     starts = [0]
     for n in stage_layers:
         starts.append(starts[-1] + n)
     last = len(stage_layers) - 1
-    for rank, stages in enumerate(_stages_per_rank(schedule)):
+    held = _stages_per_rank(schedule)
+    # a rank's figure reads only its own stages: kept per (rank, their ranges) (`split_memo.rank_memory_memo`)
+    ats = [tuple((starts[s], starts[s + 1], s == 0, s == last) for s in stages) for stages in held]
+    memo = rank_memory_memo(model, p, seq_len, recipe, opts, m) if SPLIT_RANK_MEMO else None
+    out = [None if memo is None else memo.get((r, at)) for r, at in enumerate(ats)]
+    todo = [r for r, x in enumerate(out) if x is None]
+    if not todo:
+        return tuple(out)
+    part = len(todo) < len(held)  # the other ranks' stages are not read
+    per_stage = (stage_chunk_bytes(model, p, seq_len, stage_layers, recipe, opts,
+                                   stages=set().union(*(held[r] for r in todo))) if part
+                 else stage_chunk_bytes(model, p, seq_len, stage_layers, recipe, opts))
+    # `memory.peak_in_flight`'s bytes, every rank to compute at once
+    act = dict(zip(todo, peak_bytes(schedule, per_stage, todo if part else None)))
+    kv = cp_gathered_kv_bytes(model, p, seq_len)
+    params = held_params_memo(model, p)  # `simulator.split_memo`
+    for rank in todo:
+        stages, at = held[rank], ats[rank]
         # `rank_params` reads of the split only each held stage's layer range and whether it is the first or
         # last, in the set's order: memoised by exactly that (neighbouring candidate splits share most ranks)
-        at = tuple((starts[s], starts[s + 1], s == 0, s == last) for s in stages)
         if at not in params:
             params[at] = rank_params(model, p, stage_layers, stages)
         dense, expert = params[at]
         state = rank_state_bytes(dense, expert, p, recipe, gathered_params(model, p, stage_layers, stages))
         allocated = sum(state.values()) + act[rank] + kv
-        out.append(allocated + recipe.reserved_bytes + recipe.fragmentation * allocated)
+        out[rank] = allocated + recipe.reserved_bytes + recipe.fragmentation * allocated
+        if memo is not None:
+            memo[(rank, at)] = out[rank]
     return tuple(out)

@@ -148,34 +148,45 @@ def list_schedule_shared(tasks, avail: float) -> InstructionProfile:
     from gpuhours.simulator.task_schedule import profile_of, release, task_graph, task_span
 
     waiting, dependents, ready = task_graph(tasks)
-    running: dict[str, int | None] = {"compute": None, "comm": None}
-    left = {"compute": 0.0, "comm": 0.0}    # work left of the running task, seconds at its full rate
-    began = {"compute": 0.0, "comm": 0.0}
-    busy = {"compute": 0.0, "comm": 0.0}
+    # the two streams' state in locals (c: compute, m: communication): the same arithmetic, in the same order,
+    # as one dict per quantity keyed by stream (a profile runs this loop once per task)
+    ready_c, ready_m = ready["compute"], ready["comm"]
+    run_c = run_m = None   # the running task of each stream
+    left_c = left_m = 0.0  # work left of the running task, seconds at its full rate
+    began_c = began_m = 0.0
+    busy_c = busy_m = 0.0
     spans: list[Span] = []
     now, done = 0.0, 0
     while done < n:
-        for stream in ("compute", "comm"):
-            if running[stream] is None and ready[stream]:
-                _, i = heapq.heappop(ready[stream])
-                running[stream], left[stream], began[stream] = i, tasks[i].duration, now
-        active = [s for s in ("compute", "comm") if running[s] is not None]
-        if not active:
+        if run_c is None and ready_c:
+            run_c = heapq.heappop(ready_c)[1]
+            left_c, began_c = tasks[run_c].duration, now
+        if run_m is None and ready_m:
+            run_m = heapq.heappop(ready_m)[1]
+            left_m, began_m = tasks[run_m].duration, now
+        if run_c is None and run_m is None:
             raise RuntimeError("instruction task graph has a cycle")
-        comm = running["comm"]
-        rate = {"comm": 1.0,
-                "compute": (avail - tasks[comm].held) / avail if comm is not None else 1.0}
-        until = {s: left[s] / rate[s] for s in active}
-        step = min(until.values())
-        ending = [s for s in active if until[s] <= step]
+        rate = (avail - tasks[run_m].held) / avail if run_m is not None else 1.0  # compute's; comm runs at 1
+        until_c = left_c / rate if run_c is not None else None
+        until_m = left_m / 1.0 if run_m is not None else None
+        step = until_m if until_c is None else until_c if until_m is None else min(until_c, until_m)
+        end_c = until_c is not None and until_c <= step
+        end_m = until_m is not None and until_m <= step
         now += step
-        for s in active:
-            left[s] = 0.0 if s in ending else left[s] - step * rate[s]
-        for s in ending:
-            i = running[s]
-            busy[s] += now - began[s]
-            spans.append(task_span(tasks[i], s, began[s], now))
-            running[s] = None
+        if run_c is not None:
+            left_c = 0.0 if end_c else left_c - step * rate
+        if run_m is not None:
+            left_m = 0.0 if end_m else left_m - step * 1.0
+        if end_c:
+            i, run_c = run_c, None
+            busy_c += now - began_c
+            spans.append(task_span(tasks[i], "compute", began_c, now))
             done += 1
             release(i, tasks, waiting, dependents, ready)
-    return profile_of(tasks, now, busy, spans)
+        if end_m:
+            i, run_m = run_m, None
+            busy_m += now - began_m
+            spans.append(task_span(tasks[i], "comm", began_m, now))
+            done += 1
+            release(i, tasks, waiting, dependents, ready)
+    return profile_of(tasks, now, {"compute": busy_c, "comm": busy_m}, spans)

@@ -86,3 +86,19 @@ def search_split(split_at: Callable[[float], tuple[int, ...]],
         if finals[split] < finals[best] * (1.0 - MIN_GAIN):
             best = split
     return best
+
+
+# True: the losing candidates' simulators are emptied once a split is chosen (`release`); False: left to the
+# cyclic collector (the same figures; for benchmarks).
+RELEASE_LOSERS = True
+
+
+def release(simulator) -> None:
+    """Empty a step simulator that lost the split search, and its costers: their memoised methods refer back to
+    them, so they would wait for the cyclic collector (a sweep pauses it inside a point, `sweep.evaluate_point`);
+    emptied, reference counting frees them at once. Only objects of its own are emptied: what it shares (the
+    model, the network, stage-class profiles) is only let go."""
+    for obj in (getattr(simulator, "_shared", None), getattr(simulator, "_plain_coster", None),
+                getattr(simulator, "coster", None), simulator):
+        if isinstance(getattr(obj, "__dict__", None), dict):
+            obj.__dict__.clear()

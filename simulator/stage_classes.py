@@ -28,15 +28,35 @@ from gpuhours.workloads.layer_templates import LayerRef, template_of
 from gpuhours.workloads.stage_ops import stage_unit_refs
 
 
+class _HashedTuple(tuple):
+    """A tuple that hashes once: signatures are nested tuples of op price keys (frozen dataclasses among them,
+    which Python re-hashes field by field on every ask), and `SharedStageCoster` looks every stage's up twice.
+    Equal to, and hashing as, the plain tuple of the same items."""
+
+    def __new__(cls, items):
+        t = super().__new__(cls, items)
+        t._hash = tuple.__hash__(t)
+        return t
+
+    def __hash__(self):
+        return self._hash
+
+
+# False: signatures are plain tuples, hashed on every lookup (the same classes; for benchmarks)
+HASH_ONCE = True
+
+
 def stage_signature(units) -> tuple:
     """What an instruction's profile reads of a stage: per unit and pass, each segment's name, stream and op
     prices."""
-    return tuple(map(unit_signature, units))
+    sig = tuple(map(unit_signature, units))
+    return _HashedTuple(sig) if HASH_ONCE else sig
 
 
 def _signature(unit) -> tuple:
-    return tuple(tuple((seg.name, seg.stream, tuple(price_key(op) for op in seg.ops)) for seg in segments)
-                 for segments in (unit.forward, unit.backward, unit.weight))
+    sig = tuple(tuple((seg.name, seg.stream, tuple(price_key(op) for op in seg.ops)) for seg in segments)
+                for segments in (unit.forward, unit.backward, unit.weight))
+    return _HashedTuple(sig) if HASH_ONCE else sig
 
 
 def _stage_signatures(coster) -> list[tuple]:

@@ -30,6 +30,7 @@ from gpuhours.workloads.recompute import full_layers
 from gpuhours.workloads.stage_ops import stage_units
 from gpuhours.workloads.pipeline_layout import stage_holds
 from gpuhours.simulator.balance import fit_memory, partition_layers, rebalance_for_ranks, split_memory, stage_ranks
+from gpuhours.simulator import split_search
 from gpuhours.simulator.split_search import search_split
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.recipe import MemoryRecipe, load_recipe
@@ -109,6 +110,9 @@ class StepSimulator(DataParallelTail):
         self._split_memories: dict[tuple[int, ...], tuple[float, ...]] = {}  # `_split_memory` per split
         self.stage_layers = tuple(parallel.stage_layers or self._balanced_stage_layers())
         twin = self._candidates.pop(self.stage_layers, None)
+        if split_search.RELEASE_LOSERS:  # freed now, not by the cyclic collector (`split_search.release`)
+            for loser in self._candidates.values():
+                split_search.release(loser)
         self._candidates.clear()
         if twin is not None:  # the winning candidate was simulated already: take over its costs and steps
             self.coster, self._cache, self._dp_memo = twin.coster, twin._cache, twin._dp_memo

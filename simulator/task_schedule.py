@@ -87,9 +87,16 @@ def release(i: int, tasks: list[_Task], waiting: list[int], dependents: list[lis
 
 
 def task_span(t: _Task, stream: str, start: float, end: float) -> Span:
-    args = (("phase", t.name.partition("(")[2].rstrip(")")),)
-    args += () if t.layer is None else (("layer", t.layer),)
-    return Span(0, stream, start, end, t.name, t.name.partition("(")[0], None, None, args)
+    parts = _NAME_PARTS.get(t.name)
+    if parts is None:  # a segment's name read once: (its base, its phase argument)
+        if len(_NAME_PARTS) >= 4096:
+            _NAME_PARTS.clear()
+        parts = _NAME_PARTS[t.name] = (t.name.partition("(")[0], (("phase", t.name.partition("(")[2].rstrip(")")),))
+    args = parts[1] if t.layer is None else parts[1] + (("layer", t.layer),)
+    return Span(0, stream, start, end, t.name, parts[0], None, None, args)
+
+
+_NAME_PARTS: dict[str, tuple] = {}  # `task_span`: segment name -> (base name, phase argument)
 
 
 def profile_of(tasks: list[_Task], now: float, busy: dict[str, float], spans: list[Span]) -> InstructionProfile:

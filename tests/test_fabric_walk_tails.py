@@ -1,18 +1,25 @@
-"""Walks that share their part past the first hop (``FabricRoutes._walk_tail``): on the DGX A100 SuperPOD fabric of
-1,536 GPUs (hwmodels/data/clusters.toml: 3 tiers, pods of 20 leaves, so 80 leaves in 4 pods) the leaves of one
-pod reach the same spines with the same shares, so every walk to one pod's spines from one pod is computed once,
-and the routes are the same, bit for bit, as walking every leaf on its own."""
+"""Walks that share their part past the first hop (``FabricSearch._walk_tail``, hwmodels/fabric_search.py): on the
+DGX A100 SuperPOD fabric of 1,536 GPUs (hwmodels/data/clusters.toml: 3 tiers, pods of 20 leaves, so 80 leaves in
+4 pods) the leaves of one pod reach the same spines with the same shares, so every walk to one pod's spines from
+one pod is computed once, and the routes are the same, bit for bit, as walking every leaf on its own."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gpuhours.hwmodels import fabric_routes
+from gpuhours.hwmodels import fabric_search, fabric_symmetry
 from gpuhours.hwmodels.fabric_presets import load_cluster_preset
 from gpuhours.hwmodels.graph_network import GraphNetwork
 
 GPUS, LEAVES, PODS = 1536, 80, 4  # 192 DGX A100 x 8 rails = 1,536 NICs, 20 per leaf (clusters.toml gpus_per_leaf)
+
+
+@pytest.fixture(autouse=True)
+def searched(monkeypatch):
+    """These are the search's walks: the spec-built fabric's closed form (``fabric_symmetry``) stays off here
+    (tests/test_fabric_symmetry.py compares the two)."""
+    monkeypatch.setattr(fabric_symmetry, "SHORTCUT", False)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +52,7 @@ def test_one_tail_per_pair_of_pods(spec):
 def test_same_loads_and_latencies_as_walking_every_leaf(spec, monkeypatch):
     flows = _all_leaf_pairs(GraphNetwork(spec))
     shared = GraphNetwork(spec)._route_flows(flows)
-    monkeypatch.setattr(fabric_routes, "SHARE_WALK_TAILS", False)
+    monkeypatch.setattr(fabric_search, "SHARE_WALK_TAILS", False)
     own = GraphNetwork(spec)
     alone = own._route_flows(flows)
     assert own._tails and all(len(k) == 2 for k in own._tails)  # computed, but never reused

@@ -84,6 +84,7 @@ def test_steps_are_bit_identical_with_the_caches_on_and_off(label, monkeypatch):
         model, p, seq_len, sl, recipe, opts.fp8, opts.recompute, opts.kept_imbalance)
     monkeypatch.setattr(balance, "stage_chunk_bytes", direct)
     monkeypatch.setattr(balance, "held_params_memo", lambda model, p: {})
+    monkeypatch.setattr(balance, "SPLIT_RANK_MEMO", False)  # every rank computed (`split_memo.rank_memory_memo`)
     with templates_enabled(False):
         off = step()
     assert on == off

@@ -45,6 +45,7 @@ def estimate(
     fp8_recipe: Optional[str] = SCENARIO_OPTIONS["fp8_recipe"],
     host_dispatch: Optional[str] = SCENARIO_OPTIONS["host_dispatch"],
     elementwise_kernels: Optional[str] = SCENARIO_OPTIONS["elementwise_kernels"],
+    fp8_gemm_kernels: Optional[str] = SCENARIO_OPTIONS["fp8_gemm_kernels"],
     comm_sms: Optional[int] = SCENARIO_OPTIONS["comm_sms"],
     batch: Optional[int] = SCENARIO_OPTIONS["batch"],
     network: Optional[str] = SCENARIO_OPTIONS["network"],
@@ -53,6 +54,7 @@ def estimate(
     oversubscription: Optional[float] = SCENARIO_OPTIONS["oversubscription"],
     order: Optional[str] = SCENARIO_OPTIONS["order"],
     tiers: Optional[int] = SCENARIO_OPTIONS["tiers"],
+    link_sharing: Optional[str] = SCENARIO_OPTIONS["link_sharing"],
     capacity_factor: Optional[float] = SCENARIO_OPTIONS["capacity_factor"],
     routing: Optional[str] = SCENARIO_OPTIONS["routing"],
     etp: Optional[int] = SCENARIO_OPTIONS["etp"],
@@ -137,7 +139,8 @@ def estimate(
                              pipeline_layout=pipeline_layout, sequence_parallel=sequence_parallel,
                              reshard_after_forward=reshard_after_forward, dp_bucket_params=dp_bucket_params,
                              fp8_recipe=fp8_recipe, comm_sms=comm_sms, host_dispatch=host_dispatch,
-                             elementwise_kernels=elementwise_kernels)
+                             elementwise_kernels=elementwise_kernels, link_sharing=link_sharing,
+                             fp8_gemm_kernels=fp8_gemm_kernels)
         result = run_estimate(scenario)
         from gpuhours.simulator.micro_batch_ramp import run_memory
         memory = run_memory(scenario, result)  # every micro-batch size the run uses must fit

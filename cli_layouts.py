@@ -153,6 +153,7 @@ def step(
     fp8_recipe: Optional[str] = SCENARIO_OPTIONS["fp8_recipe"],
     host_dispatch: Optional[str] = SCENARIO_OPTIONS["host_dispatch"],
     elementwise_kernels: Optional[str] = SCENARIO_OPTIONS["elementwise_kernels"],
+    fp8_gemm_kernels: Optional[str] = SCENARIO_OPTIONS["fp8_gemm_kernels"],
     comm_sms: Optional[int] = SCENARIO_OPTIONS["comm_sms"],
     network: Optional[str] = SCENARIO_OPTIONS["network"],
     cluster: Optional[str] = SCENARIO_OPTIONS["cluster"],
@@ -179,6 +180,7 @@ def step(
                                                                "every span, for ui.perfetto.dev"),
     order: Optional[str] = SCENARIO_OPTIONS["order"],
     oversubscription: Optional[float] = SCENARIO_OPTIONS["oversubscription"],
+    link_sharing: Optional[str] = SCENARIO_OPTIONS["link_sharing"],
     etp: Optional[int] = SCENARIO_OPTIONS["etp"],
     moe_dispatch: Optional[str] = SCENARIO_OPTIONS["moe_dispatch"],
     max_nodes_per_token: Optional[int] = SCENARIO_OPTIONS["max_nodes_per_token"],
@@ -209,7 +211,8 @@ def step(
                              pipeline_layout=pipeline_layout, sequence_parallel=sequence_parallel,
                              reshard_after_forward=reshard_after_forward, dp_bucket_params=dp_bucket_params,
                              fp8_recipe=fp8_recipe, comm_sms=comm_sms, host_dispatch=host_dispatch,
-                             elementwise_kernels=elementwise_kernels)
+                             elementwise_kernels=elementwise_kernels, link_sharing=link_sharing,
+                             fp8_gemm_kernels=fp8_gemm_kernels)
         m = microbatches or microbatches_for(scenario.plan.batch.end, scenario.parallel)[0]
         result = scenario.simulator().step(m, detail=gantt is not None or trace is not None)
     data = step_dict(result)

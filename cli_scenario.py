@@ -24,7 +24,8 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
               order=None, capacity_factor=None, tiers=None, etp=None, moe_dispatch=None, max_nodes_per_token=None,
               grad_reduce_dtype=None, ramp_micro_batch_size=None, cp_comm=None, pipeline_layout=None,
               sequence_parallel=None, reshard_after_forward=None, dp_bucket_params=None, fp8_recipe=None,
-              comm_sms=None, host_dispatch=None, elementwise_kernels=None):
+              comm_sms=None, host_dispatch=None, elementwise_kernels=None, link_sharing=None,
+              fp8_gemm_kernels=None):
     from gpuhours.simulator.scenario import load_scenario
     from gpuhours.workloads.ops import recompute_policy
 
@@ -58,4 +59,5 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
                          cp_comm=cp_comm, pipeline_layout=pipeline_layout,
                          sequence_parallel=sequence_parallel, reshard_after_forward=reshard_after_forward,
                          dp_bucket_params=dp_bucket_params, fp8_recipe=fp8_recipe, comm_sms=comm_sms,
-                         host_dispatch=host_dispatch, elementwise_kernels=elementwise_kernels)
+                         host_dispatch=host_dispatch, elementwise_kernels=elementwise_kernels,
+                         link_sharing=link_sharing, fp8_gemm_kernels=fp8_gemm_kernels)

@@ -174,6 +174,10 @@ SCENARIO_OPTIONS = dict(
                                      help="fused (default: one kernel per norm, RoPE, activation) or eager "
                                           "(unfused PyTorch ops and their autograd kernels, torchtitan's Llama "
                                           "without torch.compile); workloads/eager_ops.py"),
+    fp8_gemm_kernels=typer.Option(None, "--fp8-gemm-kernels",
+                                  help="The FP8 GEMM kernels the run uses: deepgemm or deepseek-cutlass (DeepSeek's "
+                                       "internal kernels, the DeepSeek-V3 plan's); the profile's FP8 points are "
+                                       "carried over at DeepGEMM's published speed-ups; hwmodels/gemm_kernels.py"),
     fp8_recipe=typer.Option(None, "--fp8-recipe", help="FP8 scaling: blockwise (DeepSeek-V3, default), delayed "
                                                        "or current (per-tensor, Transformer Engine / torchao, "
                                                        "casts fused into their producers)"),
@@ -187,6 +191,10 @@ SCENARIO_OPTIONS = dict(
                                                  "file with a preset's keys (hwmodels/data/clusters.toml)"),
     nic_gbps=typer.Option(None, "--nic-gbps", help="NIC bandwidth per GPU in Gb/s (e.g. 200)"),
     oversubscription=typer.Option(None, "--oversubscription", help="Leaf downlink:uplink ratio (e.g. 2)"),
+    link_sharing=typer.Option(None, "--link-sharing",
+                              help="How a phase's flows share the graph fabric's links: bottleneck (default: the "
+                                   "most loaded link's bytes / capacity) or max-min (fluid max-min fair sharing, "
+                                   "rates recomputed as flows end; hwmodels/link_sharing.py)"),
     tiers=typer.Option(None, "--tiers", help="Switch tiers of the graph fabric: 2 (leaf/spine) or 3 (with a "
                                              "core); default: chosen from the cluster's size"),
     order=typer.Option(None, "--order", help="Rank placement, innermost first: a permutation of tp, cp, dp, pp "

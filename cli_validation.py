@@ -213,6 +213,9 @@ def accuracy(
                                                      "folder; the committed page: --out reports/accuracy)"),
     page: bool = typer.Option(True, "--page/--no-page", help="Write the page and the scatter plot"),
     as_json: bool = typer.Option(False, "--json"),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Run every selected case under this calibration "
+                                          "profile instead of its own (e.g. --group korthikanti-2022 --profile "
+                                          "default-a100)"),
 ):
     """Published, measured training runs simulated as published: prediction, error and gaps per case."""
     from rich.progress import Progress
@@ -230,11 +233,13 @@ def accuracy(
             def progress(done, total, what):
                 bar.update(task, completed=done, total=total, description=what)
 
-            rows = run_suite(cases, progress=progress)
+            rows = run_suite(cases, progress=progress, profile=profile)
         written = None
         if page:
             note = "" if (case is None and group is None) else \
                 f"Filtered run: --case {case or '*'} --group {group or 'all'}."
+            if profile:
+                note = f"{note} Every case under --profile {profile}.".strip()
             written = write_page(rows, all_cases, out, note)
     if as_json:
         _echo_json(suite_dict(rows) | {"page": str(written) if written else None})

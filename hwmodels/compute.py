@@ -4,6 +4,9 @@
     (bandwidth_efficiency: the profile's element-wise figure for memory-bound kinds, 1 for GEMMs and attention)
 
 - gemm / grouped_gemm: efficiency from the CalibrationProfile at the op's shape (m, n, k, groups).
+  An FP8 GEMM of a per-tensor recipe (Op.fp8_recipe "delayed" / "current": one cuBLASLt call, one scale per
+  tensor) is priced from the same op's BF16 efficiency times a published FP8-over-BF16 speed-up at its shape
+  (hwmodels/fp8_tensorwise.py), not from the profile's blockwise "fp8" points.
   A weight-gradient GEMM (phase "W") takes the profile's ``wgrad`` points when it has them for the op's kind
   and dtype (hwmodels/wgrad.py: DeepGEMM's weight-gradient kernels, slower than its forward ones).
 - attention: the profile's forward efficiency for phase "F", backward efficiency for "B" and "W";
@@ -27,7 +30,10 @@ this GPU as fractions of its peak (an assumption when the GPU differs from the p
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from gpuhours.hwmodels.calibration import CalibrationProfile
+from gpuhours.hwmodels.fp8_tensorwise import default_table, is_per_tensor, tensorwise_efficiency, uses_own_points
 from gpuhours.hwmodels.gpus import GPUSpec
 from gpuhours.hwmodels.wgrad import wgrad_efficiency
 from gpuhours.workloads.ops import COMPUTE_CLASSES, Op
@@ -41,7 +47,7 @@ def elementwise_class(op: Op) -> str | None:
     if op.kind == "embedding":
         return "embedding"
     last = op.name.rsplit(".", 1)[-1]
-    if last in ("quant", "dequant"):  # FP8 / E5M6 casts and the casts back (workloads.memory_ops)
+    if last in ("quant", "dequant", "weight_t"):  # FP8 / E5M6 casts, casts back, FP8 weight transposes (memory_ops)
         return "cast"
     if last in ("swiglu", "gelu", "relu2"):
         return "activation"
@@ -75,6 +81,8 @@ class ComputeModel:
         if op.gemm is None:
             raise ValueError(f"op {op.name!r}: kind {op.kind!r} needs a gemm shape (Op.gemm)")
         self.gpu.peak_flops(op.dtype)  # refuses fp8 on GPUs without it
+        if op.dtype == "fp8" and is_per_tensor(op.fp8_recipe) and not uses_own_points(self.profile):
+            return self._tensorwise_efficiency(op)
         groups = op.groups if op.kind == "grouped_gemm" else 1
         g = op.gemm
         if op.phase == "W":  # weight gradient: the profile's wgrad points where it has them (hwmodels/wgrad.py)
@@ -84,6 +92,14 @@ class ComputeModel:
                 return eff
         return self.profile.efficiency(op.kind, op.dtype, g.m, g.n, g.k, groups,
                                        peak_flops=self._reference_peak(op.dtype))
+
+    def _tensorwise_efficiency(self, op: Op) -> float:
+        """A per-tensor FP8 GEMM (recipe delayed / current): the same op's BF16 efficiency times the published
+        FP8-over-BF16 speed-up at its shape (hwmodels/fp8_tensorwise.py), as a fraction of the FP8 peak."""
+        g = op.gemm
+        eff_bf16 = self.gemm_efficiency(replace(op, dtype="bf16", fp8_recipe="blockwise"))
+        return tensorwise_efficiency(eff_bf16, default_table().speedup(g.m, g.n, g.k),
+                                     self.gpu.peak_flops("bf16"), self.gpu.peak_flops("fp8"))
 
     def efficiency(self, op: Op) -> float:
         """Fraction of the compute peak the op reaches (memory-bound kinds: of the FP32 peak, i.e. 1)."""

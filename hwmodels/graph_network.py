@@ -38,6 +38,7 @@ from gpuhours.hwmodels.cluster import ClusterSpec, CommGroup
 from gpuhours.hwmodels.collective_flows import ep_flows, nodes_distribution, ring_flows, split, tree_flows
 from gpuhours.hwmodels.collectives import check_ep_args
 from gpuhours.hwmodels.fabric_routes import CROSS_RAIL, FabricRoutes
+from gpuhours.hwmodels.link_sharing import check_link_sharing, shared_seconds
 from gpuhours.hwmodels.nccl import NcclTuning, Option, best
 from gpuhours.hwmodels.fabric_presets import fabric_from_cluster, load_cluster_preset
 from gpuhours.hwmodels.topology import FabricSpec, fabric_graph
@@ -81,7 +82,8 @@ class GraphNetwork(FabricRoutes):
     name = "graph"
 
     def __init__(self, fabric: FabricSpec | nx.DiGraph | ClusterSpec | str, *, concurrent: bool = True,
-                 cross_rail: str = "pxn", nccl: bool = True, nvls: bool = True) -> None:
+                 cross_rail: str = "pxn", nccl: bool = True, nvls: bool = True,
+                 link_sharing: str = "bottleneck") -> None:
         if cross_rail not in CROSS_RAIL:
             raise ValueError(f"cross_rail must be one of {CROSS_RAIL}, got {cross_rail!r}")
         if isinstance(fabric, str):
@@ -98,15 +100,18 @@ class GraphNetwork(FabricRoutes):
         super().__init__(graph, cross_rail)
         self.spec: FabricSpec | None = graph.graph.get("spec")
         self.concurrent = concurrent
+        self.link_sharing = check_link_sharing(link_sharing)  # how a phase's flows share links (link_sharing.py)
         # NCCL's protocol choice for all-reduce / reduce-scatter / all-gather (None: the graph's own latencies)
         self.nccl = NcclTuning.for_fabric(self.spec, nvls=nvls) if nccl else None
         self._phases: dict[tuple, tuple[Phase, ...]] = {}
         self._by_shape: dict[tuple, object] = {}
 
     def _phase(self, flows, share: float, bw_steps: int, lat_steps: int) -> Phase:
-        """Phase from unit flows (bytes per byte of chunk)."""
+        """Phase from unit flows (bytes per byte of chunk); their bandwidth term under ``link_sharing``
+        (``hwmodels/link_sharing.py``: the most loaded link, or max-min fair sharing)."""
         cost = self.price_flows(flows)
-        return Phase(cost.bandwidth_s, cost.latency_s, share, bw_steps, lat_steps, cost.bottleneck)
+        coef = shared_seconds(self, flows, cost.bandwidth_s, self.link_sharing)
+        return Phase(coef, cost.latency_s, share, bw_steps, lat_steps, cost.bottleneck)
 
     # ------------------------------------------------------------------------------------------ groups
     def groups_for(self, group: CommGroup) -> list[list[int]]:
@@ -227,7 +232,7 @@ class GraphNetwork(FabricRoutes):
         key = ("placed-p2p", layout, src, dst)
         hit = self._by_shape.get(key)
         if hit is None:
-            hit = self._by_shape[key] = self._phase(layout.pipeline_flows(src, dst), 1.0, 1, 1)
+            hit = self._by_shape[key] = self._phase(layout.pipeline_flow_array(src, dst), 1.0, 1, 1)
         return hit
 
     def collective_time(self, kind: str, nbytes: float, groups: Sequence[Sequence[int]],
@@ -299,12 +304,14 @@ class GraphNetwork(FabricRoutes):
         ph = self._phases.get(key)
         if ph is None:
             ib, nvl = self.ep_flows(groups, top_k, nodes_per_token)
-            cost = self.price_flows(np.concatenate([ib, nvl]))
+            flows = np.concatenate([ib, nvl])
+            cost = self.price_flows(flows)
+            coef = shared_seconds(self, flows, cost.bandwidth_s, self.link_sharing)  # hwmodels/link_sharing.py
             lat = 0.0
             for part in (ib, nvl):
                 part_latency = self._route_flows(part)[1]
                 lat += float(part_latency.max()) if len(part_latency) else 0.0
-            ph = (Phase(cost.bandwidth_s, lat, 1.0, 1, 1, cost.bottleneck),)
+            ph = (Phase(coef, lat, 1.0, 1, 1, cost.bottleneck),)
             self._phases[key] = ph
         if isinstance(group, CommGroup):
             self._by_shape[("ep", group, top_k, dist_key)] = ph[0]

@@ -296,8 +296,9 @@ class HardwareCoster:
         last_gather: int | None = None  # the pass's previous parameter all-gather (ZeRO-3)
         last_rs: int | None = None  # the pass's previous gradient reduce-scatter
         unit_end: list[int | None] = []  # the last chained segment of each unit
+        passes = {"F": "forward", "B": "backward", "W": "weight", "BW": "backward"}[kind]
         for k, unit in enumerate(ordered):
-            segments = {"F": unit.forward, "B": unit.backward, "W": unit.weight, "BW": unit.backward}[kind]
+            segments = getattr(unit, passes)
             b_ids: dict[str, int] = {}
             w_ids: list[int] = []
             gather: int | None = None
@@ -372,4 +373,4 @@ def price_key(op: Op) -> tuple:
             op.comm_bytes, op.tokens, op.bytes_per_token,
             elementwise_class(op) if op.kind in ("elementwise", "embedding") else None,
             op.name.rsplit(".", 1)[-1] if op.group == "cp" else None,
-            None if op.overlaps is None else price_key(op.overlaps))
+            None if op.overlaps is None else price_key(op.overlaps), op.fp8_recipe)

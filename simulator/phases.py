@@ -8,7 +8,7 @@ Every phase starts from the base plan (not from the phase before it) and overrid
   (steps need a constant batch: tokens = steps x batch x seq_len); `price`.
 - layout: `gpus`, `gpu`, `pp`, `ep`, `tp`, `vpp`, `schedule`, `micro_batch_size`, `zero_stage`, `stage_layers`,
   `comm_sms`, `grad_reduce_dtype`, `pipeline_layout`; numerics `fp8`, `recompute`; `network`, `cluster`, `nic_gbps`, `oversubscription`, `routing`,
-  `calibration`, `model`.
+  `link_sharing`, `fp8_gemm_kernels`, `calibration`, `model`.
 - bookkeeping: `name` (required), `reference_gpu_hours` (a published figure to compare with), `note`.
 
 A plain plan (no `[[phase]]`) is one phase named "run". Unknown keys raise ValueError naming the key.
@@ -35,7 +35,8 @@ SCENARIO_KEYS = ("model", "gpu", "gpus", "pp", "ep", "tp", "vpp", "schedule", "m
                  "routing", "tokens", "batch", "cp", "attention_kernel", "tp_comm_overlap", "order",
                  "capacity_factor", "grad_reduce_dtype", "ramp_micro_batch_size", "etp", "moe_dispatch",
                  "max_nodes_per_token", "cp_comm", "pipeline_layout", "sequence_parallel", "reshard_after_forward",
-                 "dp_bucket_params", "overlap_grad_reduce", "overlap_param_gather", "fp8_recipe")
+                 "dp_bucket_params", "overlap_grad_reduce", "overlap_param_gather", "fp8_recipe", "link_sharing",
+                 "fp8_gemm_kernels")
 RAMP_KEYS = ("batch_start", "batch_end", "ramp_tokens")
 EXTRA_KEYS = ("steps", "zero_stage", "stage_layers", "recompute")
 BOOK_KEYS = ("name", "reference_gpu_hours", "note")

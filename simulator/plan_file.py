@@ -63,8 +63,8 @@ PLAN_TYPES = {
             "price_per_gpu_hour": _NUMBER, "ramp_micro_batch_size": list},
     "numerics": {"fp8": bool, "recompute": (str, bool, list), "attention_kernel": str, "capacity_factor": _NUMBER,
                  "fp8_recipe": str, "host_dispatch": str,
-                 "elementwise_kernels": str},
-    "network": {"model": str, "cluster": str},
+                 "elementwise_kernels": str, "fp8_gemm_kernels": str},
+    "network": {"model": str, "cluster": str, "link_sharing": str},
     "routing": {"model": str, "max_nodes_per_token": int},
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", _NUMBER: "a number",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from gpuhours.hwmodels.attention_kernels import load_attention_kernel
 from gpuhours.hwmodels.calibration import CalibrationProfile, gpu_key, load_profile
+from gpuhours.hwmodels.gemm_kernels import family_warning
 from gpuhours.hwmodels.gpus import load_gpu
 from gpuhours.workloads.presets import list_presets, load_preset
 
@@ -36,7 +37,7 @@ def hardware_only_scenario(scenario: Scenario, stage_layers: tuple[int, ...] | N
         return None
     parallel = scenario.parallel if stage_layers is None else replace(scenario.parallel,
                                                                       stage_layers=tuple(stage_layers))
-    return replace(scenario, profile=load_profile(sibling), parallel=parallel)
+    return replace(scenario.with_profile(load_profile(sibling)), parallel=parallel)
 
 
 def _calibration_model_trait(on: dict, key: str):
@@ -85,6 +86,9 @@ def scenario_warnings(scenario: Scenario) -> list[str]:
     elif prof_gpu != gpu.key:
         out.append(f"device: the run is on {gpu.name} but profile {prof.name!r} was calibrated on "
                    f"{load_gpu(prof_gpu).name}; its kernel efficiencies are carried over as fractions of peak")
+    kernels = family_warning(prof, scenario.fp8_gemm_kernels, scenario.opts.fp8)
+    if kernels:
+        out.append(f"FP8 GEMM kernels: {kernels}")
     if not on:
         out.append(f"calibration: profile {prof.name!r} does not record what it was calibrated on "
                    f"(provenance.calibrated_on); precision, FP8 recipe and model family are not checked")
@@ -95,7 +99,12 @@ def scenario_warnings(scenario: Scenario) -> list[str]:
                    f"{' and '.join(p.upper() for p in precisions)} only; its {run_dtype.upper()} kernel rates are "
                    f"not from that calibration")
     recipe, run_recipe = on.get("fp8_recipe"), scenario.opts.fp8_recipe
-    if scenario.opts.fp8 and recipe is not None and recipe != run_recipe:
+    if scenario.opts.fp8 and recipe is not None and recipe != run_recipe and run_recipe != "blockwise" \
+            and recipe == "blockwise":  # per-tensor GEMMs priced apart (hwmodels/fp8_tensorwise.py)
+        out.append(f"FP8 recipe: the run uses {run_recipe} FP8 scaling but profile {prof.name!r} was calibrated on "
+                   f"{recipe} FP8; its per-tensor FP8 GEMMs are priced from the profile's BF16 rates times published "
+                   f"per-tensor speed-ups (hwmodels/fp8_tensorwise.py), not from its FP8 points")
+    elif scenario.opts.fp8 and recipe is not None and recipe != run_recipe:
         out.append(f"FP8 recipe: the run uses {run_recipe} FP8 scaling but profile {prof.name!r} was calibrated on "
                    f"{recipe} FP8; its FP8 GEMM rates are carried over as they are (only the casts follow the "
                    f"run's recipe, workloads.ops.PassBuilder._quant_bytes)")

@@ -22,8 +22,10 @@ from gpuhours.hwmodels.collectives import AlphaBetaNetwork
 from gpuhours.hwmodels.compute import ComputeModel
 from gpuhours.hwmodels.deepep import deepep_saturating_sms
 from gpuhours.hwmodels.fabric_presets import fabric_from_cluster, list_cluster_presets, load_cluster_preset
+from gpuhours.hwmodels.gemm_kernels import with_fp8_gemm_kernels
 from gpuhours.hwmodels.gpus import load_gpu
 from gpuhours.hwmodels.graph_network import GraphNetwork
+from gpuhours.hwmodels.link_sharing import check_link_sharing
 from gpuhours.hwmodels.prices import listed_price
 from gpuhours.hwmodels.topology import FabricSpec
 from gpuhours.simulator.plan_file import (DEFAULT_PLAN, _read_plan, is_phased, list_plans, plan_reference,
@@ -62,11 +64,21 @@ class Scenario:
     redundant_experts: int = 0        # EPLB: extra expert replicas per EP group, packed onto the least-loaded GPUs
     fp8_fallback: bool = False        # the plan asked for FP8 on a GPU without it: BF16 runs (see scenario_warnings)
     attention_kernel: str | None = None  # measured attention kernel pricing the core (hwmodels.attention_kernels)
+    fp8_gemm_kernels: str | None = None  # the FP8 GEMM kernel family the run used (hwmodels.gemm_kernels)
+    link_sharing: str = "bottleneck"  # how a phase's flows share the graph's links (hwmodels.link_sharing)
+
+    def with_profile(self, profile: CalibrationProfile) -> "Scenario":
+        """The scenario under another profile, with the run's own attention kernel and FP8 GEMM kernels applied
+        to it as they were to this one."""
+        if self.attention_kernel:
+            profile = with_attention_kernel(profile, self.attention_kernel, self.model.attention.qk_head_dim,
+                                            self.plan.seq_len)
+        return replace(self, profile=with_fp8_gemm_kernels(profile, self.fp8_gemm_kernels))
 
     def network(self):
         if self.network_name == "alpha-beta":
             return AlphaBetaNetwork(self.cluster)
-        return _graph_network(self.fabric or fabric_from_cluster(self.cluster))
+        return _graph_network(self.fabric or fabric_from_cluster(self.cluster), self.link_sharing)
 
     def routing_loads(self) -> RankLoads | None:
         """Rows per EP rank and nodes per token of one micro-batch under the scenario's routing (MoE only)."""
@@ -113,9 +125,9 @@ def _with_eplb(loads: RankLoads, moe, ep: int, gpus_per_node: int, tokens: int, 
 
 
 @lru_cache(maxsize=8)
-def _graph_network(fabric: FabricSpec) -> GraphNetwork:
+def _graph_network(fabric: FabricSpec, link_sharing: str = "bottleneck") -> GraphNetwork:
     """Graph models are built once per fabric: their routes and collective phases are cached inside."""
-    return GraphNetwork(fabric)
+    return GraphNetwork(fabric, link_sharing=link_sharing)
 
 
 def resolve_model(model: "str | ModelSpec") -> ModelSpec:
@@ -157,7 +169,8 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
                   pipeline_layout: str | None = None, sequence_parallel: bool | None = None,
                   reshard_after_forward: bool | None = None, dp_bucket_params: int | None = None,
                   fp8_recipe: str | None = None, host_dispatch: str | None = None,
-                  elementwise_kernels: str | None = None) -> Scenario:
+                  elementwise_kernels: str | None = None, fp8_gemm_kernels: str | None = None,
+                  link_sharing: str | None = None) -> Scenario:
     """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field (a missing plan
     key too: "plan 'p.toml': missing key 'gpus'").
 
@@ -253,6 +266,8 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
     kernel = attention_kernel if attention_kernel is not None else num.get("attention_kernel")
     if kernel:
         profile = with_attention_kernel(profile, kernel, model_spec.attention.qk_head_dim, run_plan.seq_len)
+    gemm_kernels = fp8_gemm_kernels if fp8_gemm_kernels is not None else num.get("fp8_gemm_kernels")
+    profile = with_fp8_gemm_kernels(profile, gemm_kernels)  # the run's FP8 GEMM kernels (hwmodels.gemm_kernels)
     # [numerics] recompute: a policy (workloads.recompute: a name, "selective:<modules>", "full:N"), a list of
     # module names, or the legacy true ("deepseek") / false ("none"); the `recompute` argument overrides it
     policy = recompute_policy(num.get("recompute", "deepseek") if recompute is None else recompute)
@@ -278,7 +293,9 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
     if redundant_experts < 0:
         raise ValueError(f"redundant_experts must be >= 0, got {redundant_experts}")
     scenario = Scenario(model_spec, parallel, cluster_spec, run_plan, profile, opts, network, fabric, routing,
-                        redundant_experts, fp8_fallback, kernel or None)
+                        redundant_experts, fp8_fallback, kernel or None, gemm_kernels,
+                        link_sharing=check_link_sharing(link_sharing or doc.get("network", {}).get(
+                            "link_sharing", "bottleneck")))  # hwmodels.link_sharing
     scenario.routing_loads()  # bad routing values and files fail here, before any simulation
     return scenario
 

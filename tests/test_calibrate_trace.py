@@ -104,7 +104,8 @@ def test_reproduces_compute_busy_by_construction(profile, trace):
 
 def test_per_phase_split_and_span_not_fitted(profile, trace):
     """Not fitted: forward phases land within 15% each, each module's backward (B + W) within 10%, the span
-    within 10%, and the datasheet profile is faster than the measured pair. Backward is compared per module
+    within 10%, and the datasheet profile (a prediction: published kernel figures for the kernels the run used)
+    within 10% of the measured span too. Backward is compared per module
     because which of B or W runs the FP8 re-tiling casts is a kernel-design choice our ops only approximate."""
     measured = measure(trace).to_dict()
     r = compare_traced_pair(profile, measured)
@@ -116,6 +117,6 @@ def test_per_phase_split_and_span_not_fitted(profile, trace):
         measured_ms = ph[f"{module}(B)"]["trace_ms"] + ph[f"{module}(W)"]["trace_ms"]
         assert sim == pytest.approx(measured_ms, rel=0.10), module
     assert r["simulated_span_ms"] == pytest.approx(measured["span_ms"], rel=0.10)
+    assert r["simulated_span_ms"] < measured["span_ms"] + 1.0
     default = compare_traced_pair("default-h800", measured)
-    assert default["simulated_span_ms"] < r["simulated_span_ms"] < measured["span_ms"] + 1.0
-    assert default["streams"]["compute"]["simulated_ms"] < measured["compute_union_ms"]
+    assert default["simulated_span_ms"] == pytest.approx(measured["span_ms"], rel=0.10)

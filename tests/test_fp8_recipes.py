@@ -8,6 +8,7 @@ Hand derivations (bytes per element of the tensor a GEMM casts, shape as execute
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,7 @@ def test_current_is_delayed_plus_exactly_the_amax_reads(preset, layer, par):
         assert [op.name for op in d_ops] == [op.name for op in c_ops]
         for i, (d, c) in enumerate(zip(d_ops, c_ops)):
             if not d.name.endswith(".quant"):
-                assert d == c
+                assert d == replace(c, fp8_recipe=d.fp8_recipe)  # a GEMM differs only in the recipe it carries
                 continue
             if d.name.endswith(".dispatch.quant"):  # the MoE input, cast per token before the dispatch
                 assert c.bytes - d.bytes == 2 * 4096 * 7168  # (workloads.memory_ops): V3's 4096 x 7168
@@ -179,9 +180,10 @@ def test_accuracy_cases_run_their_recipe_and_name_what_is_left():
 
     case = next(c for c in load_cases() if c.name == "torchtitan-8b-8gpu-fsdp-compile-float8")
     assert case.layout["fp8_recipe"] == "current"
-    # the casts follow the recipe; the per-tensor GEMMs still run at the blockwise rates, which stays a gap
+    # the casts follow the recipe; the per-tensor GEMMs rest on published speed-ups, not a measurement: a gap
     assert [g for g in case.gaps() if "FP8" in g] == [
-        "FP8 current scaling (per-tensor): casts as the recipe fuses them, GEMMs at the profile's blockwise "
-        "(DeepGEMM) FP8 rates, no per-tensor GEMM measurement"]
+        "FP8 current scaling (per-tensor): casts as the recipe fuses them, GEMMs at the profile's BF16 rates times "
+        "published per-tensor cuBLASLt FP8 speed-ups (hwmodels/data/fp8_tensorwise.toml: H100, 2023, 16,384-token "
+        "shapes), not measured here"]
     scenario = _scenario(case, "trace-h800")
     assert scenario.opts.fp8 and scenario.opts.fp8_recipe == "current"

@@ -189,8 +189,17 @@ def test_aliases_reproduce_the_recorded_figures():
     attn_b, again = 1572864 + 458752 + 1998848, 262144 + 1474560
     moe_b = (5632 / 7 + 1024) * (264 + 512) + 1024 * 776 + 512 * 256 * 3 - 1024 * 256 * 2
     moe_f = 1572864 + 786432 + 458752 + 1474560 + 12800 / 7 * (264 + 512) + 794624 + 3 * 256 * (512 - 1024)
-    added = {(0, "deepseek"): attn_b + again, (0, "selective"): attn_b, (1, "deepseek"): attn_b + again + moe_b,
-             (1, "selective"): attn_b + moe_b, (1, "full"): attn_b + moe_b + moe_f}
+    # And since (issue 15, blockwise FP8): each FP8 weight read and written transposed for its input-gradient GEMM,
+    # 2 bytes an element (memory_ops.fp8_weight_transpose_bytes), once per backward, whatever is recomputed:
+    # attention wq_a 256 x 96 and wkv_a 256 x 80 whole, wq_b 96 x 384, wkv_b 64 x 512 and wo 256 x 256 halved by TP2;
+    # the dense MLP's three 256 x 512 halved; the MoE layer's 4 local experts' three 256 x 128 and the shared
+    # expert's three 256 x 128; and the gate weights' gradient, 1024 rows x (2 x 128 x 2 + 4 bytes).
+    attn_t = 2 * (256 * 96 + 256 * 80 + (96 * 384 + 64 * 512 + 256 * 256) / 2)
+    dense_t, moe_t = 2 * 3 * 256 * 512 / 2, 2 * (4 + 1) * 3 * 256 * 128 + 1024 * (2 * 128 * 2 + 4)
+    attn_b, moe_b = attn_b + attn_t, moe_b + moe_t
+    added = {(0, "deepseek"): attn_b + again + dense_t, (0, "selective"): attn_b + dense_t,
+             (1, "deepseek"): attn_b + again + moe_b, (1, "selective"): attn_b + moe_b,
+             (1, "full"): attn_b + moe_b + moe_f}
     for (layer, policy), (flops, nbytes, kept) in recorded.items():
         for spelled in {"deepseek": ("deepseek", "selective:layernorm,mla_up_proj"),
                         "selective": ("selective", "selective:core_attn"), "full": ("full",)}[policy]:
@@ -206,8 +215,12 @@ def test_deepseek_on_gqa_now_charges_its_norms():
     bytes over the recorded 15286272)."""
     lp = layer_passes(GQA, 1, TP2, SEQ, OpOptions(recompute="deepseek"))
     # + workloads.memory_ops (a later correction): two residual gradient sums (2 x 3 x 512 x h x 2) and the E5M6
-    # attention output cast back (1024 tokens x 4 heads x 32 x 3.5 bytes)
-    assert _sum(lp.backward, "bytes") == 15286272.0 + 2 * 2 * 512 * H * 2 + 2 * 3 * 512 * H * 2 + T * 128 * 3.5
+    # attention output cast back (1024 tokens x 4 heads x 32 x 3.5 bytes); and (issue 15) the FP8 weights read and
+    # written transposed for the input gradients, 2 bytes an element: wq, wk, wv, wo (h x 256, 2 x h x 64, 256 x h)
+    # and the MLP's three h x 512, all halved by TP2
+    transposes = 2 * (H * 256 + 2 * H * 64 + 256 * H + 3 * H * 512) / 2
+    assert _sum(lp.backward, "bytes") == (15286272.0 + 2 * 2 * 512 * H * 2 + 2 * 3 * 512 * H * 2 + T * 128 * 3.5
+                                          + transposes)
     assert sum(layer_terms(GQA, 1, MemoryRecipe(), True, "deepseek").values()) == 3264.0
 
 

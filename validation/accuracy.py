@@ -134,11 +134,17 @@ def _warnings(scenario) -> list[str]:
     return list(scenario_warnings(scenario))
 
 
-def run_suite(cases: list[Case], progress=None) -> list[Row]:
-    """Every case under each of its calibration profiles (the tool's default profile when it names none)."""
+def run_suite(cases: list[Case], progress=None, profile: str | None = None) -> list[Row]:
+    """Every case under each of its calibration profiles (the tool's default profile when it names none), or,
+    with `profile`, every case under that one profile alone (e.g. the A100 cases under "default-a100": rows
+    keyed `case@profile`, so the golden rows are not among them)."""
     from gpuhours.simulator.scenario import DEFAULT_CALIBRATION
 
-    jobs = [(c, p) for c in cases for p in (c.calibrations or (DEFAULT_CALIBRATION,))]
+    if profile is not None:
+        from gpuhours.hwmodels.calibration import load_profile
+
+        load_profile(profile)  # ValueError naming the bundled profiles before any case runs
+    jobs = [(c, p) for c in cases for p in ((profile,) if profile else (c.calibrations or (DEFAULT_CALIBRATION,)))]
     rows = []
     for i, (case, profile) in enumerate(jobs):
         if progress:

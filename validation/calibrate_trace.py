@@ -42,6 +42,7 @@ from pathlib import Path
 
 from gpuhours.validation.external import TRACE_ABSENT, profile_trace
 from gpuhours.hwmodels.calibration import CalibrationProfile, load_profile
+from gpuhours.hwmodels.gemm_kernels import SOFTWARE_KEY, traced_family
 from gpuhours.hwmodels.wgrad import without_wgrad
 from gpuhours.hwmodels.cluster import ClusterSpec
 from gpuhours.hwmodels.compute import ComputeModel
@@ -289,7 +290,8 @@ def profile_from_traced_case(trace_path: str | Path | None = None,
                 "distributed_backend": info.get("backend"), "world_size": info.get("world_size"),
                 "rank": info.get("rank"),
                 "compute_capability": f"{props.get('computeMajor')}.{props.get('computeMinor')}",
-                "base_profile": base.name}
+                "base_profile": base.name,
+                SOFTWARE_KEY: traced_family(trace.kernel_names())}  # the GEMM kernels it ran, by their names
     n_layers = measured.layers_per_chunk
     ratio = record["time_ratio"]
     d = {

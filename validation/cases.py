@@ -143,9 +143,10 @@ class Case:
         if lay.get("torch_compile"):
             out.append("torch.compile: compiler-fused kernels not modelled, simulated as the eager run")
         if lay.get("precision") == "fp8" and lay.get("fp8_recipe", "blockwise") != "blockwise":
-            # the casts follow the recipe (OpOptions.fp8_recipe); the GEMMs do not: no per-tensor figure yet
+            # the casts follow the recipe (OpOptions.fp8_recipe); the GEMMs are priced by hwmodels/fp8_tensorwise.py
             out.append(f"FP8 {lay['fp8_recipe']} scaling (per-tensor): casts as the recipe fuses them, GEMMs at "
-                       f"the profile's blockwise (DeepGEMM) FP8 rates, no per-tensor GEMM measurement")
+                       f"the profile's BF16 rates times published per-tensor cuBLASLt FP8 speed-ups "
+                       f"(hwmodels/data/fp8_tensorwise.toml: H100, 2023, 16,384-token shapes), not measured here")
         return out
 
     def inexpressible(self) -> str | None:

@@ -14,16 +14,17 @@ trace figure is the phase's busy share (compute) or summed kernel time (all-to-a
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 from gpuhours.validation.external import profile_trace
 from gpuhours.hwmodels.calibration import CalibrationProfile, load_profile
+from gpuhours.hwmodels.gemm_kernels import with_fp8_gemm_kernels
 from gpuhours.simulator.instructions import Instruction
 from gpuhours.simulator.scenario import plan_reference
 from gpuhours.validation.calibrate_trace import (BACKWARD_STAGE, BASE_PROFILE, FORWARD_STAGE,
                                                  PROFILE_NAME, measure, trace_class_of, traced_coster, traced_ops)
 from gpuhours.validation.trace import KNOWN_PHASES, load_trace
+from gpuhours.validation.traced_pair import traced_fp8_gemm_kernels
 
 # Published pre-training cost, from the reference plan's [reference] table (workloads/plans/deepseek-v3.toml).
 _REFERENCE = plan_reference()
@@ -58,7 +59,7 @@ def _resolve(profile: CalibrationProfile | str | Path) -> CalibrationProfile:
 
 def compare_traced_pair(profile: CalibrationProfile | str | Path, measured: dict | None = None) -> dict:
     """Simulate the traced F&B pair with `profile`; simulated and measured figures side by side (ms)."""
-    profile = _resolve(profile)
+    profile = with_fp8_gemm_kernels(_resolve(profile), traced_fp8_gemm_kernels())  # the kernels the run used
     measured = measured if measured is not None else measured_figures()
     coster = traced_coster(profile, layers_per_chunk=int(measured.get("layers_per_chunk", 4)))
     pair = Instruction("FB", 0, FORWARD_STAGE, b_microbatch=1, b_stage=BACKWARD_STAGE)
@@ -105,7 +106,7 @@ def gpu_hours(profile: CalibrationProfile | str | Path) -> float:
     """Pre-training GPU-hours of the default DeepSeek-V3 scenario with `profile` as its calibration."""
     from gpuhours.simulator.scenario import estimate, load_scenario
     scenario = load_scenario()
-    return estimate(replace(scenario, profile=_resolve(profile))).gpu_hours
+    return estimate(scenario.with_profile(_resolve(profile))).gpu_hours
 
 
 def compare_all(bench_profile: str | Path | None = None, trace_path: str | Path | None = None,

@@ -75,6 +75,13 @@ def traced_case(model: ModelSpec | None = None, layers_per_chunk: int = 4
     return parallel, sc.plan.seq_len, (fwd, bwd)
 
 
+def traced_fp8_gemm_kernels() -> str | None:
+    """The FP8 GEMM kernels of the traced run: the plan's (`[numerics] fp8_gemm_kernels`, hwmodels.gemm_kernels),
+    the family whose names the trace's GEMM kernels carry."""
+    from gpuhours.simulator.scenario import load_scenario
+    return load_scenario().fp8_gemm_kernels
+
+
 def traced_options() -> OpOptions:
     """Numerics of the plan (FP8, recomputation) with balanced routing (imbalance 1), as the trace forced."""
     from gpuhours.simulator.scenario import load_scenario

@@ -19,6 +19,10 @@ Sources (public):
   Communication": the inputs of the Linear after the attention operator are cached in a customised E5M6 format,
   and the inputs of the MoE SwiGLU are cached in FP8 with the fine-grained (1x128) quantisation and its output
   recomputed in the backward; the activation before the MoE up-projection is quantised to FP8 before the dispatch.
+- FP8 weight transposes for the input-gradient GEMMs and the gate weights' gradient: the kernels of DeepSeek's
+  traced backward chunk (deepseek-ai/profile-data `train.json`, kernel names) with their reasons below
+  (`fp8_weight_transpose_bytes`, `gate_weight_grad`); docs/memory_ops_trace.md maps every memory-bound kernel
+  family of that trace to these ops.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from __future__ import annotations
 import math
 
 from gpuhours.workloads.model import AttentionSpec, MoESpec
-from gpuhours.workloads.ops import BF16, FP32, OpOptions, PassBuilder
+from gpuhours.workloads.ops import BF16, FP8, FP32, OpOptions, PassBuilder
 from gpuhours.workloads.parallel import ParallelSpec
 
 E5M6 = 1.5  # bytes per element of DeepSeek-V3's E5M6 cache format (1 sign + 5 exponent + 6 mantissa bits)
@@ -121,3 +125,28 @@ def swiglu_input_cache(b: PassBuilder, rows: float, width: int, phase: str) -> N
 def blockwise_caches(opts: OpOptions) -> bool:
     """Whether DeepSeek-V3's low-precision activation caches apply: FP8 training under the blockwise recipe."""
     return opts.fp8 and opts.fp8_recipe == "blockwise"
+
+
+def fp8_weight_transpose_bytes(n: int, k: int) -> float:
+    """HBM bytes of the FP8 weight copy an input-gradient GEMM needs under the blockwise recipe (op
+    `<gemm>.weight_t`, one per FP8 linear, `PassBuilder.gemm` in phase B): read the n x k FP8 weight and
+    write it transposed, 2 bytes an element (its 128x128 block scales, 1/16384 of the elements, not counted).
+
+    Why it exists: Hopper's FP8 tensor-core MMA (wgmma) takes both FP8 operands K-major (NVIDIA PTX ISA,
+    "wgmma.mma_async": transposition only for 16-bit types), and the 128x128 block-quantised weight (DeepSeek-V3
+    report sec. 3.3.2) is stored K-major for the forward (K = the input width); the input gradient contracts over
+    the output width, so it needs the weight transposed. DeepSeek's traced backward chunk runs one FP8
+    `batched_transpose` kernel per FP8 linear per layer (36 = 4 layers x (5 attention + 2 shared + 2 routed
+    expert projections, the experts' batched)). Assumption: done each backward (as traced), not cached per step."""
+    return 2 * n * k * FP8  # read once and written once
+
+
+def gate_weight_grad(b: PassBuilder, rows: float, width: int) -> None:
+    """Gradient of the routed experts' gate weights (op `experts.gate_weight.grad`, backward only), where the
+    weights multiply the SwiGLU output, as DeepSeek's training kernels do (the trace's
+    `swiglu_forward_with_weight...` forward and `swiglu_weight_backward_with_weight` backward, one per layer):
+    y_r = w_r s_r with s = SwiGLU(x) (rows x width), so dw_r = sum_j dy_rj s_rj, one dot product a row. It
+    reads the recomputed SwiGLU output and the output gradient (BF16 rows x width each) and writes one FP32 per
+    row: rows x (2 x width x BF16 + FP32). Assumption: the SwiGLU output is read from HBM as written by the fused
+    SwiGLU backward (w2's weight gradient needs it anyway), not recomputed in this kernel."""
+    b.elementwise("experts.gate_weight.grad", rows * (2 * width * BF16 + FP32))

@@ -9,6 +9,7 @@ from gpuhours.workloads.model import ModelSpec, MoESpec
 from gpuhours.workloads.memory_ops import (
     blockwise_caches,
     branch_add,
+    gate_weight_grad,
     moe_permute,
     moe_unpermute,
     received_tokens,
@@ -68,6 +69,8 @@ def moe_segments(mlp: PassBuilder, model: ModelSpec, moe: MoESpec, p: ParallelSp
         swiglu_input_cache(mlp, executed, 2 * e, phase)
     if phase != "W":
         mlp.elementwise("experts.swiglu", 3 * rows_per_expert * local_experts * e * BF16 * (1 if phase == "F" else 2))
+    if phase == "B" and blockwise_caches(opts):  # the gate weights multiply the SwiGLU output there (`memory_ops`)
+        gate_weight_grad(mlp, executed, e)
     mlp.gemm("experts.w2", rows_per_expert, h, e, groups=local_experts, cast=not fp8_grads)
     if fp8_grads:
         mlp.elementwise("experts.w2.quant", executed * h * 2 * FP8)

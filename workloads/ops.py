@@ -45,6 +45,7 @@ class Op:
     tokens: int = 0              # collectives over tokens (EP all-to-all, TP): tokens each rank holds
     bytes_per_token: float = 0.0
     overlaps: "Op | None" = None  # TP collective decomposed and overlapped with this GEMM (tp_comm_overlap)
+    fp8_recipe: str = "blockwise"  # FP8 GEMMs: FP8_RECIPES, how its inputs were scaled (hwmodels/fp8_tensorwise.py)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -191,8 +192,12 @@ class PassBuilder:
         cast = groups * self._quant_bytes(m, n, k) if (dtype == "fp8" and cast) else 0
         if cast:
             self.elementwise(f"{name}.quant", cast)
+        if self.phase == "B" and dtype == "fp8" and self.recipe == "blockwise":  # weight transposed for dgrad
+            from gpuhours.workloads.memory_ops import fp8_weight_transpose_bytes
+            self.elementwise(f"{name}.weight_t", groups * fp8_weight_transpose_bytes(n, k))
         self.ops.append(Op(f"{self.prefix}.{name}", "grouped_gemm" if groups > 1 else "gemm", self.phase,
-                           self.module, 2.0 * m * n * k * groups, nbytes, dtype, GemmShape(m, n, k), groups))
+                           self.module, 2.0 * m * n * k * groups, nbytes, dtype, GemmShape(m, n, k), groups,
+                           fp8_recipe=self.recipe if dtype == "fp8" else "blockwise"))
 
     def _quant_bytes(self, m: int, n: int, k: int) -> float:
         """HBM traffic of the FP8 casts feeding one GEMM under the builder's recipe (shape as executed: the left

@@ -35,6 +35,7 @@ def estimate(
     vpp: Optional[int] = SCENARIO_OPTIONS["vpp"],
     attention_kernel: Optional[str] = SCENARIO_OPTIONS["attention_kernel"],
     tp_comm_overlap: Optional[bool] = SCENARIO_OPTIONS["tp_comm_overlap"],
+    tp_comm_overlap_impl: Optional[str] = SCENARIO_OPTIONS["tp_comm_overlap_impl"],
     schedule: Optional[str] = SCENARIO_OPTIONS["schedule"],
     micro_batch_size: Optional[int] = SCENARIO_OPTIONS["micro_batch_size"],
     tokens: Optional[str] = SCENARIO_OPTIONS["tokens"],
@@ -140,7 +141,7 @@ def estimate(
                              reshard_after_forward=reshard_after_forward, dp_bucket_params=dp_bucket_params,
                              fp8_recipe=fp8_recipe, comm_sms=comm_sms, host_dispatch=host_dispatch,
                              elementwise_kernels=elementwise_kernels, link_sharing=link_sharing,
-                             fp8_gemm_kernels=fp8_gemm_kernels)
+                             fp8_gemm_kernels=fp8_gemm_kernels, tp_comm_overlap_impl=tp_comm_overlap_impl)
         result = run_estimate(scenario)
         from gpuhours.simulator.micro_batch_ramp import run_memory
         memory = run_memory(scenario, result)  # every micro-batch size the run uses must fit

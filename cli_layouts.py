@@ -145,6 +145,7 @@ def step(
     vpp: Optional[int] = SCENARIO_OPTIONS["vpp"],
     attention_kernel: Optional[str] = SCENARIO_OPTIONS["attention_kernel"],
     tp_comm_overlap: Optional[bool] = SCENARIO_OPTIONS["tp_comm_overlap"],
+    tp_comm_overlap_impl: Optional[str] = SCENARIO_OPTIONS["tp_comm_overlap_impl"],
     schedule: Optional[str] = SCENARIO_OPTIONS["schedule"],
     micro_batch_size: Optional[int] = SCENARIO_OPTIONS["micro_batch_size"],
     seq_len: Optional[int] = SCENARIO_OPTIONS["seq_len"],
@@ -212,7 +213,7 @@ def step(
                              reshard_after_forward=reshard_after_forward, dp_bucket_params=dp_bucket_params,
                              fp8_recipe=fp8_recipe, comm_sms=comm_sms, host_dispatch=host_dispatch,
                              elementwise_kernels=elementwise_kernels, link_sharing=link_sharing,
-                             fp8_gemm_kernels=fp8_gemm_kernels)
+                             fp8_gemm_kernels=fp8_gemm_kernels, tp_comm_overlap_impl=tp_comm_overlap_impl)
         m = microbatches or microbatches_for(scenario.plan.batch.end, scenario.parallel)[0]
         result = scenario.simulator().step(m, detail=gantt is not None or trace is not None)
     data = step_dict(result)

@@ -25,7 +25,7 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
               grad_reduce_dtype=None, ramp_micro_batch_size=None, cp_comm=None, pipeline_layout=None,
               sequence_parallel=None, reshard_after_forward=None, dp_bucket_params=None, fp8_recipe=None,
               comm_sms=None, host_dispatch=None, elementwise_kernels=None, link_sharing=None,
-              fp8_gemm_kernels=None):
+              fp8_gemm_kernels=None, tp_comm_overlap_impl=None):
     from gpuhours.simulator.scenario import load_scenario
     from gpuhours.workloads.ops import recompute_policy
 
@@ -60,4 +60,5 @@ def _scenario(plan, model, gpu, gpus, pp, ep, tp, vpp, schedule, micro_batch_siz
                          sequence_parallel=sequence_parallel, reshard_after_forward=reshard_after_forward,
                          dp_bucket_params=dp_bucket_params, fp8_recipe=fp8_recipe, comm_sms=comm_sms,
                          host_dispatch=host_dispatch, elementwise_kernels=elementwise_kernels,
-                         link_sharing=link_sharing, fp8_gemm_kernels=fp8_gemm_kernels)
+                         link_sharing=link_sharing, fp8_gemm_kernels=fp8_gemm_kernels,
+                         tp_comm_overlap_impl=tp_comm_overlap_impl)

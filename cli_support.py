@@ -180,7 +180,9 @@ SCENARIO_OPTIONS = dict(
                                        "carried over at DeepGEMM's published speed-ups; hwmodels/gemm_kernels.py"),
     fp8_recipe=typer.Option(None, "--fp8-recipe", help="FP8 scaling: blockwise (DeepSeek-V3, default), delayed "
                                                        "or current (per-tensor, Transformer Engine / torchao, "
-                                                       "casts fused into their producers)"),
+                                                       "casts fused into their producers), or mxfp8 (OCP MX: "
+                                                       "1x32 E8M0 scales, Blackwell GPUs only; "
+                                                       "hwmodels/mxfp8.py)"),
     comm_sms=typer.Option(None, "--comm-sms", help="SMs DeepEP's all-to-all kernels run on, reserved beside "
                                                    "compute under dualpipe / dualpipev; 0 prices the all-to-alls "
                                                    "at wire time (default: the plan's, 20 for DeepSeek-V3)"),
@@ -236,6 +238,11 @@ SCENARIO_OPTIONS = dict(
     tp_comm_overlap=typer.Option(None, "--tp-comm-overlap/--no-tp-comm-overlap",
                                  help="Pipeline tensor-parallel collectives with their GEMMs (Megatron "
                                       "tp_comm_overlap, PyTorch AsyncTP)"),
+    tp_comm_overlap_impl=typer.Option(None, "--tp-comm-overlap-impl",
+                                      help="Who runs --tp-comm-overlap: asynctp (default; PyTorch AsyncTP, copy "
+                                           "engines, GEMMs keep every SM) or te-userbuffers (Megatron-Core with "
+                                           "Transformer Engine's userbuffers: pipeline/bulk overlaps run their "
+                                           "GEMM on SMs - 16; needs sequence parallelism)"),
     sequence_parallel=typer.Option(None, "--sequence-parallel/--no-sequence-parallel",
                                    help="Tensor parallelism with sequence parallelism (norms and element-wise work "
                                         "on 1/tp of the sequence, all-gather / reduce-scatter around each block) "

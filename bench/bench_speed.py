@@ -26,6 +26,22 @@ Not part of the test run; the figures go in the README and the closing notes.
    as arrays (`RankLayout.pipeline_flow_array`, groups as stage 0's shifted): GPT-3 175B PP12 34-37 ms CPU, 27-30
    ms after another layout (42-46 ms with `--search`, same code; 47-50 ms before), routing its 24 phases 7-8 ms of
    it (was 17-20 ms); GPT 1T PP64 268-291 ms (304-318 ms with `--search`). Figures identical either way.
+   Sixth session (load 1.3-2.3; "before" is the same tree with this session's engine and balancing changes
+   taken out, run alternately, five rounds): GPT-3 175B PP12 31-39 -> 26-30 ms CPU (25-31 -> 19-22 ms after
+   another layout), GPT 1T 260-299 -> 108-120 ms, 175B PP8 full recompute 33-50 -> 25-29 ms, Llama 3.1 8B
+   24-30 ms either way.
+   The engine's share (`run_pipeline` alone, routes warm, best of 30: the programs priced and run)
+   went 4.6 -> 1.0 ms (175B), 177 -> 27-30 ms (1T), 5.2 -> 1.2 ms (PP8): arrivals numbered once per schedule
+   shape instead of keyed by tuples (4.5 -> 3.3 / 175 -> 117 ms), ranks that run ahead queued as plain
+   generators instead of woken by simpy events (-> 1.85 / 63 ms; nothing on that path reads a clock), a loop
+   for instructions with at most one input and one send and per-rank totals as cumulative sums (-> 1.0 / 30
+   ms). A schedule shape's structure, cached but built once per shape, 4.4 -> 2.4 ms (175B), 145 -> 81 ms (1T),
+   5.7 -> 4.8 ms (DualPipe 16 x 120), garbage collector off. Stage balancing's dynamic programme, 8 calls per
+   175B layout, 0.72 -> 0.43 ms a call (one buffer, the stage spans and blocked cells computed once, the first
+   stage read as one column and the last as one row; the same splits as before on 8,000 random cases); the
+   balancing probe's op prices handed to the layout's coster. What is left of the 175B's ~26 ms (wrapped
+   timers): routing on a cold cluster ~11 ms (pipeline sends 5, the data-parallel ring 6), balancing ~8 (its
+   DP 3.7, first op prices 2.6), instruction profiles ~5, the engine ~1.5.
 2. The default CLI estimate, as a user runs it (`python -m gpuhours.cli estimate`, a new process: imports
    included), best of three, wall and CPU, with compiled bytecode cached as from a user's second run (and
    once more compiling every module, as under PYTHONDONTWRITEBYTECODE). 2026-12-01, this 2-core machine:

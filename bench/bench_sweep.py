@@ -1,6 +1,13 @@
 """Benchmark: a 1,008-point sweep over a dense and two MoE presets with small step shapes, on a local pool.
 
-Run: .venv/bin/python bench/bench_sweep.py [--workers N] [--executor process|serial]
+Run: .venv/bin/python bench/bench_sweep.py [--workers N] [--executor process|serial] [--off NAMES] [--csv PATH]
+--off (comma-separated; each puts back what it replaced, on the same code; the workers inherit it by fork):
+  content   stage-class profiles keyed by object identity (`stage_classes.CONTENT_KEY`): nothing shared between points
+  gc        the collections after a point as before: the young generation every point, the middle one every 16
+  freeze    nothing frozen in the workers (`sweep.FREEZE_IN_WORKERS`)
+  scenario  presets and bundled calibration profiles read again for every point (`scenario._preset`,
+            `scenario._calibration_profile`)
+--csv copies the results table (point order as the workers finished: compare sorted lines).
 Token counts do not change the work (the run is priced from a few simulated steps); the step simulation does,
 so the shapes are kept small: 1K-token sequences, a 256-sequence batch, 64-256 GPUs. Not part of the tests.
 It prints wall time, CPU time of this process and its workers (the machine is shared: wall time measures the
@@ -29,12 +36,23 @@ once (`stage_classes._HashedTuple`), the losing candidate splits emptied (`split
 SM-sharing list scheduler's streams in locals (`nccl_sms.list_schedule_shared`) and span names parsed once
 (`task_schedule.task_span`); all of those off on the same code, alternating runs: 23.3-24.0 s CPU, 22.4-22.9 s
 wall. Serial, one process (time.process_time): 17.7-18.4 s on, 22.0 s off. Same results.csv, byte for byte.
+14:05 UTC, load 1.6-2.1: 7.8-8.9 s wall, 14.9-16.9 s CPU (15-18 ms CPU per simulated point), 115 MiB, with
+stage-class profiles shared between points by content (`stage_classes.pricing_key`; 5,868 -> 4,258 profiles built,
+stored without spans), both young generations collected after a point and the workers' start-up objects frozen
+(`sweep.evaluate_point`; serial: collections 1.8 -> 1.0 s CPU), presets and bundled calibration profiles read once
+per process (`scenario._preset`, `scenario._calibration_profile`: the 1,008 points' scenarios 0.92 -> 0.32 s CPU);
+--off content,gc,freeze,scenario on the same code, alternating: 9.7-9.9 s wall, 18.1-19.1 s CPU, 115-116 MiB. One
+switch off at a time: content 15.7-19.8 s, gc,freeze 15.4-18.5 s, scenario 16.7-17.2 s (noise ~1 s at this load).
+Serial, one process: 13.7-15.4 s CPU on; the content key alone, before the rest, 16.3-20.1 s on, 18.3-19.9 s off
+(noise at this load; the profiles built are the steady figure). Same results.csv, byte for byte (serial runs;
+the pools' rows sorted).
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import tempfile
 import time
 
@@ -55,23 +73,51 @@ SPEC = {
 }
 
 
+OFF = ("content", "gc", "freeze", "scenario")
+
+
+def switch_off(names: set[str]) -> None:
+    from gpuhours.hwmodels.calibration import load_profile
+    from gpuhours.simulator import scenario, stage_classes, sweep
+    from gpuhours.workloads.presets import load_preset
+
+    if names - set(OFF):
+        raise SystemExit(f"--off: unknown {sorted(names - set(OFF))}; allowed: {', '.join(OFF)}")
+    if "content" in names:
+        stage_classes.CONTENT_KEY = False
+    if "gc" in names:
+        sweep._GC_EVERY = {0: 1, 1: 16, 2: 128}
+    if "freeze" in names:
+        sweep.FREEZE_IN_WORKERS = False
+    if "scenario" in names:
+        scenario._preset = load_preset
+        scenario._calibration_profile = load_profile
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--executor", default="process")
+    parser.add_argument("--off", default="")
+    parser.add_argument("--csv", default=None)
     args = parser.parse_args()
+    off = {n for n in args.off.split(",") if n}
+    switch_off(off)
     spec = parse_spec(SPEC)
     before = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         result = run_sweep(spec, out, workers=args.workers, executor=args.executor)
         wall = time.perf_counter() - t0
+        if args.csv:
+            shutil.copyfile(result.csv_path, args.csv)
     after = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before))
     # ru_maxrss (KiB on Linux): this process's peak, and the largest finished worker's (the pool has joined)
     rss = max(a.ru_maxrss for a in after) / 1024
     t = result.table
     simulated = t["step_time_s"].notna().sum()
+    print(f"off: {sorted(off) or 'nothing'}")
     print(f"sweep: {result.points_total} points ({simulated} simulated, {int(t['feasible'].sum())} feasible, "
           f"{result.points_total - simulated} invalid layouts) in {wall:.1f} s with {args.workers} "
           f"{args.executor} workers: {result.points_total / wall:.1f} points/s, "

@@ -7,6 +7,8 @@
   An FP8 GEMM of a per-tensor recipe (Op.fp8_recipe "delayed" / "current": one cuBLASLt call, one scale per
   tensor) is priced from the same op's BF16 efficiency times a published FP8-over-BF16 speed-up at its shape
   (hwmodels/fp8_tensorwise.py), not from the profile's blockwise "fp8" points.
+  An MXFP8 GEMM (Op.fp8_recipe "mxfp8", Blackwell only) runs at the GPU's MXFP8 peak times the same op's BF16
+  efficiency at its shape (hwmodels/mxfp8.py), unless the profile was calibrated on MX kernels.
   A weight-gradient GEMM (phase "W") takes the profile's ``wgrad`` points when it has them for the op's kind
   and dtype (hwmodels/wgrad.py: DeepGEMM's weight-gradient kernels, slower than its forward ones).
 - attention: the profile's forward efficiency for phase "F", backward efficiency for "B" and "W";
@@ -35,6 +37,7 @@ from dataclasses import replace
 from gpuhours.hwmodels.calibration import CalibrationProfile
 from gpuhours.hwmodels.fp8_tensorwise import default_table, is_per_tensor, tensorwise_efficiency, uses_own_points
 from gpuhours.hwmodels.gpus import GPUSpec
+from gpuhours.hwmodels import mxfp8
 from gpuhours.hwmodels.wgrad import wgrad_efficiency
 from gpuhours.workloads.ops import COMPUTE_CLASSES, Op
 
@@ -81,6 +84,10 @@ class ComputeModel:
         if op.gemm is None:
             raise ValueError(f"op {op.name!r}: kind {op.kind!r} needs a gemm shape (Op.gemm)")
         self.gpu.peak_flops(op.dtype)  # refuses fp8 on GPUs without it
+        if op.dtype == "fp8" and op.fp8_recipe == mxfp8.RECIPE:
+            mxfp8.check_gpu(self.gpu)  # refuses GPUs without MXFP8 tensor cores
+            if not mxfp8.uses_own_points(self.profile):  # the BF16 fraction of peak at the shape (hwmodels/mxfp8.py)
+                return self.gemm_efficiency(replace(op, dtype="bf16", fp8_recipe="blockwise"))
         if op.dtype == "fp8" and is_per_tensor(op.fp8_recipe) and not uses_own_points(self.profile):
             return self._tensorwise_efficiency(op)
         groups = op.groups if op.kind == "grouped_gemm" else 1
@@ -100,6 +107,14 @@ class ComputeModel:
         eff_bf16 = self.gemm_efficiency(replace(op, dtype="bf16", fp8_recipe="blockwise"))
         return tensorwise_efficiency(eff_bf16, default_table().speedup(g.m, g.n, g.k),
                                      self.gpu.peak_flops("bf16"), self.gpu.peak_flops("fp8"))
+
+    def peak(self, op: Op) -> float:
+        """Dense tensor-core peak (FLOP/s) an op's GEMM or attention runs against: the MXFP8 peak for an FP8 op of
+        the mxfp8 recipe, otherwise the peak of its dtype."""
+        if op.dtype == "fp8" and op.fp8_recipe == mxfp8.RECIPE:
+            mxfp8.check_gpu(self.gpu)
+            return self.gpu.peak_flops("mxfp8")
+        return self.gpu.peak_flops(op.dtype)
 
     def efficiency(self, op: Op) -> float:
         """Fraction of the compute peak the op reaches (memory-bound kinds: of the FP32 peak, i.e. 1)."""
@@ -129,7 +144,7 @@ class ComputeModel:
             if flops == 0 and op.gemm is not None:
                 groups = op.groups if op.kind == "grouped_gemm" else 1
                 flops = 2.0 * op.gemm.m * op.gemm.n * op.gemm.k * groups
-            rate = self.gpu.peak_flops(op.dtype) * self.gemm_efficiency(op)
+            rate = self.peak(op) * self.gemm_efficiency(op)
         elif op.kind == "attention":
             rate = self.gpu.peak_flops(op.dtype) * self.efficiency(op)
         else:  # elementwise, embedding: CUDA-core FLOPs, memory-bound in practice

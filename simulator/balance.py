@@ -9,6 +9,7 @@ of a split by `workloads.memory`'s formulas (the sum `memory_breakdown` reports)
 from __future__ import annotations
 
 import math
+from itertools import accumulate
 from typing import Callable
 
 import numpy as np
@@ -43,9 +44,7 @@ def partition_layers(layer_cost: list[float], num_stages: int, first_extra: floa
     if not 1 <= num_stages <= n:
         raise ValueError(f"stages ({num_stages}) must be between 1 and the number of layers ({n})")
     min_layers = _min_layers(num_stages, first_extra, last_extra)
-    prefix = [0.0]
-    for c in layer_cost:
-        prefix.append(prefix[-1] + c)
+    prefix = list(accumulate(layer_cost, initial=0.0))  # 0.0, c0, c0 + c1, ... added one at a time
 
     # best[s][j]: the least largest stage cost of layers 0..j-1 on stages 0..s-1; cut[s][j] the first layer of
     # stage s-1 in that split. Each row is one (j, i) array: stage s-1 holds layers i..j-1.
@@ -54,16 +53,30 @@ def partition_layers(layer_cost: list[float], num_stages: int, first_extra: floa
     j_idx, i_idx = np.arange(n + 1)[:, None], np.arange(n + 1)[None, :]
     head = _head_prefix(head_cost, n)
     head_extra = head[np.minimum(i_idx + head_layers, j_idx).clip(min=0)] - head[i_idx] if head_layers else 0.0
+    span = pre[:, None] - pre[None, :] + head_extra  # layers i..j-1 as one stage, before its extra work
+    # stages that would hold fewer layers than they must: inf added (every cost is finite, x + 0.0 is x)
+    blocked = {m: np.where(i_idx > j_idx - m, inf, 0.0) for m in set(min_layers)}
     best = np.full((num_stages + 1, n + 1), inf)
     cut = np.zeros((num_stages + 1, n + 1), dtype=int)
     best[0, 0] = 0.0
+    value = np.empty((n + 1, n + 1))  # one buffer for every stage's (j, i) table
+    tolerance = 1e-12 * max(pre[-1], 1e-300)
     for s in range(1, num_stages + 1):
         extra = (first_extra if s == 1 else 0.0) + (last_extra if s == num_stages else 0.0)
-        value = np.maximum(best[s - 1][None, :], pre[:, None] - pre[None, :] + head_extra + extra)
-        value[i_idx > j_idx - min_layers[s - 1]] = inf
+        mask = blocked[min_layers[s - 1]]
+        if s == 1:  # best[0] is inf past i = 0: the first column alone, every cut 0 (as `cut` starts)
+            best[1] = np.maximum(span[:, 0] + extra, best[0, 0]) + mask[:, 0]
+            continue
+        if s == num_stages:  # nothing reads the last stage's rows but j = n (all the layers)
+            row = np.maximum(span[n] + extra, best[s - 1]) + mask[n]
+            best[s, n] = low = row.min()
+            cut[s, n] = (row <= low + tolerance).argmax() if np.isfinite(low) else 0
+            continue
+        np.maximum(np.add(span, extra, out=value), best[s - 1][None, :], out=value)
+        value += mask
         low = value.min(axis=1)
         # ties go to the earliest split: the first i within rounding (1e-12 of the total) of the minimum
-        tie = value <= (low + 1e-12 * max(pre[-1], 1e-300))[:, None]
+        tie = value <= (low + tolerance)[:, None]
         best[s] = low
         cut[s] = np.where(np.isfinite(low), tie.argmax(axis=1), 0)
     if best[num_stages][n] == inf:

@@ -47,8 +47,7 @@ from gpuhours.hwmodels.placement import EXPERT_GROUPS, RankLayout
 from gpuhours.simulator.engine import InstructionProfile
 from gpuhours.simulator.task_schedule import _Task
 from gpuhours.simulator.instructions import Instruction
-from gpuhours.simulator.nccl_sms import schedule_tasks, segment_sms
-from gpuhours.simulator.overlap import exposed_streamed
+from gpuhours.simulator.nccl_sms import schedule_tasks, segment_sms, tp_overlap_time
 from gpuhours.simulator.ring_overlap import cp_exposed
 from gpuhours.simulator.stage_views import profile_units
 from gpuhours.workloads.model import ModelSpec
@@ -164,8 +163,8 @@ class HardwareCoster:
         wire = self.collective(op.collective, op.comm_bytes, op.group)
         if op.overlaps is not None and op.group == "cp":  # ring attention: K/V blocks under the core's blocks
             return cp_exposed(op, wire, self.parallel.cp, self.op_time(op.overlaps))
-        if op.overlaps is not None:  # tp_comm_overlap: pipelined with its GEMM in tp pieces
-            return exposed_streamed(wire, self.parallel.tp, self.op_time(op.overlaps))
+        if op.overlaps is not None:  # tp_comm_overlap: pipelined with its GEMM (AsyncTP or TE's userbuffers)
+            return tp_overlap_time(self, op, wire, self.op_time(op.overlaps))
         return wire
 
     def deepep_call(self, op: Op, wire: float, notify: bool = True) -> DeepEPCall:

@@ -229,13 +229,14 @@ def run_pipeline(schedule: Schedule, coster: InstructionCoster, detail: bool = F
 
     # Schedules are pure: every instruction's cost, inputs and outputs are known before the run starts, and so are
     # each rank's busy totals (the run decides only when things happen).
-    programs, busy, comm_busy, executing, holds = _programs(schedule, coster)
-    shares[:] = holds
+    runs = _programs(schedule, coster)
+    busy, comm_busy, executing = runs.busy, runs.comm_busy, runs.executing
+    shares[:] = runs.holds
     if run_ahead and not (record or detail) and plain(shares, shared):
-        finish, end, nic_busy, nic_wait, peak, ran = _run_ahead(programs, tail)
+        finish, end, nic_busy, nic_wait, peak, ran = _run_ahead(runs, tail)
         counter[0] = ran
     else:
-        for rank, steps in enumerate(programs):
+        for rank, steps in enumerate(runs.steps()):
             env.process(rank_process(rank, steps))
         env.run()
     total = sum(len(p) for p in schedule.programs)

@@ -19,8 +19,13 @@ Where it is not charged (and why):
   (`simulator.overlap.exposed_streamed`). PyTorch's AsyncTP (torchtitan) moves the pieces with copies between
   symmetric-memory buffers (torch.distributed._symmetric_memory: `_pipelined_all_gather_and_consume` and
   `_pipelined_produce_and_all2all` copy_ remote shards, alternating a side stream and the current one), so it
-  holds none (Assumption: a contiguous same-dtype copy_ is a cudaMemcpyAsync, which runs on a copy engine);
-  Transformer Engine's userbuffers would (num_sm per overlap), not modelled.
+  holds none (Assumption: a contiguous same-dtype copy_ is a cudaMemcpyAsync, which runs on a copy engine).
+  Transformer Engine's userbuffers (Megatron-Core's `--tp-comm-overlap`, `ParallelSpec.tp_comm_overlap_impl =
+  "te-userbuffers"`) does hold SMs: its pipeline and bulk overlaps launch the GEMM on SMs - num_sm (16) for the
+  GEMM's whole time while the reduce-scatter / all-gather kernels run on the other 16; its ring_exchange moves
+  chunks on copy engines and keeps every SM (`hwmodels.tp_overlap_sms`, with the source lines). Charged in the
+  closed form (`tp_overlap_time`): the GEMM runs avail / (avail - num_sm) times longer, and the collective is
+  streamed under the slowed GEMM in TE's pieces.
 - Overlapped data-parallel gradient buckets (`overlap_grad_reduce`) run in the engine beside the rank's last
   backward: charged there (`bucket_fraction`, `simulator.nic_share.stretch_under_buckets`) by extending that
   instruction by held/avail x its compute share x the time buckets fly beside it (Assumption: its compute is
@@ -39,7 +44,9 @@ import heapq
 
 from gpuhours.hwmodels.nccl import arch_of
 from gpuhours.hwmodels.nccl_sms import collective_sms
+from gpuhours.hwmodels.tp_overlap_sms import te_userbuffers
 from gpuhours.simulator.engine import InstructionProfile
+from gpuhours.simulator.overlap import exposed_streamed
 from gpuhours.simulator.timeline import Span
 
 NCCL_COLLECTIVES = ("all_reduce", "reduce_scatter", "all_gather")
@@ -104,6 +111,32 @@ def streamed_gather_rate(coster, nbytes: float, group: str = "dp") -> float:
     op = Op("zero3.gather", "collective", "F", "zero3", collective="all_gather", group=group, comm_bytes=nbytes)
     avail = compute_sms(coster)
     return (avail - op_sms(coster, op)) / avail
+
+
+def tp_overlap_time(coster, op, wire: float, gemm: float) -> float:
+    """Seconds a tensor-parallel collective pipelined with its GEMM (`Op.overlaps`, `tp_comm_overlap`) adds to the
+    pass: `wire` its time alone, `gemm` the partner GEMM's time alone (priced as its own op).
+
+    "asynctp" (PyTorch AsyncTP: copies, no SMs): `simulator.overlap.exposed_streamed` in tp pieces.
+    "te-userbuffers" (`hwmodels.tp_overlap_sms.te_userbuffers`): the GEMM runs on avail - held SMs for its whole
+    time (set_sm_margin), so it takes g' = gemm x avail / (avail - held) and the op adds g' - gemm for that,
+    plus what the collective leaves exposed under g': ring_exchange and pipeline stream it in their pieces
+    (`exposed_streamed(wire, pieces, g')`); bulk runs it beside the GEMM without a dependency, exposing
+    max(0, wire - g'). ring_exchange (held 0, tp pieces) is the asynctp form exactly."""
+    p = coster.parallel
+    if p.tp_comm_overlap_impl == "asynctp":
+        return exposed_streamed(wire, p.tp, gemm)
+    ub = te_userbuffers(op.collective, op.phase, p.tp)
+    avail = compute_sms(coster)
+    held = ub.held_sms if ENABLED else 0
+    if not 0 <= held < avail:
+        raise ValueError(f"te-userbuffers' {ub.method} overlap holds {held} SMs, more than the {avail} compute has")
+    slowed = gemm * avail / (avail - held)
+    if ub.method == "bulk":
+        exposed = max(0.0, wire - slowed)
+    else:
+        exposed = exposed_streamed(wire, ub.pieces, slowed)
+    return (slowed - gemm) + exposed
 
 
 def bucket_fraction(sim, stages: set[int]) -> float:

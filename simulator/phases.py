@@ -36,7 +36,7 @@ SCENARIO_KEYS = ("model", "gpu", "gpus", "pp", "ep", "tp", "vpp", "schedule", "m
                  "capacity_factor", "grad_reduce_dtype", "ramp_micro_batch_size", "etp", "moe_dispatch",
                  "max_nodes_per_token", "cp_comm", "pipeline_layout", "sequence_parallel", "reshard_after_forward",
                  "dp_bucket_params", "overlap_grad_reduce", "overlap_param_gather", "fp8_recipe", "link_sharing",
-                 "fp8_gemm_kernels")
+                 "fp8_gemm_kernels", "tp_comm_overlap_impl")
 RAMP_KEYS = ("batch_start", "batch_end", "ramp_tokens")
 EXTRA_KEYS = ("steps", "zero_stage", "stage_layers", "recompute")
 BOOK_KEYS = ("name", "reference_gpu_hours", "note")

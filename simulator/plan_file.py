@@ -58,7 +58,7 @@ PLAN_TYPES = {
                  "comm_sms": int, "zero_stage": int, "dp_bucket_params": int, "reshard_after_forward": bool,
                  "overlap_grad_reduce": bool, "overlap_param_gather": bool, "tp_comm_overlap": bool,
                  "sequence_parallel": bool, "order": str, "etp": int, "moe_dispatch": str, "grad_reduce_dtype": str,
-                 "cp_comm": str, "pipeline_layout": str},
+                 "cp_comm": str, "pipeline_layout": str, "tp_comm_overlap_impl": str},
     "run": {"tokens": _COUNT, "seq_len": int, "batch_start": int, "batch_end": int, "ramp_tokens": _COUNT,
             "price_per_gpu_hour": _NUMBER, "ramp_micro_batch_size": list},
     "numerics": {"fp8": bool, "recompute": (str, bool, list), "attention_kernel": str, "capacity_factor": _NUMBER,

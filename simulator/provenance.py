@@ -89,6 +89,10 @@ def scenario_warnings(scenario: Scenario) -> list[str]:
     kernels = family_warning(prof, scenario.fp8_gemm_kernels, scenario.opts.fp8)
     if kernels:
         out.append(f"FP8 GEMM kernels: {kernels}")
+    if scenario.opts.fp8 and scenario.opts.fp8_recipe == "mxfp8" and on.get("fp8_recipe") != "mxfp8":
+        out.append(f"FP8 recipe: the run uses MXFP8 but profile {prof.name!r} was not calibrated on MX kernels; its "
+                   f"MXFP8 GEMMs run at {gpu.name}'s MXFP8 peak times the profile's BF16 efficiency at each shape "
+                   f"(an assumption, hwmodels/mxfp8.py), not at measured MXFP8 rates")
     if not on:
         out.append(f"calibration: profile {prof.name!r} does not record what it was calibrated on "
                    f"(provenance.calibrated_on); precision, FP8 recipe and model family are not checked")
@@ -99,7 +103,9 @@ def scenario_warnings(scenario: Scenario) -> list[str]:
                    f"{' and '.join(p.upper() for p in precisions)} only; its {run_dtype.upper()} kernel rates are "
                    f"not from that calibration")
     recipe, run_recipe = on.get("fp8_recipe"), scenario.opts.fp8_recipe
-    if scenario.opts.fp8 and recipe is not None and recipe != run_recipe and run_recipe != "blockwise" \
+    if run_recipe == "mxfp8":
+        pass  # said above
+    elif scenario.opts.fp8 and recipe is not None and recipe != run_recipe and run_recipe != "blockwise" \
             and recipe == "blockwise":  # per-tensor GEMMs priced apart (hwmodels/fp8_tensorwise.py)
         out.append(f"FP8 recipe: the run uses {run_recipe} FP8 scaling but profile {prof.name!r} was calibrated on "
                    f"{recipe} FP8; its per-tensor FP8 GEMMs are priced from the profile's BF16 rates times published "

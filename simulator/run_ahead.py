@@ -11,11 +11,18 @@ timeline is a function of when its inputs arrive, and nothing else:
 
 (the engine's semantics with rho = 0 and one FIFO per rank, term by term and in the same floating-point
 operations, so the figures are bit-identical). Schedules are pure, so a rank can compute this as far as it knows
-its inputs' arrival times, without waiting for simulated time to pass: each rank is still a simpy process, but it
-yields an event only when it needs an input whose sender has not yet reached the send (the sender triggers it
-once it knows the arrival time, and the rank resumes at that instant). On GPT 1T's 1F1B step (PP64, 512
-micro-batches: 65,536 instructions) the events drop from 195,000 to 32,000, one per rank switch: a rank in the
-steady phase alternates inputs from both neighbours, so it rarely gets more than two instructions ahead.
+its inputs' arrival times, without waiting for simulated time to pass: each rank is a generator that stops only
+when it needs an input whose sender has not yet reached the send; the sender, once it knows the arrival time,
+puts the rank back in the queue of ranks that can go on. Nothing here depends on the order ranks are resumed in
+(every time is computed from arrival times, not from a clock), so no simpy event is needed: on GPT 1T's 1F1B
+step (PP64, 512 micro-batches: 65,536 instructions) a simpy event per rank switch (32,000 of them, against
+195,000 events in the full simulation) took half of this path's time. The simpy engine stays for every run that
+needs instants: interfaces shared with all-to-alls or buckets, and timelines. Arrival keys are numbered once per
+schedule shape (`simulator.programs`), so an arrival is a list slot rather than a dictionary entry, and a rank's
+peak of live activation chunks is read from the shape (the order of its instructions fixes it). Where no
+instruction waits for or sends more than one arrival (every schedule but DualPipe's and DualPipeV's overlapped
+pairs), the ranks run a loop without the inner loops over inputs and sends (`single_process`), the same
+operations in the same order.
 
 The check: `plain` below. A rank with gradient buckets (`nic_share`) or whose instructions hold the interface
 (the all-to-all share of a send is decided at the send's instant, by what the rank runs then) makes the engine
@@ -24,7 +31,7 @@ run every instruction as an event, as does a run that records the timeline (span
 
 from __future__ import annotations
 
-import simpy
+from collections import deque
 
 
 def plain(holds: list[bool], buckets: list) -> bool:
@@ -33,65 +40,99 @@ def plain(holds: list[bool], buckets: list) -> bool:
     return not any(buckets) and not any(holds)
 
 
-def run_ahead(steps: list[list[tuple]], tail) -> tuple:
-    """Every rank's program as `run_pipeline` builds it (`simulator.programs`: instruction, profile, inputs,
-    chunks allocated, chunks freed, arrival keys of its sends, their seconds, load), `tail(rank)` or None.
-    Returns per rank (finish, end, nic_busy, nic_wait, peak), and the instructions run, as `run_pipeline`
-    reports them."""
-    env = simpy.Environment()
-    pp = len(steps)
-    known: dict[tuple, float] = {}           # arrival key -> when it arrives (once its sender got there)
-    waiting: dict[tuple, simpy.Event] = {}   # arrival key -> the event a blocked rank waits on
+def run_ahead(runs, tail) -> tuple:
+    """Every rank's priced program (`simulator.programs.Programs`: per instruction the numbers of the arrivals it
+    waits for and sends, its seconds and its sends' seconds; per rank its peak of live activation chunks, which
+    the order of its instructions fixes), `tail(rank)` or None. Returns per rank (finish, end, nic_busy,
+    nic_wait, peak), and the instructions run, as `run_pipeline` reports them."""
+    shape = runs.shape
+    pp = len(shape.io)
+    known: list = [None] * shape.arrivals    # arrival number -> when it arrives (once its sender got there)
+    waiting: list = [None] * shape.arrivals  # arrival number -> the rank blocked on it
     finish, end = [0.0] * pp, [0.0] * pp
-    nic_busy, nic_wait, peak = [0.0] * pp, [0.0] * pp, [0] * pp
-    counter = [0]
+    nic_busy, nic_wait = [0.0] * pp, [0.0] * pp
+    ran = [0] * pp
 
-    def deliver(key: tuple, at: float) -> None:
-        known[key] = at
-        event = waiting.pop(key, None)
-        if event is not None:  # wake the blocked rank at the arrival instant
-            event._ok, event._value = True, None
-            env.schedule(event, delay=max(0.0, at - env.now))
-
-    def rank_process(rank: int, program: list[tuple]):
+    def rank_process(rank: int):
         clock = 0.0      # when the rank's previous instruction ended
         nic_free = 0.0   # when the rank's last send leaves its interface
-        busy_nic, live, top, ran = 0.0, 0, 0, 0
-        get = known.get
-        for _, prof, needs, forwards, weights, keys, delays, _ in program:
+        busy_nic = 0.0
+        index = 0
+        for (needs, sends), duration, delays in zip(shape.io[rank], runs.durations(rank), runs.delays(rank)):
             start = clock
             for key in needs:
-                at = get(key)
+                at = known[key]
                 if at is None:  # its sender has not got there yet: wait until it has
-                    event = waiting[key] = env.event()
-                    yield event
+                    waiting[key] = rank
+                    ran[rank] = index
+                    yield
                     at = known[key]
                 if at > start:
                     start = at
-            live += forwards
-            if live > top:
-                top = live
-            clock = start + prof.duration
-            ran += 1
-            live -= weights
-            for key, delay in zip(keys, delays):
+            clock = start + duration
+            index += 1
+            for key, delay in zip(sends, delays):
                 if delay <= 0.0:
-                    deliver(key, clock)
+                    at = clock
                 else:
-                    leave = (clock if clock >= nic_free else nic_free) + delay
+                    at = (clock if clock >= nic_free else nic_free) + delay
                     busy_nic += delay
-                    nic_free = leave
-                    deliver(key, leave)
-            finish[rank] = clock
-            counter[0] += 1
-        peak[rank], nic_busy[rank] = top, busy_nic
-        end[rank] = clock
+                    nic_free = at
+                known[key] = at
+                woken = waiting[key]
+                if woken is not None:  # the blocked rank can go on
+                    waiting[key] = None
+                    ready(woken)
+        ran[rank] = index
+        nic_busy[rank] = busy_nic
+        finish[rank] = end[rank] = clock
         if tail is not None:
             start = clock if clock >= nic_free else nic_free
             nic_wait[rank] = start - clock
             end[rank] = start + tail(rank)
 
-    for rank, program in enumerate(steps):
-        env.process(rank_process(rank, program))
-    env.run()
-    return finish, end, nic_busy, nic_wait, peak, counter[0]
+    def single_process(rank: int):
+        """`rank_process` where every instruction waits for at most one arrival and sends at most one (-1: none):
+        the same operations without the inner loops."""
+        clock = nic_free = busy_nic = 0.0
+        index = 0
+        for need, send, duration, delay in zip(shape.need[rank], shape.send[rank], runs.durations(rank),
+                                               runs.first_delays(rank)):
+            start = clock
+            if need >= 0:
+                at = known[need]
+                if at is None:
+                    waiting[need] = rank
+                    ran[rank] = index
+                    yield
+                    at = known[need]
+                if at > start:
+                    start = at
+            clock = start + duration
+            index += 1
+            if send >= 0:
+                if delay <= 0.0:
+                    at = clock
+                else:
+                    at = (clock if clock >= nic_free else nic_free) + delay
+                    busy_nic += delay
+                    nic_free = at
+                known[send] = at
+                woken = waiting[send]
+                if woken is not None:
+                    waiting[send] = None
+                    ready(woken)
+        ran[rank] = index
+        nic_busy[rank] = busy_nic
+        finish[rank] = end[rank] = clock
+        if tail is not None:
+            start = clock if clock >= nic_free else nic_free
+            nic_wait[rank] = start - clock
+            end[rank] = start + tail(rank)
+
+    processes = [(single_process if shape.single else rank_process)(rank) for rank in range(pp)]
+    queue = deque(range(pp))
+    ready, take = queue.append, queue.popleft
+    while queue:
+        next(processes[take()], None)
+    return finish, end, nic_busy, nic_wait, list(shape.peak), sum(ran)

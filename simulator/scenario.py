@@ -130,12 +130,31 @@ def _graph_network(fabric: FabricSpec, link_sharing: str = "bottleneck") -> Grap
     return GraphNetwork(fabric, link_sharing=link_sharing)
 
 
+@lru_cache(maxsize=32)
+def _preset(name: str) -> ModelSpec:
+    """A bundled preset, read once per process (frozen: scenarios share it; a sweep builds one per point)."""
+    return load_preset(name)
+
+
+def _calibration_profile(name) -> CalibrationProfile:
+    """`load_profile`; a bundled profile by name read once per process (its tables are never changed in place:
+    `with_attention_kernel` and `with_fp8_gemm_kernels` copy them), a file read every time."""
+    if isinstance(name, str) and not Path(name).is_file():
+        return _bundled_profile(name)
+    return load_profile(name)
+
+
+@lru_cache(maxsize=8)
+def _bundled_profile(name: str) -> CalibrationProfile:
+    return load_profile(name)
+
+
 def resolve_model(model: "str | ModelSpec") -> ModelSpec:
     """A preset name, a path to a TOML model file or a Hugging Face config.json, or a ModelSpec as it is."""
     if isinstance(model, ModelSpec):
         return model
     if model in list_presets():
-        return load_preset(model)
+        return _preset(model)
     if Path(model).suffix in (".toml", ".json") or Path(model).exists():
         return load_model_file(model)
     raise ValueError(f"model must be a preset ({', '.join(list_presets())}) or a .toml/.json file; got {model!r}")
@@ -170,7 +189,7 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
                   reshard_after_forward: bool | None = None, dp_bucket_params: int | None = None,
                   fp8_recipe: str | None = None, host_dispatch: str | None = None,
                   elementwise_kernels: str | None = None, fp8_gemm_kernels: str | None = None,
-                  link_sharing: str | None = None) -> Scenario:
+                  link_sharing: str | None = None, tp_comm_overlap_impl: str | None = None) -> Scenario:
     """The plan's scenario with any of its parts replaced. Raises ValueError naming a bad field (a missing plan
     key too: "plan 'p.toml': missing key 'gpus'").
 
@@ -235,6 +254,7 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
         else overlap_param_gather,
         dp_bucket_params=par.get("dp_bucket_params", 0) if dp_bucket_params is None else dp_bucket_params,
         tp_comm_overlap=par.get("tp_comm_overlap", False) if tp_comm_overlap is None else tp_comm_overlap,
+        tp_comm_overlap_impl=tp_comm_overlap_impl or par.get("tp_comm_overlap_impl", ParallelSpec.tp_comm_overlap_impl),
         sequence_parallel=par.get("sequence_parallel", ParallelSpec.sequence_parallel) if sequence_parallel is None
         else sequence_parallel,
         order=order if order is not None else par.get("order", ParallelSpec.order),
@@ -262,7 +282,7 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
             run_plan = replace(run_plan, price_source=f"the plan's price for {load_gpu(c['gpu']).name}: no price is "
                                                       f"listed for {gpu_spec.name} (hwmodels/data/prices.toml); "
                                                       f"give --price")
-    profile = load_profile(calibration or DEFAULT_CALIBRATION)
+    profile = _calibration_profile(calibration or DEFAULT_CALIBRATION)
     kernel = attention_kernel if attention_kernel is not None else num.get("attention_kernel")
     if kernel:
         profile = with_attention_kernel(profile, kernel, model_spec.attention.qk_head_dim, run_plan.seq_len)
@@ -287,6 +307,9 @@ def _load_scenario(plan: str | Path = DEFAULT_PLAN, *, model: str | None = None,
             raise ValueError(f"precision fp8 is not available on {gpu_spec.name} (no FP8 tensor cores); "
                              f"allowed: bf16")
         opts, fp8_fallback = replace(opts, fp8=False), True  # the plan's default: run BF16 and say so
+    if opts.fp8 and opts.fp8_recipe == "mxfp8":  # Blackwell only: refuse before any simulation (hwmodels/mxfp8.py)
+        from gpuhours.hwmodels.mxfp8 import check_gpu
+        check_gpu(gpu_spec)
     routing = routing or doc.get("routing", {}).get("model", "balanced")
     if not (routing == "balanced" or routing.startswith("skew:") or routing.startswith("file:")):
         raise ValueError(f"routing must be balanced, skew:<value> or file:<path>; got {routing!r}")

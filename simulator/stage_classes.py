@@ -12,15 +12,18 @@ is the comparison itself, built from the stages' units, so a stage that differs 
 The same holds between step simulators that differ only in their layers per stage (the candidate splits stage
 balancing simulates, `simulator.split_search`): their costers price ops alike (`HardwareCoster` reads its
 `stage_layers` only to build its stages), so a class's profile is shared between them (`_shared_profiles`: keyed
-by the coster's pricing context, the same model, cluster, compute model, network and options objects and equal
-layout and memory recipe once the layers per stage are left out, then by the stages' signatures).
+by the coster's pricing context, `pricing_key`, then by the stages' signatures). The context is compared by value
+(model, cluster, GPU, calibration profile, options, layout but its layers per stage and its schedule, memory
+recipe) and the network by identity, so the points of a sweep that differ only in schedule, micro-batch count or
+price share their profiles too (issue 14).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import replace
+from dataclasses import fields, replace
 
+from gpuhours.hwmodels.compute import ComputeModel
 from gpuhours.simulator.chunks import HardwareCoster, price_key
 from gpuhours.simulator.engine import InstructionProfile
 from gpuhours.simulator.instructions import Instruction
@@ -96,7 +99,8 @@ def unit_signature(unit) -> tuple:
 
 class SharedStageCoster:
     """An `InstructionCoster` that prices an instruction on the first stage of its class (`stage_signature`):
-    the same durations and busy times as `coster`, op-level spans of that stage's layers."""
+    the same durations and busy times as `coster`, no op-level spans (a step without a timeline, `StepSimulator`
+    `_shared_stages`, does not read them; kept, they would hold every sweep point's spans in `_CONTEXTS`)."""
 
     uniform_transfers = True  # `HardwareCoster.transfer`, which these are
     uniform_profiles = True   # keyed by (kind, stage, b_stage)
@@ -133,6 +137,8 @@ class SharedStageCoster:
                 same = Instruction(instruction.kind, instruction.microbatch, c[instruction.stage],
                                    instruction.b_microbatch, b_stage)
                 hit = self.coster.profile(rank, same)
+                if hit.spans:  # op-level spans are read in detail mode only, which prices with the coster itself
+                    hit = replace(hit, spans=())
                 if shared is not None:
                     self._context["profiles"][shared] = hit
             self._profiles[key] = hit
@@ -142,23 +148,25 @@ class SharedStageCoster:
         return self.coster.transfer(src, dst, kind, microbatch, stage)
 
 
-# Pricing contexts whose stage-class profiles are kept, most recently used last. Assumption (our setting): a step
-# simulator's candidate splits are simulated one after another, so a few contexts suffice; each holds a model's
-# instruction profiles (small: a few per stage class) and its objects alive.
-_CONTEXT_LIMIT = 8
+# Pricing contexts whose stage-class profiles are kept, most recently used last. Assumption (our setting): a sweep
+# worker's points come in grid order, so points that share a context (they differ in schedule, micro-batch count or
+# price) come within a few dozen contexts of each other. An entry holds its stage classes' signatures (shared with
+# the layer templates' memos) and a few instruction profiles per class: bench/bench_sweep.py's workers stay at the
+# same peak memory with 64 as with 8 (2026-12-01).
+_CONTEXT_LIMIT = 64
 _CONTEXTS: OrderedDict[tuple, dict] = OrderedDict()
+# False: contexts keyed by the identity of the model, cluster, compute model and options (the key before sweeps
+# shared profiles between points; for benchmarks and the equality tests)
+CONTENT_KEY = True
 
 
 def _shared_profiles(coster) -> dict | None:
     """The profile store of the coster's pricing context: everything `HardwareCoster` prices with but its layers
-    per stage. Shared objects count by identity (the entry holds them, so their ids are not reused meanwhile),
-    the layout and the memory recipe, which a step simulator rebuilds (`replace`), by value. None for a coster
-    of another type, or whose layout or recipe cannot be compared by value."""
+    per stage (`pricing_key`). None for a coster of another type, or whose inputs cannot be compared by value."""
     if type(coster) is not HardwareCoster:
         return None
-    objects = (coster.model, coster.cluster, coster.compute, coster.network, coster.opts)
     try:
-        key = (*map(id, objects), replace(coster.parallel, stage_layers=None), coster.recipe, coster.seq_len)
+        key, objects = pricing_key(coster)
         entry = _CONTEXTS.get(key)
     except TypeError:  # an unhashable field
         return None
@@ -168,3 +176,58 @@ def _shared_profiles(coster) -> dict | None:
             _CONTEXTS.popitem(last=False)
     _CONTEXTS.move_to_end(key)
     return entry
+
+
+def pricing_key(coster: HardwareCoster) -> tuple[tuple, tuple]:
+    """(key, objects): what a `HardwareCoster`'s instruction profiles read besides its stages' signatures, and the
+    objects the key counts by identity (its entry holds them, so their ids are not reused meanwhile).
+
+    By value: the model, the cluster, the compute model's GPU and calibration profile (`_profile_token`), the
+    options, the memory recipe, the sequence length and every field of the layout but `stage_layers` and
+    `schedule`. The schedule is read by the pricing only through `overlaps_comm` with comm_sms > 0 (the compute
+    SM fraction `ParallelSpec.compute_sm_fraction` and the SMs beside NCCL's channels, `nccl_sms.compute_sms`;
+    with comm_sms = 0 both are the whole GPU), which the key holds; the stages' contents, which the schedule
+    also decides (stage counts, layers per stage), are in their signatures. So points of a sweep that differ
+    only in schedule, micro-batch count or run keys share their stage-class profiles
+    (tests/test_profile_content_key.py builds them both ways and compares them exactly).
+    By identity: the network (one object per fabric and link sharing, `scenario._graph_network`, which caches
+    its routes inside) and a compute model of another type than `ComputeModel`."""
+    p = coster.parallel
+    layout = tuple(getattr(p, f.name) for f in fields(p) if f.name not in ("stage_layers", "schedule"))
+    overlapped = p.overlaps_comm and p.comm_sms > 0
+    compute = coster.compute
+    if not CONTENT_KEY:
+        objects = (coster.model, coster.cluster, compute, coster.network, coster.opts)
+        return (*map(id, objects), replace(p, stage_layers=None), coster.recipe, coster.seq_len), objects
+    if type(compute) is ComputeModel and set(vars(compute)) == {"gpu", "profile"}:
+        pricing = (compute.gpu, _profile_token(compute.profile))
+        objects = (coster.network,)
+    else:
+        pricing = (id(compute),)
+        objects = (coster.network, compute)
+    key = (coster.model, coster.cluster, pricing, id(coster.network), coster.opts, layout, overlapped,
+           coster.recipe, coster.seq_len)
+    return key, objects
+
+
+# Calibration profiles seen, by value, most recently used last: a sweep point loads its own, equal to the last
+# one's. A token is never reused, so a profile dropped here only stops sharing (sensitivity runs scale a profile's
+# rates one at a time: many profiles, each compared by value once per simulator).
+_PROFILE_LIMIT = 16
+_PROFILES: OrderedDict[int, object] = OrderedDict()
+_NEXT_TOKEN = [0]
+
+
+def _profile_token(profile) -> int:
+    """A number per calibration profile value (profiles hold dicts, so they do not hash): profiles equal by value
+    get the same number while it is kept."""
+    for token, known in reversed(_PROFILES.items()):
+        if known is profile or known == profile:
+            _PROFILES.move_to_end(token)
+            return token
+    token = _NEXT_TOKEN[0]
+    _NEXT_TOKEN[0] += 1
+    _PROFILES[token] = profile
+    while len(_PROFILES) > _PROFILE_LIMIT:
+        _PROFILES.popitem(last=False)
+    return token

@@ -120,6 +120,8 @@ class StepSimulator(DataParallelTail):
             return
         self.coster = HardwareCoster(model, parallel, cluster, compute, network, seq_len, self.stage_layers, opts,
                                      with_grad_reduce_dtype(self.recipe, parallel))  # ZeRO-3's reduce bytes
+        if getattr(self, "_probe_prices", None) is not None:  # the balancing probe's op prices: same layout, same
+            self.coster._op_times = self._probe_prices      # pricing (`HardwareCoster.op_time` keys by shape)
         self._cache: dict[tuple[int, bool], StepResult] = {}
         self._dp_memo: dict[frozenset[int], tuple[float, float, int]] = {}  # `_dp_collectives` per set of stages
         self._plain_coster: HardwareCoster | None = None  # FSDP under pipelining: instructions that gather nothing
@@ -139,6 +141,7 @@ class StepSimulator(DataParallelTail):
         model, p = self.model, self.parallel
         probe = HardwareCoster(model, p, self.cluster, self.compute, self.network, self.seq_len,
                                (model.n_layers,), self.opts)
+        self._probe_prices = probe._op_times
         overlapped = p.overlaps_comm
         head_layers = full_layers(self.opts.recompute) or 0
         # a layer's passes depend on its index only through its kind (dense or MoE, recomputed or not): one price

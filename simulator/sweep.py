@@ -89,31 +89,49 @@ def evaluate_point(base: str, fixed: dict, point: dict) -> dict:
     garbage collector paused, as an estimate does (`simulator/collector.py`): a worker holds the ops of its
     memoised simulators, which every automatic collection would walk again. A point's losing candidate splits are
     cyclic garbage (a coster's memoised methods refer back to it; a simulator dropped from the memo is emptied
-    instead, `_release`), so the collector runs here, between
-    points: the young generation after every point, the middle one every `_GC_EVERY[1]` points and everything
-    every `_GC_EVERY[2]` (bench/bench_sweep.py: 227 MiB at most per worker, 130 MiB with the collector on
-    throughout, for 12% less CPU; 272 MiB with the collections below, 115 MiB with `_release`, 2026-12-01)."""
+    instead, `_release`), so the collector runs here, between points: the two young generations after every
+    point (they hold that point's objects only: `_GC_EVERY`) and everything every `_GC_EVERY[2]` points. In a
+    pool worker, what the worker had before its first point (modules, the plans, the network models) is frozen
+    (`gc.freeze`: left out of the full collections), after a full collection. bench/bench_sweep.py, serial, the
+    same code (2026-12-01): collections 1.8 s of ~17 s CPU with the young generation collected after every point
+    and the middle one every 16 points, 1.0 s as here; 0.2 s of that is the frozen start-up objects. Peak memory
+    108-109 MiB either way."""
     import gc
 
     from gpuhours.simulator.collector import collector_paused
 
     with collector_paused():
+        if not _GC_COUNT[0] and FREEZE_IN_WORKERS and _in_pool_worker():
+            gc.collect()
+            gc.freeze()
         row = _evaluate_point(base, fixed, point)
         _GC_COUNT[0] += 1
-        n = _GC_COUNT[0]
         # collected before the collector is back on: a collection resets the young generation's allocation count,
         # which the point left far above its threshold, so switching it on does not set off a second, automatic
         # collection (of an older generation once ten young ones have run: the whole heap every few points)
-        gc.collect(2 if n % _GC_EVERY[2] == 0 else 1 if n % _GC_EVERY[1] == 0 else 0)
+        n = _GC_COUNT[0]
+        gen = next((g for g in (2, 1, 0) if _GC_EVERY[g] and n % _GC_EVERY[g] == 0), None)
+        if gen is not None:
+            gc.collect(gen)
     return row
 
 
-# Points between collections of the middle and the oldest generation. Assumption (our setting, tried on
-# bench_sweep's points: 8 / 64 cost as much CPU as the collector left on; a full collection of a worker ~0.15 s.
-# Since no automatic collection follows a point, a full one every 256 points let a worker grow to 382-394 MiB;
-# every 128: 272 MiB, every 64: 200 MiB for ~10% more CPU, 2026-12-01, load 2-2.6).
-_GC_EVERY = {1: 16, 2: 128}
+def _in_pool_worker() -> bool:
+    """This process is a pool's worker (a `multiprocessing` child), not the caller's process, whose objects a
+    freeze would keep from the collector for the rest of its life."""
+    import multiprocessing
+
+    return multiprocessing.parent_process() is not None
+
+
+# Points between collections of each generation (None: not on its own; the oldest one due is collected).
+# Assumption (our setting, tried on bench_sweep's points: a full collection of a worker ~0.09 s; since no automatic
+# collection follows a point, a full one every 256 points let a worker grow to 382-394 MiB; every 128: 272 MiB,
+# every 64: 200 MiB for ~10% more CPU, 2026-12-01, load 2-2.6, before `_release`). Before 2026-12-01 14:00 UTC
+# (for benchmarks): {0: 1, 1: 16, 2: 128}.
+_GC_EVERY = {0: None, 1: 1, 2: 128}
 _GC_COUNT = [0]
+FREEZE_IN_WORKERS = True  # False: nothing frozen (for benchmarks)
 
 
 def _evaluate_point(base: str, fixed: dict, point: dict) -> dict:

@@ -130,7 +130,7 @@ def test_bf16_has_no_casts_under_any_recipe():
         assert _casts(passes) == {"F": 0, "B": 0, "W": 0}
 
 
-@pytest.mark.parametrize("bad", ["mxfp8", "", "Delayed", None])
+@pytest.mark.parametrize("bad", ["nvfp4", "", "Delayed", None])
 def test_bad_recipe_names_the_field_and_the_allowed_values(bad):
     with pytest.raises(ValueError, match="fp8_recipe must be one of blockwise, delayed, current"):
         OpOptions(fp8_recipe=bad)

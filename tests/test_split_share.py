@@ -77,7 +77,9 @@ def test_another_context_does_not_share():
     longer = HardwareCoster(sim.model, sim.parallel, sim.cluster, sim.compute, sim.network, 2 * sim.seq_len,
                             splits[0], sim.opts, base.recipe)
     assert stage_classes._shared_profiles(longer) is not entry  # another sequence length
-    other = load_scenario(**LAYOUTS["llama-70b"][0]).simulator()  # equal values, other compute/network objects
+    other = load_scenario(**LAYOUTS["llama-70b"][0]).simulator()  # equal values, another compute model object
     twin = HardwareCoster(sim.model, sim.parallel, sim.cluster, other.compute, other.network, sim.seq_len,
                           splits[0], sim.opts, base.recipe)
-    assert stage_classes._shared_profiles(twin) is not entry
+    # keyed by value (`stage_classes.pricing_key`: sweep points share; tests/test_profile_content_key.py), by
+    # identity before
+    assert stage_classes._shared_profiles(twin) is entry

@@ -119,7 +119,8 @@ def _scenario(case: Case, profile_name: str):
                        reshard_after_forward=lay.get("reshard_after_forward", True),
                        overlap_grad_reduce=lay.get("overlap_grad_reduce", False),
                        overlap_param_gather=lay.get("overlap_param_gather", False),
-                       grad_reduce_dtype=lay.get("grad_reduce_dtype"))
+                       grad_reduce_dtype=lay.get("grad_reduce_dtype"),
+                       tp_comm_overlap_impl=lay.get("tp_comm_overlap_impl", "asynctp"))
     opts = replace(scenario.opts, recompute=lay.get("recompute", "none"),
                    fp8_recipe=lay.get("fp8_recipe", "blockwise"), host_dispatch=lay.get("host_dispatch", "eager"),
                    elementwise_kernels=lay.get("elementwise_kernels", "fused"))

@@ -20,6 +20,8 @@ Layout keys and what the simulator can express today (anything else is reported 
     reshard_after_forward FSDP's option (default true)
     grad_reduce_dtype     "fp32" (default) | "bf16": the bytes data parallelism reduces gradients in (16-bit covers FP16)
     tp_comm_overlap       TP collectives pipelined with their GEMMs (modelled: ParallelSpec.tp_comm_overlap)
+    tp_comm_overlap_impl  "asynctp" (default: PyTorch AsyncTP, torchtitan) | "te-userbuffers" (Megatron-Core with
+                          Transformer Engine's userbuffers: its GEMMs lose 16 SMs, hwmodels/tp_overlap_sms.py)
     torch_compile         true is a gap (compiler-fused kernels; simulated as the eager run)
     precision             "bf16" | "fp8";  fp8_recipe "blockwise" (DeepSeek/DeepGEMM) | "delayed" | "current"
                           (casts modelled: OpOptions.fp8_recipe; per-tensor GEMMs at blockwise rates: a gap)
@@ -47,7 +49,7 @@ from pathlib import Path
 from gpuhours.workloads.hf_config import model_from_hf_config
 from gpuhours.workloads.model import AttentionSpec, ModelSpec
 from gpuhours.workloads.ops import FP8_RECIPES, RECOMPUTE_POLICIES
-from gpuhours.workloads.parallel import CP_COMMS, GRAD_REDUCE_DTYPES
+from gpuhours.workloads.parallel import CP_COMMS, GRAD_REDUCE_DTYPES, TP_COMM_OVERLAP_IMPLS
 from gpuhours.workloads.presets import list_presets, load_preset
 
 METRICS = ("step_time_s", "tflops_per_gpu", "tokens_per_s_per_gpu", "gpu_hours", "traced_pair_ms")
@@ -58,7 +60,7 @@ _LAYOUT_KEYS = {"gpu", "gpus", "gpus_per_node", "nic_gbps", "cluster", "tp", "pp
                 "overlap_grad_reduce", "overlap_param_gather", "tp_comm_overlap", "precision", "fp8_recipe",
                 "reshard_after_forward", "torch_compile", "attention_kernel", "cp_comm", "grad_reduce_dtype",
                 "calibrations", "plan", "model", "host_dispatch",
-                "elementwise_kernels"}
+                "elementwise_kernels", "tp_comm_overlap_impl"}
 _CASE_KEYS = _LAYOUT_KEYS | {"name", "measured", "printed", "notes"}
 _MODEL_KEYS = {"preset", "hf_config", "name", "hidden", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab",
                "ffn_hidden", "ffn_activation", "tie_embeddings"}
@@ -239,6 +241,9 @@ def _check_layout(lay: dict, ctx: str, metric: str) -> None:
         raise ValueError(f"{ctx}: fp8_recipe must be one of {', '.join(FP8_RECIPES)}; got {lay['fp8_recipe']!r}")
     if lay.get("cp_comm", "all_gather") not in CP_COMMS:
         raise ValueError(f"{ctx}: cp_comm must be one of {', '.join(CP_COMMS)}; got {lay['cp_comm']!r}")
+    if lay.get("tp_comm_overlap_impl", "asynctp") not in TP_COMM_OVERLAP_IMPLS:
+        raise ValueError(f"{ctx}: tp_comm_overlap_impl must be one of {', '.join(TP_COMM_OVERLAP_IMPLS)}; "
+                         f"got {lay['tp_comm_overlap_impl']!r}")
     if lay.get("grad_reduce_dtype", "fp32") not in GRAD_REDUCE_DTYPES:
         raise ValueError(f"{ctx}: grad_reduce_dtype must be one of {', '.join(GRAD_REDUCE_DTYPES)}; "
                          f"got {lay['grad_reduce_dtype']!r}")

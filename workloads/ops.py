@@ -98,7 +98,9 @@ RECOMPUTE_POLICIES = ("none", "deepseek", "selective", "full", "torchtitan-op")
 #   "blockwise" DeepSeek-V3 sec. 3.3: 1x128 activation and 128x128 weight scales, casts as separate kernels.
 #   "delayed"   per-tensor scaling from the previous steps' amax history (Transformer Engine's DelayedScaling).
 #   "current"   per-tensor scaling from this tensor's own amax (TE's Float8CurrentScaling, torchao's "dynamic").
-FP8_RECIPES = ("blockwise", "delayed", "current")
+#   "mxfp8"     OCP Microscaling FP8 on Blackwell: one E8M0 scale per 32 elements along K, applied by the tensor
+#               cores (TE's MXFP8BlockScaling, torchao's mxfp8_cublas); GEMMs priced by hwmodels/mxfp8.py.
+FP8_RECIPES = ("blockwise", "delayed", "current", "mxfp8")
 PER_TENSOR_RECIPES = ("delayed", "current")
 
 # How the host launches kernels (`OpOptions.host_dispatch`, `hwmodels.launch`): "eager" (PyTorch eager, each
@@ -222,7 +224,21 @@ class PassBuilder:
         "current" scales a tensor by its own absolute maximum, which must be known before the cast: one more
         read of the BF16 tensor (2 bytes an element) for the amax reduction (Transformer Engine's docs: current
         scaling reads a tensor twice per quantization, delayed scaling once, from its amax history). "delayed"
-        takes the scale from the previous steps' amax, recorded as a by-product of the cast: no extra read."""
+        takes the scale from the previous steps' amax, recorded as a by-product of the cast: no extra read.
+
+        "mxfp8" (OCP MX, Transformer Engine's MXFP8BlockScaling). Scales run along one axis, so the copy a GEMM
+        needs along its K cannot be transposed into the copy the weight gradient needs along the tokens: TE
+        quantises the activation and the output gradient both row-wise and column-wise from the BF16 tensor (its
+        Linear sets the input and grad-output quantizers to rowwise and columnwise usage), in one kernel that
+        reads the BF16 tensor once and writes the two FP8 copies with one 1-byte E8M0 scale per 32 elements each:
+        2 + 2 x (1 + 1/32) = 4.0625 bytes an element (`hwmodels.mxfp8.cast_bytes_per_element`), for the
+        activation (m x k) in the forward and the output gradient (m x k as executed) in the input gradient. The
+        weight gradient finds both column-wise copies made: no bytes. Assumption: the cast is a kernel of its own
+        (not fused into the producer's epilogue), as in torchao's MX training and TE's MXFP8 quantize. Weights:
+        both copies once per step, ignored as under every recipe."""
+        if self.recipe == "mxfp8":
+            from gpuhours.hwmodels.mxfp8 import cast_bytes_per_element
+            return 0 if self.phase == "W" else cast_bytes_per_element(BF16) * m * k
         if self.recipe in PER_TENSOR_RECIPES:
             if self.phase == "W":
                 return 0

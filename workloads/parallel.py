@@ -10,6 +10,7 @@ SCHEDULES = ("1f1b", "interleaved-1f1b", "zb1p", "dualpipe", "dualpipev")
 OVERLAPPING_SCHEDULES = ("dualpipe", "dualpipev")  # run one chunk's communication under another's compute
 ZERO_STAGES = (0, 1, 2, 3)
 CP_COMMS = ("all_gather", "ring", "torch")  # context parallelism's K/V exchange (`ParallelSpec.cp_comm`)
+TP_COMM_OVERLAP_IMPLS = ("asynctp", "te-userbuffers")  # `ParallelSpec.tp_comm_overlap_impl`
 GRAD_REDUCE_DTYPES = ("fp32", "bf16")  # data-parallel gradient reduction (workloads.zero.GRAD_REDUCE_BYTES)
 MOE_DISPATCHERS = ("alltoall", "allgather")  # Megatron-Core moe_token_dispatcher_type (`workloads.moe_dispatch`)
 MAX_GPUS = 131_072  # 8x the largest published training clusters of 2024 (16,384 H100)  # 3: FSDP
@@ -64,9 +65,12 @@ class ParallelSpec:
     `tp_comm_overlap`: tensor-parallel collectives decomposed into tp pieces and pipelined with the GEMM that
     consumes or produces them (Megatron-Core / Transformer Engine's userbuffers overlap, PyTorch's AsyncTP):
     all-gathers with the following column-parallel GEMM, reduce-scatters (all-reduces) with the preceding
-    row-parallel GEMM, each exposing only what `simulator.overlap.exposed_streamed` leaves; the SMs or copy
-    engines the overlap uses are not charged to the GEMM. MoE layers have TP collectives around attention only;
-    their expert all-to-alls are not affected.
+    row-parallel GEMM, each exposing only what `simulator.overlap.exposed_streamed` leaves. MoE layers have TP
+    collectives around attention only; their expert all-to-alls are not affected.
+    `tp_comm_overlap_impl` (TP_COMM_OVERLAP_IMPLS): "asynctp" (PyTorch AsyncTP, torchtitan: copy engines, no SMs
+    taken from the GEMM) or "te-userbuffers" (Megatron-Core's --tp-comm-overlap, Transformer Engine's default
+    userbuffers config: its pipeline and bulk overlaps run the GEMM on SMs - 16; needs sequence parallelism;
+    `hwmodels.tp_overlap_sms`, `simulator.nccl_sms.tp_overlap_time`).
     `zero_stage` (ZERO_STAGES, Rajbhandari et al. 2020): 0 replicates everything; 1 shards the optimizer state over
     the data-parallel group (Megatron's distributed optimizer: gradients reduce-scattered and the updated
     parameters all-gathered once per step); 2 also shards the gradients (same traffic as 1); 3 (FSDP) also shards
@@ -89,6 +93,7 @@ class ParallelSpec:
     comm_sms: int = 0
     sequence_parallel: bool = True
     tp_comm_overlap: bool = False
+    tp_comm_overlap_impl: str = "asynctp"  # TP_COMM_OVERLAP_IMPLS (`simulator.nccl_sms.tp_overlap_time`)
     overlap_grad_reduce: bool = False
     overlap_param_gather: bool = False
     dp_bucket_params: int = 0
@@ -115,6 +120,13 @@ class ParallelSpec:
                      "tp_comm_overlap"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.tp_comm_overlap_impl not in TP_COMM_OVERLAP_IMPLS:
+            raise ValueError(f"tp_comm_overlap_impl must be one of {', '.join(TP_COMM_OVERLAP_IMPLS)}; "
+                             f"got {self.tp_comm_overlap_impl!r}")
+        if self.tp_comm_overlap_impl == "te-userbuffers" and self.tp_comm_overlap and self.tp > 1 \
+                and not self.sequence_parallel:  # Megatron-LM arguments.py asserts it
+            raise ValueError("tp_comm_overlap_impl te-userbuffers needs sequence_parallel = true (Megatron-LM "
+                             "runs tp_comm_overlap only with sequence parallelism)")
         if self.cp_comm not in CP_COMMS:
             raise ValueError(f"cp_comm must be one of {', '.join(CP_COMMS)}; got {self.cp_comm!r}")
         if isinstance(self.dp_bucket_params, bool) or not isinstance(self.dp_bucket_params, int) \

@@ -83,6 +83,10 @@ def run_ahead(runs, tail) -> tuple:
                 if woken is not None:  # the blocked rank can go on
                     waiting[key] = None
                     ready(woken)
+        close(rank, index, clock, nic_free, busy_nic)
+
+    def close(rank: int, index: int, clock: float, nic_free: float, busy_nic: float) -> None:
+        """A rank's totals once its last instruction has run: then its data-parallel tail, if any, on its NIC."""
         ran[rank] = index
         nic_busy[rank] = busy_nic
         finish[rank] = end[rank] = clock
@@ -122,13 +126,7 @@ def run_ahead(runs, tail) -> tuple:
                 if woken is not None:
                     waiting[send] = None
                     ready(woken)
-        ran[rank] = index
-        nic_busy[rank] = busy_nic
-        finish[rank] = end[rank] = clock
-        if tail is not None:
-            start = clock if clock >= nic_free else nic_free
-            nic_wait[rank] = start - clock
-            end[rank] = start + tail(rank)
+        close(rank, index, clock, nic_free, busy_nic)
 
     processes = [(single_process if shape.single else rank_process)(rank) for rank in range(pp)]
     queue = deque(range(pp))

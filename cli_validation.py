@@ -18,7 +18,8 @@ def calibrate_bench(
     device: str = typer.Option("cuda", "--device", help="cuda (real DeepSeek-V3 shapes) or cpu (tiny, tests the path)"),
     quick: bool = typer.Option(False, "--quick", help="Small shapes and few repeats"),
 ):
-    """Time the simulator's op classes with PyTorch and write a calibration profile."""
+    """Time the simulator's op classes with PyTorch and write a calibration profile (GEMMs, per-tensor FP8
+    speed-ups, attention, memory-bound classes, launch overhead, NCCL within the node)."""
     with user_errors():
         _output_path(output, (".json",), "--output")
         if device not in ("cuda", "cpu"):

@@ -13,7 +13,7 @@ Schema "gpuhours.calibration/1"::
      "grouped_gemm": {"fp8": [{"groups", "m", "n", "k", "tflops", "provenance"?}, ...], "bf16": [...]},
      "attention":   {"forward_efficiency": f, "backward_efficiency": f, "provenance"?},  # of dense BF16 peak
      "elementwise": {"bandwidth_efficiency": f, "classes"?: {class: f}, "provenance"?},  # of HBM bandwidth
-     "comm": {...},          # optional, free-form achieved bandwidths
+     "comm": {...},          # optional, free-form achieved bandwidths (but "nccl_intra_node": see below)
      "trace": {...},         # optional, free-form measured times (profiles imported from a trace)
      "notes": str | [str]}   # optional
 
@@ -23,6 +23,12 @@ efficiency; a class it does not list takes ``bandwidth_efficiency``.
 
 An optional top-level ``wgrad`` section holds weight-gradient GEMM points (`hwmodels/wgrad.py`: its schema;
 `ComputeModel` prices phase-"W" GEMMs from it where it has points for the op's kind and dtype).
+
+Optional top-level ``fp8_tensorwise`` (measured per-tensor FP8-over-BF16 GEMM speed-ups, read by
+`hwmodels/fp8_tensorwise.py`) and ``launch`` (measured kernel gap and eager host time per launch, read by
+`hwmodels/launch.py`) sections and ``comm.nccl_intra_node`` (NCCL bus bandwidths within a node): schema and
+checks in `hwmodels/profile_sections.py`; `gpuhours calibrate bench` writes them. None of them is inherited
+from a ``base`` profile.
 
 ``provenance.calibrated_on`` says what the figures were fitted to: ``{"model": preset name (absent when
 nothing was measured on a model), "gpu": GPU key, "precision": "fp8" | "bf16" | [both],
@@ -62,6 +68,8 @@ from gpuhours.hwmodels.calibration_schema import (  # noqa: F401 (the schema's n
     DATA_DIR, DEFAULT_PROFILE, DTYPES, ELEMENTWISE_CLASSES, GEMM_KINDS, HARDWARE_ONLY_PROFILES, NEIGHBOURS, SCHEMA,
     SOURCES, TILE, _TOP_KEYS, GemmPoint, Provenance, _fraction, _gemm_table, _only, _opt_str, _point_dict,
     _provenance, _req)
+from gpuhours.hwmodels.profile_sections import (LaunchSection, TensorwiseSection, check_nccl_intra_node,
+                                                fp8_tensorwise_dict, launch_dict, parse_fp8_tensorwise, parse_launch)
 from gpuhours.hwmodels.wgrad import parse_wgrad, wgrad_dict
 
 
@@ -83,6 +91,8 @@ class CalibrationProfile:
     trace: dict | None = None
     schema: str = SCHEMA
     wgrad: dict | None = None  # weight-gradient GEMM points (hwmodels/wgrad.py); None: W at the forward curves
+    fp8_tensorwise: TensorwiseSection | None = None  # measured per-tensor FP8 speed-ups (profile_sections.py)
+    launch: LaunchSection | None = None              # measured launch overheads (profile_sections.py)
 
     # ----------------------------------------------------------------------------------------- JSON
     @classmethod
@@ -120,6 +130,7 @@ class CalibrationProfile:
         comm = d.get("comm")
         if comm is not None and not isinstance(comm, dict):
             raise ValueError("calibration: 'comm' must be an object")
+        check_nccl_intra_node((comm or {}).get("nccl_intra_node"))
         notes = d.get("notes")
         if notes is not None and not isinstance(notes, (str, list)):
             raise ValueError("calibration: 'notes' must be a string or a list of strings")
@@ -135,6 +146,7 @@ class CalibrationProfile:
             elementwise_provenance=_opt_str(ew, "provenance", "elementwise."),
             elementwise_classes=classes or None, comm=comm, notes=notes, trace=trace,
             wgrad=parse_wgrad(d.get("wgrad")),
+            fp8_tensorwise=parse_fp8_tensorwise(d.get("fp8_tensorwise")), launch=parse_launch(d.get("launch")),
         )
 
     def to_dict(self) -> dict:
@@ -168,6 +180,10 @@ class CalibrationProfile:
             d["trace"] = self.trace
         if self.wgrad is not None:
             d["wgrad"] = wgrad_dict(self.wgrad)
+        if self.fp8_tensorwise is not None:
+            d["fp8_tensorwise"] = fp8_tensorwise_dict(self.fp8_tensorwise)
+        if self.launch is not None:
+            d["launch"] = launch_dict(self.launch)
         if self.notes is not None:
             d["notes"] = self.notes
         return d
@@ -315,6 +331,7 @@ def _overlay(base: dict, d: dict) -> dict:
     out = dict(base)
     out.pop("comm", None), out.pop("trace", None), out.pop("notes", None)
     out.pop("wgrad", None)  # a profile's own (hwmodels/wgrad.py): not inherited over rescaled forward curves
+    out.pop("fp8_tensorwise", None), out.pop("launch", None)  # measured on the base's GPU: not inherited
     inherited = []
     for key, value in d.items():
         if key in ("gemm", "grouped_gemm") and isinstance(value, dict) and isinstance(base.get(key), dict):

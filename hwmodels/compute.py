@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from gpuhours.hwmodels.calibration import CalibrationProfile
-from gpuhours.hwmodels.fp8_tensorwise import default_table, is_per_tensor, tensorwise_efficiency, uses_own_points
+from gpuhours.hwmodels.fp8_tensorwise import is_per_tensor, speedup_table, tensorwise_efficiency, uses_own_points
 from gpuhours.hwmodels.gpus import GPUSpec
 from gpuhours.hwmodels import mxfp8
 from gpuhours.hwmodels.wgrad import wgrad_efficiency
@@ -105,7 +105,8 @@ class ComputeModel:
         FP8-over-BF16 speed-up at its shape (hwmodels/fp8_tensorwise.py), as a fraction of the FP8 peak."""
         g = op.gemm
         eff_bf16 = self.gemm_efficiency(replace(op, dtype="bf16", fp8_recipe="blockwise"))
-        return tensorwise_efficiency(eff_bf16, default_table().speedup(g.m, g.n, g.k),
+        table = speedup_table(self.profile, self.gpu.key)  # the profile's measured points on its own GPU
+        return tensorwise_efficiency(eff_bf16, table.speedup(g.m, g.n, g.k),
                                      self.gpu.peak_flops("bf16"), self.gpu.peak_flops("fp8"))
 
     def peak(self, op: Op) -> float:

@@ -20,6 +20,11 @@ takes the BF16 profile's small-m penalty through ``efficiency_bf16`` only.
 Assumption: grouped GEMMs under a per-tensor recipe (one cuBLASLt call per group) take the same speed-up at the
 shape of one group.
 
+A profile with an ``fp8_tensorwise`` section (per-tensor FP8 and BF16 GEMMs timed by ``gpuhours calibrate bench``,
+validation/bench_fp8.py; schema in hwmodels/profile_sections.py) replaces the bundled table with its own measured
+points (same interpolation) when the modelled GPU is the GPU it was measured on (`speedup_table`); for another GPU,
+or a profile without the section, the bundled table holds.
+
 A profile whose ``provenance.calibrated_on.fp8_recipe`` is a per-tensor recipe ("delayed" or "current") measured
 its "fp8" points on per-tensor kernels: they are used as they are (`uses_own_points`), the table is not.
 """
@@ -99,6 +104,16 @@ def parse_table(d: dict) -> SpeedupTable:
 def default_table() -> SpeedupTable:
     with DATA_FILE.open("rb") as f:
         return parse_table(tomllib.load(f))
+
+
+def speedup_table(profile, gpu_key: str | None) -> SpeedupTable:
+    """The profile's measured speed-ups when it has an ``fp8_tensorwise`` section and was measured on ``gpu_key``
+    (a gpus.toml key, the modelled GPU); else the bundled table."""
+    own = getattr(profile, "fp8_tensorwise", None)
+    if own is None or gpu_key is None or profile.gpu_key != gpu_key:
+        return default_table()
+    return SpeedupTable(tuple(SpeedupPoint(p.provenance or f"point{i}", p.m, p.n, p.k, p.speedup)
+                              for i, p in enumerate(own.points)), own.provenance)
 
 
 def check_recipe(recipe: str) -> str:

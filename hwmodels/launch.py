@@ -19,6 +19,10 @@ Two effects, both from `data/launch.toml` (sources there):
   gathers make it wait at their boundaries). Under CUDA graphs (`"graphs"`) the host term is none; `"none"`
   drops both effects (the model before issue 15, for comparisons).
 
+A calibration profile with a ``launch`` section (measured by ``gpuhours calibrate bench``, validation/bench_launch.py;
+schema in hwmodels/profile_sections.py) replaces ``kernel_gap_us`` and/or ``eager_dispatch_us`` with its own
+figures (`LaunchModel.for_profile`); the kernel counts and the CUDA-graphs figure stay data/launch.toml's.
+
 Which stacks launch eagerly (`OpOptions.host_dispatch`): every framework in the accuracy suite does without
 CUDA graphs -- Megatron-LM with Transformer Engine, DeepSeek's own (its trace shows the host 16 ms ahead),
 torchtitan with or without torch.compile's default mode (Inductor's kernels are launched from Python too) -- so
@@ -28,7 +32,7 @@ torchtitan with or without torch.compile's default mode (Inductor's kernels are 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -61,6 +65,21 @@ class LaunchModel:
         doc = tomllib.loads(DATA.read_text())
         return LaunchModel(doc["gpu"]["kernel_gap_us"] * 1e-6, doc["host"]["eager_dispatch_us"] * 1e-6,
                            doc["host"]["graphs_dispatch_us"] * 1e-6, tuple(sorted(doc["kernels"].items())))
+
+    @staticmethod
+    def for_profile(profile) -> "LaunchModel":
+        """data/launch.toml's model with the profile's measured ``launch`` figures in place of its own (the
+        bundled figures where the profile has none)."""
+        base = LaunchModel.load()
+        measured = getattr(profile, "launch", None)
+        if measured is None:
+            return base
+        out = base
+        if measured.kernel_gap_us is not None:
+            out = replace(out, kernel_gap_s=measured.kernel_gap_us * 1e-6)
+        if measured.eager_dispatch_us is not None:
+            out = replace(out, eager_dispatch_s=measured.eager_dispatch_us * 1e-6)
+        return out
 
     def kernel_count(self, op: Op) -> int:
         """GPU kernels `op` launches: per kind, attention by direction (collectives: 0, their network model

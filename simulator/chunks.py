@@ -86,7 +86,7 @@ class HardwareCoster:
         self._profile = lru_cache(maxsize=None)(self._build_profile)
         self._segment_time = lru_cache(maxsize=None)(self._price_segment)
         self._segment_sms = lru_cache(maxsize=None)(lambda seg: segment_sms(self, seg))
-        self.launch = LaunchModel.load()  # per-kernel gap and host dispatch (hwmodels/launch.py)
+        self.launch = LaunchModel.for_profile(compute.profile)  # per-kernel gap, host dispatch (hwmodels/launch.py)
         self._segment_kernels = lru_cache(maxsize=None)(
             lambda seg: sum(self.launch.kernel_count(op) for op in seg.ops))
         self._op_times: dict[tuple, float] = {}

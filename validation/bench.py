@@ -10,6 +10,9 @@ Ops (shapes from a ModelSpec, DeepSeek-V3 by default; M = tokens per GEMM):
                 half, no recomputation), as a fraction of the dense BF16 peak
   elementwise   RMSNorm (read + write M h) and SwiGLU (read 2 M I, write M I) bytes over time, as a fraction
                 of the HBM bandwidth; the FP8 activation quantisation is measured and reported in notes
+  fp8_tensorwise per-tensor FP8 (torch._scaled_mm) vs BF16 at the GEMM grid's shapes (validation/bench_fp8.py)
+  launch        kernel gap and eager host time per launch (validation/bench_launch.py; CUDA only)
+  comm          NCCL all-reduce / all-gather bus bandwidth within the node (validation/bench_nccl.py; 2+ GPUs)
 Timing: CUDA events around each call after a warm-up, median of the repeats; inputs are randn (never zeros)
 and rotate among enough buffers that one round exceeds twice the L2 cache. On CPU: time.perf_counter and tiny
 shapes (`quick`), a path test only, not a calibration of anything.
@@ -323,10 +326,19 @@ def run_benchmarks(device: str = "cpu", quick: bool = False, model: ModelSpec | 
 
     notes.append("memory-bound classes, achieved GB/s of the bytes the simulator charges: " + ", ".join(
         f"{k} {v['gbps']:.4g} ({v['how']})" for k, v in classes.items()))
+    from gpuhours.validation import bench_fp8, bench_launch, bench_nccl  # issue 15 item 4: per-tensor FP8, launch, NCCL
+    tensorwise, more = bench_fp8.bench_tensorwise(gemm_shapes(model), tokens, device, time_op, _n_buffers, _randn,
+                                                  warmup, repeats)
+    launch, more2 = bench_launch.bench_launch(device, quick)
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the spawned ranks need GPU 0's memory too
+    nccl, more3 = bench_nccl.bench_nccl(device, quick)
+    notes += more + more2 + more3
 
     def frac(x: float) -> float:
         return min(1.0, max(x, 1e-9))
-    return {
+    extra = ({"fp8_tensorwise": tensorwise} if tensorwise else {}) | ({"launch": launch} if launch else {})
+    return extra | {
         "schema": SCHEMA,
         "name": f"microbenchmark-{device}{'-quick' if quick else ''}: {device_name}",
         "source": "microbenchmark",
@@ -349,6 +361,7 @@ def run_benchmarks(device: str = "cpu", quick: bool = False, model: ModelSpec | 
                         "classes": {k: frac(v["gbps"] * 1e9 / peak_bw) for k, v in classes.items()},
                         "provenance": "mean of RMSNorm and SwiGLU achieved bytes/s over the bandwidth denominator; "
                                       "classes: validation/bench_memory.py, one kernel per class"},
+        "comm": {"nccl_intra_node": nccl},
         "notes": notes,
     }
 

@@ -34,6 +34,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from gpuhours.hwmodels.calibration_schema import _only
+
 RATIO_TOLERANCE = 1e-3  # speedup vs bf16_s / fp8_s: JSON round-off only
 COLLECTIVES = ("all_reduce", "all_gather")
 
@@ -78,12 +80,6 @@ def _int(d: dict, key: str, where: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"calibration: '{where}.{key}' must be a whole number >= 1, got {v!r}")
     return v
-
-
-def _only(d: dict, allowed: set, where: str) -> None:
-    extra = sorted(set(d) - allowed)
-    if extra:
-        raise ValueError(f"calibration: unknown key '{where}.{extra[0]}'; allowed: {sorted(allowed)}")
 
 
 def _str(d: dict, key: str, where: str, required: bool) -> str:

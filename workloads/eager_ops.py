@@ -33,7 +33,7 @@ bytes); PyTorch's pow with exponent 1 (inside pow's backward) runs one copy kern
 transpose(1, 2).contiguous() is already contiguous (the flash backend returns it in (batch, seq, heads, dim)
 layout), so no kernel. torch.compile'd runs are not this: they keep the fused default.
 Pricing: the kernels' names carry no element-wise class (`hwmodels.compute.elementwise_class`), so they run at
-the calibration profile's general element-wise bandwidth efficiency (trace-h800: 0.52 of HBM bandwidth, measured
+the calibration profile's general element-wise bandwidth efficiency (trace-h800: 0.56 of HBM bandwidth, measured
 on DeepSeek's fused kernels); plain PyTorch element-wise kernels on large tensors may run nearer peak.
 """
 

@@ -24,8 +24,11 @@ def plan_command(
     tokens: str = typer.Option("1T", "--tokens", help="Training tokens, e.g. 15T"),
     batch: Optional[int] = typer.Option(None, "--batch", help="Global batch in sequences (default: the largest "
                                                                 "multiple of gpus/8 within 4M tokens)"),
-    goal: str = typer.Option("cost", "--goal", help="cost or days (the same ranking on a fixed GPU count)"),
+    goal: str = typer.Option("cost", "--goal", help="cost, days or tokens-per-dollar (the same ranking on a fixed "
+                                                    "GPU count and token budget)"),
     max_days: Optional[float] = typer.Option(None, "--max-days", help="Refuse layouts slower than this"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="Refuse layouts dearer than this many dollars"),
+    cluster: Optional[str] = SCENARIO_OPTIONS["cluster"],
     max_simulated: int = typer.Option(48, "--max-simulated", help="Layouts simulated after pruning"),
     workers: int = typer.Option(2, "--workers", help="Processes simulating layouts (the sweep's executors)"),
     executor: str = typer.Option("process", "--executor", help="process, serial, or ray (a Ray cluster: pip "
@@ -46,7 +49,7 @@ def plan_command(
         result = plan_layouts(model, gpu, gpus, seq_len=seq_len, tokens=tokens, batch=batch, goal=goal,
                               max_days=max_days, max_simulated=max_simulated,
                               progress=_count_progress("simulated layouts", as_json), workers=workers,
-                              executor=executor)
+                              executor=executor, budget=budget, cluster=cluster)
     if as_json:
         _echo_json(result.to_dict())
     else:

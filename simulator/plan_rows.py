@@ -72,13 +72,14 @@ class PlanResult:
     simulated: int
     wall_s: float
     notes: tuple[str, ...] = field(default=())
+    budget: float | None = None            # dollars: dearer layouts are refused
 
     def top(self, n: int = 5) -> tuple[PlanRow, ...]:
         return self.rows[:n]
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("model", "gpu", "gpus", "seq_len", "tokens", "batch", "batch_note",
-                                              "goal", "max_days", "precision", "enumerated", "pruned",
+                                              "goal", "max_days", "budget", "precision", "enumerated", "pruned",
                                               "simulated", "wall_s")} | {
             "best": self.best.to_dict() if self.best else None, "rows": [r.to_dict() for r in self.rows],
             "notes": list(self.notes)}
@@ -86,12 +87,14 @@ class PlanResult:
     def lines(self, n: int = 8) -> list[str]:
         out = [f"plan        {self.model} on {self.gpus} x {self.gpu}, seq {self.seq_len}, {self.tokens:.3g} tokens, "
                f"batch {self.batch} ({self.batch_note}), {self.precision}, goal {self.goal}"
-               + (f", max {self.max_days:g} days" if self.max_days else ""),
+               + (f", max {self.max_days:g} days" if self.max_days else "")
+               + (f", budget ${self.budget:,.0f}" if self.budget else ""),
                f"candidates  {self.enumerated} enumerated; pruned " +
                ", ".join(f"{k} {v}" for k, v in self.pruned.items()) + f"; {self.simulated} simulated "
                f"in {self.wall_s:.1f} s"]
         if self.best is None:
-            out.append("best        none: no simulated layout fits" + (" within max_days" if self.max_days else ""))
+            limits = [name for name, v in (("max_days", self.max_days), ("budget", self.budget)) if v]
+            out.append("best        none: no simulated layout fits" + (f" within {' and '.join(limits)}" if limits else ""))
         head = f"{'#':>2}  {'layout':<78} {'step s':>7} {'days':>7} {'GPU-h':>9} {'cost $':>9} {'GiB':>11} " \
                f"{'MFU':>6}  why not"
         out += [head, "-" * len(head)]

@@ -18,8 +18,11 @@
    `max_simulated`: first the best-scored layout of each (tp, pp, cp, ep) group (up to 2/3 of the cap), then
    the other schedules / micro-batch sizes of the groups whose first layout simulated best.
 4. Each is simulated through the scenario path (StepSimulator + estimate_run + memory_breakdown) and ranked by
-   the goal; each runner-up gets the reason it loses to the best.
-On a fixed number of GPUs cost = days x gpus x 24 x price, so the two goals give the same order.
+   the goal; each runner-up gets the reason it loses to the best. `max_days` and `budget` (dollars) refuse the
+   layouts slower or dearer than they allow; `cluster` names the fabric (a preset or cluster file, as
+   `gpuhours estimate --cluster`) every layout is routed on.
+On a fixed number of GPUs cost = days x gpus x 24 x price, and the tokens are fixed, so the three goals (cost,
+days, tokens-per-dollar) give the same order.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from gpuhours.workloads.memory import memory_breakdown
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.run import parse_count
 
-GOALS = ("cost", "days")
+GOALS = ("cost", "days", "tokens-per-dollar")  # one order on a fixed GPU count: module docstring
 TPS, MBS, CPS = (1, 2, 4, 8), (1, 2, 4), (1, 2)
 DENSE_SCHEDULES = ("1f1b", "interleaved-1f1b", "zb1p")
 MOE_SCHEDULES = DENSE_SCHEDULES + ("dualpipe", "dualpipev")
@@ -102,7 +105,7 @@ def default_batch(gpus: int, seq_len: int) -> tuple[int, str]:
     return batch, f"default: the largest multiple of gpus/8 = {unit} with at most 4M tokens"
 
 
-def _check_inputs(goal, gpus, seq_len, tokens, batch, max_days, max_simulated) -> None:
+def _check_inputs(goal, gpus, seq_len, tokens, batch, max_days, max_simulated, budget=None) -> None:
     if goal not in GOALS:
         raise ValueError(f"goal must be one of {', '.join(GOALS)}; got {goal!r}")
     for name, v in (("gpus", gpus), ("seq_len", seq_len), ("max_simulated", max_simulated)):
@@ -114,23 +117,27 @@ def _check_inputs(goal, gpus, seq_len, tokens, batch, max_days, max_simulated) -
         raise ValueError(f"tokens must be a positive finite number, got {tokens!r}")
     if max_days is not None and not (isinstance(max_days, (int, float)) and max_days > 0):
         raise ValueError(f"max_days must be a positive number or None, got {max_days!r}")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not 0 < budget < math.inf):
+        raise ValueError(f"budget must be a positive number of dollars or None, got {budget!r}")
 
 
 def plan_layouts(model: str, gpu: str, gpus: int, *, seq_len: int, tokens: float, batch: int | None = None,
                  goal: str = "cost", max_days: float | None = None, max_simulated: int = 48,
-                 progress=None, workers: int = 1, executor: str = "serial") -> PlanResult:
+                 progress=None, workers: int = 1, executor: str = "serial", budget: float | None = None,
+                 cluster: str | None = None) -> PlanResult:
     """Search the layouts of `model` on `gpus` x `gpu` (see the module docstring). ValueError names a bad field.
     The layouts are simulated by the sweep's executors (`workers` processes, or a Ray cluster with "ray")."""
     t0 = time.perf_counter()
     if isinstance(tokens, str):
         tokens = parse_count(tokens, "tokens")
-    _check_inputs(goal, gpus, seq_len, tokens, batch, max_days, max_simulated)
+    _check_inputs(goal, gpus, seq_len, tokens, batch, max_days, max_simulated, budget)
     note = "as given"
     if batch is None:
         batch, note = default_batch(gpus, seq_len)
     base = load_scenario(model=model, gpu=gpu, gpus=gpus, pp=1, ep=1, tp=1, cp=1, schedule="1f1b",
                          micro_batch_size=1, seq_len=seq_len, tokens=float(tokens), batch=batch,
-                         recompute="none", zero_stage=1)
+                         recompute="none", zero_stage=1, cluster=cluster)
     spec = base.model
     variants = _variants(spec)
     pruned = dict.fromkeys(RULES, 0)
@@ -170,19 +177,20 @@ def plan_layouts(model: str, gpu: str, gpus: int, *, seq_len: int, tokens: float
     rows = _search(survivors, max_simulated, progress, errors, lambda tasks: run_tasks(_simulate_or_refusal, tasks,
                                                                                          workers))
     pruned["not simulated (cap)"] = len(survivors) - len(rows) - len(errors)
-    reference = _reference(spec.name, gpu, gpus, seq_len, float(tokens), batch)
+    reference = _reference(spec.name, gpu, gpus, seq_len, float(tokens), batch, cluster)
     if reference is not None:
         same = next((r for r in rows if r.candidate == reference.candidate), None)
         if same is not None:
             rows.remove(same)
         rows.append(reference)
-    key = (lambda r: r.cost_usd) if goal == "cost" else (lambda r: r.days)
-    ok = [r for r in rows if r.fits and (max_days is None or r.days <= max_days)]
+    key = (lambda r: r.days) if goal == "days" else (lambda r: r.cost_usd)  # tokens per dollar: the fewest dollars
+    ok = [r for r in rows if r.fits and (max_days is None or r.days <= max_days)
+          and (budget is None or r.cost_usd <= budget)]
     rest = [r for r in rows if r not in ok]
     ok.sort(key=key)
     rest.sort(key=lambda r: (not r.fits, key(r)))
     best = ok[0] if ok else None
-    ranked = tuple([r if r is best else replace(r, reason=_why(r, best, max_days)) for r in ok + rest])
+    ranked = tuple([r if r is best else replace(r, reason=_why(r, best, max_days, budget)) for r in ok + rest])
     notes = [f"{len(survivors)} layouts survived pruning; simulated {len(rows)}: the best-scored of each (tp, pp, "
              f"cp, ep) group, then more schedules / micro-batch sizes of the groups that simulated best"]
     notes += errors
@@ -195,16 +203,17 @@ def plan_layouts(model: str, gpu: str, gpus: int, *, seq_len: int, tokens: float
         notes.append("BF16: the GPU has no FP8 tensor cores")
     return PlanResult(spec.name, base.cluster.gpu.name, gpus, seq_len, float(tokens), batch, note, goal, max_days,
                       "fp8" if base.opts.fp8 else "bf16", best, ranked, enumerated, pruned, len(rows) + len(errors),
-                      time.perf_counter() - t0, tuple(notes))
+                      time.perf_counter() - t0, tuple(notes), budget)
 
 
-def _reference(model: str, gpu: str, gpus: int, seq_len: int, tokens: float, batch: int) -> PlanRow | None:
+def _reference(model: str, gpu: str, gpus: int, seq_len: int, tokens: float, batch: int,
+               cluster: str | None = None) -> PlanRow | None:
     """The layout of the built-in plan named like the model (DeepSeek-V3's published layout), simulated at the
     search's batch; None when there is no such plan or its layout does not take these GPUs."""
     if model not in list_plans():
         return None
     try:
-        sc = load_scenario(model, gpu=gpu, gpus=gpus, seq_len=seq_len, tokens=tokens, batch=batch)
+        sc = load_scenario(model, gpu=gpu, gpus=gpus, seq_len=seq_len, tokens=tokens, batch=batch, cluster=cluster)
         p = sc.parallel
         c = Candidate(p.tp, p.pp, p.cp, p.ep, p.schedule, p.micro_batch_size, sc.opts.recompute, p.zero_stage,
                       p.etp)
@@ -274,11 +283,13 @@ def _simulate(sc: Scenario, c: Candidate, score: float) -> PlanRow:
                    step.exposed_comm_share, step.num_microbatches, score, time.perf_counter() - t)
 
 
-def _why(r: PlanRow, best: PlanRow | None, max_days) -> str:
+def _why(r: PlanRow, best: PlanRow | None, max_days, budget=None) -> str:
     if not r.fits:
         return f"does not fit: {r.memory_gib:.1f} of {r.capacity_gib:.0f} GiB on the simulated split"
     if max_days is not None and r.days > max_days:
         return f"over max_days: {r.days:.1f} days"
+    if budget is not None and r.cost_usd > budget:
+        return f"over budget: ${r.cost_usd:,.0f}"
     if best is None:
         return ""
     slower = r.days / best.days - 1

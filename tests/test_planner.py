@@ -207,3 +207,40 @@ def test_a_process_pool_finds_the_same_plan():
     assert [(r.layout, r.step_time_s) for r in pooled.rows] == [(r.layout, r.step_time_s) for r in serial.rows]
     with pytest.raises(ValueError, match="executor must be one of"):
         plan_layouts("llama-3-70b", "h100-sxm", 64, seq_len=4096, tokens=1e12, executor="threads")
+
+
+def test_budget_refuses_dearer_layouts_and_tokens_per_dollar_ranks_as_cost(small):
+    """A budget below every layout's cost leaves no best, each fitting row saying why; tokens-per-dollar ranks as
+    cost does (the tokens are fixed, so more tokens per dollar is fewer dollars)."""
+    r = plan_layouts(small, "H100", 8, budget=1e-6, max_simulated=2, **RUN)
+    assert r.best is None and r.rows
+    assert all(row.reason.startswith("over budget") for row in r.rows if row.fits)
+    assert "within budget" in "\n".join(r.lines()) and r.to_dict()["budget"] == 1e-6
+    by_cost = plan_layouts(small, "H100", 8, goal="cost", max_simulated=3, **RUN)
+    by_tpd = plan_layouts(small, "H100", 8, goal="tokens-per-dollar", max_simulated=3, **RUN)
+    assert [row.layout for row in by_tpd.rows] == [row.layout for row in by_cost.rows]
+    with pytest.raises(ValueError, match="budget must be a positive number of dollars"):
+        plan_layouts(small, "H100", 8, budget=-5, max_simulated=2, **RUN)
+
+
+def test_cluster_names_the_fabric_every_layout_is_routed_on(small, tmp_path):
+    """The same search on a cluster file that is dgx-h100 with an eighth of its NIC speed: no layout gets faster,
+    and those that cross nodes get slower; an unknown fabric is refused naming the presets."""
+    import tomllib
+    from importlib import resources
+
+    table = tomllib.loads(resources.files("gpuhours.hwmodels").joinpath("data", "clusters.toml").read_text())
+    slow = dict(table["preset"]["dgx-h100"], nic_gbit_s=50.0)
+    def toml(v):  # a JSON string is a TOML basic string
+        return json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else repr(v)
+
+    lines = [f"{k} = {toml(v)}" for k, v in slow.items() if not isinstance(v, (dict, list))]
+    path = tmp_path / "slow.toml"
+    path.write_text("\n".join(lines) + "\n")
+    fast = plan_layouts(small, "H100", 16, cluster="dgx-h100", max_simulated=4, **RUN)
+    slower = plan_layouts(small, "H100", 16, cluster=str(path), max_simulated=4, **RUN)
+    days = {r.layout: r.days for r in fast.rows}
+    common = [(days[r.layout], r.days) for r in slower.rows if r.layout in days]
+    assert common and all(s >= f for f, s in common) and any(s > f for f, s in common)
+    with pytest.raises(ValueError, match="cluster must be one of deepseek-h800, .* got 'no-such-fabric'"):
+        plan_layouts(small, "H100", 16, cluster="no-such-fabric", max_simulated=2, **RUN)

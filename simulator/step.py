@@ -31,7 +31,7 @@ from gpuhours.workloads.stage_ops import stage_units
 from gpuhours.workloads.pipeline_layout import stage_holds
 from gpuhours.simulator.balance import fit_memory, partition_layers, rebalance_for_ranks, split_memory, stage_ranks
 from gpuhours.simulator import split_search
-from gpuhours.simulator.split_search import search_split
+from gpuhours.simulator.split_search import refine_ends, search_split
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.workloads.recipe import MemoryRecipe, load_recipe
 from gpuhours.workloads.zero import with_grad_reduce_dtype
@@ -189,9 +189,16 @@ class StepSimulator(DataParallelTail):
         short = 2 * p.pp  # a full pipeline under every schedule (DualPipe's fewest micro-batches)
         main = self.balance_microbatches or short
         if main <= short:  # a run of short steps: compare on its own
-            return search_split(split_at, lambda split: self._candidate(split).step(main).step_time)
-        return search_split(split_at, lambda split: self._candidate(split).step(short).step_time,
-                            self._candidate_step_time)
+            best = search_split(split_at, lambda split: self._candidate(split).step(main).step_time)
+            timed = lambda split: self._candidate(split).step(main).step_time  # noqa: E731
+        else:
+            best = search_split(split_at, lambda split: self._candidate(split).step(short).step_time,
+                                self._candidate_step_time)
+            timed = self._candidate_step_time
+        if p.pp > 1 and holders[0] == holders[-1]:  # one of several ranks holds both end stages (DualPipeV):
+            # `split_search.refine_ends`
+            best = refine_ends(best, timed, lambda s: max(self._split_memory(s)) <= self.cluster.gpu.hbm_bytes)
+        return best
 
     def _candidate(self, split: tuple[int, ...]) -> StepSimulator:
         """This layout with `split` as its layers per stage, built once; kept so that, if it wins, this simulator

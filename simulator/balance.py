@@ -34,8 +34,8 @@ def partition_layers(layer_cost: list[float], num_stages: int, first_extra: floa
 
     The first stage also pays `first_extra` and the last `last_extra`; a stage with such extra work may hold no
     layer at all (a last stage of just the head and MTP), every other stage holds at least one.
-    O(stages x layers^2) dynamic programming (one array operation per stage); ties go to the earliest split, so equal layers give the balanced
-    split with remainders toward the front.
+    O(stages x layers^2) dynamic programming (one array operation per stage); ties go to the earliest split, so
+    equal layers give the balanced split with the remainders on the last stages (10 layers on 3 stages: 3, 3, 4).
     `head_cost[i]`: what layer i costs more when it is among the first `head_layers` layers of its stage ("full:N"
     recomputation, `workloads.recompute`: those layers run their forward again), so a stage of layers i..j-1 costs
     sum(layer_cost[i:j]) + sum(head_cost[i:min(i + head_layers, j)]).

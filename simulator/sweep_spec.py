@@ -95,10 +95,9 @@ def _check_value(key: str, value, where: str) -> None:
         if value not in LINK_SHARING:
             raise ValueError(f"{where}.link_sharing must be one of {', '.join(LINK_SHARING)}; got {value!r}")
     if key == "fp8_gemm_kernels":
-        from gpuhours.hwmodels.gemm_kernels import families
+        from gpuhours.hwmodels.gemm_kernels import check_family
 
-        if value not in families():
-            raise ValueError(f"{where}.fp8_gemm_kernels must be one of {', '.join(families())}; got {value!r}")
+        check_family(value, f"{where}.fp8_gemm_kernels")
     if key == "schedule" and value not in SCHEDULES:
         raise ValueError(f"{where}.schedule must be one of {', '.join(SCHEDULES)}; got {value!r}")
     if key in _POSITIVE_INT and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

@@ -86,3 +86,14 @@ def test_h800_matches_trace_device_properties():
     assert g.sms == dev["numSms"]
     # usable memory reported by the driver is a little below the 80 GiB of HBM
     assert 0.95 * g.hbm_bytes < dev["totalGlobalMem"] <= g.hbm_bytes
+
+
+def test_torchtitans_h100_lies_between_sxm_and_nvl_as_its_page_says():
+    # torchtitan's benchmark page: an HBM2e SXM H100 at 500 W, 2.4 TB/s, peak "between SXM and NVL". H100 NVL's
+    # datasheet column: 1,671 BF16 / 3,341 FP8 TFLOP/s with sparsity, i.e. 835.5 / 1,670.5 dense.
+    g, sxm = load_gpu("h100-hbm2e-500w"), load_gpu("h100-sxm")
+    assert 835.5e12 < g.bf16_flops < sxm.bf16_flops
+    assert 1670.5e12 < g.fp8_flops < sxm.fp8_flops
+    assert g.fp8_flops == pytest.approx(2 * g.bf16_flops, rel=1e-3)  # Hopper: FP8 twice BF16
+    assert g.hbm_bw == 2.4e12 and g.power_w == 500.0 and g.sms == 132
+    assert g.hbm_bytes == 96 * 2**30

@@ -148,3 +148,36 @@ def test_cli_options():
     assert bad.exit_code == 2 and "moe_dispatch must be one of alltoall, allgather" in bad.output
     bad = runner.invoke(app, ["estimate", "--etp", "3"])
     assert bad.exit_code == 2 and "etp" in bad.output
+
+
+def test_fp8_dispatch_payload_follows_the_recipes_scales():
+    """An FP8 token row of h = 7,168 elements: blockwise carries one FP32 scale per 128 (7,168 + 56 x 4), MXFP8 one
+    E8M0 byte per 32 (7,168 + 224: the same bytes, 4/128 = 1/32), per-tensor recipes one scale for the whole
+    tensor (7,168). A width that is not a multiple of 128 rounds the blocks up: 200 elements are 2 blockwise
+    blocks (200 + 8) and 7 MX blocks (200 + 7)."""
+    from gpuhours.workloads.moe_dispatch import dispatch_bytes_per_row
+    from gpuhours.workloads.ops import fp8_payload_bytes
+
+    fp8 = OpOptions(fp8=True)
+    assert dispatch_bytes_per_row(7168, "F", fp8) == 7168 + 56 * 4
+    assert dispatch_bytes_per_row(7168, "F", replace(fp8, fp8_recipe="mxfp8")) == 7168 + 224
+    for recipe in ("delayed", "current"):
+        assert dispatch_bytes_per_row(7168, "F", replace(fp8, fp8_recipe=recipe)) == 7168
+    assert dispatch_bytes_per_row(7168, "F", OpOptions(fp8=False)) == 7168 * 2
+    assert dispatch_bytes_per_row(7168, "B", fp8) == 7168 * 2  # the input gradients go back in BF16
+    assert fp8_payload_bytes(200, "blockwise") == 208 and fp8_payload_bytes(200, "mxfp8") == 207
+
+
+def test_per_tensor_fp8_dispatch_sends_the_rows_without_scales():
+    """The dispatch all-to-all under a per-tensor recipe carries h bytes a routed row, 1/32 fewer than blockwise
+    (h + h / 32 at h = 7,168); the expert rows it is expanded into shrink the same way."""
+    p = ParallelSpec(num_gpus=2048, pp=16, ep=64)
+    def dispatch(recipe):
+        passes = _passes(p, OpOptions(fp8=True, fp8_recipe=recipe))
+        ops = [op for seg in passes.forward for op in seg.ops]
+        a2a = next(op for op in ops if op.collective == "ep_dispatch")
+        permute = next(op for op in ops if op.name.endswith("experts.permute"))
+        return a2a.comm_bytes or a2a.tokens * a2a.bytes_per_token, permute.bytes
+    (a_block, p_block), (a_tensor, p_tensor) = dispatch("blockwise"), dispatch("current")
+    assert a_tensor / a_block == pytest.approx(7168 / 7392)
+    assert p_tensor / p_block == pytest.approx(7168 / 7392)

@@ -61,14 +61,13 @@ def received_tokens(rows: float, moe: MoESpec, p: ParallelSpec) -> float:
     return rows * distinct_ranks(p.ep, moe.n_routed_experts, moe.top_k) / moe.top_k
 
 
-def moe_permute(b: PassBuilder, rows: float, recv: float, hidden: int, fp8_payload: bool) -> None:
+def moe_permute(b: PassBuilder, rows: float, recv: float, row_bytes: float) -> None:
     """Expand the received tokens into the grouped GEMM's contiguous per-expert rows (op `experts.permute`): read
-    `recv` token rows, write `rows` expert rows. Forward: the dispatched payload; backward: the output gradients
-    the combine's backward delivers (`moe_dispatch.combine_bytes_per_row`); either FP8 with its 1x128 scales when
-    it travels in FP8 (`fp8_payload`), BF16 otherwise. The gate weights of the backward are applied in the same
-    pass (Assumption: fused)."""
-    row = fp8_row_bytes(hidden) if fp8_payload else hidden * BF16
-    b.elementwise("experts.permute", (recv + rows) * row)
+    `recv` token rows, write `rows` expert rows, each `row_bytes` as it travelled. Forward: the dispatched payload
+    (`moe_dispatch.dispatch_bytes_per_row`); backward: the output gradients the combine's backward delivers
+    (`moe_dispatch.combine_bytes_per_row`). The gate weights of the backward are applied in the same pass
+    (Assumption: fused)."""
+    b.elementwise("experts.permute", (recv + rows) * row_bytes)
 
 
 def moe_unpermute(b: PassBuilder, rows: float, recv: float, hidden: int) -> None:

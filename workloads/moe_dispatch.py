@@ -36,7 +36,8 @@ from __future__ import annotations
 import math
 
 from gpuhours.workloads.model import ModelSpec, MoESpec
-from gpuhours.workloads.ops import BF16, FP32, Op, OpOptions, Segment, collective_segment, fp8_bytes_per_token
+from gpuhours.workloads.ops import (BF16, FP32, Op, OpOptions, Segment, collective_segment, fp8_bytes_per_token,
+                                    fp8_payload_bytes)
 from gpuhours.workloads.parallel import ParallelSpec
 
 ROUTING_MAP_BYTES = 1  # torch.bool, one per (token, expert): the allgather dispatcher gathers the routing map
@@ -56,8 +57,9 @@ def dispatch_bytes_per_row(hidden: int, phase: str, opts: OpOptions) -> float:
     """Payload of one row on the dispatch side: forward, the up-projection's input, FP8 with its 1x128 scales
     under the FP8 recipe (DeepSeek-V3 sec. 3.3.2), BF16 otherwise; backward, the input gradients sent back to
     the tokens' ranks, BF16 (the report keeps "both the forward and backward combine components" in BF16: the
-    kernel that carries them, DeepEP's combine)."""
-    return fp8_bytes_per_token(hidden) if (opts.fp8 and phase == "F") else hidden * BF16
+    kernel that carries them, DeepEP's combine). The FP8 row's scales follow the recipe (`ops.fp8_payload_bytes`:
+    1x128 FP32 blockwise, 1x32 E8M0 under MXFP8, one per tensor for the per-tensor recipes)."""
+    return fp8_payload_bytes(hidden, opts.fp8_recipe) if (opts.fp8 and phase == "F") else hidden * BF16
 
 
 def combine_bytes_per_row(hidden: int, phase: str, opts: OpOptions) -> float:

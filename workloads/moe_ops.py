@@ -15,7 +15,8 @@ from gpuhours.workloads.memory_ops import (
     received_tokens,
     swiglu_input_cache,
 )
-from gpuhours.workloads.moe_dispatch import dispatch_segments, expert_rows
+from gpuhours.workloads.moe_dispatch import (combine_bytes_per_row, dispatch_bytes_per_row, dispatch_segments,
+                                             expert_rows)
 from gpuhours.workloads.ops import (
     BF16,
     FP8,
@@ -63,7 +64,8 @@ def moe_segments(mlp: PassBuilder, model: ModelSpec, moe: MoESpec, p: ParallelSp
     if fp8_grads:
         mlp.elementwise("combine_grad.quant", local_tokens * h * (BF16 + FP8))
     if phase != "W":
-        moe_permute(mlp, executed, recv, h, fp8_payload if phase == "F" else fp8_grads)
+        moe_permute(mlp, executed, recv, dispatch_bytes_per_row(h, "F", opts) if phase == "F" and fp8_payload
+                    else combine_bytes_per_row(h, "B", opts) if fp8_grads else h * BF16)
     mlp.gemm("experts.w13", rows_per_expert, 2 * e, h, groups=local_experts, cast=not (fp8_payload and phase == "F"))
     if phase != "W" and blockwise_caches(opts):
         swiglu_input_cache(mlp, executed, 2 * e, phase)

@@ -170,6 +170,21 @@ def fp8_bytes_per_token(hidden: int) -> float:
     return hidden + FP32 * math.ceil(hidden / 128)
 
 
+def fp8_payload_bytes(hidden: int, recipe: str) -> float:
+    """Bytes of one token row of `hidden` elements sent or kept in FP8 under `recipe` (FP8_RECIPES): blockwise, one
+    FP32 scale per 128 elements (`fp8_bytes_per_token`, DeepSeek-V3 sec. 3.3.2); mxfp8, one E8M0 byte per 32
+    (OCP MX v1.0, `hwmodels.mxfp8.copy_bytes_per_element`); the per-tensor recipes, one scale for the whole
+    tensor, so one byte an element."""
+    if recipe == "mxfp8":
+        from gpuhours.hwmodels.mxfp8 import block_elements, data
+
+        fmt = data()["format"]
+        return hidden * fmt["element_bytes"] + fmt["scale_bytes"] * math.ceil(hidden / block_elements())
+    if recipe in PER_TENSOR_RECIPES:
+        return float(hidden)
+    return fp8_bytes_per_token(hidden)
+
+
 class PassBuilder:
     """Collects ops for one pass of one layer, naming them consistently."""
 

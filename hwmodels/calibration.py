@@ -27,8 +27,10 @@ An optional top-level ``wgrad`` section holds weight-gradient GEMM points (`hwmo
 Optional top-level ``fp8_tensorwise`` (measured per-tensor FP8-over-BF16 GEMM speed-ups, read by
 `hwmodels/fp8_tensorwise.py`) and ``launch`` (measured kernel gap and eager host time per launch, read by
 `hwmodels/launch.py`) sections and ``comm.nccl_intra_node`` (NCCL bus bandwidths within a node): schema and
-checks in `hwmodels/profile_sections.py`; `gpuhours calibrate bench` writes them. None of them is inherited
-from a ``base`` profile.
+checks in `hwmodels/profile_sections.py`; `gpuhours calibrate bench` writes them. An optional ``uncertainty``
+section (relative uncertainty per calibrated quantity, written by `calibrate trace` from the traced pair's
+per-phase residuals: validation/trace_phases.py) sets how far `simulator/sensitivity.py` moves each quantity.
+None of them is inherited from a ``base`` profile.
 
 ``provenance.calibrated_on`` says what the figures were fitted to: ``{"model": preset name (absent when
 nothing was measured on a model), "gpu": GPU key, "precision": "fp8" | "bf16" | [both],
@@ -69,7 +71,8 @@ from gpuhours.hwmodels.calibration_schema import (  # noqa: F401 (the schema's n
     SOURCES, TILE, _TOP_KEYS, GemmPoint, Provenance, _fraction, _gemm_table, _only, _opt_str, _point_dict,
     _provenance, _req)
 from gpuhours.hwmodels.profile_sections import (LaunchSection, TensorwiseSection, check_nccl_intra_node,
-                                                fp8_tensorwise_dict, launch_dict, parse_fp8_tensorwise, parse_launch)
+                                                fp8_tensorwise_dict, launch_dict, parse_fp8_tensorwise, parse_launch,
+                                                parse_uncertainty)
 from gpuhours.hwmodels.wgrad import parse_wgrad, wgrad_dict
 
 
@@ -93,6 +96,7 @@ class CalibrationProfile:
     wgrad: dict | None = None  # weight-gradient GEMM points (hwmodels/wgrad.py); None: W at the forward curves
     fp8_tensorwise: TensorwiseSection | None = None  # measured per-tensor FP8 speed-ups (profile_sections.py)
     launch: LaunchSection | None = None              # measured launch overheads (profile_sections.py)
+    uncertainty: dict | None = None  # quantity -> relative uncertainty, "provenance" (profile_sections.py)
 
     # ----------------------------------------------------------------------------------------- JSON
     @classmethod
@@ -147,6 +151,7 @@ class CalibrationProfile:
             elementwise_classes=classes or None, comm=comm, notes=notes, trace=trace,
             wgrad=parse_wgrad(d.get("wgrad")),
             fp8_tensorwise=parse_fp8_tensorwise(d.get("fp8_tensorwise")), launch=parse_launch(d.get("launch")),
+            uncertainty=parse_uncertainty(d.get("uncertainty")),
         )
 
     def to_dict(self) -> dict:
@@ -184,6 +189,8 @@ class CalibrationProfile:
             d["fp8_tensorwise"] = fp8_tensorwise_dict(self.fp8_tensorwise)
         if self.launch is not None:
             d["launch"] = launch_dict(self.launch)
+        if self.uncertainty is not None:
+            d["uncertainty"] = dict(self.uncertainty)
         if self.notes is not None:
             d["notes"] = self.notes
         return d
@@ -332,6 +339,7 @@ def _overlay(base: dict, d: dict) -> dict:
     out.pop("comm", None), out.pop("trace", None), out.pop("notes", None)
     out.pop("wgrad", None)  # a profile's own (hwmodels/wgrad.py): not inherited over rescaled forward curves
     out.pop("fp8_tensorwise", None), out.pop("launch", None)  # measured on the base's GPU: not inherited
+    out.pop("uncertainty", None)  # the spread of the base's own calibration, not of the profile over it
     inherited = []
     for key, value in d.items():
         if key in ("gemm", "grouped_gemm") and isinstance(value, dict) and isinstance(base.get(key), dict):

@@ -19,7 +19,7 @@ TILE = 128        # output tile edge (rows and columns) of the wave-quantisation
 NEIGHBOURS = 3    # points averaged by the log-space interpolation
 
 _TOP_KEYS = {"schema", "name", "source", "provenance", "gemm", "grouped_gemm", "attention", "elementwise",
-             "comm", "trace", "notes", "wgrad", "fp8_tensorwise", "launch"}
+             "comm", "trace", "notes", "wgrad", "fp8_tensorwise", "launch", "uncertainty"}
 _PROV_KEYS = {"device", "sm_count", "date", "software", "method", "references", "peak_tflops", "calibrated_on",
               "basis"}
 _CALIBRATED_ON_KEYS = {"model", "gpu", "precision", "fp8_recipe", "attention", "moe"}

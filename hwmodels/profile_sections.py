@@ -26,6 +26,13 @@
      "provenance": str}
     or {"not_measured": "reason"}
 
+``uncertainty``: relative uncertainty of calibrated quantities (validation/trace_phases.py writes it from a
+trace; `simulator/sensitivity.py` moves each quantity by it, the default where absent)::
+
+    "uncertainty": {"<quantity>": relative (> 0, < 1), ..., "provenance": str}
+
+  quantities: UNCERTAINTY_QUANTITIES (the sensitivity table's names).
+
 Every check raises ValueError naming the offending key.
 """
 
@@ -37,6 +44,9 @@ from dataclasses import dataclass
 from gpuhours.hwmodels.calibration_schema import _only
 
 RATIO_TOLERANCE = 1e-3  # speedup vs bf16_s / fp8_s: JSON round-off only
+# The calibrated quantities `simulator.sensitivity` moves (its QUANTITIES describe them)
+UNCERTAINTY_QUANTITIES = ("gemm_fp8", "gemm_bf16", "grouped_gemm_fp8", "grouped_gemm_bf16", "attention_forward",
+                          "attention_backward", "elementwise", "nic", "nvlink")
 COLLECTIVES = ("all_reduce", "all_gather")
 
 
@@ -185,3 +195,20 @@ def check_nccl_intra_node(d) -> None:
             _int(r, "bytes", w)
             for key in ("time_us", "algbw_gbps", "busbw_gbps"):
                 _num(r, key, w)
+
+
+def parse_uncertainty(d) -> dict | None:
+    """The validated ``uncertainty`` section as {quantity: relative uncertainty, "provenance": str}, or None."""
+    if d is None:
+        return None
+    if not isinstance(d, dict):
+        raise ValueError("calibration: 'uncertainty' must be an object of quantity: relative uncertainty")
+    _only(d, set(UNCERTAINTY_QUANTITIES) | {"provenance"}, "uncertainty")
+    out: dict = {"provenance": _str(d, "provenance", "uncertainty", required=True)}
+    for q in UNCERTAINTY_QUANTITIES:
+        if q in d:
+            v = d[q]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+                raise ValueError(f"calibration: 'uncertainty.{q}' must be a relative uncertainty in (0, 1), got {v!r}")
+            out[q] = float(v)
+    return out

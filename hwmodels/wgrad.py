@@ -26,8 +26,8 @@ as its other points are. A profile without the section, or without a table for a
 weight gradients at its forward curves, as before.
 
 The section is a profile's own: a partial profile loaded over a base does not inherit it
-(`calibration._overlay`), and the trace derivation works on the base's forward curves (`without_wgrad`), since
-`trace-h800` rescales those per table over the traced pair's GEMMs, weight gradients included.
+(`calibration._overlay`). The trace derivation keeps the base's section and rescales it by the traced pair's
+weight-gradient phases alone (`validation/trace_phases.py`), so `trace-h800` has its own.
 """
 
 from __future__ import annotations

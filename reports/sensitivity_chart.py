@@ -17,10 +17,11 @@ def tornado(rows: list[SensitivityRow], path: str, title: str = "") -> str:
     rows = sorted(rows, key=lambda r: r.span)  # largest at the top of a barh chart
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.4))
     y = range(len(rows))
-    ax.barh(y, [100 * r.slower for r in rows], color="#c0392b", label=f"rate {rows[0].change:.0%} slower")
-    ax.barh(y, [100 * r.faster for r in rows], color="#2e6db4", label=f"rate {rows[0].change:.0%} faster")
+    ax.barh(y, [100 * r.slower for r in rows], color="#c0392b", label="rate slower by its uncertainty")
+    ax.barh(y, [100 * r.faster for r in rows], color="#2e6db4", label="rate faster by its uncertainty")
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_yticks(list(y), [r.what for r in rows], fontsize=8)
+    ax.set_yticks(list(y), [f"{r.what} ({'' if r.stated else 'default '}\u00b1{r.change:.0%})" for r in rows],
+                  fontsize=8)
     ax.set_xlabel(f"change of GPU-hours (%), base {rows[0].base_gpu_hours / 1e6:.3f}M")
     ax.set_title(title or "sensitivity of GPU-hours to each calibrated rate, one at a time", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")

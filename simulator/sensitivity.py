@@ -2,8 +2,10 @@
 
 Every quantity below is one number, or one family of numbers, that a calibration profile or a fabric gives the
 simulator. Each is moved by its relative uncertainty on both sides (slower, faster), one at a time, and the whole
-run is estimated again (stage balancing included: a what-if re-balances as a user's run would). No profile states
-per-class uncertainties yet, so every quantity moves by the same default (10%), and the table says so.
+run is estimated again (stage balancing included: a what-if re-balances as a user's run would). A profile's
+``uncertainty`` section states a quantity's own (`trace-h800`: the spread of each class's measured-over-simulated
+time over the traced pair's phases, validation/trace_phases.py); every other quantity moves by the default (10%),
+and the table says which is which.
 
 "Faster" rates are capped where they would pass a physical roof: an efficiency at 1 (element-wise bandwidth,
 attention), a GEMM point at the dense peak of the SMs it was measured on.
@@ -39,6 +41,7 @@ class SensitivityRow:
     slower_gpu_hours: float   # with the rate divided by (1 + change)
     faster_gpu_hours: float   # with the rate multiplied by (1 + change), capped at its roof
     base_gpu_hours: float
+    stated: bool = False      # change is the profile's own uncertainty (False: the default)
 
     @property
     def slower(self) -> float:
@@ -55,7 +58,7 @@ class SensitivityRow:
     def to_dict(self) -> dict:
         return {"quantity": self.quantity, "what": self.what, "change": self.change,
                 "slower_gpu_hours": self.slower_gpu_hours, "faster_gpu_hours": self.faster_gpu_hours,
-                "slower": self.slower, "faster": self.faster}
+                "slower": self.slower, "faster": self.faster, "stated": self.stated}
 
 
 def perturbed(scenario, quantity: str, factor: float):
@@ -109,9 +112,17 @@ def _scaled_links(scenario, quantity: str, factor: float):
     return replace(scenario, cluster=cluster, fabric=fabric)
 
 
+def uncertainty_of(profile: CalibrationProfile, quantity: str, default: float = DEFAULT_UNCERTAINTY
+                   ) -> tuple[float, bool]:
+    """(relative uncertainty, whether the profile states it) of one quantity."""
+    stated = (profile.uncertainty or {}).get(quantity)
+    return (stated, True) if stated is not None else (default, False)
+
+
 def sensitivity(scenario, change: float = DEFAULT_UNCERTAINTY, base_gpu_hours: float | None = None,
                 quantities=None, progress=None) -> list[SensitivityRow]:
-    """Every quantity moved by `change` both ways, one at a time; rows by span, largest first."""
+    """Every quantity moved both ways by its uncertainty (the profile's, else `change`), one at a time; rows by
+    span, largest first."""
     from gpuhours.simulator.scenario import estimate
 
     if not 0 < change < 1:
@@ -120,9 +131,10 @@ def sensitivity(scenario, change: float = DEFAULT_UNCERTAINTY, base_gpu_hours: f
     names = list(quantities or QUANTITIES)
     rows = []
     for i, name in enumerate(names):
-        slower = estimate(perturbed(scenario, name, 1 / (1 + change))).gpu_hours
-        faster = estimate(perturbed(scenario, name, 1 + change)).gpu_hours
-        rows.append(SensitivityRow(name, QUANTITIES[name], change, slower, faster, base))
+        u, stated = uncertainty_of(scenario.profile, name, change)
+        slower = estimate(perturbed(scenario, name, 1 / (1 + u))).gpu_hours
+        faster = estimate(perturbed(scenario, name, 1 + u)).gpu_hours
+        rows.append(SensitivityRow(name, QUANTITIES[name], u, slower, faster, base, stated))
         if progress:
             progress(i + 1, len(names))
     return sorted(rows, key=lambda r: -r.span)
@@ -131,9 +143,10 @@ def sensitivity(scenario, change: float = DEFAULT_UNCERTAINTY, base_gpu_hours: f
 def sensitivity_lines(rows: list[SensitivityRow]) -> list[str]:
     if not rows:
         return []
-    change = rows[0].change
-    out = [f"sensitivity       GPU-hours when each calibrated rate is {change:.0%} slower / faster (the default "
-           f"uncertainty: no profile states its own yet), one at a time",
-           f"  {'quantity':<50} {'slower':>8} {'faster':>8}"]
-    out += [f"  {r.what:<50} {r.slower:>+8.1%} {r.faster:>+8.1%}" for r in rows]
+    default = next((r.change for r in rows if not r.stated), DEFAULT_UNCERTAINTY)
+    out = [f"sensitivity       GPU-hours when each calibrated rate is slower / faster by its uncertainty, one at a "
+           f"time: the profile's own where it states one (*), else {default:.0%}",
+           f"  {'quantity':<50} {'by':>7} {'slower':>8} {'faster':>8}"]
+    out += [f"  {r.what:<50} {r.change:>6.1%}{'*' if r.stated else ' '} {r.slower:>+8.1%} {r.faster:>+8.1%}"
+            for r in rows]
     return out

@@ -120,3 +120,19 @@ def test_per_phase_split_and_span_not_fitted(profile, trace):
     assert r["simulated_span_ms"] < measured["span_ms"] + 1.0
     default = compare_traced_pair("default-h800", measured)
     assert default["simulated_span_ms"] == pytest.approx(measured["span_ms"], rel=0.10)
+
+
+def test_the_traced_kernels_sit_where_deepgemm_says_its_baseline_does(profile):
+    """The traced run's GEMMs are DeepSeek's internal CUTLASS kernels, which DeepGEMM's README (55ab91f) and PR #95
+    measure DeepGEMM against: 1.1-1.3x faster for normal GEMMs at these shapes, ~1.2x for weight gradients. The
+    base profile's curves are DeepGEMM's published figures, so the traced pair's time ratios against them must land
+    in those ranges once weight gradients are a table of their own (one ratio for all FP8 GEMMs was 1.43, inside
+    neither), and the W phases then sit within 10% of the trace."""
+    ratio = profile.trace["derivation"]["time_ratio"]
+    assert 1.05 <= ratio["gemm.fp8"] <= 1.35
+    assert 1.1 <= ratio["wgrad.fp8"] <= 1.3
+    assert 1.05 <= ratio["grouped_gemm.fp8"] <= 1.35
+    res = profile.trace["derivation"]["phase_residuals"]["gemm_fp8"]["phases_ms"]
+    for phase in ("attn(W)", "mlp(W)"):
+        measured_ms, simulated_ms = res[phase]
+        assert simulated_ms == pytest.approx(measured_ms, rel=0.10), phase

@@ -22,10 +22,10 @@ from gpuhours.workloads.presets import load_preset
 
 runner = CliRunner()
 KNOWN = {  # two calibrations, the second on a 2-layer pair
-    "a": (KnownProfile(dense_fp8_ratio=1.3, grouped_fp8_ratio=1.15, router_bf16_ratio=1.6,
+    "a": (KnownProfile(dense_fp8_ratio=1.3, grouped_fp8_ratio=1.15, wgrad_fp8_ratio=1.4, router_bf16_ratio=1.6,
                        attention_forward_efficiency=0.42, attention_backward_efficiency=0.33,
                        elementwise_efficiency=0.55), 4),
-    "b": (KnownProfile(dense_fp8_ratio=0.85, grouped_fp8_ratio=1.4, router_bf16_ratio=0.9,
+    "b": (KnownProfile(dense_fp8_ratio=0.85, grouped_fp8_ratio=1.4, wgrad_fp8_ratio=0.95, router_bf16_ratio=0.9,
                        attention_forward_efficiency=0.61, attention_backward_efficiency=0.27,
                        elementwise_efficiency=0.8), 2),
 }
@@ -57,6 +57,7 @@ def test_round_trip_recovers_the_known_calibration(case):
     assert d["sm_fraction"] == pytest.approx(112 / 132, rel=1e-12)
     assert d["time_ratio"]["gemm.fp8"] == pytest.approx(known.dense_fp8_ratio, rel=1e-6)
     assert d["time_ratio"]["grouped_gemm.fp8"] == pytest.approx(known.grouped_fp8_ratio, rel=1e-6)
+    assert d["time_ratio"]["wgrad.fp8"] == pytest.approx(known.wgrad_fp8_ratio, rel=1e-6)
     assert d["time_ratio"]["gemm.bf16"] == 1.0                   # the router's ratio is recorded, not applied
     assert d["router_bf16_time_ratio_not_applied"] == pytest.approx(known.router_bf16_ratio, rel=1e-6)
     assert profile.attention_forward_efficiency == pytest.approx(known.attention_forward_efficiency, rel=1e-6)
@@ -75,6 +76,27 @@ def test_round_trip_scales_the_base_gemm_curves(case):
             assert (q.m, q.n, q.k) == (b.m, b.n, b.k)
             assert q.tflops == pytest.approx(b.tflops / ratio, abs=5e-4)   # stored to 3 decimals
     assert [q.tflops for q in profile.gemm["bf16"]] == [q.tflops for q in base.gemm["bf16"]]
+    for kind in ("gemm", "grouped_gemm"):  # the weight-gradient curves, by the W phases' ratio
+        ours, theirs = profile.wgrad[kind]["fp8"], base.wgrad[kind]["fp8"]
+        assert len(ours) == len(theirs) > 0
+        for q, b in zip(ours, theirs):
+            assert (q.m, q.n, q.k) == (b.m, b.n, b.k)
+            assert q.tflops == pytest.approx(b.tflops / known.wgrad_fp8_ratio, abs=5e-4)
+
+
+def test_phase_residuals_vanish_where_the_trace_is_what_the_profile_says(case):
+    """The generator puts each phase's FP8 GEMM time where our ops of that phase have it, at the known ratios, so
+    the derived profile leaves no spread over the phases for the GEMM classes (so the profile states no uncertainty
+    for them: the sensitivity table's default holds); the memory-bound time is split evenly over kernels whatever the phase, so its spread is
+    not zero and is stated."""
+    _, _, _, _, profile = case
+    res = profile.trace["derivation"]["phase_residuals"]
+    assert res["gemm_fp8"]["spread"] == pytest.approx(0.0, abs=1e-6)
+    assert res["gemm_grouped"]["spread"] == pytest.approx(0.0, abs=1e-6)
+    assert set(res["gemm_fp8"]["phases_ms"]) == {"attn(F)", "mlp(B)", "mlp(W)", "mlp(F)", "attn(B)", "attn(W)"}
+    assert res["memory"]["spread"] > 0.05
+    assert profile.uncertainty["elementwise"] == pytest.approx(res["memory"]["spread"], abs=1e-4)
+    assert "gemm_fp8" not in profile.uncertainty and "grouped_gemm_fp8" not in profile.uncertainty
 
 
 def test_derived_profile_reprices_every_class_but_the_router(case):

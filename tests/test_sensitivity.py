@@ -77,3 +77,47 @@ def test_cli_table_json_and_chart(tmp_path):
     assert "sensitivity" in r.stdout and chart.stat().st_size > 1000
     bad = CliRunner().invoke(app, args + ["--sensitivity-chart", str(tmp_path / "t.txt")])
     assert bad.exit_code == 2 and "--sensitivity-chart" in bad.stderr
+
+
+def test_a_profiles_stated_uncertainty_sets_how_far_its_quantity_moves(one_gpu):
+    """A profile stating elementwise 0.25 moves the element-wise bandwidth by 25% both ways: on the one-GPU step
+    (every kernel work / rate) the element-wise time is stretched by exactly 1.25, so the slower run equals the one
+    moved by hand; a quantity it does not state moves by the default."""
+    from dataclasses import replace
+
+    stated = replace(one_gpu, profile=replace(one_gpu.profile, uncertainty={"elementwise": 0.25, "provenance": "t"}))
+    rows = {r.quantity: r for r in sensitivity(stated, quantities=["elementwise", "gemm_bf16"])}
+    assert rows["elementwise"].stated and rows["elementwise"].change == 0.25
+    assert rows["elementwise"].slower_gpu_hours == pytest.approx(
+        estimate(perturbed(stated, "elementwise", 1 / 1.25)).gpu_hours, rel=1e-12)
+    assert not rows["gemm_bf16"].stated and rows["gemm_bf16"].change == 0.10
+    from gpuhours.simulator.sensitivity import sensitivity_lines
+    lines = sensitivity_lines(list(rows.values()))
+    assert any("25.0%*" in line for line in lines) and any("10.0% " in line for line in lines)
+
+
+def test_uncertainty_sections_name_their_quantities_and_bad_values():
+    from gpuhours.hwmodels.calibration import CalibrationProfile, load_profile
+    from gpuhours.hwmodels.profile_sections import UNCERTAINTY_QUANTITIES
+
+    assert set(UNCERTAINTY_QUANTITIES) == set(QUANTITIES)
+    d = load_profile("default-h800").to_dict()
+    for section, message in (({"hbm": 0.1, "provenance": "x"}, "uncertainty.hbm"),
+                             ({"elementwise": 0.0, "provenance": "x"}, "uncertainty.elementwise"),
+                             ({"elementwise": 1.5, "provenance": "x"}, "uncertainty.elementwise"),
+                             ({"elementwise": 0.1}, "uncertainty.provenance")):
+        with pytest.raises(ValueError, match=message):
+            CalibrationProfile.from_dict(d | {"uncertainty": section})
+
+
+def test_trace_profile_states_its_phase_spread():
+    """trace-h800 states the spread its traced pair shows per class (validation/trace_phases.py): the dense FP8 and
+    grouped GEMMs and the memory-bound bandwidth; attention (one phase each) and BF16 GEMMs (not calibrated) keep
+    the default. The figures are in its derivation record, per phase."""
+    from gpuhours.hwmodels.calibration import load_profile
+
+    p = load_profile("trace-h800")
+    assert set(p.uncertainty) == {"gemm_fp8", "grouped_gemm_fp8", "elementwise", "provenance"}
+    res = p.trace["derivation"]["phase_residuals"]
+    assert p.uncertainty["elementwise"] == pytest.approx(res["memory"]["spread"], abs=1e-4)
+    assert 0 < p.uncertainty["grouped_gemm_fp8"] < p.uncertainty["gemm_fp8"] < p.uncertainty["elementwise"] < 1

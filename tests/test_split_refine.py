@@ -50,10 +50,12 @@ def test_refine_ends_makes_at_most_end_steps_moves():
 def test_deepseek_dualpipev_refined_split_is_no_slower_than_the_walks(monkeypatch, schedule):
     from gpuhours.simulator.scenario import load_scenario
 
+    # Under the trace profile with its weight-gradient GEMMs calibrated apart (validation/trace_phases.py) the walk
+    # already lands on 0, 3, 2, ..., 2, 0 and no single move shortens the step (under the one-ratio profile before
+    # it, the walk left 0, 2, ..., 2, 0 and a move found 1, 2, ..., 2, 0): the refined split is the walk's or faster
     refined = load_scenario(schedule=schedule).simulator()
     monkeypatch.setattr("gpuhours.simulator.step.refine_ends", lambda split, step_time, fits: split)
     walk_only = load_scenario(schedule=schedule).simulator()
-    assert refined.stage_layers != walk_only.stage_layers  # the walk leaves both end stages empty; a move helps
-    assert refined.stage_layers[0] > walk_only.stage_layers[0]
+    assert sum(refined.stage_layers) == sum(walk_only.stage_layers) == 61
     for m in (32, 64):
-        assert refined.step(m).step_time < walk_only.step(m).step_time
+        assert refined.step(m).step_time <= walk_only.step(m).step_time

@@ -90,10 +90,14 @@ def test_round_trip_and_not_inherited_by_partial_profiles():
     base = default_profile()
     assert base.wgrad is not None
     assert CalibrationProfile.from_dict(json.loads(json.dumps(base.to_dict()))) == base
-    # trace-h800 rescales the forward curves over all FP8 GEMMs of the traced pair: it must not pick up the
-    # base's unscaled weight-gradient points when completed from it
-    assert load_profile("trace-h800", base=base).wgrad is None
-    assert load_profile("trace-h800").wgrad is None
+    # a partial profile is never completed with the base's weight-gradient points: they belong to the base's curves
+    partial = load_profile("trace-h800").to_dict()
+    partial.pop("wgrad")
+    assert CalibrationProfile.from_dict(partial, base=base).wgrad is None
+    # trace-h800 has its own (the base's scaled by the traced W phases' time ratio), kept over any base
+    own = load_profile("trace-h800").wgrad
+    assert own is not None and load_profile("trace-h800", base=base).wgrad == own
+    assert own["gemm"]["fp8"] != base.wgrad["gemm"]["fp8"]
 
 
 @pytest.mark.parametrize("section, message", [

@@ -20,9 +20,12 @@ Trace class -> our ops:
 - quant, norm, routing, reduce, elementwise, memcpy, other -> "memory": memory-bound, our element-wise ops.
 
 Derivation (`derive_profile`), with sm_fraction = (132 - 20) / 132 as `simulator.chunks` uses:
-- GEMM curves: the base profile's FP8 points divided by a per-table time ratio r (dense, grouped), solved so
-  that the simulated time of each trace class equals its target (the grouped ratio also prices the expert
-  weight-gradient GEMMs inside gemm_fp8); shape dependence of the base curves is kept. The BF16 curve is kept
+- GEMM curves: the base profile's FP8 points divided by a per-table time ratio r (dense, grouped, weight
+  gradient), solved so that the simulated time of each trace class equals its target; the weight-gradient ratio
+  takes the FP8 GEMMs of the W phases (the experts' included) against the base's weight-gradient curves, the
+  dense one the rest of gemm_fp8 (`trace_phases`; a base without weight-gradient curves keeps one ratio for all
+  of gemm_fp8, the experts' weight gradients at the grouped one); shape dependence of the base curves is kept.
+  Each class's spread over the pair's phases is the profile's ``uncertainty``. The BF16 curve is kept
   as the base has it: the trace's only BF16 GEMMs are the router's (n = 256), no guide to the output head;
   their ratio is recorded in the derivation;
 - attention: efficiency = FLOPs / (target time * BF16 peak * sm_fraction);
@@ -43,18 +46,19 @@ from pathlib import Path
 from gpuhours.validation.external import TRACE_ABSENT, profile_trace
 from gpuhours.hwmodels.calibration import CalibrationProfile, load_profile
 from gpuhours.hwmodels.gemm_kernels import SOFTWARE_KEY, traced_family
-from gpuhours.hwmodels.wgrad import without_wgrad
+from gpuhours.hwmodels.wgrad import wgrad_dict
 from gpuhours.hwmodels.cluster import ClusterSpec
 from gpuhours.hwmodels.compute import ComputeModel
 from gpuhours.validation.trace import COMM_CLASSES, Trace, load_trace
 from gpuhours.validation.trace_comm import kernel_time_ratio, notify_per_call
+from gpuhours.validation.trace_phases import is_weight_phase, phase_residuals, scaled_wgrad, weight_phase_time
 from gpuhours.validation.trace_summary import attribute_phases, summarise
 from gpuhours.workloads.model import ModelSpec
 from gpuhours.workloads.ops import Op
 from gpuhours.workloads.parallel import ParallelSpec
 from gpuhours.validation.traced_pair import (  # noqa: F401 (re-exported: the traced case's names)
     BACKWARD_STAGE, BASE_PROFILE, COMPUTE_CLASSES, FORWARD_STAGE, MEMORY_CLASSES, PROFILE_NAME, TABLES, ClassWork,
-    _model, expected_class_work, trace_class_of, traced_case, traced_coster, traced_ops, traced_options)
+    _model, expected_class_work, phase_ops, trace_class_of, traced_case, traced_coster, traced_ops, traced_options)
 
 # -------------------------------------------------------------------------------------------- measured times
 def comm_streams(trace: Trace) -> set[int]:
@@ -104,6 +108,7 @@ class Measured:
     phases: dict[str, dict[str, float]]      # phase -> kernel (summed), span, share (compute busy share or comm kernel)
     comm_classes: dict[str, float]           # summed kernel time on comm streams per class
     layers_per_chunk: int
+    class_phases: dict[str, dict[str, float]] | None = None  # phase -> class -> compute busy share (`classes` split)
 
     def to_dict(self) -> dict:
         ms = lambda s: round(s * 1e3, 6)  # noqa: E731
@@ -118,7 +123,8 @@ class Measured:
             "comm_class_ms": {c: ms(t) for c, t in self.comm_classes.items()},
             "phases_ms": {p: {k: ms(v) for k, v in d.items()} for p, d in self.phases.items()},
             "layers_per_chunk": self.layers_per_chunk,
-        }
+        } | ({"class_phase_share_ms": {p: {c: ms(t) for c, t in d.items()} for p, d in self.class_phases.items()}}
+             if self.class_phases else {})
 
 
 def measure(trace: Trace) -> Measured:
@@ -144,11 +150,16 @@ def measure(trace: Trace) -> Measured:
             classes["memory"] += share.get(i, 0.0)
     owners, annotations, _ = attribute_phases(trace)
     phase_share: dict[str, float] = {}
+    class_phases: dict[str, dict[str, float]] = {}
     for i, (e, o) in enumerate(zip(trace.events, owners)):
         if o < 0:
             continue
         name = annotations[o].name
         phase_share[name] = phase_share.get(name, 0.0) + (e.duration if e.stream in comm else share.get(i, 0.0))
+        if e.stream not in comm:  # the compute classes of `classes`, split by the annotation that owns them
+            c = e.op_class if e.op_class in COMPUTE_CLASSES else "memory"
+            by_class = class_phases.setdefault(name, {})
+            by_class[c] = by_class.get(c, 0.0) + share.get(i, 0.0)
     phases = {p: {"kernel": s.total_kernel_time, "span": s.total_span, "share": phase_share.get(p, 0.0)}
               for p, s in summary.phases.items()}
     counts = {s.count for p, s in summary.phases.items() if p in ("attn(F)", "mlp(F)", "attn(B)", "mlp(B)")}
@@ -158,7 +169,7 @@ def measure(trace: Trace) -> Measured:
         span=summary.span, stream_busy=dict(summary.stream_busy), compute_streams=tuple(sorted(compute)),
         comm_streams=tuple(sorted(comm)),
         compute_union=sum(share.values()), classes=classes, phases=phases, comm_classes=comm_classes,
-        layers_per_chunk=counts.pop())
+        layers_per_chunk=counts.pop(), class_phases=class_phases)
 
 
 # ------------------------------------------------------------------------------------------------ derivation
@@ -187,20 +198,29 @@ def _compute_time(cm: ComputeModel, op: Op, sm_fraction: float) -> float:
     return op.flops / (cm.gpu.peak_flops(op.dtype) * cm.efficiency(op) * sm_fraction)
 
 
-def derive_profile(base: CalibrationProfile, ops: list[Op], measured: Measured, cluster: ClusterSpec,
-                   comm_sms: int) -> tuple[dict, dict]:
-    """(profile sections {gemm, grouped_gemm, attention, elementwise}, derivation record) -- see module docstring."""
+def derive_profile(base: CalibrationProfile, pairs: list[tuple[str, Op]], measured: Measured,
+                   cluster: ClusterSpec, comm_sms: int) -> tuple[dict, dict]:
+    """(profile sections {gemm, grouped_gemm, wgrad?, attention, elementwise}, derivation record) from our ops of
+    the pair with their phases (`traced_pair.phase_ops`) -- see the module docstring."""
     gpu = cluster.gpu
     sm_fraction = (gpu.sms - comm_sms) / gpu.sms
+    ops = [op for _, op in pairs]
     work = expected_class_work(ops=ops)
     base_cm = ComputeModel(gpu, base)
+    # With a weight-gradient section in the base, the W phases' FP8 GEMMs are a table of their own
+    # (`trace_phases`); without one they stay on the dense ratio, as the forward curves price them.
+    split = any((base.wgrad or {}).get(kind, {}).get("fp8") for kind in ("gemm", "grouped_gemm"))
+
+    def table(phase: str, op: Op) -> tuple[str, str]:
+        if split and op.dtype == "fp8" and is_weight_phase(phase):
+            return ("wgrad", "fp8")
+        return ("gemm", "bf16") if op.dtype == "bf16" else (op.kind, op.dtype)
+
     # Base compute time per (trace class, table): the linear system the per-table ratios solve.
-    table_of = {("gemm", "fp8"): ("gemm", "fp8"), ("grouped_gemm", "fp8"): ("grouped_gemm", "fp8"),
-                ("gemm", "bf16"): ("gemm", "bf16"), ("grouped_gemm", "bf16"): ("gemm", "bf16")}
     base_t: dict[tuple[str, tuple[str, str]], float] = {}
-    for op in ops:
+    for phase, op in pairs:
         if op.kind in ("gemm", "grouped_gemm"):
-            key = (trace_class_of(op), table_of[(op.kind, op.dtype)])
+            key = (trace_class_of(op), table(phase, op))
             base_t[key] = base_t.get(key, 0.0) + _compute_time(base_cm, op, sm_fraction)
     for c in COMPUTE_CLASSES:
         if measured.classes[c] <= 0 or work[c].flops <= 0:
@@ -210,7 +230,15 @@ def derive_profile(base: CalibrationProfile, ops: list[Op], measured: Measured, 
     bw = min(1.0, mem_bytes / (mem_time * gpu.hbm_bw))
     target = {c: measured.classes[c] for c in COMPUTE_CLASSES}
     r_grouped = target["gemm_grouped"] / base_t[("gemm_grouped", ("grouped_gemm", "fp8"))]
-    r_dense = ((target["gemm_fp8"] - r_grouped * base_t.get(("gemm_fp8", ("grouped_gemm", "fp8")), 0.0))
+    fp8_target, r_wgrad = target["gemm_fp8"], None
+    if split:
+        w_time = weight_phase_time(measured.class_phases or {}, "gemm_fp8")
+        w_base = base_t.get(("gemm_fp8", ("wgrad", "fp8")), 0.0)
+        if not (w_time > 0 and w_base > 0):
+            raise ValueError(f"trace: the W phases hold {w_time * 1e3:.3g} ms of FP8 GEMMs against our "
+                             f"{w_base * 1e3:.3g} ms; both must be positive to calibrate the weight gradients")
+        r_wgrad, fp8_target = w_time / w_base, fp8_target - w_time
+    r_dense = ((fp8_target - r_grouped * base_t.get(("gemm_fp8", ("grouped_gemm", "fp8")), 0.0))
                / base_t[("gemm_fp8", ("gemm", "fp8"))])
     # The traced BF16 GEMMs are only the router's (n = 256 experts): too far from the BF16 GEMM that matters, the
     # output head (n = 129,280), to rescale the whole BF16 curve. Their ratio is recorded, not applied.
@@ -223,12 +251,17 @@ def derive_profile(base: CalibrationProfile, ops: list[Op], measured: Measured, 
     att_b = work["attn_bwd"].flops / (target["attn_bwd"] * gpu.peak_flops("bf16") * sm_fraction)
     if not (0 < att_f <= 1 and 0 < att_b <= 1):
         raise ValueError(f"trace: attention efficiencies {att_f:.3f}/{att_b:.3f} outside (0, 1]")
-    sections = _scaled(base, ratio, "time ratio measured/predicted of its trace class on the traced pair")
+    note = "time ratio measured/predicted of its trace class on the traced pair"
+    sections = _scaled(base, ratio, note)
+    if split:
+        sections["wgrad"] = scaled_wgrad(wgrad_dict(base.wgrad), r_wgrad, base.name,
+                                         "time ratio measured/predicted of the W phases' FP8 GEMMs on the traced pair")
     sections["attention"] = {"forward_efficiency": att_f, "backward_efficiency": att_b}
     sections["elementwise"] = {"bandwidth_efficiency": bw}
     record = {
         "sm_fraction": sm_fraction,
-        "time_ratio": {f"{s}.{d}": r for (s, d), r in ratio.items()},
+        "time_ratio": {f"{s}.{d}": r for (s, d), r in ratio.items()} | (
+            {"wgrad.fp8": r_wgrad} if split else {}),
         "router_bf16_time_ratio_not_applied": r_bf16_router,
         "elementwise_efficiency": bw,
         "class_target_ms": {c: t * 1e3 for c, t in target.items()} | {
@@ -236,16 +269,6 @@ def derive_profile(base: CalibrationProfile, ops: list[Op], measured: Measured, 
         "expected_work": {c: {"ops": w.ops, "flops": w.flops, "bytes": w.bytes} for c, w in work.items()},
     }
     return sections, record
-
-
-def _with(base: CalibrationProfile, sections: dict) -> CalibrationProfile:
-    d = base.to_dict()
-    for key in ("gemm", "grouped_gemm"):
-        d[key] = {**d[key], **sections[key]}
-    d["attention"] = dict(sections["attention"])
-    d["elementwise"] = dict(sections["elementwise"])
-    d.pop("notes", None)
-    return CalibrationProfile.from_dict(d)
 
 
 _TRACE_NAME = re.compile(r"ep(\d+)_tp(\d+).*?hidden(\d+)_seqlen(\d+)")
@@ -269,7 +292,6 @@ def profile_from_traced_case(trace_path: str | Path | None = None,
                              date: str | None = None) -> CalibrationProfile:
     """The trace-derived CalibrationProfile (source "trace") of the traced F&B pair (see the module docstring)."""
     base = load_profile(base_profile) if isinstance(base_profile, (str, Path)) else base_profile
-    base = without_wgrad(base)  # the per-table ratios rescale the forward curves, weight gradients included
     model = _model(model)
     if trace_path is None:
         trace_path = profile_trace()
@@ -280,8 +302,8 @@ def profile_from_traced_case(trace_path: str | Path | None = None,
     parallel, seq_len, _ = traced_case(model, measured.layers_per_chunk)
     _check_case(trace, model, parallel, seq_len)
     coster = traced_coster(base, model, measured.layers_per_chunk)
-    ops = traced_ops(coster)
-    sections, record = derive_profile(base, ops, measured, coster.cluster, parallel.comm_sms)
+    pairs = phase_ops(coster)
+    sections, record = derive_profile(base, pairs, measured, coster.cluster, parallel.comm_sms)
     props = trace.device_properties
     info = trace.distributed_info
     date = date or datetime.date.today().isoformat()
@@ -337,6 +359,7 @@ def profile_from_traced_case(trace_path: str | Path | None = None,
                 | notify_per_call(measured, coster, trace.file_name)
                 | kernel_time_ratio(measured, coster, trace.file_name),
         "trace": {"measured": measured.to_dict(), "derivation": record},
+        **({"wgrad": sections["wgrad"]} if "wgrad" in sections else {}),
         "notes": [
             "GEMM time ratios (measured / predicted by the base curves on the traced pair): "
             + ", ".join(f"{k} {v:.3f}" for k, v in ratio.items()) + ".",
@@ -347,7 +370,10 @@ def profile_from_traced_case(trace_path: str | Path | None = None,
             "communication stream are not fitted (see validation/compare.py).",
         ],
     }
-    return CalibrationProfile.from_dict(d)
+    uncertainty, residuals = phase_residuals(CalibrationProfile.from_dict(d), pairs, measured.class_phases or {},
+                                             coster.cluster, parallel.comm_sms, trace.file_name)
+    d["trace"]["derivation"]["phase_residuals"] = residuals
+    return CalibrationProfile.from_dict(d | {"uncertainty": uncertainty})
 
 
 def work_ms(record: dict) -> float:

@@ -18,7 +18,9 @@ Layout (what the tests' closed forms rely on), for `layers` layers of one pair:
   combine(F); a layer's all-to-all kernels must end before its compute does (so the span is the compute's);
 - durations: `compute_times[c]` (s) is split evenly over the stream-7 kernels of class c in the pair (a twin
   has its stream-7 partner's duration, so the busy share of the compute streams per class is exactly
-  compute_times[c]); `comm_times[c]` likewise over the stream-27 kernels of class c.
+  compute_times[c]); `comm_times[c]` likewise over the stream-27 kernels of class c. Where `phase_times` gives
+  a (phase, class) its own time, that phase's kernels of the class share it instead (the GEMM classes of
+  `pair_for_profile`, whose phases the layout has kernels for).
 So stream 7's busy time is sum(compute_times), the span layers x that / layers + (layers - 1) x layer_gap.
 
 `pair_for_profile` turns a KNOWN calibration (GEMM time ratios against a base profile's curves, attention and
@@ -159,6 +161,7 @@ class SyntheticPair:
     comm_times: Mapping[str, float] = field(hash=False)      # summed kernel time per class on stream 27
     layers: int = 4
     layer_gap: float = 40e-6   # s of idle compute stream between two layers; Assumption: any gap >= 0 does
+    phase_times: Mapping[tuple[str, str], float] | None = field(hash=False, default=None)  # (phase, class) -> s
 
     def __post_init__(self):
         if not isinstance(self.layers, int) or isinstance(self.layers, bool) or self.layers < 1:
@@ -167,15 +170,48 @@ class SyntheticPair:
             raise ValueError(f"layer_gap must be a finite time >= 0 s, got {self.layer_gap!r}")
         object.__setattr__(self, "compute_times", _check_times("compute_times", self.compute_times, STREAM_COMPUTE))
         object.__setattr__(self, "comm_times", _check_times("comm_times", self.comm_times, STREAM_COMM))
+        self._check_phase_times()
         if sum(self.comm_times.values()) > sum(self.compute_times.values()):
             raise ValueError("comm_times: a layer's all-to-all kernels must fit in its compute time; their sum "
                              f"{sum(self.comm_times.values()):.6g} s exceeds the compute's "
                              f"{sum(self.compute_times.values()):.6g} s")
 
+    def _check_phase_times(self) -> None:
+        """Each (phase, class) of `phase_times` must have kernels on the compute stream, and a class given by
+        phase must be given in every phase that has its kernels, adding up to its `compute_times`."""
+        if not self.phase_times:
+            return
+        slots = _phase_slot_counts()
+        for (phase, c), t in self.phase_times.items():
+            if (phase, c) not in slots or not 0 <= float(t) < float("inf"):
+                raise ValueError(f"phase_times[{(phase, c)!r}]: needs a finite time >= 0 s for a phase and class the "
+                                 f"layout has compute kernels for, got {t!r}")
+        for c in {c for _, c in self.phase_times}:
+            phases = {p for p, k in slots if k == c}
+            if phases != {p for p, k in self.phase_times if k == c}:
+                raise ValueError(f"phase_times: class {c!r} must be given in each of its phases {sorted(phases)}")
+            total = sum(t for (_, k), t in self.phase_times.items() if k == c)
+            if abs(total - self.compute_times[c]) > 1e-9 * max(1.0, total):
+                raise ValueError(f"phase_times: class {c!r} adds up to {total!r} s, compute_times has "
+                                 f"{self.compute_times[c]!r}")
+
     def duration(self, slot: KernelSlot) -> float:
-        """Seconds of one kernel of `slot`: its class's time split evenly over that class's kernels in the pair."""
+        """Seconds of one kernel of `slot`: its (phase, class) time over that phase's kernels of the class where
+        `phase_times` has it, else its class's time split evenly over that class's kernels in the pair."""
+        if slot.stream == STREAM_COMPUTE and self.phase_times and (slot.phase, slot.op_class) in self.phase_times:
+            return (self.phase_times[(slot.phase, slot.op_class)]
+                    / (_phase_slot_counts()[(slot.phase, slot.op_class)] * self.layers))
         times = self.compute_times if slot.stream == STREAM_COMPUTE else self.comm_times
         return times[slot.op_class] / (slot_counts(slot.stream)[slot.op_class] * self.layers)
+
+
+def _phase_slot_counts() -> dict[tuple[str, str], int]:
+    """Stream-7 kernels of each (phase, class) in one layer (twins not counted)."""
+    counts: dict[tuple[str, str], int] = {}
+    for k in LAYER_KERNELS:
+        if k.stream == STREAM_COMPUTE:
+            counts[(k.phase, k.op_class)] = counts.get((k.phase, k.op_class), 0) + 1
+    return counts
 
 
 def build_trace(pair: SyntheticPair, gpu_annotations: bool = False) -> dict:
@@ -263,6 +299,7 @@ class KnownProfile:
 
     dense_fp8_ratio: float = 1.3
     grouped_fp8_ratio: float = 1.15
+    wgrad_fp8_ratio: float = 1.4        # FP8 GEMMs of the W phases, against the base's weight-gradient curves
     router_bf16_ratio: float = 1.6
     attention_forward_efficiency: float = 0.42
     attention_backward_efficiency: float = 0.33
@@ -272,7 +309,7 @@ class KnownProfile:
     base_profile: str = "default-h800"
 
     def __post_init__(self):
-        for name in ("dense_fp8_ratio", "grouped_fp8_ratio", "router_bf16_ratio"):
+        for name in ("dense_fp8_ratio", "grouped_fp8_ratio", "wgrad_fp8_ratio", "router_bf16_ratio"):
             value = getattr(self, name)
             if not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be a positive finite time ratio, got {value!r}")
@@ -285,19 +322,21 @@ class KnownProfile:
 def pair_for_profile(known: KnownProfile = KnownProfile(), layers: int = 4,
                      layer_gap: float = 40e-6) -> SyntheticPair:
     """The synthetic pair whose compute-stream class times are what `known` predicts for our ops of the traced
-    F&B pair (validation.calibrate_trace.traced_ops on the base profile), with sm_fraction = (SMs - comm SMs) / SMs:
+    F&B pair (validation.traced_pair.phase_ops on the base profile), with sm_fraction = (SMs - comm SMs) / SMs:
     - gemm_fp8, gemm_grouped, gemm_bf16: sum over the class's GEMMs of ratio(table) x flops / (peak(dtype) x
-      base efficiency x sm_fraction), ratio by table: dense FP8, grouped FP8 (also the experts' weight-gradient
-      GEMMs, which the trace counts as gemm_fp8), BF16 (the router);
+      base efficiency x sm_fraction), ratio by table: dense FP8, grouped FP8, weight-gradient FP8 (every FP8 GEMM
+      of a W phase, the experts' included, at the base's weight-gradient curves), BF16 (the router); the FP8
+      classes phase by phase (`SyntheticPair.phase_times`), as our ops of each phase have them;
     - attn_fwd / attn_bwd: flops / (efficiency x BF16 peak x sm_fraction);
     - memory-bound classes: our element-wise bytes / (elementwise_efficiency x HBM bandwidth), split over the
       memory-bound classes in proportion to their kernel counts (so every such kernel lasts the same)."""
     from gpuhours.hwmodels.calibration import load_profile
     from gpuhours.hwmodels.compute import ComputeModel
-    from gpuhours.validation.calibrate_trace import trace_class_of, traced_case, traced_coster, traced_ops
+    from gpuhours.validation.calibrate_trace import trace_class_of, traced_case, traced_coster
+    from gpuhours.validation.trace_phases import is_weight_phase
+    from gpuhours.validation.traced_pair import phase_ops
 
-    from gpuhours.hwmodels.wgrad import without_wgrad
-    base = without_wgrad(load_profile(known.base_profile))  # as the derivation reads it (calibrate_trace)
+    base = load_profile(known.base_profile)  # weight-gradient curves included, as the derivation reads it
     parallel, _, _ = traced_case(None, layers)
     coster = traced_coster(base, layers_per_chunk=layers)
     gpu = coster.cluster.gpu
@@ -306,12 +345,17 @@ def pair_for_profile(known: KnownProfile = KnownProfile(), layers: int = 4,
     ratio = {("gemm", "fp8"): known.dense_fp8_ratio, ("grouped_gemm", "fp8"): known.grouped_fp8_ratio,
              ("gemm", "bf16"): known.router_bf16_ratio, ("grouped_gemm", "bf16"): known.router_bf16_ratio}
     times = {c: 0.0 for c in ("gemm_fp8", "gemm_grouped", "gemm_bf16", "attn_fwd", "attn_bwd")}
+    by_phase: dict[tuple[str, str], float] = {}
     memory_bytes = 0.0
-    for op in traced_ops(coster):
+    for phase, op in phase_ops(coster):
         c = trace_class_of(op)
         if op.kind in ("gemm", "grouped_gemm"):
             base_time = op.flops / (gpu.peak_flops(op.dtype) * cm.efficiency(op) * sm_fraction)
-            times[c] += ratio[(op.kind, op.dtype)] * base_time
+            r = (known.wgrad_fp8_ratio if op.dtype == "fp8" and is_weight_phase(phase)
+                 else ratio[(op.kind, op.dtype)])
+            times[c] += r * base_time
+            if c in ("gemm_fp8", "gemm_grouped"):
+                by_phase[(phase, c)] = by_phase.get((phase, c), 0.0) + r * base_time
         elif c == "attn_fwd":
             times[c] += op.flops / (known.attention_forward_efficiency * gpu.peak_flops("bf16") * sm_fraction)
         elif c == "attn_bwd":
@@ -322,7 +366,7 @@ def pair_for_profile(known: KnownProfile = KnownProfile(), layers: int = 4,
     counts = slot_counts(STREAM_COMPUTE)
     n_memory = sum(counts[c] for c in MEMORY_CLASSES)
     times.update({c: memory_time * counts[c] / n_memory for c in MEMORY_CLASSES})
-    return SyntheticPair(times, dict(known.comm_times), layers, layer_gap)
+    return SyntheticPair(times, dict(known.comm_times), layers, layer_gap, phase_times=by_phase)
 
 
 if __name__ == "__main__":  # python -m gpuhours.validation.synthetic_trace OUT.json

@@ -99,15 +99,18 @@ def traced_coster(profile: CalibrationProfile, model: ModelSpec | None = None, l
                           seq_len, stage_layers, traced_options())
 
 
+def phase_ops(coster: HardwareCoster) -> list[tuple[str, Op]]:
+    """Compute ops of the traced pair with the phase each runs in, named as the trace's annotations name them
+    (our segment names: "attn(F)", "mlp(B)", "mlp(W)", ...): forward of the first chunk, backward and weight
+    passes of the second (with the recomputation ops the decomposition adds to backward)."""
+    segs = [seg for unit in coster.stages[FORWARD_STAGE] for seg in unit.forward]
+    segs += [seg for unit in coster.stages[BACKWARD_STAGE] for seg in unit.backward + unit.weight]
+    return [(seg.name, op) for seg in segs for op in seg.ops if op.kind != "collective"]
+
+
 def traced_ops(coster: HardwareCoster) -> list[Op]:
-    """Compute ops of the traced pair: forward of the first chunk, backward and weight passes of the second
-    (with the recomputation ops the decomposition adds to backward)."""
-    ops: list[Op] = []
-    for unit in coster.stages[FORWARD_STAGE]:
-        ops += [op for seg in unit.forward for op in seg.ops]
-    for unit in coster.stages[BACKWARD_STAGE]:
-        ops += [op for seg in unit.backward + unit.weight for op in seg.ops]
-    return [op for op in ops if op.kind != "collective"]
+    """Compute ops of the traced pair (`phase_ops` without the phases)."""
+    return [op for _, op in phase_ops(coster)]
 
 
 def trace_class_of(op: Op) -> str:

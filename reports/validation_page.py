@@ -213,8 +213,29 @@ def render_markdown(results: dict) -> str:
                   "of this very training run, so its GPU-hours are not an independent prediction."]
     else:
         lines.append("Not computed.")
+    lines += _residual_lines(results.get("phase_residuals"))
     lines += ["", "## The largest difference", "", explain(results), ""]
     return "\n".join(lines)
+
+
+def _residual_lines(residuals: dict | None) -> list[str]:
+    """What one figure per class leaves unexplained phase by phase under `trace-h800` (its derivation's record)."""
+    if not residuals:
+        return []
+    rows = []
+    for cls, rec in residuals.items():
+        spread = rec.get("spread")
+        for phase, (measured, simulated) in rec.get("phases_ms", {}).items():
+            rows.append([cls, phase, f"{measured:.2f}", f"{simulated:.2f}",
+                         _pct(simulated, measured) if measured else "n/a",
+                         "n/a" if spread is None else f"{spread:.1%}"])
+    return ["", "## Residuals by phase (`trace-h800`)", "",
+            "One figure per class (a GEMM table's time ratio, the element-wise efficiency) is fitted to the pair's "
+            "class totals; each phase runs other shapes and kernels, so what the figure leaves there is a residual, "
+            "shown here, not spread over other classes. The spread (measured-time-weighted s.d. of ln(measured / "
+            "simulated) over the phases) is the profile's stated uncertainty of that figure "
+            "(validation/trace_phases.py; `estimate --sensitivity` moves by it).", "",
+            _table(["class", "phase", "measured ms", "simulated ms", "simulated vs measured", "spread"], rows)]
 
 
 def write_validation_page(results: dict, out_dir: str | Path) -> Path:

@@ -69,3 +69,17 @@ def test_validation_page(results, tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     with pytest.raises(ValueError, match="results"):
         write_validation_page({}, tmp_path)
+
+
+def test_validation_page_lists_the_trace_profiles_residuals_by_phase(results, tmp_path):
+    """The page shows, per class and phase, the bundled trace profile's measured and simulated milliseconds and the
+    class's spread (its stated uncertainty); a results dict without them renders without the section."""
+    res = results["phase_residuals"]
+    assert set(res) == {"gemm_fp8", "gemm_grouped", "memory"}
+    text = write_validation_page(results, tmp_path / "out").read_text()
+    assert "## Residuals by phase" in text
+    measured, simulated = res["gemm_fp8"]["phases_ms"]["mlp(W)"]
+    assert f"| gemm_fp8 | mlp(W) | {measured:.2f} | {simulated:.2f} |" in text
+    assert f"{load_profile('trace-h800').uncertainty['elementwise']:.1%}" in text
+    bare = write_validation_page(dict(results, phase_residuals=None), tmp_path / "bare").read_text()
+    assert "## Residuals by phase" not in bare

@@ -135,7 +135,16 @@ def compare_all(bench_profile: str | Path | None = None, trace_path: str | Path 
         "published_gpu_hours": PUBLISHED_GPU_HOURS,
         "published_source": PUBLISHED_SOURCE,
         "sources": sources,
+        "phase_residuals": _phase_residuals(),
     }
+
+
+def _phase_residuals() -> dict | None:
+    """The bundled trace profile's per-class, per-phase residuals (`validation.trace_phases`), if it records them."""
+    try:
+        return (load_profile(PROFILE_NAME).trace or {}).get("derivation", {}).get("phase_residuals")
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":  # python -m gpuhours.validation.compare [BENCH_PROFILE.json]

@@ -97,3 +97,27 @@ def test_torchtitans_h100_lies_between_sxm_and_nvl_as_its_page_says():
     assert g.fp8_flops == pytest.approx(2 * g.bf16_flops, rel=1e-3)  # Hopper: FP8 twice BF16
     assert g.hbm_bw == 2.4e12 and g.power_w == 500.0 and g.sms == 132
     assert g.hbm_bytes == 96 * 2**30
+
+
+@pytest.mark.parametrize("shape, measured_s", [
+    # pytorch/ao PR #2185 (May 2025), "Microbenchmarking float8 linear": ref_time_sec, the BF16 nn.Linear forward and
+    # backward (three GEMMs) at LLaMa-2 70B's single-GPU shapes (M, K, N). Assumption: Meta's HBM2e H100 at 500 W
+    # (the PR does not print the part; its BF16 rates, 520-600 TFLOP/s, are FBGEMM PR #2546's "H100 500W" ones)
+    ((16384, 8192, 1280), 0.001954),
+    ((16384, 1024, 8192), 0.001701),
+    ((16384, 8192, 7168), 0.009871),
+    ((16384, 3584, 8192), 0.005192),
+])
+def test_bf16_linears_on_torchtitans_part_take_their_measured_time(shape, measured_s):
+    """A BF16 linear's forward, input-gradient and weight-gradient GEMMs on the 500 W HBM2e part under the default
+    profile land within 10% of a published measurement on such a part (nothing here was fitted to it)."""
+    from gpuhours.hwmodels.calibration import load_profile
+    from gpuhours.hwmodels.compute import ComputeModel
+    from gpuhours.workloads.ops import GemmShape, Op
+
+    m, k, n = shape
+    cm = ComputeModel(load_gpu("h100-hbm2e-500w"), load_profile("trace-h800"))
+    gemms = [("F", GemmShape(m, n, k)), ("B", GemmShape(m, k, n)), ("W", GemmShape(n, k, m))]
+    seconds = sum(cm.duration(Op("linear", "gemm", phase, flops=2 * g.m * g.n * g.k, gemm=g, dtype="bf16"))
+                  for phase, g in gemms)
+    assert seconds == pytest.approx(measured_s, rel=0.10)

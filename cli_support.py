@@ -180,7 +180,9 @@ SCENARIO_OPTIONS = dict(
                                        "carried over at DeepGEMM's published speed-ups; hwmodels/gemm_kernels.py"),
     fp8_recipe=typer.Option(None, "--fp8-recipe", help="FP8 scaling: blockwise (DeepSeek-V3, default), delayed "
                                                        "or current (per-tensor, Transformer Engine / torchao, "
-                                                       "casts fused into their producers), or mxfp8 (OCP MX: "
+                                                       "casts fused into their producers), tensorwise (torchao's "
+                                                       "Float8Linear: as current, weights cast again in every "
+                                                       "pass), or mxfp8 (OCP MX: "
                                                        "1x32 E8M0 scales, Blackwell GPUs only; "
                                                        "hwmodels/mxfp8.py)"),
     comm_sms=typer.Option(None, "--comm-sms", help="SMs DeepEP's all-to-all kernels run on, reserved beside "

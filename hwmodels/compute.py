@@ -50,7 +50,8 @@ def elementwise_class(op: Op) -> str | None:
     if op.kind == "embedding":
         return "embedding"
     last = op.name.rsplit(".", 1)[-1]
-    if last in ("quant", "dequant", "weight_t"):  # FP8 / E5M6 casts, casts back, FP8 weight transposes (memory_ops)
+    if last in ("quant", "dequant", "weight_t", "weight_cast"):  # FP8 / E5M6 casts and casts back, FP8 weight
+        # transposes (memory_ops), torchao's per-pass weight casts (ops.PassBuilder.gemm)
         return "cast"
     if last in ("swiglu", "gelu", "relu2"):
         return "activation"

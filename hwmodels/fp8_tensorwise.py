@@ -123,7 +123,7 @@ def check_recipe(recipe: str) -> str:
 
 
 def is_per_tensor(recipe: str) -> bool:
-    """True for the per-tensor recipes (delayed, current); ValueError for a recipe not in FP8_RECIPES."""
+    """True for the per-tensor recipes (PER_TENSOR_RECIPES); ValueError for a recipe not in FP8_RECIPES."""
     return check_recipe(recipe) in PER_TENSOR_RECIPES
 
 

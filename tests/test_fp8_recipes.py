@@ -149,7 +149,7 @@ def test_scenario_keyword_and_plan_numerics(tmp_path: Path):
     text = plan.read_text().replace("[numerics]\n", '[numerics]\nfp8_recipe = "delayed"\n')
     (tmp_path / "p.toml").write_text(text)
     assert load_scenario(tmp_path / "p.toml").opts.fp8_recipe == "delayed"
-    (tmp_path / "bad.toml").write_text(text.replace('"delayed"', '"tensorwise"'))
+    (tmp_path / "bad.toml").write_text(text.replace('"delayed"', '"rowwise"'))  # torchao's, not modelled
     with pytest.raises(ValueError, match="fp8_recipe must be one of"):
         load_scenario(tmp_path / "bad.toml")
 
@@ -179,11 +179,27 @@ def test_accuracy_cases_run_their_recipe_and_name_what_is_left():
     from gpuhours.validation.cases import load_cases
 
     case = next(c for c in load_cases() if c.name == "torchtitan-8b-8gpu-fsdp-compile-float8")
-    assert case.layout["fp8_recipe"] == "current"
+    assert case.layout["fp8_recipe"] == "tensorwise"  # torchao's Float8Linear
     # the casts follow the recipe; the per-tensor GEMMs rest on published speed-ups, not a measurement: a gap
     assert [g for g in case.gaps() if "FP8" in g] == [
-        "FP8 current scaling (per-tensor): casts as the recipe fuses them, GEMMs at the profile's BF16 rates times "
-        "published per-tensor cuBLASLt FP8 speed-ups (hwmodels/data/fp8_tensorwise.toml: H100, 2023, 16,384-token "
-        "shapes), not measured here"]
+        "FP8 tensorwise scaling (per-tensor): casts as the recipe fuses them, GEMMs at the profile's BF16 rates "
+        "times published per-tensor cuBLASLt FP8 speed-ups (hwmodels/data/fp8_tensorwise.toml: H100, 2023, "
+        "16,384-token shapes), not measured here"]
     scenario = _scenario(case, "trace-h800")
-    assert scenario.opts.fp8 and scenario.opts.fp8_recipe == "current"
+    assert scenario.opts.fp8 and scenario.opts.fp8_recipe == "tensorwise"
+
+
+def test_tensorwise_casts_every_weight_in_every_pass():
+    """torchao's Float8Linear (roofline_utils, tensorwise, role "weight"): forward, an amax read (2 bytes) and a cast
+    (read 2, write 1) of the k x n weight; backward, the cast again (3); the weight gradient none. Its activation
+    casts are "current"'s. A grouped GEMM casts each group's weight."""
+    from gpuhours.workloads.ops import PassBuilder
+
+    m, n, k, g = 4096, 1536, 7168, 4
+    for phase, per_element in (("F", 5), ("B", 3), ("W", 0)):
+        ours, theirs = (PassBuilder("L0.mlp", "mlp", phase, True, r) for r in ("tensorwise", "current"))
+        ours.gemm("w13", m, n, k, groups=g)
+        theirs.gemm("w13", m, n, k, groups=g)
+        casts = [op for op in ours.ops if op.name.endswith(".weight_cast")]
+        assert sum(op.bytes for op in casts) == per_element * n * k * g
+        assert [op.bytes for op in ours.ops if op not in casts] == [op.bytes for op in theirs.ops]

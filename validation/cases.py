@@ -23,8 +23,10 @@ Layout keys and what the simulator can express today (anything else is reported 
     tp_comm_overlap_impl  "asynctp" (default: PyTorch AsyncTP, torchtitan) | "te-userbuffers" (Megatron-Core with
                           Transformer Engine's userbuffers: its GEMMs lose 16 SMs, hwmodels/tp_overlap_sms.py)
     torch_compile         true is a gap (compiler-fused kernels; simulated as the eager run)
-    precision             "bf16" | "fp8";  fp8_recipe "blockwise" (DeepSeek/DeepGEMM) | "delayed" | "current"
-                          (casts modelled: OpOptions.fp8_recipe; per-tensor GEMMs at blockwise rates: a gap)
+    precision             "bf16" | "fp8";  fp8_recipe "blockwise" (DeepSeek/DeepGEMM) | "delayed" | "current" |
+                          "tensorwise" (torchao's Float8Linear) | "mxfp8"
+                          (casts modelled: OpOptions.fp8_recipe; per-tensor GEMMs at published speed-ups over BF16,
+                          not measured on the run's part: a gap)
     attention_kernel      a measured attention kernel the run's software used (hwmodels/data/attention_kernels.toml:
                           flash2, cudnn); absent: the calibration profile's attention efficiency
     host_dispatch         "eager" (default: PyTorch eager launches, every framework here) | "graphs" (CUDA graphs) |

@@ -98,10 +98,19 @@ RECOMPUTE_POLICIES = ("none", "deepseek", "selective", "full", "torchtitan-op")
 #   "blockwise" DeepSeek-V3 sec. 3.3: 1x128 activation and 128x128 weight scales, casts as separate kernels.
 #   "delayed"   per-tensor scaling from the previous steps' amax history (Transformer Engine's DelayedScaling).
 #   "current"   per-tensor scaling from this tensor's own amax (TE's Float8CurrentScaling, torchao's "dynamic").
+#   "tensorwise" torchao's Float8Linear with dynamic tensorwise scaling: as "current", and every weight is cast
+#               again in every forward and every backward (`PassBuilder.gemm`: torchao's own byte count,
+#               torchao/testing/float8/roofline_utils.py), where Transformer Engine keeps a step's FP8 weights.
 #   "mxfp8"     OCP Microscaling FP8 on Blackwell: one E8M0 scale per 32 elements along K, applied by the tensor
 #               cores (TE's MXFP8BlockScaling, torchao's mxfp8_cublas); GEMMs priced by hwmodels/mxfp8.py.
-FP8_RECIPES = ("blockwise", "delayed", "current", "mxfp8")
-PER_TENSOR_RECIPES = ("delayed", "current")
+FP8_RECIPES = ("blockwise", "delayed", "current", "mxfp8", "tensorwise")
+PER_TENSOR_RECIPES = ("delayed", "current", "tensorwise")
+# torchao's Float8Linear (dynamic tensorwise) casts a weight in every pass, in bytes per weight element
+# (torchao/testing/float8/roofline_utils.py, get_tensor_memory_traffic_ovhd_s, tensorwise, tensor_role "weight"):
+# forward, an amax pass (read BF16, 2) and the cast to the forward's FP8 copy (read BF16, write FP8: 3); backward,
+# the cast again to the copy the input gradient takes (3). The weight gradient needs no weight.
+TORCHAO_WEIGHT_CAST_F = 2 + 3
+TORCHAO_WEIGHT_CAST_B = 3
 
 # How the host launches kernels (`OpOptions.host_dispatch`, `hwmodels.launch`): "eager" (PyTorch eager, each
 # kernel dispatched by the CPU; every framework without CUDA graphs), "graphs" (CUDA graphs: no host time per
@@ -199,6 +208,7 @@ class PassBuilder:
         """A GEMM (m x k) @ (k x n): in F as given; in B the input gradient (m x n) @ (n x k); in W the weight
         gradient (n x m) @ (m x k). FLOPs 2mnk per group either way. `cast=False`: the FP8 input of this pass
         arrives already cast (the MoE up-projection's forward input, cast before the dispatch), no cast op."""
+        weight = n * k  # elements of the weight (k x n as the forward multiplies it)
         if self.phase == "B":
             m, n, k = m, k, n
         elif self.phase == "W":
@@ -212,6 +222,9 @@ class PassBuilder:
         if self.phase == "B" and dtype == "fp8" and self.recipe == "blockwise":  # weight transposed for dgrad
             from gpuhours.workloads.memory_ops import fp8_weight_transpose_bytes
             self.elementwise(f"{name}.weight_t", groups * fp8_weight_transpose_bytes(n, k))
+        if self.phase != "W" and dtype == "fp8" and self.recipe == "tensorwise" and weight:
+            self.elementwise(f"{name}.weight_cast", groups * weight * (TORCHAO_WEIGHT_CAST_F if self.phase == "F"
+                                                                        else TORCHAO_WEIGHT_CAST_B))
         self.ops.append(Op(f"{self.prefix}.{name}", "grouped_gemm" if groups > 1 else "gemm", self.phase,
                            self.module, 2.0 * m * n * k * groups, nbytes, dtype, GemmShape(m, n, k), groups,
                            fp8_recipe=self.recipe if dtype == "fp8" else "blockwise"))
@@ -240,6 +253,9 @@ class PassBuilder:
         read of the BF16 tensor (2 bytes an element) for the amax reduction (Transformer Engine's docs: current
         scaling reads a tensor twice per quantization, delayed scaling once, from its amax history). "delayed"
         takes the scale from the previous steps' amax, recorded as a by-product of the cast: no extra read.
+        "tensorwise" (torchao's Float8Linear, dynamic scaling) casts its activations and output gradients as
+        "current" does (torchao's roofline counts the same 4 bytes an element with torch.compile's fusion), and its
+        weights in every pass: `gemm` adds a weight-cast op (TORCHAO_WEIGHT_CAST_F / _B bytes a weight element).
 
         "mxfp8" (OCP MX, Transformer Engine's MXFP8BlockScaling). Scales run along one axis, so the copy a GEMM
         needs along its K cannot be transposed into the copy the weight gradient needs along the tokens: TE
@@ -257,7 +273,7 @@ class PassBuilder:
         if self.recipe in PER_TENSOR_RECIPES:
             if self.phase == "W":
                 return 0
-            amax = BF16 if self.recipe == "current" else 0
+            amax = BF16 if self.recipe in ("current", "tensorwise") else 0
             return (2 + amax) * m * k
         if self.phase == "W":
             return 2 * k * n

@@ -181,3 +181,26 @@ def test_per_tensor_fp8_dispatch_sends_the_rows_without_scales():
     (a_block, p_block), (a_tensor, p_tensor) = dispatch("blockwise"), dispatch("current")
     assert a_tensor / a_block == pytest.approx(7168 / 7392)
     assert p_tensor / p_block == pytest.approx(7168 / 7392)
+
+
+def test_the_gate_runs_before_the_dispatch_and_its_backward_after():
+    """The dispatch sends what the router chose, cast to FP8 first: the FFN norm, the router GEMM, its top-k and the
+    payload's cast form the segment right before the forward dispatch (named as the attention half of the pass,
+    where DeepSeek's pair launches them), and their backward the segment right after the backward dispatch; the
+    experts' segment holds none of them. The weight gradient keeps the router's weight GEMM."""
+    p = ParallelSpec(num_gpus=2048, pp=16, ep=64)
+    passes = _passes(p, OpOptions(fp8=True))
+    gate_ops = ("ffn_norm", "router.topk", "router", "dispatch.quant")  # as `moe_ops` emits them
+
+    def names(seg):
+        return [op.name.split(".mlp.", 1)[1] for op in seg.ops if ".mlp." in op.name]
+
+    fwd = list(passes.forward)
+    i = next(k for k, seg in enumerate(fwd) if any(op.collective == "ep_dispatch" for op in seg.ops))
+    assert fwd[i - 1].name == "attn(F)" and names(fwd[i - 1]) == list(gate_ops)
+    experts_f = next(seg for seg in fwd if seg.name == "mlp(F)")
+    assert not set(names(experts_f)) & set(gate_ops)
+    bwd = list(passes.backward)
+    j = max(k for k, seg in enumerate(bwd) if any(op.collective == "ep_dispatch" for op in seg.ops))
+    assert bwd[j + 1].name == "attn(B)" and {"router", "router.topk", "ffn_norm"} <= set(names(bwd[j + 1]))
+    assert "router" in names(next(seg for seg in passes.weight if seg.name == "mlp(W)"))

@@ -276,13 +276,14 @@ def layer_passes(model: ModelSpec, layer: int, p: ParallelSpec, seq_len: int, op
             continue
         # DeepSeekMoE (workloads.moe_ops): router and shared experts on the local tokens, routed experts on the
         # dispatched rows, between the dispatch and combine all-to-alls.
-        dispatch, mlp_seg, combine = moe_segments(mlp, model, moe, p, tokens, phase, opts, prefix, layer)
+        # The gate (FFN norm, router, the dispatch's FP8 cast) runs before the dispatch, its backward after it.
+        gate, dispatch, mlp_seg, combine = moe_segments(mlp, model, moe, p, tokens, phase, opts, prefix, layer)
         if phase == "W":
             passes[phase] = [mlp_seg, attn.segment("attn(W)", layer)]
         elif phase == "F":
-            passes[phase] = segs_attn + dispatch + [mlp_seg] + combine
+            passes[phase] = segs_attn + [gate] + dispatch + [mlp_seg] + combine
         else:
-            passes[phase] = combine + [mlp_seg] + dispatch + segs_attn
+            passes[phase] = combine + [mlp_seg] + dispatch + [gate] + segs_attn
     if policy == op_sac.POLICY:  # torchtitan's op-level SAC: its recomputed mms and element-wise ops (`op_sac`)
         again = op_sac.again(passes["F"], model, p, layer, tokens, opts.fp8, opts.fp8_recipe)
     else:

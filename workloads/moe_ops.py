@@ -30,11 +30,20 @@ from gpuhours.workloads.parallel import ParallelSpec
 
 
 def moe_segments(mlp: PassBuilder, model: ModelSpec, moe: MoESpec, p: ParallelSpec, tokens: int, phase: str,
-                 opts: OpOptions, prefix: str, layer: int) -> tuple[list[Segment], Segment, list[Segment]]:
-    """One pass of the MoE block on a rank holding `tokens` tokens of the micro-batch: (the dispatch side, the
-    block's compute segment, the combine side), the sides as `workloads.moe_dispatch.dispatch_segments` gives
-    them (the all-to-all, with the ETP all-gather or reduce-scatter under expert tensor parallelism; or the
-    allgather dispatcher's collectives), each in the order it runs. The weight-gradient pass has no collectives.
+                 opts: OpOptions, prefix: str, layer: int
+                 ) -> tuple[Segment | None, list[Segment], Segment, list[Segment]]:
+    """One pass of the MoE block on a rank holding `tokens` tokens of the micro-batch: (the gate, the dispatch
+    side, the block's compute segment, the combine side), the sides as `workloads.moe_dispatch.dispatch_segments`
+    gives them (the all-to-all, with the ETP all-gather or reduce-scatter under expert tensor parallelism; or the
+    allgather dispatcher's collectives), each in the order it runs. The weight-gradient pass has no collectives
+    and no gate of its own (None).
+
+    The gate: what `mlp` holds on entry (the FFN norm) and the router (its GEMM and top-k) and, under an FP8
+    dispatch, the cast of its payload: the dispatch needs them, so they run before it in the forward, and their
+    backward after the dispatch's (`layer_ops` orders them). It is named as the attention half of the pass
+    ("attn(F)", "attn(B)"), where DeepSeek's overlapped pair runs it: its trace (profile-data train.json) launches
+    every forward router GEMM, top-k, group-limited routing and auxiliary-statistics kernel, and every router
+    backward GEMM, under the attention annotations.
 
     Forward: dispatch (FP8 payload under the FP8 recipe) -> experts -> combine (BF16); backward runs
     combine(B) (the output gradients, FP8 under the blockwise recipe) -> experts(B) -> dispatch(B) (the input
@@ -57,6 +66,9 @@ def moe_segments(mlp: PassBuilder, model: ModelSpec, moe: MoESpec, p: ParallelSp
     recv = received_tokens(executed, moe, p)
     if phase == "F" and fp8_payload:
         mlp.elementwise("dispatch.quant", mlp._quant_bytes(local_tokens, 2 * e, h))
+    gate = None
+    if phase != "W":
+        gate, mlp.ops = Segment(f"attn({phase})", "compute", tuple(mlp.ops), layer), []
     # The backward's combine carries the output gradients already cast (FP8 1x128, the sender's own tokens:
     # `moe_dispatch.combine_bytes_per_row`), so w2's input-gradient GEMM takes them as they arrive, and only the
     # column-wise copy its weight gradient needs is made from them (read and write FP8, 2 bytes an element).
@@ -87,6 +99,6 @@ def moe_segments(mlp: PassBuilder, model: ModelSpec, moe: MoESpec, p: ParallelSp
         branch_add(mlp, "residual", local_tokens, h)
     mlp_seg = mlp.segment(f"mlp({phase})", layer)
     if phase == "W":
-        return [], mlp_seg, []
+        return None, [], mlp_seg, []
     dispatch, combine = dispatch_segments(prefix, phase, h, moe, p, local_tokens, opts, layer)
-    return dispatch, mlp_seg, combine
+    return gate, dispatch, mlp_seg, combine

@@ -80,6 +80,6 @@ def test_validation_page_lists_the_trace_profiles_residuals_by_phase(results, tm
     assert "## Residuals by phase" in text
     measured, simulated = res["gemm_fp8"]["phases_ms"]["mlp(W)"]
     assert f"| gemm_fp8 | mlp(W) | {measured:.2f} | {simulated:.2f} |" in text
-    assert f"| memory | mlp(B) |" in text and f"{res['memory']['spread']:.1%} |" in text
+    assert "| memory | mlp(B) |" in text and f"{res['memory']['spread']:.1%} |" in text
     bare = write_validation_page(dict(results, phase_residuals=None), tmp_path / "bare").read_text()
     assert "## Residuals by phase" not in bare

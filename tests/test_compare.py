@@ -83,3 +83,12 @@ def test_validation_page_lists_the_trace_profiles_residuals_by_phase(results, tm
     assert "| memory | mlp(B) |" in text and f"{res['memory']['spread']:.1%} |" in text
     bare = write_validation_page(dict(results, phase_residuals=None), tmp_path / "bare").read_text()
     assert "## Residuals by phase" not in bare
+
+
+def test_another_traces_page_shows_no_residuals_of_the_bundled_pair(tmp_path):
+    """The residuals belong to the pair trace-h800 was derived from: a synthetic trace's comparison leaves them out."""
+    from gpuhours.validation.synthetic_trace import pair_for_profile, write_trace
+
+    path = write_trace(tmp_path / "train.json", pair_for_profile(layers=2))
+    assert compare_all(trace_path=path, with_gpu_hours=False)["phase_residuals"] is None
+    assert compare_all(trace_path=TRACE_PATH, with_gpu_hours=False)["phase_residuals"] is not None

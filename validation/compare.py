@@ -135,16 +135,22 @@ def compare_all(bench_profile: str | Path | None = None, trace_path: str | Path 
         "published_gpu_hours": PUBLISHED_GPU_HOURS,
         "published_source": PUBLISHED_SOURCE,
         "sources": sources,
-        "phase_residuals": _phase_residuals(),
+        "phase_residuals": _phase_residuals(measured),
     }
 
 
-def _phase_residuals() -> dict | None:
-    """The bundled trace profile's per-class, per-phase residuals (`validation.trace_phases`), if it records them."""
+def _phase_residuals(measured: dict) -> dict | None:
+    """The bundled trace profile's per-class, per-phase residuals (`validation.trace_phases`), when it records them
+    and `measured` is the pair it was derived from (same span and compute union): another trace's page would
+    otherwise show residuals of a pair it does not describe."""
     try:
-        return (load_profile(PROFILE_NAME).trace or {}).get("derivation", {}).get("phase_residuals")
+        trace = load_profile(PROFILE_NAME).trace or {}
     except ValueError:
         return None
+    own = trace.get("measured", {})
+    if any(own.get(k) != measured.get(k) for k in ("span_ms", "compute_union_ms")):
+        return None
+    return trace.get("derivation", {}).get("phase_residuals")
 
 
 if __name__ == "__main__":  # python -m gpuhours.validation.compare [BENCH_PROFILE.json]

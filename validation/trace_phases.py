@@ -7,15 +7,17 @@ names (`traced_pair.phase_ops`). Two things follow from setting the two side by 
 - **Weight-gradient GEMMs are a table of their own.** Under the blockwise recipe a weight gradient is a different
   kernel (both operands 1x128-scaled along the tokens, FP32 accumulation: `hwmodels/wgrad.py`), and the trace
   times it apart from the forward and input-gradient GEMMs: the FP8 GEMM time of the W phases against our W ops
-  (at the base profile's weight-gradient curves) gives its own ratio (`wgrad_ratio`), which scales the base's
-  ``wgrad`` section, as the dense and grouped ratios scale the forward curves. A base without that section keeps
-  the weight gradients on the dense ratio (`calibrate_trace.derive_profile`).
+  (at the base profile's weight-gradient curves) gives its own ratio (the derivation's "wgrad.fp8" time ratio,
+  `calibrate_trace.derive_profile`), which scales the base's ``wgrad`` section (`scaled_wgrad`), as the dense and
+  grouped ratios scale the forward curves. A base without that section keeps the weight gradients on the dense
+  ratio.
 - **Residual spread.** After the derivation, each class's time in each phase is measured against the derived
   profile's prediction for the ops of that phase. Per class, the spread of ln(measured / predicted) over its
   phases, weighted by the measured time, is how far one figure per class is from the kernels it stands for: the
   shapes differ from phase to phase, so it is the uncertainty that figure carries to other shapes
-  (`residual_spread`). A class measured in one phase only (attention forward and backward) has no spread to
-  show; `None`.
+  (`residual_spread`). It also holds whatever our ops put in another phase than the trace's kernels run in (the
+  MoE gate did, until `moe_ops` ran it before the dispatch). A class measured in one phase only (attention
+  forward and backward) has no spread to show; `None`.
 """
 
 from __future__ import annotations

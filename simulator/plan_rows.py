@@ -17,14 +17,21 @@ class Candidate:
     recompute: str = "none"
     zero_stage: int = 1
     etp: int = 1  # expert tensor parallelism (MoE only)
+    comm_sms: int | None = None  # SMs for DeepEP under an overlapping schedule; None: the saturating 20
+
+    @property
+    def overlaps_comm(self) -> bool:
+        """DualPipe / DualPipeV with expert parallelism: the all-to-alls run beside compute on comm_sms SMs."""
+        return self.schedule in ("dualpipe", "dualpipev") and self.ep > 1
 
     @property
     def label(self) -> str:
         parts = [f"TP{self.tp}", f"PP{self.pp}"] + ([f"CP{self.cp}"] if self.cp > 1 else [])
         parts += [f"EP{self.ep}"] if self.ep > 1 else []
         parts += [f"ETP{self.etp}"] if self.etp > 1 else []
-        return " ".join(parts + [self.schedule, f"mbs{self.micro_batch_size}", f"recompute={self.recompute}",
-                                 f"ZeRO-{self.zero_stage}"])
+        parts += [self.schedule, f"mbs{self.micro_batch_size}", f"recompute={self.recompute}",
+                  f"ZeRO-{self.zero_stage}"]
+        return " ".join(parts + ([f"comm_sms={self.comm_sms}"] if self.comm_sms is not None else []))
 
 
 @dataclass(frozen=True)

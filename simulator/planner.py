@@ -6,7 +6,7 @@
    EP > 1 (pp = 1: 1f1b only, the others add nothing there), micro-batch 1/2/4, recompute none / deepseek (MLA
    only) / selective / full, ZeRO 1/3. With tp > 1 sequence parallelism and tp_comm_overlap are on (assumed never
    slower: they only cut memory or exposed time). Overlapping schedules with EP get DeepEP's saturating 20 comm SMs
-   (hwmodels/data/comm_kernels.toml, as DeepSeek reserves).
+   (hwmodels/data/comm_kernels.toml, as DeepSeek reserves) while searching.
 2. Prune, in order, each rule counted in enumerated variants: "layout" (ParallelSpec / check_model ValueError),
    "batch" (the batch is not dp x micro-batch x m sequences with m a micro-batch count the schedule takes
    without padding), "memory" (the variant does not fit: first a closed-form test, weights + gradients +
@@ -17,7 +17,9 @@
 3. Rank the survivors by a cheap score (`plan_bounds.cheap_score`: a heuristic, not a bound) and simulate, up to
    `max_simulated`: first the best-scored layout of each (tp, pp, cp, ep) group (up to 2/3 of the cap), then
    the other schedules / micro-batch sizes of the groups whose first layout simulated best.
-4. Each is simulated through the scenario path (StepSimulator + estimate_run + memory_breakdown) and ranked by
+4. When the best is an overlapping layout, it is simulated again with COMM_SMS_TRIED other SMs for DeepEP
+   (fewer stretch the transfers, more slow every GEMM: `hwmodels.deepep`), each a row of its own.
+5. Each is simulated through the scenario path (StepSimulator + estimate_run + memory_breakdown) and ranked by
    the goal; each runner-up gets the reason it loses to the best. `max_days` and `budget` (dollars) refuse the
    layouts slower or dearer than they allow; `cluster` names the fabric (a preset or cluster file, as
    `gpuhours estimate --cluster`) every layout is routed on.
@@ -48,6 +50,7 @@ MOE_SCHEDULES = DENSE_SCHEDULES + ("dualpipe", "dualpipev")
 CP_MIN_SEQ = 8192
 DEFAULT_BATCH_TOKENS = 4 * 2**20
 RULES = ("layout", "batch", "memory", "dominated", "not simulated (cap)")
+COMM_SMS_TRIED = (12, 16, 24)  # beside the saturating 20: the default case's sweep has its optimum in 14..22
 _GIB = 2**30
 
 
@@ -84,11 +87,10 @@ def _variants(model) -> list[tuple[int, str]]:
 
 
 def _parallel(c: Candidate, gpus: int) -> ParallelSpec:
-    overlap = c.schedule in ("dualpipe", "dualpipev") and c.ep > 1  # reserve the SMs that saturate the links
+    sms = (c.comm_sms if c.comm_sms is not None else deepep_saturating_sms()) if c.overlaps_comm else 0
     return ParallelSpec(num_gpus=gpus, pp=c.pp, ep=c.ep, tp=c.tp, cp=c.cp, zero_stage=c.zero_stage, etp=c.etp,
                         micro_batch_size=c.micro_batch_size, schedule=c.schedule,
-                        vpp=2 if c.schedule == "interleaved-1f1b" else 1,
-                        comm_sms=deepep_saturating_sms() if overlap else 0, tp_comm_overlap=c.tp > 1,
+                        vpp=2 if c.schedule == "interleaved-1f1b" else 1, comm_sms=sms, tp_comm_overlap=c.tp > 1,
                         sequence_parallel=True)
 
 
@@ -177,6 +179,7 @@ def plan_layouts(model: str, gpu: str, gpus: int, *, seq_len: int, tokens: float
     rows = _search(survivors, max_simulated, progress, errors, lambda tasks: run_tasks(_simulate_or_refusal, tasks,
                                                                                          workers))
     pruned["not simulated (cap)"] = len(survivors) - len(rows) - len(errors)
+    tried = _comm_sms_rows(rows, base, errors, lambda tasks: run_tasks(_simulate_or_refusal, tasks, workers))
     reference = _reference(spec.name, gpu, gpus, seq_len, float(tokens), batch, cluster)
     if reference is not None:
         same = next((r for r in rows if r.candidate == reference.candidate), None)
@@ -191,8 +194,11 @@ def plan_layouts(model: str, gpu: str, gpus: int, *, seq_len: int, tokens: float
     rest.sort(key=lambda r: (not r.fits, key(r)))
     best = ok[0] if ok else None
     ranked = tuple([r if r is best else replace(r, reason=_why(r, best, max_days, budget)) for r in ok + rest])
-    notes = [f"{len(survivors)} layouts survived pruning; simulated {len(rows)}: the best-scored of each (tp, pp, "
-             f"cp, ep) group, then more schedules / micro-batch sizes of the groups that simulated best"]
+    notes = [f"{len(survivors)} layouts survived pruning; simulated {len(rows) - tried}: the best-scored of each "
+             f"(tp, pp, cp, ep) group, then more schedules / micro-batch sizes of the groups that simulated best"]
+    if tried:
+        notes.append(f"the best overlapping layout was simulated again with {tried} other SM counts for DeepEP "
+                     f"({', '.join(map(str, COMM_SMS_TRIED))} beside the saturating {deepep_saturating_sms()})")
     notes += errors
     notes += ["on a fixed number of GPUs cost and days rank alike (cost = days x gpus x 24 x price)"]
     if reference is not None:
@@ -204,6 +210,27 @@ def plan_layouts(model: str, gpu: str, gpus: int, *, seq_len: int, tokens: float
     return PlanResult(spec.name, base.cluster.gpu.name, gpus, seq_len, float(tokens), batch, note, goal, max_days,
                       "fp8" if base.opts.fp8 else "bf16", best, ranked, enumerated, pruned, len(rows) + len(errors),
                       time.perf_counter() - t0, tuple(notes), budget)
+
+
+def _comm_sms_rows(rows: list[PlanRow], base: Scenario, errors: list[str], run_batch) -> int:
+    """When the best-ranked row that fits is an overlapping layout, simulate it again with each of COMM_SMS_TRIED
+    SMs for DeepEP (same layout otherwise) and add those rows; the number added."""
+    fits = sorted((r for r in rows if r.fits), key=lambda r: r.cost_usd)
+    if not fits or not fits[0].candidate.overlaps_comm:
+        return 0
+    best = fits[0].candidate
+    tasks = []
+    for sms in COMM_SMS_TRIED:
+        c = replace(best, comm_sms=sms)
+        tasks.append((_scenario(base, c), c, float("nan")))
+    added = 0
+    for label, row, refusal in run_batch(tasks):
+        if row is None:
+            errors.append(f"{label}: simulation refused: {refusal}")
+        else:
+            rows.append(row)
+            added += 1
+    return added
 
 
 def _reference(model: str, gpu: str, gpus: int, seq_len: int, tokens: float, batch: int,
@@ -320,6 +347,8 @@ def planned_layout(model: str, gpu: str | None, gpus: int | None, seq_len: int |
     overrides = dict(pp=c.pp, tp=c.tp, ep=c.ep, cp=c.cp, schedule=c.schedule, micro_batch_size=c.micro_batch_size,
                      recompute=c.recompute, zero_stage=c.zero_stage, batch=result.batch,
                      vpp=2 if c.schedule == "interleaved-1f1b" else 1, tp_comm_overlap=c.tp > 1, etp=c.etp)
+    if c.comm_sms is not None:
+        overrides["comm_sms"] = c.comm_sms
     note = (f"layout chosen by gpuhours plan: {result.best.layout}, the best of {result.simulated} simulated "
             f"({result.wall_s:.0f} s) at a constant batch of {result.batch} ({result.batch_note}); give --pp, --tp, "
             f"--ep, ... to set your own")

@@ -244,3 +244,42 @@ def test_cluster_names_the_fabric_every_layout_is_routed_on(small, tmp_path):
     assert common and all(s >= f for f, s in common) and any(s > f for f, s in common)
     with pytest.raises(ValueError, match="cluster must be one of deepseek-h800, .* got 'no-such-fabric'"):
         plan_layouts(small, "H100", 16, cluster="no-such-fabric", max_simulated=2, **RUN)
+
+
+def test_the_best_overlapping_layout_is_tried_with_other_comm_sms():
+    """DualPipe with EP is simulated again with 12, 16 and 24 SMs for DeepEP (its layout otherwise the same, each
+    a row of its own, labelled); a best that does not overlap communication, or a best that does not fit, is not."""
+    from types import SimpleNamespace
+
+    from gpuhours.simulator.plan_rows import Candidate
+    from gpuhours.simulator.planner import COMM_SMS_TRIED, _comm_sms_rows
+
+    base = load_scenario()
+    dual = Candidate(1, 16, 1, 64, "dualpipe", 1, "deepseek", 1)
+    plain = Candidate(1, 8, 1, 32, "1f1b", 1, "deepseek", 1)
+    assert dual.overlaps_comm and not plain.overlaps_comm
+    assert "comm_sms" not in dual.label and Candidate(**{**dual.__dict__, "comm_sms": 12}).label.endswith(
+        "comm_sms=12")
+    seen = []
+
+    def run_batch(tasks):
+        seen.extend(tasks)
+        return [(c.label, SimpleNamespace(candidate=c, fits=True, cost_usd=1.0), "") for _, c, _ in tasks]
+
+    rows = [SimpleNamespace(candidate=dual, fits=True, cost_usd=2.0),
+            SimpleNamespace(candidate=plain, fits=True, cost_usd=3.0)]
+    assert _comm_sms_rows(rows, base, [], run_batch) == len(COMM_SMS_TRIED) == 3
+    assert [c.comm_sms for _, c, _ in seen] == [12, 16, 24]
+    assert [sc.parallel.comm_sms for sc, _, _ in seen] == [12, 16, 24]
+    assert all(replace_sms(c) == dual for _, c, _ in seen) and len(rows) == 5
+    seen.clear()
+    assert _comm_sms_rows([SimpleNamespace(candidate=plain, fits=True, cost_usd=1.0),
+                           SimpleNamespace(candidate=dual, fits=True, cost_usd=2.0)], base, [], run_batch) == 0
+    assert _comm_sms_rows([SimpleNamespace(candidate=dual, fits=False, cost_usd=1.0)], base, [], run_batch) == 0
+    assert seen == []
+
+
+def replace_sms(c):
+    from dataclasses import replace
+
+    return replace(c, comm_sms=None)

@@ -223,14 +223,18 @@ def _comm_sms_rows(rows: list[PlanRow], base: Scenario, errors: list[str], run_b
     for sms in COMM_SMS_TRIED:
         c = replace(best, comm_sms=sms)
         tasks.append((_scenario(base, c), c, float("nan")))
-    added = 0
-    for label, row, refusal in run_batch(tasks):
+    return sum(row is not None for _, row in _kept(run_batch(tasks), rows, errors))
+
+
+def _kept(results, rows: list[PlanRow], errors: list[str]):
+    """An executor's (label, row or None, refusal) results: each row appended to `rows`, each layout the simulator
+    refuses listed in `errors` (the notes, not ranked); yields (label, row or None) as they come."""
+    for label, row, refusal in results:
         if row is None:
             errors.append(f"{label}: simulation refused: {refusal}")
         else:
             rows.append(row)
-            added += 1
-    return added
+        yield label, row
 
 
 def _reference(model: str, gpu: str, gpus: int, seq_len: int, tokens: float, batch: int,
@@ -272,12 +276,9 @@ def _search(survivors, cap: int, progress, errors: list[str], run_batch) -> list
     def run(batch: list) -> dict:
         nonlocal done
         out = {}
-        for label, row, refusal in run_batch([(s[2], s[1], s[0]) for s in batch]):
+        for label, row in _kept(run_batch([(s[2], s[1], s[0]) for s in batch]), rows, errors):
             done += 1
-            if row is None:  # a layout the simulator refuses: listed in the notes, not ranked
-                errors.append(f"{label}: simulation refused: {refusal}")
-            else:
-                rows.append(row)
+            if row is not None:
                 out[label] = row
             if progress:
                 progress(done, total)

@@ -249,6 +249,7 @@ def test_cluster_names_the_fabric_every_layout_is_routed_on(small, tmp_path):
 def test_the_best_overlapping_layout_is_tried_with_other_comm_sms():
     """DualPipe with EP is simulated again with 12, 16 and 24 SMs for DeepEP (its layout otherwise the same, each
     a row of its own, labelled); a best that does not overlap communication, or a best that does not fit, is not."""
+    from dataclasses import replace
     from types import SimpleNamespace
 
     from gpuhours.simulator.plan_rows import Candidate
@@ -271,15 +272,10 @@ def test_the_best_overlapping_layout_is_tried_with_other_comm_sms():
     assert _comm_sms_rows(rows, base, [], run_batch) == len(COMM_SMS_TRIED) == 3
     assert [c.comm_sms for _, c, _ in seen] == [12, 16, 24]
     assert [sc.parallel.comm_sms for sc, _, _ in seen] == [12, 16, 24]
-    assert all(replace_sms(c) == dual for _, c, _ in seen) and len(rows) == 5
+    assert all(replace(c, comm_sms=None) == dual for _, c, _ in seen) and len(rows) == 5
     seen.clear()
     assert _comm_sms_rows([SimpleNamespace(candidate=plain, fits=True, cost_usd=1.0),
                            SimpleNamespace(candidate=dual, fits=True, cost_usd=2.0)], base, [], run_batch) == 0
     assert _comm_sms_rows([SimpleNamespace(candidate=dual, fits=False, cost_usd=1.0)], base, [], run_batch) == 0
     assert seen == []
 
-
-def replace_sms(c):
-    from dataclasses import replace
-
-    return replace(c, comm_sms=None)

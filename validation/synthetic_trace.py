@@ -31,7 +31,9 @@ round trip must give the same figures back.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
 
@@ -131,13 +133,16 @@ LAYER_KERNELS: tuple[KernelSlot, ...] = (
 del _S
 
 
+@lru_cache(maxsize=None)
 def slot_counts(stream: int) -> dict[str, int]:
     """Kernels of each class on `stream` (twins not counted) in one layer."""
-    counts: dict[str, int] = {}
-    for k in LAYER_KERNELS:
-        if k.stream == stream:
-            counts[k.op_class] = counts.get(k.op_class, 0) + 1
-    return counts
+    return dict(Counter(k.op_class for k in LAYER_KERNELS if k.stream == stream))
+
+
+@lru_cache(maxsize=1)
+def _phase_slot_counts() -> dict[tuple[str, str], int]:
+    """Stream-7 kernels of each (phase, class) in one layer (twins not counted)."""
+    return dict(Counter((k.phase, k.op_class) for k in LAYER_KERNELS if k.stream == STREAM_COMPUTE))
 
 
 def _check_times(what: str, times: Mapping[str, float], stream: int) -> dict[str, float]:
@@ -203,15 +208,6 @@ class SyntheticPair:
                     / (_phase_slot_counts()[(slot.phase, slot.op_class)] * self.layers))
         times = self.compute_times if slot.stream == STREAM_COMPUTE else self.comm_times
         return times[slot.op_class] / (slot_counts(slot.stream)[slot.op_class] * self.layers)
-
-
-def _phase_slot_counts() -> dict[tuple[str, str], int]:
-    """Stream-7 kernels of each (phase, class) in one layer (twins not counted)."""
-    counts: dict[tuple[str, str], int] = {}
-    for k in LAYER_KERNELS:
-        if k.stream == STREAM_COMPUTE:
-            counts[(k.phase, k.op_class)] = counts.get((k.phase, k.op_class), 0) + 1
-    return counts
 
 
 def build_trace(pair: SyntheticPair, gpu_annotations: bool = False) -> dict:

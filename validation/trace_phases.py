@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 from gpuhours.hwmodels.calibration import CalibrationProfile
 from gpuhours.hwmodels.cluster import ClusterSpec
 from gpuhours.hwmodels.compute import ComputeModel
+from gpuhours.validation.traced_pair import trace_class_of
 from gpuhours.workloads.ops import Op
 
 # The sensitivity quantities (simulator/sensitivity.py) each trace class's spread stands for.
@@ -121,8 +122,6 @@ def phase_residuals(profile: CalibrationProfile, pairs: list[tuple[str, Op]],
     """(the ``uncertainty`` section, its record): each class's time per phase under the derived `profile` (what the
     simulator prices: `ComputeModel.duration` at the pair's compute SM fraction) against the trace's `measured`
     phase -> class -> seconds (`uncertainty_section`)."""
-    from gpuhours.validation.traced_pair import trace_class_of
-
     cm = ComputeModel(cluster.gpu, profile)
     sm_fraction = (cluster.gpu.sms - comm_sms) / cluster.gpu.sms
     predicted = class_phase_times(pairs, trace_class_of, lambda op: cm.duration(op, sm_fraction=sm_fraction))

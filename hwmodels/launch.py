@@ -21,7 +21,11 @@ Two effects, both from `data/launch.toml` (sources there):
 
 A calibration profile with a ``launch`` section (measured by ``gpuhours calibrate bench``, validation/bench_launch.py;
 schema in hwmodels/profile_sections.py) replaces ``kernel_gap_us`` and/or ``eager_dispatch_us`` with its own
-figures (`LaunchModel.for_profile`); the kernel counts and the CUDA-graphs figure stay data/launch.toml's.
+figures (`LaunchModel.for_profile`). A profile calibrated from a trace may also carry ``kernels_per_op``: how many
+kernels the traced software stack launched per op of ours, by op kind (validation/trace_launch.py counts them; an
+eager stack runs bookkeeping kernels -- fills, index and copy kernels -- beside the fused ones we decompose). It
+replaces the kind's count of data/launch.toml for the gap and the host terms; the CUDA-graphs figure stays
+data/launch.toml's.
 
 Which stacks launch eagerly (`OpOptions.host_dispatch`): every framework in the accuracy suite does without
 CUDA graphs -- Megatron-LM with Transformer Engine, DeepSeek's own (its trace shows the host 16 ms ahead),
@@ -49,6 +53,7 @@ class LaunchModel:
     eager_dispatch_s: float      # host CPU time per kernel launched from PyTorch eager
     graphs_dispatch_s: float     # host time per kernel under CUDA graphs
     kernels: tuple[tuple[str, int], ...]  # (op kind or "attention_forward"/"attention_backward", kernels)
+    measured_kernels: tuple[tuple[str, float], ...] = ()  # a profile's kernels per op by kind (replace `kernels`)
 
     def __post_init__(self):
         for name in ("kernel_gap_s", "eager_dispatch_s", "graphs_dispatch_s"):
@@ -58,6 +63,12 @@ class LaunchModel:
         for kind, n in self.kernels:
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(f"kernels.{kind} must be a whole number >= 1, got {n!r}")
+        table = dict(self.kernels)
+        for kind, n in self.measured_kernels:
+            if kind not in table:
+                raise ValueError(f"kernels_per_op: unknown kind {kind!r}; allowed: {', '.join(sorted(table))}")
+            if isinstance(n, bool) or not isinstance(n, (int, float)) or not 0 < n < 1e4:
+                raise ValueError(f"kernels_per_op.{kind} must be a number of kernels in (0, 1e4), got {n!r}")
 
     @staticmethod
     @lru_cache(maxsize=1)
@@ -79,23 +90,40 @@ class LaunchModel:
             out = replace(out, kernel_gap_s=measured.kernel_gap_us * 1e-6)
         if measured.eager_dispatch_us is not None:
             out = replace(out, eager_dispatch_s=measured.eager_dispatch_us * 1e-6)
+        if measured.kernels_per_op:
+            out = replace(out, measured_kernels=tuple(sorted(measured.kernels_per_op)))
         return out
 
-    def kernel_count(self, op: Op) -> int:
-        """GPU kernels `op` launches: per kind, attention by direction (collectives: 0, their network model
-        prices their own latency)."""
+    def kinds(self) -> tuple[str, ...]:
+        """The op kinds with a kernel count (data/launch.toml [kernels])."""
+        return tuple(k for k, _ in self.kernels)
+
+    def kind_of(self, op: Op) -> str | None:
+        """`op`'s key in the kernel counts: its kind, attention by direction; None for a collective."""
         if op.kind == "collective":
-            return 0
+            return None
         key = op.kind
         if op.kind == "attention":
             key = "attention_forward" if op.phase == "F" else "attention_backward"
-        table = dict(self.kernels)
-        if key not in table:
+        if key not in dict(self.kernels):
             raise ValueError(f"op {op.name!r}: kind {op.kind!r} has no kernel count in {DATA.name}; allowed kinds: "
-                             f"{', '.join(sorted(table))}")
-        return table[key]
+                             f"{', '.join(self.kinds())}")
+        return key
 
-    def op_time(self, gpu_seconds: float, kernels: int, host_dispatch: str = "eager") -> float:
+    def kernel_count(self, op: Op, measured: bool = True) -> float:
+        """GPU kernels `op` launches: per kind, attention by direction (collectives: 0, their network model
+        prices their own latency); the profile's measured kernels per op of that kind where it has one (a mean:
+        not a whole number), data/launch.toml's count otherwise (always, with ``measured=False``)."""
+        key = self.kind_of(op)
+        if key is None:
+            return 0
+        if measured:
+            got = dict(self.measured_kernels).get(key)
+            if got is not None:
+                return got
+        return dict(self.kernels)[key]
+
+    def op_time(self, gpu_seconds: float, kernels: float, host_dispatch: str = "eager") -> float:
         """Stream time of an op of `kernels` kernels whose roofline time is `gpu_seconds`: t + k x gap (t under
         host_dispatch "none", the model without launch overheads)."""
         self.dispatch_s(host_dispatch)  # refuses unknown values
@@ -107,6 +135,6 @@ class LaunchModel:
             raise ValueError(f"host_dispatch must be one of {', '.join(HOST_DISPATCH)}; got {host_dispatch!r}")
         return {"eager": self.eager_dispatch_s, "graphs": self.graphs_dispatch_s}.get(host_dispatch, 0.0)
 
-    def instruction_time(self, gpu_span: float, kernels: int, host_dispatch: str) -> float:
+    def instruction_time(self, gpu_span: float, kernels: float, host_dispatch: str) -> float:
         """An instruction's time when its host issues `kernels` kernels: max(GPU span, kernels x dispatch)."""
         return max(gpu_span, kernels * self.dispatch_s(host_dispatch))

@@ -12,12 +12,15 @@
 
 ``launch``: measured launch overheads (validation/bench_launch.py)::
 
-    "launch": {"kernel_gap_us"?: x, "eager_dispatch_us"?: y, "launch_interval_us"?: z, "provenance": str}
+    "launch": {"kernel_gap_us"?: x, "eager_dispatch_us"?: y, "launch_interval_us"?: z,
+               "kernels_per_op"?: {"<kind>": n, ...}, "provenance": str}
 
   ``kernel_gap_us``: GPU idle time between back-to-back kernels of one stream with the host ahead;
   ``eager_dispatch_us``: host time per kernel launched from PyTorch eager; ``launch_interval_us``: start-to-start
-  interval of back-to-back trivial kernels (informational). At least one of the first two; each is used by
-  `hwmodels/launch.py` in place of data/launch.toml's figure when present.
+  interval of back-to-back trivial kernels (informational); ``kernels_per_op``: kernels a traced stack launched
+  per op of ours, by data/launch.toml's kinds (validation/trace_launch.py). At least one of ``kernel_gap_us``,
+  ``eager_dispatch_us`` and ``kernels_per_op``; each is used by `hwmodels/launch.py` in place of
+  data/launch.toml's figure when present.
 
 ``comm.nccl_intra_node`` (validation/bench_nccl.py; ``comm`` stays free-form otherwise)::
 
@@ -75,6 +78,7 @@ class LaunchSection:
     eager_dispatch_us: float | None
     launch_interval_us: float | None
     provenance: str
+    kernels_per_op: tuple[tuple[str, float], ...] = ()   # (kind, kernels per op), sorted by kind
 
 
 def _num(d: dict, key: str, where: str, *, positive: bool = True) -> float:
@@ -148,9 +152,9 @@ def parse_launch(d) -> LaunchSection | None:
         return None
     if not isinstance(d, dict):
         raise ValueError("calibration: 'launch' must be an object")
-    _only(d, {*LAUNCH_FIGURES, "provenance"}, "launch")
-    if "kernel_gap_us" not in d and "eager_dispatch_us" not in d:
-        raise ValueError("calibration: 'launch' needs 'kernel_gap_us' or 'eager_dispatch_us' (or both)")
+    _only(d, {*LAUNCH_FIGURES, "kernels_per_op", "provenance"}, "launch")
+    if not {"kernel_gap_us", "eager_dispatch_us", "kernels_per_op"} & set(d):
+        raise ValueError("calibration: 'launch' needs 'kernel_gap_us', 'eager_dispatch_us' or 'kernels_per_op'")
     vals = {}
     for key in LAUNCH_FIGURES:
         if key in d:
@@ -158,11 +162,31 @@ def parse_launch(d) -> LaunchSection | None:
             if vals[key] >= 1e6:
                 raise ValueError(f"calibration: 'launch.{key}' must be below 1e6 us (one second), got {vals[key]!r}")
     return LaunchSection(vals.get("kernel_gap_us"), vals.get("eager_dispatch_us"), vals.get("launch_interval_us"),
-                         _str(d, "provenance", "launch", True))
+                         _str(d, "provenance", "launch", True), _kernels_per_op(d.get("kernels_per_op")))
+
+
+def _kernels_per_op(d) -> tuple[tuple[str, float], ...]:
+    """``launch.kernels_per_op``: kinds of data/launch.toml's [kernels], each a number of kernels > 0."""
+    if d is None:
+        return ()
+    from gpuhours.hwmodels.launch import LaunchModel  # reads data/launch.toml: the allowed kinds
+    kinds = LaunchModel.load().kinds()
+    if not isinstance(d, dict) or not d:
+        raise ValueError(f"calibration: 'launch.kernels_per_op' must be an object of kinds ({', '.join(kinds)}) "
+                         f"to kernels per op")
+    for kind, n in d.items():
+        if kind not in kinds:
+            raise ValueError(f"calibration: 'launch.kernels_per_op' has unknown kind {kind!r}; allowed: "
+                             f"{', '.join(kinds)}")
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or not 0 < n < 1e4:
+            raise ValueError(f"calibration: 'launch.kernels_per_op.{kind}' must be a number in (0, 1e4), got {n!r}")
+    return tuple(sorted((k, float(n)) for k, n in d.items()))
 
 
 def launch_dict(s: LaunchSection) -> dict:
     out = {k: getattr(s, k) for k in LAUNCH_FIGURES if getattr(s, k) is not None}
+    if s.kernels_per_op:
+        out["kernels_per_op"] = dict(s.kernels_per_op)
     out["provenance"] = s.provenance
     return out
 

@@ -105,9 +105,10 @@ def explain(results: dict) -> str:
                 f"casts, caches and sums of workloads/memory_ops.py included): the trace's many small cast, "
                 f"transpose, norm and routing kernels run below that, and launch-bound ones are not modelled.")
     if "trace-h800" in ok:
-        parts.append("`trace-h800` is derived from this trace and matches the compute busy time by construction; "
-                     "its span gap is the part of the measured pair our schedule does not reproduce (the second "
-                     "compute stream, launch gaps and waits on the all-to-all).")
+        parts.append("`trace-h800` is derived from this trace and matches the compute busy time by construction, "
+                     "and it counts the trace's kernels per op for the launch gaps; its span gap is the part of the "
+                     "measured pair our schedule does not reproduce (the second compute stream and the waits on the "
+                     "all-to-all).")
     return " ".join(parts)
 
 
@@ -201,8 +202,9 @@ def render_markdown(results: dict) -> str:
                          for c in classes]))
     if "launch_gap" in classes:
         lines += ["", "`launch_gap`: simulated, the GPU-side gaps between back-to-back kernels (hwmodels/launch.py: "
-                  "2 us a kernel); measured, the compute streams' idle time inside the span (span minus their "
-                  "union: the gaps and the waits for the other streams)."]
+                  "2 us a kernel, over the profile's kernels per op where it counted them from a trace); measured, "
+                  "the compute streams' idle time inside the span (span minus their union: the gaps and the waits "
+                  "for the other streams)."]
     pub = results.get("published_gpu_hours")
     lines += ["", "## DeepSeek-V3 pre-training GPU-hours (default scenario)", ""]
     rows = [[s, f"{ok[s]['gpu_hours'] / 1e6:.3f}M", f"{pub / 1e6:.3f}M" if pub else "n/a",

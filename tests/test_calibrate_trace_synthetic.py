@@ -15,8 +15,8 @@ from gpuhours.hwmodels.calibration import load_profile
 from gpuhours.hwmodels.gpus import load_gpu
 from gpuhours.validation.calibrate_trace import measure, profile_from_traced_case
 from gpuhours.validation.compare import compare_traced_pair
-from gpuhours.validation.synthetic_trace import (KnownProfile, SyntheticPair, build_trace, pair_for_profile,
-                                                 write_trace)
+from gpuhours.validation.synthetic_trace import (LAYER_KERNELS, STREAM_COMPUTE, KnownProfile, SyntheticPair,
+                                                 build_trace, pair_for_profile, slot_counts, write_trace)
 from gpuhours.validation.trace import load_trace
 from gpuhours.workloads.presets import load_preset
 
@@ -64,6 +64,18 @@ def test_round_trip_recovers_the_known_calibration(case):
     assert profile.attention_backward_efficiency == pytest.approx(known.attention_backward_efficiency, rel=1e-6)
     assert profile.elementwise_bandwidth_efficiency == pytest.approx(known.elementwise_efficiency, rel=1e-6)
     assert profile.trace["measured"]["layers_per_chunk"] == layers
+
+
+def test_kernels_per_op_conserve_the_traced_compute_kernels(case):
+    """Kernels per op x our ops of the pair = the trace's compute-stream kernels: the generator's slots of a layer
+    on stream 7 plus the twins on stream 23, times the layers."""
+    _, layers, _, _, profile = case
+    per_layer = sum(slot_counts(STREAM_COMPUTE).values()) + sum(1 for k in LAYER_KERNELS if k.twin)
+    rec = profile.trace["derivation"]["launch"]
+    per_op = dict(profile.launch.kernels_per_op)
+    assert sum(per_op[kind] * n for kind, n in rec["modelled_ops"].items()) == pytest.approx(layers * per_layer,
+                                                                                            rel=1e-4)
+    assert rec["unmatched_kernels"] == {}
 
 
 def test_round_trip_scales_the_base_gemm_curves(case):

@@ -252,6 +252,12 @@ def test_ratios_recover_the_factors_put_in(files):
     # the derived profile reproduces every fitted class's measured time
     for c in rec["derived"]:
         assert report["residuals_derived"][c]["residual_ms"] == pytest.approx(0.0, abs=1e-6)
+    # kernels per op: the trace's 4 launches per kernel name a step, shared over our ops (collectives left out)
+    launch = report["derivation"]["launch"]
+    per_op = dict(profile.launch.kernels_per_op)
+    assert sum(per_op[k] * n for k, n in launch["modelled_ops"].items()) == pytest.approx(4 * 4, rel=1e-4)
+    assert launch["unmatched_kernels"] == {} and set(launch["measured_kernels"]) == {
+        "gemm_bf16", "attn_fwd", "attn_bwd", "elementwise"}
     prov = profile.provenance
     assert prov.device == "NVIDIA H100 80GB HBM3" and prov.date == "2026-12-01"
     assert prov.method.startswith("kineto trace of tiny-dense 2 H100 SXM, TP1, PP1, DP2")

@@ -51,6 +51,7 @@ from gpuhours.hwmodels.cluster import ClusterSpec
 from gpuhours.hwmodels.compute import ComputeModel
 from gpuhours.validation.trace import COMM_CLASSES, Trace, load_trace
 from gpuhours.validation.trace_comm import kernel_time_ratio, notify_per_call
+from gpuhours.validation.trace_launch import kernels_per_op, launch_section
 from gpuhours.validation.trace_phases import is_weight_phase, phase_residuals, scaled_wgrad, weight_phase_time
 from gpuhours.validation.trace_summary import attribute_phases, summarise
 from gpuhours.workloads.model import ModelSpec
@@ -109,6 +110,7 @@ class Measured:
     comm_classes: dict[str, float]           # summed kernel time on comm streams per class
     layers_per_chunk: int
     class_phases: dict[str, dict[str, float]] | None = None  # phase -> class -> compute busy share (`classes` split)
+    class_kernels: dict[str, int] | None = None  # kernels on the compute streams per class of `classes`
 
     def to_dict(self) -> dict:
         ms = lambda s: round(s * 1e3, 6)  # noqa: E731
@@ -124,7 +126,7 @@ class Measured:
             "phases_ms": {p: {k: ms(v) for k, v in d.items()} for p, d in self.phases.items()},
             "layers_per_chunk": self.layers_per_chunk,
         } | ({"class_phase_share_ms": {p: {c: ms(t) for c, t in d.items()} for p, d in self.class_phases.items()}}
-             if self.class_phases else {})
+             if self.class_phases else {}) | ({"class_kernels": self.class_kernels} if self.class_kernels else {})
 
 
 def measure(trace: Trace) -> Measured:
@@ -136,18 +138,17 @@ def measure(trace: Trace) -> Measured:
     compute = set(summary.stream_busy) - comm
     share = busy_shares(trace, compute)
     classes = {c: 0.0 for c in COMPUTE_CLASSES + ("memory",)}
+    kernels = dict.fromkeys(classes, 0)
     comm_classes: dict[str, float] = {}
     for i, e in enumerate(trace.events):
         if e.stream in comm:
             comm_classes[e.op_class] = comm_classes.get(e.op_class, 0.0) + e.duration
-        elif e.op_class in COMPUTE_CLASSES:
-            classes[e.op_class] += share.get(i, 0.0)
-        elif e.op_class in MEMORY_CLASSES:
-            classes["memory"] += share.get(i, 0.0)
-        elif e.op_class in COMM_CLASSES:
+            continue
+        if e.op_class in COMM_CLASSES:
             raise ValueError(f"trace: all-to-all kernel {e.name[:60]!r} on compute stream {e.stream}")
-        else:
-            classes["memory"] += share.get(i, 0.0)
+        c = e.op_class if e.op_class in COMPUTE_CLASSES else "memory"  # MEMORY_CLASSES and anything unknown
+        classes[c] += share.get(i, 0.0)
+        kernels[c] += 1
     owners, annotations, _ = attribute_phases(trace)
     phase_share: dict[str, float] = {}
     class_phases: dict[str, dict[str, float]] = {}
@@ -169,7 +170,7 @@ def measure(trace: Trace) -> Measured:
         span=summary.span, stream_busy=dict(summary.stream_busy), compute_streams=tuple(sorted(compute)),
         comm_streams=tuple(sorted(comm)),
         compute_union=sum(share.values()), classes=classes, phases=phases, comm_classes=comm_classes,
-        layers_per_chunk=counts.pop(), class_phases=class_phases)
+        layers_per_chunk=counts.pop(), class_phases=class_phases, class_kernels=kernels)
 
 
 # ------------------------------------------------------------------------------------------------ derivation
@@ -373,7 +374,10 @@ def profile_from_traced_case(trace_path: str | Path | None = None,
     uncertainty, residuals = phase_residuals(CalibrationProfile.from_dict(d), pairs, measured.class_phases or {},
                                              coster.cluster, parallel.comm_sms, trace.file_name)
     d["trace"]["derivation"]["phase_residuals"] = residuals
-    return CalibrationProfile.from_dict(d | {"uncertainty": uncertainty})
+    per_op, d["trace"]["derivation"]["launch"] = kernels_per_op(measured.class_kernels, [(op, 1) for _, op in pairs],
+                                                                trace_class_of)
+    return CalibrationProfile.from_dict(d | {"uncertainty": uncertainty, "launch": launch_section(
+        per_op, d["trace"]["derivation"]["launch"], f"trace {trace.file_name}, compute streams")})
 
 
 def work_ms(record: dict) -> float:
@@ -390,10 +394,3 @@ def write_trace_profile(out: str | Path, trace_path: str | Path | None = None,
     profile.save(out)
     return out
 
-
-if __name__ == "__main__":  # python -m gpuhours.validation.calibrate_trace [TRACE.json] [OUT.json]
-    import sys
-    args = sys.argv[1:]
-    src = args[0] if args else None
-    dst = args[1] if len(args) > 1 else Path(__file__).resolve().parents[1] / "hwmodels" / "data" / f"{PROFILE_NAME}.json"
-    print(write_trace_profile(dst, src))

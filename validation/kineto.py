@@ -248,6 +248,7 @@ class StepFigures:
     compute_busy: float
     comm_busy: float
     overlap: float                               # compute and comm kernels running at once (s)
+    kernels: dict[str, int] | None = None        # class -> number of kernels
 
     @property
     def exposed_comm(self) -> float:
@@ -258,20 +259,31 @@ def step_figures(kernels: Iterable[Kernel], step: int) -> StepFigures:
     """Span, class times, per-stream class times and compute/comm overlap of one step's kernels."""
     ks = [k for k in kernels if k.step == step]
     classes: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
     streams: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for k in ks:
         classes[k.kernel_class] += k.duration
+        counts[k.kernel_class] += 1
         streams[k.stream][k.kernel_class] += k.duration
     compute = [(k.start, k.end) for k in ks if family(k.kernel_class) in COMPUTE_FAMILIES]
     comm = [(k.start, k.end) for k in ks if family(k.kernel_class) in COMM_FAMILIES]
     c, m = interval_union(compute), interval_union(comm)
     both = interval_union(compute + comm)
     return StepFigures(step, max(k.end for k in ks) - min(k.start for k in ks), _ordered(classes),
-                       {s: _ordered(v) for s, v in sorted(streams.items())}, c, m, c + m - both)
+                       {s: _ordered(v) for s, v in sorted(streams.items())}, c, m, c + m - both, _ordered(counts))
 
 
 def _ordered(classes: dict[str, float]) -> dict[str, float]:
     return {c: classes[c] for c in KERNEL_CLASSES if c in classes}
+
+
+def _mean_of(per_class: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of class -> figure tables (a class absent from one counts 0 there)."""
+    acc: dict[str, float] = defaultdict(float)
+    for d in per_class:
+        for c, v in d.items():
+            acc[c] += v / len(per_class)
+    return _ordered(acc)
 
 
 @dataclass(frozen=True)
@@ -286,21 +298,18 @@ class RankFigures:
     @property
     def classes(self) -> dict[str, float]:
         """Mean kernel time per step per class (s)."""
-        acc: dict[str, float] = defaultdict(float)
-        for s in self.steps:
-            for c, t in s.classes.items():
-                acc[c] += t / len(self.steps)
-        return _ordered(acc)
+        return _mean_of([s.classes for s in self.steps])
+
+    @property
+    def kernels(self) -> dict[str, float]:
+        """Mean number of kernels per step per class."""
+        return _mean_of([s.kernels or {} for s in self.steps])
 
     @property
     def stream_classes(self) -> dict[int, dict[str, float]]:
         """Mean kernel time per step per stream and class (s)."""
-        acc: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        for s in self.steps:
-            for stream, cs in s.stream_classes.items():
-                for c, t in cs.items():
-                    acc[stream][c] += t / len(self.steps)
-        return {st: _ordered(cs) for st, cs in sorted(acc.items())}
+        streams = sorted({st for s in self.steps for st in s.stream_classes})
+        return {st: _mean_of([s.stream_classes.get(st, {}) for s in self.steps]) for st in streams}
 
 
 @dataclass(frozen=True)
@@ -320,11 +329,12 @@ class KinetoMeasure:
     @property
     def classes(self) -> dict[str, float]:
         """Per class: mean over ranks of the mean kernel time per step (s)."""
-        acc: dict[str, float] = defaultdict(float)
-        for r in self.ranks:
-            for c, t in r.classes.items():
-                acc[c] += t / len(self.ranks)
-        return _ordered(acc)
+        return _mean_of([r.classes for r in self.ranks])
+
+    @property
+    def kernels(self) -> dict[str, float]:
+        """Per class: mean over ranks of the mean number of kernels per step."""
+        return _mean_of([r.kernels for r in self.ranks])
 
     def families(self) -> dict[str, float]:
         acc: dict[str, float] = defaultdict(float)
@@ -346,6 +356,7 @@ class KinetoMeasure:
             "backend": self.backend, "world_size": self.world_size,
             "step_time_ms": ms(self.step_time), "kernel_ms": ms(self.kernel_time),
             "class_ms": {c: ms(t) for c, t in self.classes.items()},
+            "class_kernels": {c: round(n, 4) for c, n in self.kernels.items()},
             "family_ms": {f: ms(t) for f, t in self.families().items()},
             "compute_busy_ms": ms(self.mean("compute_busy")), "comm_busy_ms": ms(self.mean("comm_busy")),
             "overlap_ms": ms(self.mean("overlap")), "exposed_comm_ms": ms(self.mean("exposed_comm")),

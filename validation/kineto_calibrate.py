@@ -24,6 +24,8 @@ and work in our ops; the others keep the base profile's figures:
   the general and every per-class bandwidth efficiency are divided by r (capped at 1, and recorded);
 - nccl_* / deepep_*: measured / modelled wire time, recorded in "comm" only: the network model prices
   collectives from the fabric, the profile has no collective efficiency (kernels also wait for peers).
+- launch: the traced stack's kernels per op of ours by kind (`validation.trace_launch`; every class but the
+  collectives' and those with no op of ours, such as memcpy and other, which are reported as unmatched).
 Residuals (`residuals`): measured - modelled per class, ms and % of modelled, modelled per op as its kernels
 alone (`ComputeModel.duration`, no launch gap: the full roofline, max of the compute and memory terms).
 """
@@ -39,6 +41,7 @@ from typing import Sequence
 from gpuhours.hwmodels.calibration import CalibrationProfile, gpu_key, load_profile
 from gpuhours.hwmodels.compute import elementwise_class
 from gpuhours.validation.kineto import KinetoMeasure, family, measure_files
+from gpuhours.validation.trace_launch import kernels_per_op, launch_section
 from gpuhours.workloads.ops import Op
 
 BASE_PROFILE = "default-h800"
@@ -236,6 +239,14 @@ def derive_profile(base: CalibrationProfile, step: ModelledStep, measured: Kinet
               "work": {c: {"flops": w["flops"], "bytes": w["bytes"]} for c, w in terms.items()}}
     d["comm"] = {"collectives": comm, "provenance": "kernel time measured / wire time modelled per class; "
                                                     "recorded, not used by the network model"}
+    compute_kernels = {c: n for c, n in measured.kernels.items() if family(c) not in ("nccl", "deepep")}
+    per_op, record["launch"] = kernels_per_op(compute_kernels, [(op, n) for op, n in step.ops
+                                                                if op.kind != "collective"], op_class)
+    if per_op:  # the base's measured gap and host figures stay; the traced stack's kernel counts join them
+        section = launch_section(per_op, record["launch"], "kineto trace, every stream")
+        if d.get("launch"):
+            section["provenance"] = d["launch"]["provenance"] + "; kernels_per_op: " + section["provenance"]
+        d["launch"] = (d.get("launch") or {}) | section
     return d, record
 
 

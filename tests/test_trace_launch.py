@@ -1,0 +1,96 @@
+"""Kernels per op measured from a trace (validation/trace_launch.py) and their use (hwmodels/launch.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from gpuhours.cli import app
+from gpuhours.hwmodels.calibration import CalibrationProfile, load_profile
+from gpuhours.hwmodels.launch import LaunchModel
+from gpuhours.validation.trace_launch import kernels_per_op, launch_section
+from gpuhours.workloads.ops import GemmShape, Op
+
+NORM = Op("l.norm", "elementwise", "F", bytes=1.0)
+GEMM = Op("l.w", "gemm", "F", gemm=GemmShape(64, 64, 64))
+GROUPED = Op("l.experts", "grouped_gemm", "F", gemm=GemmShape(64, 64, 64), groups=4)
+ATT_F = Op("l.core", "attention", "F")
+ATT_B = Op("l.core", "attention", "B")
+A2A = Op("l.a2a", "collective", "F", collective="all_to_all", group="ep")
+CLASS = {"elementwise": "memory", "gemm": "gemm", "grouped_gemm": "gemm", "attention": "attn"}
+
+
+def _class_of(op: Op) -> str:
+    return CLASS[op.kind]
+
+
+def test_one_kind_per_class_is_measured_over_modelled():
+    # 3 norms run twice each: 6 ops; the trace ran 15 memory-bound kernels -> 2.5 a norm
+    per_op, rec = kernels_per_op({"memory": 15, "gemm": 2}, [(NORM, 2)] * 3 + [(GEMM, 2), (A2A, 4)], _class_of)
+    assert per_op == {"elementwise": 2.5, "gemm": 1.0}
+    assert rec["modelled_ops"] == {"elementwise": 6, "gemm": 2}       # the collective is no kernel of ours
+    assert rec["unmatched_kernels"] == {}
+
+
+def test_a_shared_class_is_split_by_the_bundled_counts():
+    # class "gemm": 4 dense + 2 grouped ops, one kernel each in data/launch.toml: 9 kernels -> 1.5 each;
+    # class "attn": forward 1 kernel, backward 3 (data/launch.toml): 8 kernels -> forward 2, backward 6
+    per_op, _ = kernels_per_op({"gemm": 9, "attn": 8}, [(GEMM, 4), (GROUPED, 2), (ATT_F, 1), (ATT_B, 1)], _class_of)
+    assert per_op == {"gemm": 1.5, "grouped_gemm": 1.5, "attention_forward": 2.0, "attention_backward": 6.0}
+
+
+def test_kernels_are_conserved_and_unmatched_ones_reported_not_spread():
+    measured = {"memory": 31, "gemm": 7, "attn": 5, "memcpy": 12}
+    ops = [(NORM, 10), (GEMM, 3), (GROUPED, 1), (ATT_F, 1), (ATT_B, 1)]
+    per_op, rec = kernels_per_op(measured, ops, _class_of)
+    launch = LaunchModel.load()
+    counted = sum(per_op[launch.kind_of(op)] * n for op, n in ops)
+    assert counted == pytest.approx(31 + 7 + 5, rel=1e-4)               # memcpy has no op of ours
+    assert rec["unmatched_kernels"] == {"memcpy": 12}
+    assert "memcpy 12" in launch_section(per_op, rec, "t.json")["provenance"]
+
+
+def test_a_class_without_kernels_in_the_trace_gives_no_figure():
+    per_op, _ = kernels_per_op({"memory": 4}, [(NORM, 2), (GEMM, 3)], _class_of)
+    assert per_op == {"elementwise": 2.0}                               # gemm keeps data/launch.toml's count
+
+
+def _with_launch(section: dict) -> CalibrationProfile:
+    d = load_profile("default-h800").to_dict()
+    return CalibrationProfile.from_dict(d | {"name": "with-launch", "launch": section})
+
+
+def test_the_profiles_counts_replace_the_bundled_ones_for_its_kinds():
+    profile = _with_launch({"kernels_per_op": {"elementwise": 2.5}, "provenance": "test"})
+    m = LaunchModel.for_profile(profile)
+    assert m.kernel_count(NORM) == 2.5 and m.kernel_count(NORM, measured=False) == 1
+    assert m.kernel_count(GEMM) == 1 and m.kernel_count(ATT_B) == 3 and m.kernel_count(A2A) == 0
+    gap = LaunchModel.load().kernel_gap_s
+    assert m.kernel_gap_s == gap                                        # no gap in the section: the bundled one
+    assert m.op_time(1e-6, m.kernel_count(NORM)) == pytest.approx(1e-6 + 2.5 * gap)
+    assert CalibrationProfile.from_dict(profile.to_dict()).launch == profile.launch   # round trip
+
+
+@pytest.mark.parametrize("value, words", [
+    ({"softmax": 2.0}, ["launch.kernels_per_op", "softmax", "elementwise"]),
+    ({"gemm": 0}, ["launch.kernels_per_op.gemm", "(0, 1e4)"]),
+    ({"gemm": True}, ["launch.kernels_per_op.gemm"]),
+    ([], ["launch.kernels_per_op", "object"]),
+])
+def test_bad_kernels_per_op_names_the_field(value, words):
+    with pytest.raises(ValueError) as err:
+        _with_launch({"kernels_per_op": value, "provenance": "test"})
+    assert all(w in str(err.value) for w in words)
+
+
+def test_cli_refuses_a_bad_count_in_one_line(tmp_path):
+    d = load_profile("default-h800").to_dict() | {"name": "bad-launch",
+                                                  "launch": {"kernels_per_op": {"gemm": -1}, "provenance": "t"}}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(d))
+    r = CliRunner().invoke(app, ["estimate", "--calibration", str(path)])
+    assert r.exit_code == 2, r.output
+    lines = [x for x in r.output.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and "kernels_per_op.gemm" in lines[0] and "Traceback" not in r.output

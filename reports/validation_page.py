@@ -216,6 +216,7 @@ def render_markdown(results: dict) -> str:
     else:
         lines.append("Not computed.")
     lines += _residual_lines(results.get("phase_residuals"))
+    lines += _launch_lines(results.get("launch_counts"))
     lines += ["", "## The largest difference", "", explain(results), ""]
     return "\n".join(lines)
 
@@ -238,6 +239,29 @@ def _residual_lines(residuals: dict | None) -> list[str]:
             "simulated) over the phases) is the profile's stated uncertainty of that figure "
             "(validation/trace_phases.py; `estimate --sensitivity` moves by it).", "",
             _table(["class", "phase", "measured ms", "simulated ms", "simulated vs measured", "spread"], rows)]
+
+
+def _launch_lines(counts: dict | None) -> list[str]:
+    """The traced pair's kernels per class against our ops' (`trace-h800`'s launch count, validation/trace_launch.py)."""
+    if not counts:
+        return []
+    measured, modelled = counts["measured_kernels"], counts["modelled_kernels"]
+    rows = [[c, f"{measured.get(c, 0):g}", f"{modelled.get(c, 0):g}",
+             f"{measured.get(c, 0) / modelled[c]:.2f}" if modelled.get(c) else "n/a"]
+            for c in sorted(set(measured) | set(modelled))]
+    rows.append(["all", f"{sum(measured.values()):g}", f"{sum(modelled.values()):g}",
+                 f"{sum(measured.values()) / sum(modelled.values()):.2f}"])
+    unmatched = counts.get("unmatched_kernels") or {}
+    return ["", "## Kernels launched (`trace-h800`)", "",
+            "Every kernel leaves a launch gap on its stream (hwmodels/launch.py). The trace's compute streams run more "
+            "kernels than our ops at data/launch.toml's counts (one a GEMM or element-wise op, three for the "
+            "attention backward): unfused casts, fills, index and copy kernels. `trace-h800` counts them per class "
+            "and shares each class's kernels over the op kinds in it, as kernels per op "
+            "(`launch.kernels_per_op`, validation/trace_launch.py); their durations are in the fitted class times "
+            "already.", "",
+            _table(["class", "trace kernels", "our ops' kernels", "ratio"], rows)] + (
+        ["", "No op of ours in their class, left out: " + ", ".join(f"{c} {n:g}" for c, n in unmatched.items())]
+        if unmatched else [])
 
 
 def write_validation_page(results: dict, out_dir: str | Path) -> Path:

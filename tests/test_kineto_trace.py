@@ -291,6 +291,8 @@ def test_cli_writes_the_profile_and_nothing_else(files):
     profile = load_profile(out)
     assert profile.gemm["bf16"][0].tflops == pytest.approx(GEMM_RATE / 1e12 / 1.25, rel=1e-6)
     assert "gemm_bf16" in r.stdout
+    # the two ranks ran 4 kernels of each of 4 compute classes a step; the collectives' kernels are not ours
+    assert "kernels per step: 16 measured" in r.stdout and "kernels per op" in r.stdout
 
 
 @pytest.mark.parametrize("case, field", [("not-json", "trace"), ("no-kernels", "trace"), ("bad-model", "model")])

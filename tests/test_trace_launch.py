@@ -94,3 +94,22 @@ def test_cli_refuses_a_bad_count_in_one_line(tmp_path):
     assert r.exit_code == 2, r.output
     lines = [x for x in r.output.strip().splitlines() if x.strip()]
     assert len(lines) == 1 and "kernels_per_op.gemm" in lines[0] and "Traceback" not in r.output
+
+
+def test_validation_page_lists_kernels_per_class():
+    from gpuhours.reports.validation_page import _launch_lines
+
+    counts = {"measured_kernels": {"memory": 30, "gemm_fp8": 5}, "modelled_kernels": {"memory": 12.0, "gemm_fp8": 5.0},
+              "modelled_ops": {"elementwise": 12, "gemm": 5}, "unmatched_kernels": {"memcpy": 3}}
+    text = "\n".join(_launch_lines(counts))
+    assert "| memory | 30 | 12 | 2.50 |" in text and "| gemm_fp8 | 5 | 5 | 1.00 |" in text
+    assert "| all | 35 | 17 | 2.06 |" in text and "left out: memcpy 3" in text
+    assert _launch_lines(None) == []
+
+
+def test_another_traces_comparison_carries_no_kernel_counts_of_the_bundled_pair(tmp_path):
+    from gpuhours.validation.compare import compare_all
+    from gpuhours.validation.synthetic_trace import pair_for_profile, write_trace
+
+    path = write_trace(tmp_path / "train.json", pair_for_profile(layers=2))
+    assert compare_all(trace_path=path, with_gpu_hours=False)["launch_counts"] is None

@@ -135,14 +135,16 @@ def compare_all(bench_profile: str | Path | None = None, trace_path: str | Path 
         "published_gpu_hours": PUBLISHED_GPU_HOURS,
         "published_source": PUBLISHED_SOURCE,
         "sources": sources,
-        "phase_residuals": _phase_residuals(measured),
+        "phase_residuals": _own_derivation(measured, "phase_residuals"),
+        "launch_counts": _own_derivation(measured, "launch"),
     }
 
 
-def _phase_residuals(measured: dict) -> dict | None:
-    """The bundled trace profile's per-class, per-phase residuals (`validation.trace_phases`), when it records them
-    and `measured` is the pair it was derived from (same span and compute union): another trace's page would
-    otherwise show residuals of a pair it does not describe."""
+def _own_derivation(measured: dict, key: str) -> dict | None:
+    """A record of the bundled trace profile's derivation (its per-class, per-phase residuals,
+    `validation.trace_phases`; its kernel counts, `validation.trace_launch`), when it has one and `measured` is the
+    pair it was derived from (same span and compute union): another trace's page would otherwise show figures of
+    a pair it does not describe."""
     try:
         trace = load_profile(PROFILE_NAME).trace or {}
     except ValueError:
@@ -150,7 +152,7 @@ def _phase_residuals(measured: dict) -> dict | None:
     own = trace.get("measured", {})
     if any(own.get(k) != measured.get(k) for k in ("span_ms", "compute_union_ms")):
         return None
-    return trace.get("derivation", {}).get("phase_residuals")
+    return trace.get("derivation", {}).get(key)
 
 
 if __name__ == "__main__":  # python -m gpuhours.validation.compare [BENCH_PROFILE.json]

@@ -303,6 +303,7 @@ def calibrate(trace_paths: Sequence[str | Path], model: str, base: str | Calibra
     profile = CalibrationProfile.from_dict(d | {"trace": {"measured": measured.to_dict(), "derivation": record}})
     after = class_times(modelled_step(scenario, profile))
     report = {"profile": profile.name, "layout": layout, "model": scenario.model.name,
+              "kernels_per_op": dict(profile.launch.kernels_per_op) if profile.launch else {},
               "measured": measured.to_dict(), "derivation": record,
               "residuals_base": residuals(measured, before), "residuals_derived": residuals(measured, after)}
     notes = [f"classes derived from the trace: {', '.join(record['derived']) or 'none'}; kept from "

@@ -24,6 +24,15 @@ def render_calibration(report: dict) -> str:
                  f"kept from the base: {', '.join(rec['kept_from_base']) or 'nothing'}")
     if rec["capped"]:
         lines.append(f"capped at the peak: {', '.join(rec['capped'])}")
+    launch = rec.get("launch")
+    if launch and launch["modelled_ops"]:
+        measured = sum(launch["measured_kernels"].values())
+        lines.append(f"kernels per step: {measured:g} measured against {sum(launch['modelled_kernels'].values()):g} "
+                     f"of our ops at data/launch.toml's counts; the profile's kernels per op (launch gaps): "
+                     + ", ".join(f"{k} {n:.2f}" for k, n in report["kernels_per_op"].items()))
+        if launch["unmatched_kernels"]:
+            lines.append("no op of ours in their class (left out): "
+                         + ", ".join(f"{c} {n:g}" for c, n in launch["unmatched_kernels"].items()))
     return "\n".join(lines)
 
 

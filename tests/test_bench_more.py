@@ -65,8 +65,10 @@ def test_bundled_profiles_load_unchanged_without_the_new_sections():
     for name in available_profiles():
         p = load_profile(name)
         assert p.fp8_tensorwise is None and "fp8_tensorwise" not in p.to_dict()
-        if p.source == "trace":  # a trace holds kernels per op (validation/trace_launch.py), no measured gap
-            assert p.launch.kernels_per_op and p.launch.kernel_gap_us is None and p.launch.eager_dispatch_us is None
+        if p.source == "trace":  # a trace holds kernels per op and its queued gap (validation/trace_launch.py)
+            assert p.launch.kernels_per_op and p.launch.eager_dispatch_us is None
+            # the code's median gap is data/launch.toml's, which was read off the same trace by hand
+            assert p.launch.kernel_gap_us == pytest.approx(LaunchModel.load().kernel_gap_s * 1e6)
         else:
             assert p.launch is None and "launch" not in p.to_dict()
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from gpuhours.hwmodels.calibration import load_profile
-from gpuhours.validation.kineto import classify_kernel, load_ranks, measure, measure_files
+from gpuhours.validation.kineto import classify_kernel, load_ranks
+from gpuhours.validation.kineto_figures import measure, measure_files
 from gpuhours.validation.kineto_calibrate import calibrate, compare_step
 
 H, LAYERS, VOCAB, FFN, HEADS, HEAD_DIM = 1024, 2, 32000, 4096, 8, 128
@@ -101,10 +102,11 @@ def test_classification_table():
 
 # ------------------------------------------------------------------------------------------ trace builder
 def _trace(per_step: dict[str, float], steps: int = 2, rank: int = 0, devices=(0,), gpu_steps: bool = False,
-           warmup: bool = True, annotate: bool = True) -> dict:
+           warmup: bool = True, annotate: bool = True, gap_us: float = 0.0) -> dict:
     """A Kineto trace: `steps` ProfilerStep#N of the same kernels, `per_step[name]` seconds of kernel `name`
     per step (split into 4 launches; names from NAMES), CPU step annotations and launch calls matched by
-    correlation (or GPU-side step annotations), one warm-up kernel before the first step."""
+    correlation (or GPU-side step annotations), one warm-up kernel before the first step. Every launch call of a
+    step starts 1 us after it does (the host ahead); `gap_us` of idle follow each compute kernel."""
     events, corr, t = [], 1, 1000.0
     for dev in devices:
         t = 1000.0
@@ -129,7 +131,7 @@ def _trace(per_step: dict[str, float], steps: int = 2, rank: int = 0, devices=(0
                                    "args": {"correlation": corr}})
                     corr += 1
                     if stream == 7:
-                        t += dur
+                        t += dur + gap_us
                     else:
                         comm += dur
             cat = "gpu_user_annotation" if gpu_steps else "user_annotation"
@@ -225,6 +227,14 @@ def test_without_step_annotations_the_whole_trace_is_one_step(tmp_path):
     assert m.classes == pytest.approx({"gemm_bf16": 0.020, "elementwise": 0.004 + 50e-6}, rel=1e-9)
 
 
+def test_queued_kernels_give_the_gap_put_in(tmp_path):
+    path = _write(tmp_path / "gaps.json", _trace({GEMM: 0.010, NORM: 0.002}, steps=3, gap_us=3.0))
+    m = measure_files([path])
+    # 8 compute kernels a step on one stream, all queued: 7 gaps of 3 us a step, 3 steps
+    assert len(m.queued_gaps()) == 21
+    assert m.to_dict()["queued_gap_median_us"] == pytest.approx(3.0, abs=1e-6)
+
+
 def test_two_ranks_are_averaged(files):
     m = measure_files(files["ranks"])
     assert [r.rank for r in m.ranks] == [0, 1]
@@ -252,6 +262,8 @@ def test_ratios_recover_the_factors_put_in(files):
     # the derived profile reproduces every fitted class's measured time
     for c in rec["derived"]:
         assert report["residuals_derived"][c]["residual_ms"] == pytest.approx(0.0, abs=1e-6)
+    # back-to-back compute kernels, all queued at the step's start: no gap between them
+    assert profile.launch.kernel_gap_us == 0.0
     # kernels per op: the trace's 4 launches per kernel name a step, shared over our ops (collectives left out)
     launch = report["derivation"]["launch"]
     per_op = dict(profile.launch.kernels_per_op)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from gpuhours.cli import app
 from gpuhours.hwmodels.calibration import CalibrationProfile, load_profile
 from gpuhours.hwmodels.launch import LaunchModel
-from gpuhours.validation.trace_launch import kernels_per_op, launch_section
+from gpuhours.validation.trace_launch import MIN_GAPS, gap_figure, kernels_per_op, launch_section, queued_gaps
 from gpuhours.workloads.ops import GemmShape, Op
 
 NORM = Op("l.norm", "elementwise", "F", bytes=1.0)
@@ -113,3 +113,29 @@ def test_another_traces_comparison_carries_no_kernel_counts_of_the_bundled_pair(
 
     path = write_trace(tmp_path / "train.json", pair_for_profile(layers=2))
     assert compare_all(trace_path=path, with_gpu_hours=False)["launch_counts"] is None
+
+
+def test_only_kernels_queued_before_the_stream_was_free_count():
+    us = 1e-6
+    kernels = [  # (stream, start, end, launch start)
+        (7, 0 * us, 10 * us, -5 * us),
+        (7, 12 * us, 20 * us, 1 * us),      # queued (launched at 1 us, the stream free at 10): gap 2 us
+        (7, 50 * us, 60 * us, 45 * us),     # launched after the stream was free at 20: the host's gap, left out
+        (7, 63 * us, 70 * us, None),        # launch unknown: left out
+        (9, 21 * us, 30 * us, 0.0),         # another stream: its first kernel has no gap
+        (9, 34 * us, 40 * us, 0.0),         # queued: 4 us
+    ]
+    assert queued_gaps(kernels) == pytest.approx([2 * us, 4 * us])
+
+
+def test_the_gap_is_the_median_and_needs_enough_kernels():
+    us = 1e-6
+    assert gap_figure([2 * us] * (MIN_GAPS - 1)) is None
+    gaps = [2 * us] * MIN_GAPS + [1800 * us] * 3      # a few long waits on another stream do not move it
+    assert gap_figure(gaps) == pytest.approx(2.0)
+    assert gap_figure([1 * us, 3 * us] * (MIN_GAPS // 2)) == pytest.approx(2.0)   # even count: mid-point
+    section = launch_section({"gemm": 1.0}, {"measured_kernels": {}, "modelled_kernels": {}, "unmatched_kernels": {}},
+                             "t.json", gaps)
+    assert section["kernel_gap_us"] == pytest.approx(2.0) and f"over {len(gaps)} such" in section["provenance"]
+    assert "kernel_gap_us" not in launch_section({"gemm": 1.0}, {"measured_kernels": {}, "modelled_kernels": {},
+                                                                "unmatched_kernels": {}}, "t.json")

@@ -51,7 +51,7 @@ from gpuhours.hwmodels.cluster import ClusterSpec
 from gpuhours.hwmodels.compute import ComputeModel
 from gpuhours.validation.trace import COMM_CLASSES, Trace, load_trace
 from gpuhours.validation.trace_comm import kernel_time_ratio, notify_per_call
-from gpuhours.validation.trace_launch import kernels_per_op, launch_section
+from gpuhours.validation.trace_launch import kernels_per_op, launch_section, queued_gaps
 from gpuhours.validation.trace_phases import is_weight_phase, phase_residuals, scaled_wgrad, weight_phase_time
 from gpuhours.validation.trace_summary import attribute_phases, summarise
 from gpuhours.workloads.model import ModelSpec
@@ -376,8 +376,10 @@ def profile_from_traced_case(trace_path: str | Path | None = None,
     d["trace"]["derivation"]["phase_residuals"] = residuals
     per_op, d["trace"]["derivation"]["launch"] = kernels_per_op(measured.class_kernels, [(op, 1) for _, op in pairs],
                                                                 trace_class_of)
+    gaps = queued_gaps((e.stream, e.start, e.end, trace.launches.get(e.correlation, (None, None, None))[2])
+                       for e in trace.events if e.stream in measured.compute_streams)
     return CalibrationProfile.from_dict(d | {"uncertainty": uncertainty, "launch": launch_section(
-        per_op, d["trace"]["derivation"]["launch"], f"trace {trace.file_name}, compute streams")})
+        per_op, d["trace"]["derivation"]["launch"], f"trace {trace.file_name}, compute streams", gaps)})
 
 
 def work_ms(record: dict) -> float:

@@ -40,7 +40,8 @@ from typing import Sequence
 
 from gpuhours.hwmodels.calibration import CalibrationProfile, gpu_key, load_profile
 from gpuhours.hwmodels.compute import elementwise_class
-from gpuhours.validation.kineto import KinetoMeasure, family, measure_files
+from gpuhours.validation.kineto import family
+from gpuhours.validation.kineto_figures import KinetoMeasure, measure_files
 from gpuhours.validation.trace_launch import kernels_per_op, launch_section
 from gpuhours.workloads.ops import Op
 
@@ -243,7 +244,7 @@ def derive_profile(base: CalibrationProfile, step: ModelledStep, measured: Kinet
     per_op, record["launch"] = kernels_per_op(compute_kernels, [(op, n) for op, n in step.ops
                                                                 if op.kind != "collective"], op_class)
     if per_op:  # the base's measured gap and host figures stay; the traced stack's kernel counts join them
-        section = launch_section(per_op, record["launch"], "kineto trace, every stream")
+        section = launch_section(per_op, record["launch"], "kineto trace, every stream", measured.queued_gaps())
         if d.get("launch"):
             section["provenance"] = d["launch"]["provenance"] + "; kernels_per_op: " + section["provenance"]
         d["launch"] = (d.get("launch") or {}) | section

@@ -12,6 +12,12 @@ in proportion to the kernels data/launch.toml gives those ops; a kind's kernels 
 over the classes, over its number of ops. A class the trace runs but none of our ops is in is reported as
 unmatched, its kernels left out (not spread over the others). The profile's ``launch.kernels_per_op`` then
 replaces the kind's count of data/launch.toml for that profile (`LaunchModel.for_profile`).
+
+The gap itself (`queued_gaps`, `gap_figure`): the idle time a stream leaves before a kernel that was already
+queued, its launch call having started before the stream's previous kernel ended (so the host is not what it
+waited for), the median over the compute streams' kernels -- data/launch.toml's 2 us was read off DeepSeek's
+trace that way by hand. A kernel waiting on another stream's event is queued too; the median keeps those
+few long waits out. The profile's ``launch.kernel_gap_us`` then replaces data/launch.toml's.
 """
 
 from __future__ import annotations
@@ -21,6 +27,34 @@ from typing import Callable, Iterable
 
 from gpuhours.hwmodels.launch import LaunchModel
 from gpuhours.workloads.ops import Op
+
+# Assumption: fewer queued gaps than this say too little of a stack's launch gap; the bundled one stays.
+MIN_GAPS = 20
+
+
+def queued_gaps(kernels: Iterable[tuple[int, float, float, float | None]]) -> list[float]:
+    """Idle seconds before each queued kernel: `kernels` as (stream, start, end, launch) in seconds, launch the
+    start of the kernel's launch call (None where unknown: that kernel is left out)."""
+    by_stream: dict[int, list[tuple[float, float, float | None]]] = defaultdict(list)
+    for stream, start, end, launch in kernels:
+        by_stream[stream].append((start, end, launch))
+    gaps = []
+    for ks in by_stream.values():
+        ks.sort(key=lambda k: k[0])
+        for (_, prev_end, _), (start, _, launch) in zip(ks, ks[1:]):
+            if launch is not None and launch < prev_end <= start:
+                gaps.append(start - prev_end)
+    return gaps
+
+
+def gap_figure(gaps: list[float]) -> float | None:
+    """The median queued gap in microseconds (None below MIN_GAPS gaps)."""
+    if len(gaps) < MIN_GAPS:
+        return None
+    ordered = sorted(gaps)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return round(median * 1e6, 4)
 
 
 def kernels_per_op(measured: dict[str, float], ops: Iterable[tuple[Op, float]], class_of: Callable[[Op], str],
@@ -51,13 +85,20 @@ def kernels_per_op(measured: dict[str, float], ops: Iterable[tuple[Op, float]], 
     return per_op, record
 
 
-def launch_section(per_op: dict[str, float], record: dict, where: str) -> dict:
-    """The profile's ``launch`` section for `per_op` (None-free), its provenance naming `where` was counted."""
+def launch_section(per_op: dict[str, float], record: dict, where: str, gaps: list[float] | None = None) -> dict:
+    """The profile's ``launch`` section for `per_op` and, with MIN_GAPS or more `gaps`, their median as
+    ``kernel_gap_us``; its provenance names `where` they were counted."""
     unmatched = record["unmatched_kernels"]
+    gap = gap_figure(gaps or [])
     text = (f"{where}: kernels per op of ours by kind = the trace's kernels per class, shared among the kinds with "
             f"ops in that class by data/launch.toml's counts, over our ops of the same work "
             f"(validation/trace_launch.py): measured {sum(record['measured_kernels'].values()):.1f} kernels "
             f"against the {sum(record['modelled_kernels'].values()):.1f} that data/launch.toml gives our ops")
     if unmatched:
         text += "; left out, no op of ours in their class: " + ", ".join(f"{c} {n:g}" for c, n in unmatched.items())
-    return {"kernels_per_op": per_op, "provenance": text}
+    if gap is None:
+        return {"kernels_per_op": per_op, "provenance": text + f"; kernel gap: fewer than {MIN_GAPS} queued kernels, "
+                                                               f"data/launch.toml's stays"}
+    text += (f"; kernel_gap_us: the median idle time before a kernel queued when its stream's previous kernel "
+             f"ended, over {len(gaps)} such compute kernels")
+    return {"kernel_gap_us": gap, "kernels_per_op": per_op, "provenance": text}

@@ -1,4 +1,4 @@
-"""Kernels per op: how many GPU kernels a traced software stack launched for each op of ours, by op kind.
+"""What a traced software stack's launches cost: the kernels it ran per op of ours, and the gap each one leaves.
 
 Why it matters: every kernel pays its stream's launch gap (hwmodels/launch.py; 2 us in DeepSeek's trace). An
 eager stack launches small bookkeeping kernels (fills, index and copy kernels, per-tensor casts, reductions)
@@ -22,6 +22,7 @@ few long waits out. The profile's ``launch.kernel_gap_us`` then replaces data/la
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from typing import Callable, Iterable
 
@@ -51,10 +52,7 @@ def gap_figure(gaps: list[float]) -> float | None:
     """The median queued gap in microseconds (None below MIN_GAPS gaps)."""
     if len(gaps) < MIN_GAPS:
         return None
-    ordered = sorted(gaps)
-    mid = len(ordered) // 2
-    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    return round(median * 1e6, 4)
+    return round(statistics.median(gaps) * 1e6, 4)
 
 
 def kernels_per_op(measured: dict[str, float], ops: Iterable[tuple[Op, float]], class_of: Callable[[Op], str],

@@ -11,6 +11,7 @@ from gpuhours.hwmodels.attention_kernels import load_attention_kernel
 from gpuhours.hwmodels.calibration import CalibrationProfile, gpu_key, load_profile
 from gpuhours.hwmodels.gemm_kernels import family_warning
 from gpuhours.hwmodels.gpus import load_gpu
+from gpuhours.hwmodels.launch import LaunchModel
 from gpuhours.workloads.presets import list_presets, load_preset
 
 if TYPE_CHECKING:
@@ -129,5 +130,12 @@ def scenario_warnings(scenario: Scenario) -> list[str]:
     if model.moe is not None and moe is False:
         out.append(f"grouped GEMM (MoE experts): no calibration of its own; profile {prof.name!r} was calibrated "
                    f"on a dense model ({trained})")
+    launch = prof.launch.kernels_per_op if prof.launch is not None else ()
+    if launch and on.get("model") and on["model"] != model.name:
+        bundled = dict(LaunchModel.load().kernels)
+        per_op = ", ".join(f"{k} {n:.2f}" for k, n in launch if n != bundled.get(k))
+        out.append(f"launch: profile {prof.name!r} counts the kernels its traced stack ran per op of ours "
+                   f"({trained}: {per_op or 'as data/launch.toml'}); another framework's fusion launches its own "
+                   f"(validation/trace_launch.py)")
     kinds = ("gemm", "grouped_gemm") if model.moe is not None else ("gemm",)
     return out + _uncalibrated_gemm_tables(prof, kinds, run_dtype)

@@ -136,6 +136,9 @@ def test_dense_gqa_model_file_warns_that_attention_has_no_calibration_of_its_own
     attention = [w for w in warnings if "attention: gqa has no calibration of its own" in w]
     assert len(attention) == 1 and "MLA" in attention[0], warnings
     assert not any("device:" in w for w in warnings)  # H800, as the profile
+    # trace-h800 counted DeepSeek's stack's kernels per op (2.52 per element-wise op): another model's run says so
+    launch = [w for w in warnings if w.startswith("warning: launch:")]
+    assert len(launch) == 1 and "deepseek-v3: elementwise 2.52" in launch[0], warnings
 
 
 def test_bf16_under_the_fp8_trace_warns_about_precision():

@@ -26,6 +26,10 @@ def usage_line(exc) -> str:
     """A command-line parsing error as one line naming the option: "--pp: 'abc' is not a valid integer."."""
     param = getattr(exc, "param", None)
     text = " ".join(exc.format_message().split())
+    if text.startswith("Got unexpected extra argument") and text.endswith(")"):  # click names no field here
+        extra = text[len("Got unexpected extra argument(s) ("):-1] if "(s) (" in text else text
+        cmd = getattr(getattr(exc, "ctx", None), "command_path", None) or "the command"
+        return f"arguments: {extra!r} is more than {cmd} takes (see {cmd} --help)"
     if param is not None and getattr(exc, "message", ""):
         name = param.opts[0] if getattr(param, "opts", None) else param.name
         return f"{name}: {exc.message}"

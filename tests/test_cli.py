@@ -242,6 +242,7 @@ def test_estimate_from_a_hugging_face_config(tmp_path):
     (["estimate", "--price", "cheap"], "--price"),
     (["estimate", "--no-such-option", "3"], "--no-such-option"),
     (["schedule"], "name"),
+    (["accuracy", "extra"], "arguments: 'extra' is more than"),
 ])
 def test_option_parsing_errors_are_one_line(args, field):
     r = CliRunner().invoke(app, args)

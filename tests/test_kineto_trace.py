@@ -305,6 +305,8 @@ def test_cli_writes_the_profile_and_nothing_else(files):
     assert "gemm_bf16" in r.stdout
     # the two ranks ran 4 kernels of each of 4 compute classes a step; the collectives' kernels are not ours
     assert "kernels per step: 16 measured" in r.stdout and "kernels per op" in r.stdout
+    # 2 ranks x 2 steps x 15 back-to-back compute kernels queued behind another: no gap between them
+    assert "launch gap: 0.00 us, the median over 60 queued compute kernels" in r.stdout
 
 
 @pytest.mark.parametrize("case, field", [("not-json", "trace"), ("no-kernels", "trace"), ("bad-model", "model")])

@@ -124,8 +124,10 @@ def test_only_kernels_queued_before_the_stream_was_free_count():
         (7, 63 * us, 70 * us, None),        # launch unknown: left out
         (9, 21 * us, 30 * us, 0.0),         # another stream: its first kernel has no gap
         (9, 34 * us, 40 * us, 0.0),         # queued: 4 us
+        (11, 0.0, 0.1 + 0.2, 0.0),          # 0.30000000000000004 s
+        (11, 0.3, 0.4, 0.0),                # back to back, a rounding error apart: no gap, and counted
     ]
-    assert queued_gaps(kernels) == pytest.approx([2 * us, 4 * us])
+    assert queued_gaps(kernels) == pytest.approx([2 * us, 4 * us, 0.0])
 
 
 def test_the_gap_is_the_median_and_needs_enough_kernels():

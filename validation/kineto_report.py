@@ -30,6 +30,9 @@ def render_calibration(report: dict) -> str:
         lines.append(f"kernels per step: {measured:g} measured against {sum(launch['modelled_kernels'].values()):g} "
                      f"of our ops at data/launch.toml's counts; the profile's kernels per op (launch gaps): "
                      + ", ".join(f"{k} {n:.2f}" for k, n in report["kernels_per_op"].items()))
+        gap, queued = report["measured"].get("queued_gap_median_us"), report["measured"].get("queued_kernels", 0)
+        lines.append(f"launch gap: {gap:.2f} us, the median over {queued} queued compute kernels" if gap is not None
+                     else f"launch gap: {queued} queued compute kernels, too few; data/launch.toml's stays")
         if launch["unmatched_kernels"]:
             lines.append("no op of ours in their class (left out): "
                          + ", ".join(f"{c} {n:g}" for c, n in launch["unmatched_kernels"].items()))

@@ -31,6 +31,7 @@ from gpuhours.workloads.ops import Op
 
 # Assumption: fewer queued gaps than this say too little of a stack's launch gap; the bundled one stays.
 MIN_GAPS = 20
+TIME_EPS = 1e-9  # s: below the profiler's nanosecond resolution
 
 
 def queued_gaps(kernels: Iterable[tuple[int, float, float, float | None]]) -> list[float]:
@@ -43,8 +44,10 @@ def queued_gaps(kernels: Iterable[tuple[int, float, float, float | None]]) -> li
     for ks in by_stream.values():
         ks.sort(key=lambda k: k[0])
         for (_, prev_end, _), (start, _, launch) in zip(ks, ks[1:]):
-            if launch is not None and launch < prev_end <= start:
-                gaps.append(start - prev_end)
+            # a stream runs its kernels one after another: a start a rounding error before the previous end
+            # (microsecond timestamps turned into seconds) is back to back
+            if launch is not None and launch < prev_end <= start + TIME_EPS:
+                gaps.append(max(0.0, start - prev_end))
     return gaps
 
 
